@@ -1,0 +1,214 @@
+//! Request routing: decode the header and body, run the handler, encode the response.
+//!
+//! [`start`] does everything that must happen in request order before it returns (for Produce,
+//! queueing the batches in the write buffer), and hands back a future for the rest. The
+//! connection answers those futures in the order the requests arrived, as Kafka requires.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable};
+
+use crate::handlers;
+use crate::versions;
+use crate::Broker;
+
+/// A response still being computed: `Ok(None)` means "send nothing" (acks=0 produce); an
+/// error means the response could not be encoded and the connection must be closed.
+pub type Reply = Pin<Box<dyn Future<Output = Result<Option<Bytes>, EncodeError>> + Send>>;
+
+/// A response that could not be encoded (a bug: a field the version cannot carry).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to encode a {key:?} v{version} response: {reason}")]
+pub struct EncodeError {
+    key: ApiKey,
+    version: i16,
+    reason: String,
+}
+
+/// A request the connection cannot answer; it is closed, as Kafka does.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The frame is too short for a request header.
+    #[error("request of {0} bytes is too short for a header")]
+    TooShort(usize),
+    /// No such API.
+    #[error("unknown API key {0}")]
+    UnknownApi(i16),
+    /// An API this broker does not serve, or a version it does not serve.
+    #[error("unsupported {key:?} version {version}")]
+    UnsupportedVersion {
+        /// The API.
+        key: ApiKey,
+        /// The version asked for.
+        version: i16,
+    },
+    /// The bytes do not decode as the request they claim to be.
+    #[error("malformed {key:?} v{version} request: {reason}")]
+    Malformed {
+        /// The API.
+        key: ApiKey,
+        /// The version.
+        version: i16,
+        /// The decoder's complaint.
+        reason: String,
+    },
+}
+
+/// What a connection needs to know about a request it started.
+pub struct Started {
+    /// API key, for logs and metrics.
+    pub key: ApiKey,
+    /// The response to send.
+    pub reply: Reply,
+}
+
+/// Decodes one request frame (without its 4-byte length prefix) and starts handling it.
+pub async fn start(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Started, ProtocolError> {
+    if frame.len() < 8 {
+        return Err(ProtocolError::TooShort(frame.len()));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let key = ApiKey::try_from(raw_key).map_err(|_| ProtocolError::UnknownApi(raw_key))?;
+    if key == ApiKey::ApiVersions && !versions::supports(key, version) {
+        // KIP-511: answer a version from the future with v0 and UNSUPPORTED_VERSION so the client
+        // can retry lower. Its header may have a layout this broker does not know, so only the
+        // correlation id, which every layout puts first, is read.
+        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let response = handlers::api_versions::unsupported();
+        return Ok(ready(key, encode(key, 0, correlation_id, &response)));
+    }
+    let header =
+        decode_request_header_from_buffer(&mut frame).map_err(|e| ProtocolError::Malformed {
+            key,
+            version,
+            reason: e.to_string(),
+        })?;
+    let correlation_id = header.correlation_id;
+    if !versions::supports(key, version) {
+        return Err(ProtocolError::UnsupportedVersion { key, version });
+    }
+    let ctx = Ctx {
+        key,
+        version,
+        correlation_id,
+    };
+    let b = broker.clone();
+    match key {
+        ApiKey::ApiVersions => run(ctx, frame, move |r: ApiVersionsRequest| async move {
+            handlers::api_versions::handle(r)
+        }),
+        ApiKey::Metadata => run(ctx, frame, move |r| {
+            handlers::metadata::handle(b, r, version)
+        }),
+        ApiKey::Produce => {
+            let request: ProduceRequest = decode(ctx, &mut frame)?;
+            let pending = handlers::produce::start(&b, request, version).await;
+            let reply: Reply = Box::pin(async move {
+                match pending {
+                    None => Ok(None),
+                    Some(pending) => encode(key, version, correlation_id, &pending.await).map(Some),
+                }
+            });
+            Ok(Started { key, reply })
+        }
+        ApiKey::Fetch => run(ctx, frame, move |r| handlers::fetch::handle(b, r, version)),
+        ApiKey::ListOffsets => run(ctx, frame, move |r| {
+            handlers::list_offsets::handle(b, r, version)
+        }),
+        ApiKey::CreateTopics => run(ctx, frame, move |r| {
+            handlers::admin::create_topics(b, r, version)
+        }),
+        ApiKey::DeleteTopics => run(ctx, frame, move |r| {
+            handlers::admin::delete_topics(b, r, version)
+        }),
+        ApiKey::CreatePartitions => run(ctx, frame, move |r| {
+            handlers::admin::create_partitions(b, r)
+        }),
+        ApiKey::DescribeConfigs => run(ctx, frame, move |r| {
+            handlers::configs::describe(b, r, version)
+        }),
+        ApiKey::AlterConfigs => run(ctx, frame, move |r| handlers::configs::alter(b, r)),
+        ApiKey::IncrementalAlterConfigs => run(ctx, frame, move |r| {
+            handlers::configs::incremental_alter(b, r)
+        }),
+        ApiKey::DescribeCluster => run(ctx, frame, move |r: DescribeClusterRequest| async move {
+            handlers::cluster::describe(&b, r)
+        }),
+        ApiKey::InitProducerId => run(ctx, frame, move |r| {
+            handlers::producer::init_producer_id(b, r)
+        }),
+        _ => Err(ProtocolError::UnsupportedVersion { key, version }),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ctx {
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+}
+
+fn decode<T: Decodable>(ctx: Ctx, frame: &mut Bytes) -> Result<T, ProtocolError> {
+    T::decode(frame, ctx.version).map_err(|e| ProtocolError::Malformed {
+        key: ctx.key,
+        version: ctx.version,
+        reason: e.to_string(),
+    })
+}
+
+fn run<Req, Resp, F, Fut>(ctx: Ctx, mut frame: Bytes, handler: F) -> Result<Started, ProtocolError>
+where
+    Req: Decodable,
+    Resp: Encodable + Send + 'static,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Resp> + Send + 'static,
+{
+    let request = decode(ctx, &mut frame)?;
+    let pending = handler(request);
+    let reply: Reply = Box::pin(async move {
+        let response = pending.await;
+        encode(ctx.key, ctx.version, ctx.correlation_id, &response).map(Some)
+    });
+    Ok(Started {
+        key: ctx.key,
+        reply,
+    })
+}
+
+fn ready(key: ApiKey, bytes: Result<Bytes, EncodeError>) -> Started {
+    Started {
+        key,
+        reply: Box::pin(std::future::ready(bytes.map(Some))),
+    }
+}
+
+/// Encodes a response frame: length prefix, response header, body.
+pub fn encode<R: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Result<Bytes, EncodeError> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = key.response_header_version(version);
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    let result = header
+        .encode(&mut buf, header_version)
+        .and_then(|()| body.encode(&mut buf, version));
+    if let Err(e) = result {
+        return Err(EncodeError {
+            key,
+            version,
+            reason: e.to_string(),
+        });
+    }
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}

@@ -1,0 +1,246 @@
+//! Produce: validate batches, queue them in the shared write buffer, answer after the commit.
+//!
+//! [`start`] runs in request order on the connection: it validates every partition's record
+//! set and queues all accepted batches of the request in one call to the writer, so batches of
+//! one connection keep their order. The returned future waits for the flush that carries them
+//! to be uploaded and committed, then builds the response from the assigned offsets.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fjord_coordinator::{BatchOutcome, ProducerBatchInfo, TopicMeta, TopicPartition};
+use fjord_storage::batch::split_produced;
+use fjord_storage::writer::AppendBatch;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::ResponseError;
+
+use super::s;
+use crate::error::{batch_code, rejection_code, write_code};
+use crate::Broker;
+
+/// The rest of a produce request, after its batches were queued.
+pub type PendingProduce = Pin<Box<dyn Future<Output = ProduceResponse> + Send>>;
+
+/// Where one partition's answer comes from.
+enum Slot {
+    /// Refused before queueing.
+    Failed(ResponseError, Option<String>),
+    /// Queued: these indices of the writer call's batches.
+    Queued { first: usize, count: usize },
+}
+
+struct PartitionSlot {
+    index: i32,
+    slot: Slot,
+}
+
+struct TopicSlot {
+    name: TopicName,
+    topic_id: uuid::Uuid,
+    partitions: Vec<PartitionSlot>,
+}
+
+/// Validates and queues a produce request. `None` when the client wants no answer (acks=0).
+pub async fn start(
+    broker: &Arc<Broker>,
+    request: ProduceRequest,
+    version: i16,
+) -> Option<PendingProduce> {
+    let acks = request.acks;
+    let mut batches: Vec<AppendBatch> = Vec::new();
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    if request.transactional_id.is_some() {
+        // Transactions are not served; say so on every partition.
+        for topic in request.topic_data {
+            topics.push(TopicSlot {
+                name: topic.name,
+                topic_id: topic.topic_id,
+                partitions: topic
+                    .partition_data
+                    .into_iter()
+                    .map(|p| PartitionSlot {
+                        index: p.index,
+                        slot: Slot::Failed(
+                            ResponseError::TransactionalIdAuthorizationFailed,
+                            Some("transactions are not supported by this broker yet".into()),
+                        ),
+                    })
+                    .collect(),
+            });
+        }
+    } else {
+        for topic in request.topic_data {
+            let meta = broker.resolve_topic(topic.name.0.as_str(), true).await;
+            let mut partitions = Vec::with_capacity(topic.partition_data.len());
+            for p in topic.partition_data {
+                let slot = match &meta {
+                    Err(e) => Slot::Failed(*e, None),
+                    Ok(meta) => queue_partition(broker, meta, p.index, p.records, &mut batches),
+                };
+                partitions.push(PartitionSlot {
+                    index: p.index,
+                    slot,
+                });
+            }
+            topics.push(TopicSlot {
+                name: topic.name,
+                topic_id: meta.as_ref().map(|m| m.id).unwrap_or(topic.topic_id),
+                partitions,
+            });
+        }
+    }
+
+    let outcomes = if batches.is_empty() {
+        None
+    } else {
+        Some(broker.writer.append(batches).await)
+    };
+    if acks == 0 {
+        return None;
+    }
+    let broker = broker.clone();
+    Some(Box::pin(async move {
+        let outcomes = match outcomes {
+            None => Ok(Vec::new()),
+            Some(Err(e)) => Err(write_code(&e)),
+            Some(Ok(rx)) => match rx.await {
+                Ok(Ok(outcomes)) => Ok(outcomes),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "produce failed");
+                    Err(write_code(&e))
+                }
+                Err(_) => Err(ResponseError::NotLeaderOrFollower),
+            },
+        };
+        respond(&broker, topics, outcomes, version).await
+    }))
+}
+
+fn queue_partition(
+    broker: &Broker,
+    meta: &TopicMeta,
+    index: i32,
+    records: Option<bytes::Bytes>,
+    batches: &mut Vec<AppendBatch>,
+) -> Slot {
+    if index < 0 || index >= meta.partitions {
+        return Slot::Failed(ResponseError::UnknownTopicOrPartition, None);
+    }
+    let Some(records) = records else {
+        return Slot::Failed(ResponseError::CorruptMessage, Some("no records".into()));
+    };
+    let split = match split_produced(&records) {
+        Ok(split) => split,
+        Err(e) => return Slot::Failed(batch_code(&e), Some(e.to_string())),
+    };
+    let max = broker.max_message_bytes(meta);
+    if let Some((b, _)) = split.iter().find(|(b, _)| b.len() > max) {
+        return Slot::Failed(
+            ResponseError::MessageTooLarge,
+            Some(format!(
+                "record batch of {} bytes exceeds max.message.bytes {max}",
+                b.len()
+            )),
+        );
+    }
+    if split.iter().any(|(_, h)| h.is_transactional()) {
+        return Slot::Failed(
+            ResponseError::InvalidRecord,
+            Some("transactional batches are not supported by this broker yet".into()),
+        );
+    }
+    let log_append_time = meta
+        .configs
+        .get("message.timestamp.type")
+        .is_some_and(|v| v == "LogAppendTime");
+    let tp = TopicPartition {
+        topic_id: meta.id,
+        partition: index,
+    };
+    let first = batches.len();
+    let count = split.len();
+    for (bytes, header) in split {
+        batches.push(AppendBatch {
+            tp,
+            offset_count: header.offset_count(),
+            max_timestamp: header.max_timestamp,
+            producer: (header.producer_id >= 0).then_some(ProducerBatchInfo {
+                producer_id: header.producer_id,
+                producer_epoch: header.producer_epoch,
+                base_sequence: header.base_sequence,
+            }),
+            log_append_time,
+            bytes,
+        });
+    }
+    Slot::Queued { first, count }
+}
+
+async fn respond(
+    broker: &Broker,
+    topics: Vec<TopicSlot>,
+    outcomes: Result<Vec<BatchOutcome>, ResponseError>,
+    version: i16,
+) -> ProduceResponse {
+    let mut responses = Vec::with_capacity(topics.len());
+    for topic in topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            let mut r = PartitionProduceResponse::default()
+                .with_index(p.index)
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1);
+            match p.slot {
+                Slot::Failed(code, message) => {
+                    r.error_code = code.code();
+                    if version >= 8 {
+                        r.error_message = message.map(s);
+                    }
+                }
+                Slot::Queued { first, count } => match &outcomes {
+                    Err(code) => r.error_code = code.code(),
+                    Ok(outcomes) => {
+                        let mine = outcomes.get(first..first + count).unwrap_or(&[]);
+                        let rejected = mine.iter().find_map(|o| match o {
+                            BatchOutcome::Rejected(r) => Some(*r),
+                            _ => None,
+                        });
+                        match (rejected, mine.first()) {
+                            (Some(rejection), _) => r.error_code = rejection_code(rejection).code(),
+                            (None, Some(BatchOutcome::Appended { base_offset }))
+                            | (None, Some(BatchOutcome::Duplicate { base_offset })) => {
+                                r.base_offset = *base_offset;
+                                r.log_start_offset =
+                                    log_start(broker, topic.topic_id, p.index).await;
+                            }
+                            _ => r.error_code = ResponseError::UnknownServerError.code(),
+                        }
+                    }
+                },
+            }
+            partitions.push(r);
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_topic_id(topic.topic_id)
+                .with_partition_responses(partitions),
+        );
+    }
+    ProduceResponse::default().with_responses(responses)
+}
+
+async fn log_start(broker: &Broker, topic_id: uuid::Uuid, partition: i32) -> i64 {
+    broker
+        .coordinator
+        .partition_offsets(TopicPartition {
+            topic_id,
+            partition,
+        })
+        .await
+        .map(|o| o.log_start)
+        .unwrap_or(-1)
+}

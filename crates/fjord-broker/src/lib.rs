@@ -1,0 +1,70 @@
+//! Fjord's Kafka API: one handler module per API family, behind a thin dispatcher.
+//!
+//! [`Broker`] holds the components a handler needs (coordinator, writer, reader, settings).
+//! [`dispatch::start`] decodes a request frame with `kafka-protocol`, runs the handler and
+//! encodes its response at the negotiated version. Handlers never see bytes on the wire and
+//! never write them. Errors become Kafka error codes only in [`error`].
+
+pub mod dispatch;
+pub mod error;
+mod handlers;
+pub mod topic_config;
+mod topics;
+pub mod versions;
+
+use std::sync::Arc;
+
+use fjord_coordinator::Coordinator;
+use fjord_storage::reader::Reader;
+use fjord_storage::writer::Writer;
+use tokio::sync::watch;
+
+/// Broker settings (plain data, from the command line, environment or a file).
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// This broker's node id.
+    pub node_id: i32,
+    /// Host that clients are told to connect to.
+    pub advertised_host: String,
+    /// Port that clients are told to connect to.
+    pub advertised_port: i32,
+    /// Cluster id returned in Metadata and DescribeCluster.
+    pub cluster_id: String,
+    /// Create unknown topics on Metadata and Produce requests.
+    pub auto_create_topics: bool,
+    /// Partitions of automatically created topics (and of CreateTopics with -1).
+    pub default_partitions: i32,
+    /// Largest record batch accepted when the topic does not set `max.message.bytes`.
+    pub message_max_bytes: i32,
+    /// Client rack / zone of this broker, if any.
+    pub rack: Option<String>,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            node_id: 0,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            cluster_id: "fjord".into(),
+            auto_create_topics: true,
+            default_partitions: 1,
+            message_max_bytes: 1_048_588,
+            rack: None,
+        }
+    }
+}
+
+/// Everything a request handler needs. Shared by all connections.
+pub struct Broker {
+    /// Settings.
+    pub settings: BrokerSettings,
+    /// Metadata store.
+    pub coordinator: Arc<dyn Coordinator>,
+    /// The write path.
+    pub writer: Writer,
+    /// The read path.
+    pub reader: Reader,
+    /// Counts commits; long-polling fetches wait for it to change.
+    pub commits: watch::Receiver<u64>,
+}

@@ -1,0 +1,166 @@
+//! The topic configs Fjord knows: names, defaults, types and validation.
+//!
+//! Configs are stored and returned even where they are not enforced yet (most retention and
+//! compaction settings), so tools and clients that set them keep working. Unknown names are
+//! rejected with INVALID_CONFIG, as Kafka does.
+
+/// Kafka's config value types (DescribeConfigs v3+ `config_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    /// true / false.
+    Boolean = 1,
+    /// Free text or an enumeration.
+    String = 2,
+    /// 32-bit integer.
+    Int = 3,
+    /// 64-bit integer.
+    Long = 5,
+    /// Floating point.
+    Double = 6,
+    /// Comma-separated list.
+    List = 7,
+}
+
+/// One known topic config.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigDef {
+    /// Config name.
+    pub name: &'static str,
+    /// Default value.
+    pub default: &'static str,
+    /// Value type.
+    pub kind: ConfigType,
+    /// Allowed values for enumerations (each list element for lists).
+    pub allowed: &'static [&'static str],
+}
+
+const fn def(name: &'static str, default: &'static str, kind: ConfigType) -> ConfigDef {
+    ConfigDef {
+        name,
+        default,
+        kind,
+        allowed: &[],
+    }
+}
+
+/// Every known topic config, sorted by name.
+pub const TOPIC_CONFIGS: &[ConfigDef] = &[
+    ConfigDef {
+        name: "cleanup.policy",
+        default: "delete",
+        kind: ConfigType::List,
+        allowed: &["delete", "compact"],
+    },
+    ConfigDef {
+        name: "compression.type",
+        default: "producer",
+        kind: ConfigType::String,
+        allowed: &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"],
+    },
+    def("delete.retention.ms", "86400000", ConfigType::Long),
+    def("file.delete.delay.ms", "60000", ConfigType::Long),
+    def("flush.messages", "9223372036854775807", ConfigType::Long),
+    def("flush.ms", "9223372036854775807", ConfigType::Long),
+    def("local.retention.bytes", "-2", ConfigType::Long),
+    def("local.retention.ms", "-2", ConfigType::Long),
+    def(
+        "max.compaction.lag.ms",
+        "9223372036854775807",
+        ConfigType::Long,
+    ),
+    def("max.message.bytes", "1048588", ConfigType::Int),
+    def("message.downconversion.enable", "true", ConfigType::Boolean),
+    def(
+        "message.timestamp.after.max.ms",
+        "9223372036854775807",
+        ConfigType::Long,
+    ),
+    def(
+        "message.timestamp.before.max.ms",
+        "9223372036854775807",
+        ConfigType::Long,
+    ),
+    def(
+        "message.timestamp.difference.max.ms",
+        "9223372036854775807",
+        ConfigType::Long,
+    ),
+    ConfigDef {
+        name: "message.timestamp.type",
+        default: "CreateTime",
+        kind: ConfigType::String,
+        allowed: &["CreateTime", "LogAppendTime"],
+    },
+    def("min.cleanable.dirty.ratio", "0.5", ConfigType::Double),
+    def("min.compaction.lag.ms", "0", ConfigType::Long),
+    def("min.insync.replicas", "1", ConfigType::Int),
+    def("preallocate", "false", ConfigType::Boolean),
+    def("remote.storage.enable", "false", ConfigType::Boolean),
+    def("retention.bytes", "-1", ConfigType::Long),
+    def("retention.ms", "604800000", ConfigType::Long),
+    def("segment.bytes", "1073741824", ConfigType::Int),
+    def("segment.index.bytes", "10485760", ConfigType::Int),
+    def("segment.jitter.ms", "0", ConfigType::Long),
+    def("segment.ms", "604800000", ConfigType::Long),
+    def(
+        "unclean.leader.election.enable",
+        "false",
+        ConfigType::Boolean,
+    ),
+];
+
+/// The definition of a known config.
+pub fn lookup(name: &str) -> Option<&'static ConfigDef> {
+    TOPIC_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// Checks a config value; the error says why it is refused.
+pub fn validate(name: &str, value: &str) -> Result<(), String> {
+    let def = lookup(name).ok_or_else(|| format!("unknown topic config '{name}'"))?;
+    let ok = match def.kind {
+        ConfigType::Boolean => matches!(value, "true" | "false"),
+        ConfigType::Int => value.trim().parse::<i32>().is_ok(),
+        ConfigType::Long => value.trim().parse::<i64>().is_ok(),
+        ConfigType::Double => value.trim().parse::<f64>().is_ok_and(f64::is_finite),
+        ConfigType::String => def.allowed.is_empty() || def.allowed.contains(&value),
+        ConfigType::List => value
+            .split(',')
+            .map(str::trim)
+            .all(|v| def.allowed.is_empty() || def.allowed.contains(&v)),
+    };
+    if !ok {
+        return Err(if def.allowed.is_empty() {
+            format!(
+                "invalid value '{value}' for {name} (expected {:?})",
+                def.kind
+            )
+        } else {
+            format!(
+                "invalid value '{value}' for {name} (allowed: {})",
+                def.allowed.join(", ")
+            )
+        });
+    }
+    if name == "max.message.bytes" && value.trim().parse::<i32>().is_ok_and(|v| v < 0) {
+        return Err(format!("{name} must not be negative"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_and_validated() {
+        assert!(TOPIC_CONFIGS.windows(2).all(|w| w[0].name < w[1].name));
+        for d in TOPIC_CONFIGS {
+            validate(d.name, d.default).unwrap();
+        }
+        assert!(validate("retention.ms", "abc").is_err());
+        assert!(validate("cleanup.policy", "compact,delete").is_ok());
+        assert!(validate("cleanup.policy", "bogus").is_err());
+        assert!(validate("message.timestamp.type", "LogAppendTime").is_ok());
+        assert!(validate("no.such.config", "1").is_err());
+    }
+}

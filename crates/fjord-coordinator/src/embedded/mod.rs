@@ -1,0 +1,278 @@
+//! The embedded coordinator: one process, state in memory, durability through a journal file.
+//!
+//! One writer thread owns the [`Journal`] and is the only code that changes the [`State`]. A
+//! change is decided against the state, appended to the journal and fsynced, and only then
+//! applied, so no reader ever sees an effect that a crash could undo. Readers take a short read
+//! lock and never wait for disk I/O.
+//!
+//! If a journal write fails, the state on disk is unknown, so the coordinator refuses every
+//! further write ([`CoordinatorError::Unavailable`]); a restart recovers from the journal.
+
+mod journal;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+pub use journal::Journal;
+
+use crate::model::*;
+use crate::state::{Entry, State};
+use crate::{Coordinator, CoordinatorError, Result};
+
+/// Journal size after which the writer folds it into a new snapshot.
+const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
+
+type Job = Box<dyn FnOnce(&mut Writer) + Send>;
+
+struct Writer {
+    journal: Journal,
+    state: Arc<RwLock<State>>,
+    failed: Option<String>,
+}
+
+impl Writer {
+    /// Makes `entry` durable, then applies it.
+    fn write(&mut self, entry: Entry) -> Result<()> {
+        if let Some(reason) = &self.failed {
+            return Err(CoordinatorError::Unavailable(reason.clone()));
+        }
+        if let Err(e) = self.journal.append(&entry) {
+            let reason = format!("journal write failed, restart to recover: {e}");
+            tracing::error!("{reason}");
+            self.failed = Some(reason);
+            return Err(e);
+        }
+        self.state.write().apply(&entry);
+        if self.journal.len() > SNAPSHOT_AFTER_BYTES {
+            let state = self.state.read();
+            if let Err(e) = self.journal.snapshot(&state) {
+                // The journal still holds everything; only compaction was lost.
+                tracing::warn!("snapshot failed, journal keeps growing: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn decide_and_write(&mut self, decide: impl FnOnce(&State) -> Result<Entry>) -> Result<Entry> {
+        let entry = decide(&self.state.read())?;
+        self.write(entry.clone())?;
+        Ok(entry)
+    }
+}
+
+/// The embedded coordinator. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedCoordinator {
+    state: Arc<RwLock<State>>,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl EmbeddedCoordinator {
+    /// Opens (or creates) the coordinator whose files live in `dir`.
+    pub fn open(dir: &Path) -> Result<EmbeddedCoordinator> {
+        let (journal, state) = Journal::open(dir)?;
+        let state = Arc::new(RwLock::new(state));
+        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
+        let mut writer = Writer {
+            journal,
+            state: state.clone(),
+            failed: None,
+        };
+        std::thread::Builder::new()
+            .name("fjord-coordinator".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut writer);
+                }
+            })
+            .map_err(|e| CoordinatorError::Storage(format!("starting the writer thread: {e}")))?;
+        Ok(EmbeddedCoordinator { state, jobs })
+    }
+
+    /// Runs `job` on the writer thread and waits for its answer.
+    async fn on_writer<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Writer) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |w: &mut Writer| {
+                let _ = tx.send(job(w));
+            }))
+            .map_err(|_| CoordinatorError::Unavailable("coordinator writer stopped".into()))?;
+        rx.await
+            .map_err(|_| CoordinatorError::Unavailable("coordinator writer stopped".into()))?
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.read())
+    }
+
+    fn topic_meta(&self, name: &str) -> Result<TopicMeta> {
+        self.read(|s| s.topics.get(name).cloned())
+            .ok_or_else(|| CoordinatorError::UnknownTopic(name.to_string()))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl Coordinator for EmbeddedCoordinator {
+    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicMeta> {
+        let entry = self
+            .on_writer(move |w| w.decide_and_write(|s| s.decide_create_topic(spec, Uuid::new_v4())))
+            .await?;
+        match entry {
+            Entry::CreateTopic(meta) => Ok(meta),
+            other => Err(CoordinatorError::Corrupt(format!(
+                "unexpected entry {other:?}"
+            ))),
+        }
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<TopicMeta> {
+        let name = name.to_string();
+        self.on_writer(move |w| {
+            let meta = w
+                .state
+                .read()
+                .topics
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| CoordinatorError::UnknownTopic(name.clone()))?;
+            w.write(Entry::DeleteTopic {
+                name,
+                at_ms: now_ms(),
+            })?;
+            Ok(meta)
+        })
+        .await
+    }
+
+    async fn create_partitions(&self, name: &str, new_total: i32) -> Result<TopicMeta> {
+        let owned = name.to_string();
+        self.on_writer(move |w| w.decide_and_write(|s| s.decide_partitions(&owned, new_total)))
+            .await?;
+        self.topic_meta(name)
+    }
+
+    async fn alter_topic_configs(
+        &self,
+        name: &str,
+        changes: Vec<(String, Option<String>)>,
+    ) -> Result<TopicMeta> {
+        let owned = name.to_string();
+        self.on_writer(move |w| w.decide_and_write(|s| s.decide_configs(&owned, changes)))
+            .await?;
+        self.topic_meta(name)
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicMeta>> {
+        Ok(self.read(|s| s.topics.values().cloned().collect()))
+    }
+
+    async fn topic(&self, name: &str) -> Result<Option<TopicMeta>> {
+        Ok(self.read(|s| s.topics.get(name).cloned()))
+    }
+
+    async fn topic_by_id(&self, id: Uuid) -> Result<Option<TopicMeta>> {
+        Ok(self.read(|s| s.topic_by_id(id).cloned()))
+    }
+
+    async fn commit(&self, flush: FlushCommit) -> Result<Vec<BatchOutcome>> {
+        self.on_writer(move |w| {
+            if let Some(outcomes) = w.state.read().recent_commit(&flush.object_key) {
+                return Ok(outcomes.clone());
+            }
+            let outcomes = w.state.read().decide_commit(&flush);
+            w.write(Entry::Commit {
+                flush,
+                outcomes: outcomes.clone(),
+            })?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn partition_offsets(&self, tp: TopicPartition) -> Result<PartitionOffsets> {
+        self.read(|s| s.partition_offsets(tp))
+    }
+
+    async fn index_rows(
+        &self,
+        tp: TopicPartition,
+        from_offset: i64,
+        max_bytes: u64,
+    ) -> Result<Vec<IndexRow>> {
+        self.read(|s| s.index_rows(tp, from_offset, max_bytes))
+    }
+
+    async fn row_for_timestamp(
+        &self,
+        tp: TopicPartition,
+        timestamp: i64,
+    ) -> Result<Option<IndexRow>> {
+        self.read(|s| s.row_for_timestamp(tp, timestamp))
+    }
+
+    async fn row_with_max_timestamp(&self, tp: TopicPartition) -> Result<Option<IndexRow>> {
+        self.read(|s| s.row_with_max_timestamp(tp))
+    }
+
+    async fn init_producer_id(&self, request: InitProducer) -> Result<ProducerIdentity> {
+        let entry = self
+            .on_writer(move |w| w.decide_and_write(|s| s.decide_producer(request)))
+            .await?;
+        match entry {
+            Entry::Producer { identity, .. } => Ok(identity),
+            other => Err(CoordinatorError::Corrupt(format!(
+                "unexpected entry {other:?}"
+            ))),
+        }
+    }
+
+    async fn object_references(&self) -> Result<ObjectReferences> {
+        Ok(self.read(|s| s.object_references()))
+    }
+
+    async fn forget_objects(&self, keys: Vec<String>) -> Result<()> {
+        self.on_writer(move |w| w.write(Entry::ForgetObjects(keys)))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        crate::testsuite::run_all(|| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let path = dir.path().join(format!("c{n}"));
+            async move { Arc::new(EmbeddedCoordinator::open(&path).unwrap()) as Arc<dyn Coordinator> }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testsuite::durability(|| async {
+            Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap()) as Arc<dyn Coordinator>
+        })
+        .await;
+    }
+}

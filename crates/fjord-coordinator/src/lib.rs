@@ -1,0 +1,97 @@
+//! The coordinator: Fjord's metadata store.
+//!
+//! It owns topics and their configs, each partition's high watermark and the index that maps
+//! offset ranges to byte ranges of immutable objects, idempotent-producer state, and the
+//! bookkeeping that lets unreferenced objects be garbage-collected. It never stores record bytes.
+//!
+//! One trait, [`Coordinator`], several implementations that all pass the conformance suite in
+//! [`testsuite`]:
+//! - [`embedded::EmbeddedCoordinator`]: a single process, a journal file under the data dir.
+//!
+//! Invariants every implementation keeps:
+//! - Offsets of a partition are dense and strictly increasing; an offset, once committed, names
+//!   the same record forever.
+//! - [`Coordinator::commit`] is atomic: all of a flush's outcomes are decided and made durable
+//!   together, or none is. It is idempotent per object key: committing the same object again
+//!   returns the first outcomes and changes nothing.
+//! - A batch from an idempotent producer is appended at most once (retries are answered with the
+//!   offsets of the first append).
+
+pub mod embedded;
+mod error;
+mod model;
+pub mod state;
+pub mod testsuite;
+
+pub use error::{CoordinatorError, Result};
+pub use model::*;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+/// The metadata store behind a broker. Implementations are cheap to share (`Arc<dyn Coordinator>`).
+#[async_trait]
+pub trait Coordinator: Send + Sync + 'static {
+    /// Creates a topic. Fails with [`CoordinatorError::TopicExists`] if the name is taken.
+    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicMeta>;
+
+    /// Deletes a topic and its index. Objects it referenced become garbage once no other topic
+    /// references them.
+    async fn delete_topic(&self, name: &str) -> Result<TopicMeta>;
+
+    /// Raises a topic's partition count (never lowers it).
+    async fn create_partitions(&self, name: &str, new_total: i32) -> Result<TopicMeta>;
+
+    /// Replaces the given config keys of a topic (a `None` value removes the key).
+    async fn alter_topic_configs(
+        &self,
+        name: &str,
+        changes: Vec<(String, Option<String>)>,
+    ) -> Result<TopicMeta>;
+
+    /// All topics, sorted by name.
+    async fn list_topics(&self) -> Result<Vec<TopicMeta>>;
+
+    /// One topic by name.
+    async fn topic(&self, name: &str) -> Result<Option<TopicMeta>>;
+
+    /// One topic by id.
+    async fn topic_by_id(&self, id: Uuid) -> Result<Option<TopicMeta>>;
+
+    /// Commits one uploaded object: assigns offsets to its batches in order, checks idempotent
+    /// producer sequences, advances high watermarks and records index rows; all in one
+    /// transaction. Returns one outcome per batch, in the order given.
+    async fn commit(&self, flush: FlushCommit) -> Result<Vec<BatchOutcome>>;
+
+    /// Log start offset and high watermark of a partition.
+    async fn partition_offsets(&self, tp: TopicPartition) -> Result<PartitionOffsets>;
+
+    /// Index rows of a partition covering offsets from `from_offset` on, in offset order, up to
+    /// about `max_bytes` of referenced data (at least one row when any exists).
+    async fn index_rows(
+        &self,
+        tp: TopicPartition,
+        from_offset: i64,
+        max_bytes: u64,
+    ) -> Result<Vec<IndexRow>>;
+
+    /// The first index row whose max timestamp is at or after `timestamp`.
+    async fn row_for_timestamp(
+        &self,
+        tp: TopicPartition,
+        timestamp: i64,
+    ) -> Result<Option<IndexRow>>;
+
+    /// The index row holding the partition's largest timestamp (the earliest such row).
+    async fn row_with_max_timestamp(&self, tp: TopicPartition) -> Result<Option<IndexRow>>;
+
+    /// Allocates a producer id, or bumps the epoch of an existing one (KIP-360).
+    async fn init_producer_id(&self, request: InitProducer) -> Result<ProducerIdentity>;
+
+    /// Objects that no index row references any more and that were unreferenced at or before
+    /// `older_than_ms`; and all objects the store knows, for reconciling a bucket listing.
+    async fn object_references(&self) -> Result<ObjectReferences>;
+
+    /// Forgets objects after they were deleted from object storage.
+    async fn forget_objects(&self, keys: Vec<String>) -> Result<()>;
+}

@@ -1,0 +1,164 @@
+//! Plain data exchanged with a coordinator.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A topic to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSpec {
+    /// Topic name (already validated by the caller).
+    pub name: String,
+    /// Number of partitions, at least 1.
+    pub partitions: i32,
+    /// Topic configs set explicitly (defaults are not stored).
+    pub configs: BTreeMap<String, String>,
+}
+
+/// A topic as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    /// Topic name.
+    pub name: String,
+    /// Topic id (Metadata v10+, Fetch v13+).
+    pub id: Uuid,
+    /// Number of partitions.
+    pub partitions: i32,
+    /// Topic configs set explicitly.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// One partition of one topic, addressed by topic id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TopicPartition {
+    /// Topic id.
+    pub topic_id: Uuid,
+    /// Partition index.
+    pub partition: i32,
+}
+
+/// Idempotent producer fields of a record batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerBatchInfo {
+    /// Producer id (>= 0).
+    pub producer_id: i64,
+    /// Producer epoch.
+    pub producer_epoch: i16,
+    /// Sequence number of the batch's first record.
+    pub base_sequence: i32,
+}
+
+/// One record batch inside an uploaded object, to be committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitBatch {
+    /// The partition it belongs to.
+    pub tp: TopicPartition,
+    /// Byte position of the batch inside the object.
+    pub position: u64,
+    /// Length of the batch in bytes.
+    pub length: u64,
+    /// Number of offsets the batch spans (`lastOffsetDelta + 1`).
+    pub offset_count: i64,
+    /// The batch's max timestamp (already the log-append time where that applies).
+    pub max_timestamp: i64,
+    /// Present for batches of idempotent producers.
+    pub producer: Option<ProducerBatchInfo>,
+}
+
+/// Everything one flush commits: one object and its batches, grouped by partition in object order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushCommit {
+    /// The object's key in object storage.
+    pub object_key: String,
+    /// The object's total size in bytes.
+    pub object_size: u64,
+    /// Wall-clock time of the commit in ms (log-append time).
+    pub timestamp_ms: i64,
+    /// The batches to commit, in arrival order per partition.
+    pub batches: Vec<CommitBatch>,
+}
+
+/// Why a batch was not appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchRejection {
+    /// The topic or partition no longer exists.
+    UnknownTopicOrPartition,
+    /// A sequence gap for this producer.
+    OutOfOrderSequence,
+    /// The producer's epoch is older than the current one.
+    ProducerFenced,
+    /// The producer id is unknown to this partition and the batch does not start a sequence.
+    UnknownProducerId,
+    /// The producer's epoch is newer than any the coordinator handed out.
+    InvalidProducerEpoch,
+}
+
+/// What happened to one batch of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOutcome {
+    /// Appended at this base offset.
+    Appended {
+        /// First offset of the batch.
+        base_offset: i64,
+    },
+    /// Already appended by an earlier commit (an idempotent retry); not stored again.
+    Duplicate {
+        /// First offset of the batch as first appended.
+        base_offset: i64,
+    },
+    /// Not appended.
+    Rejected(BatchRejection),
+}
+
+/// Offsets bounding a partition's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffsets {
+    /// First offset still readable.
+    pub log_start: i64,
+    /// One past the last committed offset (high watermark = log end offset).
+    pub high_watermark: i64,
+}
+
+/// A contiguous run of batches of one partition inside one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexRow {
+    /// First offset of the run.
+    pub base_offset: i64,
+    /// Last offset of the run (inclusive).
+    pub last_offset: i64,
+    /// The object holding the bytes.
+    pub object_key: String,
+    /// Byte position of the run inside the object.
+    pub position: u64,
+    /// Byte length of the run.
+    pub length: u64,
+    /// Largest batch max timestamp in the run.
+    pub max_timestamp: i64,
+}
+
+/// An InitProducerId call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducer {
+    /// The caller's current id and epoch when it asks for an epoch bump (KIP-360), else `None`.
+    pub existing: Option<(i64, i16)>,
+}
+
+/// A producer id and epoch handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerIdentity {
+    /// Producer id.
+    pub producer_id: i64,
+    /// Producer epoch.
+    pub producer_epoch: i16,
+}
+
+/// What the coordinator knows of objects, for garbage collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectReferences {
+    /// Every object key any index row references.
+    pub live: std::collections::BTreeSet<String>,
+    /// Objects once committed that nothing references any more, with the time (ms) they became
+    /// unreferenced.
+    pub dead: BTreeMap<String, i64>,
+}

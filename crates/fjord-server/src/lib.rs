@@ -1,0 +1,204 @@
+//! The Kafka listener: accepts connections, frames requests, answers them in order.
+//!
+//! Each connection has a reader task and a writer task. The reader reads one length-prefixed
+//! frame at a time and hands it to [`fjord_broker::dispatch::start`], which does the in-order
+//! part of the work (queueing produced batches) and returns the response as a future. The
+//! writer awaits those futures in arrival order and writes each response, so responses leave in
+//! request order while later requests are already being worked on (pipelining, bounded by
+//! `max_inflight_per_connection`).
+//!
+//! Bad input closes the connection, never the broker: a frame larger than
+//! `max_request_bytes`, a negative length, an unknown API, a version not served or a body that
+//! does not decode are logged and the socket is closed (what Kafka does).
+//!
+//! Shutdown: cancelling the token stops accepting and stops every reader; writers still answer
+//! every request already read; [`serve`] returns when all connections are done or when
+//! `drain_timeout` has passed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fjord_broker::dispatch::{self, Reply};
+use fjord_broker::Broker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Largest request frame accepted (Kafka's `socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+    /// Connections served at once; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// Requests of one connection being worked on before its reader waits.
+    pub max_inflight_per_connection: usize,
+    /// How long shutdown waits for connections to finish their requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_request_bytes: 100 << 20,
+            max_connections: 100_000,
+            max_inflight_per_connection: 32,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves Kafka clients on `listener` until `shutdown` is cancelled and connections drained.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let broker = broker.clone();
+                let settings = settings.clone();
+                let shutdown = shutdown.clone();
+                connections.spawn(async move {
+                    connection(stream, peer, broker, settings, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    tracing::info!(
+        open = connections.len(),
+        "listener closed; draining connections"
+    );
+    let drained = tokio::time::timeout(settings.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "drain timeout; closing remaining connections"
+        );
+        connections.shutdown().await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("request size {0} is negative or over the limit of {1} bytes")]
+    Size(i32, usize),
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn read_frame(reader: &mut OwnedReadHalf, max: usize) -> Result<Bytes, FrameError> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let size = i32::from_be_bytes(len);
+    let n = usize::try_from(size)
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or(FrameError::Size(size, max))?;
+    let mut buf = BytesMut::zeroed(n);
+    reader.read_exact(&mut buf).await?;
+    Ok(buf.freeze())
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+) {
+    tracing::debug!(%peer, "connection opened");
+    let (mut reader, writer) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Reply>(settings.max_inflight_per_connection.max(1));
+    let writer_task = tokio::spawn(write_replies(writer, rx, peer));
+    loop {
+        let frame = tokio::select! {
+            () = shutdown.cancelled() => break,
+            frame = read_frame(&mut reader, settings.max_request_bytes) => frame,
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(FrameError::Closed) => break,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "closing connection");
+                break;
+            }
+        };
+        match dispatch::start(&broker, frame).await {
+            Ok(started) => {
+                if tx.send(started.reply).await.is_err() {
+                    break; // the writer failed: the socket is gone
+                }
+            }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "closing connection");
+                break;
+            }
+        }
+    }
+    // Let the writer answer everything already read, then close.
+    drop(tx);
+    let _ = writer_task.await;
+    tracing::debug!(%peer, "connection closed");
+}
+
+async fn write_replies(
+    mut writer: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Reply>,
+    peer: SocketAddr,
+) {
+    while let Some(reply) = rx.recv().await {
+        let bytes = match reply.await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "closing connection");
+                return;
+            }
+        };
+        if let Err(e) = writer.write_all(&bytes).await {
+            tracing::debug!(%peer, error = %e, "write failed");
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}

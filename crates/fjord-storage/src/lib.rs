@@ -1,0 +1,14 @@
+//! Fjord's storage layer: how record batches get into object storage and back out.
+//!
+//! - [`batch`]: views over Kafka v2 record batch headers (validation, base-offset rewrite).
+//! - [`object`]: the immutable object format (batches grouped by partition, self-describing
+//!   footer).
+//! - [`store`]: building an `Arc<dyn ObjectStore>` from a URL.
+//! - [`writer`]: the shared write buffer, flushes, uploads and ordered coordinator commits.
+//! - [`reader`]: reading committed batches through a byte-bounded cache.
+
+pub mod batch;
+pub mod object;
+pub mod reader;
+pub mod store;
+pub mod writer;

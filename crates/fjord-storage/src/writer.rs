@@ -1,0 +1,538 @@
+//! The write path: one shared write buffer per broker, flushed as one object, committed in order.
+//!
+//! Produce handlers [`Writer::append`] validated batches and get a receiver for their outcomes.
+//! A single task (the *buffer task*) owns the open buffer. It seals the buffer when it holds
+//! `flush_bytes` or when `flush_interval` has passed since its first batch, provided fewer than
+//! `max_inflight_flushes` flushes are in flight; otherwise it keeps filling (group commit) up
+//! to `max_buffer_bytes`, after which appends wait (backpressure reaches the sockets).
+//!
+//! A sealed buffer becomes one object ([`crate::object`]), uploaded by its own task. The
+//! *commit task* takes sealed flushes strictly in seal order: it waits for the flush's upload,
+//! then commits it in one coordinator call, then answers its waiters. So flush N is committed
+//! before flush N+1 even if N+1's upload finishes first, and per-partition arrival order
+//! survives. Only after the commit are produce requests answered.
+//!
+//! Uploads and commits are retried with backoff until `retry_deadline`; a flush that still
+//! fails answers its waiters with an error (clients retry; idempotent producers are
+//! de-duplicated by the coordinator, and a commit is idempotent per object key). An uploaded
+//! object whose commit failed is never referenced and is garbage-collected later.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjord_coordinator::{
+    BatchOutcome, CommitBatch, Coordinator, CoordinatorError, FlushCommit, ProducerBatchInfo,
+    TopicPartition,
+};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::batch::set_log_append_time;
+use crate::object::ObjectBuilder;
+use crate::reader::ReadCache;
+
+/// Tunables of the write path.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// Seal the buffer once it holds this many bytes.
+    pub flush_bytes: usize,
+    /// Seal the buffer this long after its first batch arrived.
+    pub flush_interval: Duration,
+    /// Flushes uploading or committing at once.
+    pub max_inflight_flushes: usize,
+    /// Appends wait once the open buffer holds this many bytes.
+    pub max_buffer_bytes: usize,
+    /// How long uploads and commits are retried before a flush fails.
+    pub retry_deadline: Duration,
+    /// Written into object footers.
+    pub broker_id: i32,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        WriterSettings {
+            flush_bytes: 4 << 20,
+            flush_interval: Duration::from_millis(5),
+            max_inflight_flushes: 4,
+            max_buffer_bytes: 32 << 20,
+            retry_deadline: Duration::from_secs(20),
+            broker_id: 0,
+        }
+    }
+}
+
+/// One validated batch to append.
+#[derive(Debug, Clone)]
+pub struct AppendBatch {
+    /// Its partition.
+    pub tp: TopicPartition,
+    /// The batch bytes, as the producer sent them.
+    pub bytes: Bytes,
+    /// Offsets it spans.
+    pub offset_count: i64,
+    /// Its max timestamp (ignored when `log_append_time`).
+    pub max_timestamp: i64,
+    /// Idempotent-producer fields.
+    pub producer: Option<ProducerBatchInfo>,
+    /// Stamp the batch with the log-append time.
+    pub log_append_time: bool,
+}
+
+/// Why an append failed as a whole.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The object could not be uploaded in time.
+    #[error("object upload failed: {0}")]
+    Upload(String),
+    /// The coordinator commit failed.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// The writer is shutting down.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+/// Outcomes of an append, one per batch in the order given, or why none was decided.
+pub type AppendResult = Result<Vec<BatchOutcome>, WriteError>;
+
+enum Command {
+    Append {
+        batches: Vec<AppendBatch>,
+        reply: oneshot::Sender<AppendResult>,
+    },
+    Close(oneshot::Sender<()>),
+}
+
+/// Handle for appending; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Command>,
+}
+
+/// Owns the writer's tasks; [`WriterTask::close`] drains them.
+pub struct WriterTask {
+    tx: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts the write path.
+    pub fn start(
+        settings: WriterSettings,
+        store: Arc<dyn ObjectStore>,
+        coordinator: Arc<dyn Coordinator>,
+        cache: Arc<ReadCache>,
+        commits: Arc<watch::Sender<u64>>,
+    ) -> (Writer, WriterTask) {
+        let (tx, rx) = mpsc::channel(1024);
+        let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
+        let committer = tokio::spawn(commit_loop(
+            sealed_rx,
+            coordinator,
+            cache,
+            commits,
+            settings.retry_deadline,
+        ));
+        let task = tokio::spawn(buffer_loop(settings, store, rx, sealed_tx, committer));
+        (Writer { tx: tx.clone() }, WriterTask { tx, task })
+    }
+
+    /// Queues batches for the next flush. The receiver yields their outcomes once committed.
+    /// Batches of one call land in the same flush, in the order given.
+    pub async fn append(
+        &self,
+        batches: Vec<AppendBatch>,
+    ) -> Result<oneshot::Receiver<AppendResult>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append { batches, reply })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        Ok(rx)
+    }
+}
+
+impl WriterTask {
+    /// Flushes and commits everything buffered, then stops. Later appends fail with
+    /// [`WriteError::ShuttingDown`].
+    pub async fn close(self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        let _ = self.task.await;
+    }
+}
+
+struct Waiter {
+    reply: oneshot::Sender<AppendResult>,
+    /// Indices into the buffer's batch list.
+    first: usize,
+    count: usize,
+}
+
+#[derive(Default)]
+struct Buffer {
+    batches: Vec<AppendBatch>,
+    waiters: Vec<Waiter>,
+    bytes: usize,
+    opened: Option<Instant>,
+}
+
+struct Sealed {
+    object_key: String,
+    object: Bytes,
+    commit: FlushCommit,
+    /// For each batch of the buffer (arrival order), its index in `commit.batches`.
+    placement: Vec<usize>,
+    waiters: Vec<Waiter>,
+    upload: JoinHandle<Result<(), WriteError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn buffer_loop(
+    settings: WriterSettings,
+    store: Arc<dyn ObjectStore>,
+    mut rx: mpsc::Receiver<Command>,
+    sealed_tx: mpsc::UnboundedSender<Sealed>,
+    committer: JoinHandle<()>,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_inflight_flushes.max(1)));
+    let mut buffer = Buffer::default();
+    let mut due = false;
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    loop {
+        let full = buffer.bytes >= settings.flush_bytes;
+        let deadline = buffer.opened.map(|t| t + settings.flush_interval);
+        let want_seal = !buffer.batches.is_empty() && (due || full || closing.is_some());
+        if closing.is_some() && buffer.batches.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            permit = permits.clone().acquire_owned(), if want_seal => {
+                let Ok(permit) = permit else { break };
+                let sealed = seal(std::mem::take(&mut buffer), &settings, &store, permit);
+                due = false;
+                if sealed_tx.send(sealed).is_err() {
+                    break;
+                }
+            }
+            () = sleep_until_opt(deadline), if deadline.is_some() && !due => due = true,
+            command = rx.recv(), if closing.is_none() && buffer.bytes < settings.max_buffer_bytes => {
+                match command {
+                    Some(Command::Append { batches, reply }) => {
+                        if batches.is_empty() {
+                            let _ = reply.send(Ok(Vec::new()));
+                            continue;
+                        }
+                        if buffer.opened.is_none() {
+                            buffer.opened = Some(Instant::now());
+                        }
+                        buffer.waiters.push(Waiter {
+                            reply,
+                            first: buffer.batches.len(),
+                            count: batches.len(),
+                        });
+                        for b in batches {
+                            buffer.bytes += b.bytes.len();
+                            buffer.batches.push(b);
+                        }
+                    }
+                    Some(Command::Close(done)) => closing = Some(done),
+                    None => closing = Some(oneshot::channel().0),
+                }
+            }
+        }
+    }
+    // Wait for every flush in flight to be committed and answered.
+    drop(sealed_tx);
+    let _ = committer.await;
+    rx.close();
+    while let Ok(command) = rx.try_recv() {
+        if let Command::Append { reply, .. } = command {
+            let _ = reply.send(Err(WriteError::ShuttingDown));
+        }
+    }
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn seal(
+    buffer: Buffer,
+    settings: &WriterSettings,
+    store: &Arc<dyn ObjectStore>,
+    permit: OwnedSemaphorePermit,
+) -> Sealed {
+    let now = now_ms();
+    // Group batches by partition, keeping arrival order within each (a stable sort).
+    let mut order: Vec<usize> = (0..buffer.batches.len()).collect();
+    order.sort_by_key(|&i| buffer.batches[i].tp);
+    let mut placement = vec![0; buffer.batches.len()];
+    let mut builder = ObjectBuilder::with_capacity(buffer.bytes);
+    let mut commit_batches = Vec::with_capacity(order.len());
+    for (object_index, &i) in order.iter().enumerate() {
+        let b = &buffer.batches[i];
+        let max_timestamp = if b.log_append_time {
+            now
+        } else {
+            b.max_timestamp
+        };
+        let (position, bytes) = builder.push(
+            b.tp.topic_id,
+            b.tp.partition,
+            &b.bytes,
+            b.offset_count,
+            max_timestamp,
+        );
+        if b.log_append_time {
+            set_log_append_time(bytes, now);
+        }
+        commit_batches.push(CommitBatch {
+            tp: b.tp,
+            position,
+            length: b.bytes.len() as u64,
+            offset_count: b.offset_count,
+            max_timestamp,
+            producer: b.producer,
+        });
+        placement[i] = object_index;
+    }
+    let object = builder.finish(settings.broker_id, now);
+    let object_key = format!("objects/{}.fjd", uuid::Uuid::now_v7());
+    let upload = tokio::spawn(upload(
+        store.clone(),
+        object_key.clone(),
+        object.clone(),
+        settings.retry_deadline,
+    ));
+    Sealed {
+        commit: FlushCommit {
+            object_key: object_key.clone(),
+            object_size: object.len() as u64,
+            timestamp_ms: now,
+            batches: commit_batches,
+        },
+        object_key,
+        object,
+        placement,
+        waiters: buffer.waiters,
+        upload,
+        _permit: permit,
+    }
+}
+
+/// Exponential backoff from 20 ms to 2 s until `deadline`.
+struct Backoff {
+    delay: Duration,
+    deadline: Instant,
+}
+
+impl Backoff {
+    fn new(limit: Duration) -> Self {
+        Backoff {
+            delay: Duration::from_millis(20),
+            deadline: Instant::now() + limit,
+        }
+    }
+
+    /// Sleeps before the next attempt; `false` when the deadline has passed.
+    async fn wait(&mut self) -> bool {
+        if Instant::now() + self.delay > self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(2));
+        true
+    }
+}
+
+async fn upload(
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    object: Bytes,
+    limit: Duration,
+) -> Result<(), WriteError> {
+    let location = Path::from(key.as_str());
+    let mut backoff = Backoff::new(limit);
+    loop {
+        match store.put(&location, object.clone().into()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(object = %key, error = %e, "object upload failed");
+                if !backoff.wait().await {
+                    return Err(WriteError::Upload(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_with_retry(
+    coordinator: &Arc<dyn Coordinator>,
+    flush: FlushCommit,
+    limit: Duration,
+) -> Result<Vec<BatchOutcome>, WriteError> {
+    let mut backoff = Backoff::new(limit);
+    loop {
+        match coordinator.commit(flush.clone()).await {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(e) => {
+                tracing::warn!(object = %flush.object_key, error = %e, "commit failed");
+                let retriable = matches!(e, CoordinatorError::Storage(_));
+                if !retriable || !backoff.wait().await {
+                    return Err(WriteError::Commit(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_loop(
+    mut sealed_rx: mpsc::UnboundedReceiver<Sealed>,
+    coordinator: Arc<dyn Coordinator>,
+    cache: Arc<ReadCache>,
+    commits: Arc<watch::Sender<u64>>,
+    retry_deadline: Duration,
+) {
+    while let Some(sealed) = sealed_rx.recv().await {
+        let uploaded = match sealed.upload.await {
+            Ok(result) => result,
+            Err(e) => Err(WriteError::Upload(format!("upload task failed: {e}"))),
+        };
+        let result = match uploaded {
+            Ok(()) => {
+                cache.insert_object(&sealed.object_key, sealed.object.clone());
+                commit_with_retry(&coordinator, sealed.commit, retry_deadline).await
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_ok() {
+            commits.send_modify(|n| *n += 1);
+        }
+        for waiter in sealed.waiters {
+            let answer = match &result {
+                Ok(outcomes) => Ok((waiter.first..waiter.first + waiter.count)
+                    .map(|i| {
+                        outcomes.get(sealed.placement[i]).copied().unwrap_or(
+                            BatchOutcome::Rejected(
+                                fjord_coordinator::BatchRejection::UnknownTopicOrPartition,
+                            ),
+                        )
+                    })
+                    .collect()),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = waiter.reply.send(answer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::tests::sample_batch;
+    use crate::reader::Reader;
+    use fjord_coordinator::embedded::EmbeddedCoordinator;
+    use fjord_coordinator::TopicSpec;
+
+    #[tokio::test]
+    async fn appends_are_committed_in_order_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator: Arc<dyn Coordinator> =
+            Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
+        let topic = coordinator
+            .create_topic(TopicSpec {
+                name: "t".into(),
+                partitions: 2,
+                configs: Default::default(),
+            })
+            .await
+            .unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let cache = Arc::new(ReadCache::new(1 << 20));
+        let commits = Arc::new(watch::channel(0).0);
+        let settings = WriterSettings {
+            flush_bytes: 200,
+            ..Default::default()
+        };
+        let (writer, task) = Writer::start(
+            settings,
+            store.clone(),
+            coordinator.clone(),
+            cache,
+            commits.clone(),
+        );
+        let mut receivers = Vec::new();
+        for i in 0..50 {
+            let tp = TopicPartition {
+                topic_id: topic.id,
+                partition: i % 2,
+            };
+            let batch = AppendBatch {
+                tp,
+                bytes: sample_batch(2, -1, -1, i64::from(i)),
+                offset_count: 2,
+                max_timestamp: i64::from(i),
+                producer: None,
+                log_append_time: false,
+            };
+            receivers.push(writer.append(vec![batch]).await.unwrap());
+        }
+        let mut expected = [0i64, 0];
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let outcomes = rx.await.unwrap().unwrap();
+            assert_eq!(
+                outcomes,
+                vec![BatchOutcome::Appended {
+                    base_offset: expected[i % 2]
+                }]
+            );
+            expected[i % 2] += 2;
+        }
+        assert!(
+            *commits.borrow() > 1,
+            "small flush_bytes forces several flushes"
+        );
+        task.close().await;
+        assert!(writer.append(vec![]).await.is_err());
+
+        // Read back through a cold cache: every offset present, in order.
+        let reader = Reader::new(store, Arc::new(ReadCache::new(0)));
+        let tp = TopicPartition {
+            topic_id: topic.id,
+            partition: 1,
+        };
+        let rows = coordinator.index_rows(tp, 0, u64::MAX).await.unwrap();
+        let mut next = 0;
+        for row in rows {
+            let raw = reader.read_row(&row).await.unwrap();
+            let (bytes, end) =
+                crate::batch::materialize(&raw, row.base_offset, 0, usize::MAX).unwrap();
+            assert_eq!(end, row.last_offset + 1);
+            let first = i64::from_be_bytes(bytes[..8].try_into().unwrap());
+            assert_eq!(first, next);
+            next = end;
+        }
+        assert_eq!(next, 50);
+    }
+}

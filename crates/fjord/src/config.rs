@@ -1,0 +1,258 @@
+//! `fjord serve` settings: defaults < TOML file (`--config`) < `FJORD_*` environment < flags.
+//!
+//! Settings are plain data; the components they describe (store, coordinator, writer) are built
+//! in `serve.rs`. Unknown keys in the file are rejected, so a typo never goes unnoticed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+
+/// Every setting of `fjord serve`, as read from a TOML file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address the Kafka listener binds.
+    pub listen: String,
+    /// `host:port` that clients are told to connect to (default: the listen address).
+    pub advertised_address: Option<String>,
+    /// Directory for local state (the embedded coordinator, the local object store).
+    pub data_dir: PathBuf,
+    /// Object store URL: `file://DIR`, `memory://` or `s3://bucket/prefix`
+    /// (default: `file://<data_dir>/objects`).
+    pub object_store: Option<String>,
+    /// Coordinator: `embedded` (a journal under `<data_dir>/coordinator`) or `postgres://...`.
+    pub coordinator: String,
+    /// This broker's node id.
+    pub node_id: i32,
+    /// Cluster id reported to clients.
+    pub cluster_id: String,
+    /// Zone / rack of this broker.
+    pub zone: Option<String>,
+    /// Create unknown topics on Metadata and Produce.
+    pub auto_create_topics: bool,
+    /// Partitions of automatically created topics.
+    pub default_partitions: i32,
+    /// Seal the write buffer at this many bytes.
+    pub flush_bytes: usize,
+    /// Seal the write buffer this many ms after its first batch.
+    pub flush_interval_ms: u64,
+    /// Flushes uploading or committing at once.
+    pub max_inflight_flushes: usize,
+    /// Produce requests wait once this many bytes are buffered.
+    pub max_buffer_bytes: usize,
+    /// Bytes of object data cached for reads.
+    pub read_cache_bytes: usize,
+    /// Largest record batch when a topic sets no `max.message.bytes`.
+    pub message_max_bytes: i32,
+    /// Largest request frame.
+    pub max_request_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Seconds that shutdown waits for in-flight requests.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:9092".into(),
+            advertised_address: None,
+            data_dir: PathBuf::from("data"),
+            object_store: None,
+            coordinator: "embedded".into(),
+            node_id: 0,
+            cluster_id: "fjord".into(),
+            zone: None,
+            auto_create_topics: true,
+            default_partitions: 1,
+            flush_bytes: 4 << 20,
+            flush_interval_ms: 5,
+            max_inflight_flushes: 4,
+            max_buffer_bytes: 32 << 20,
+            read_cache_bytes: 256 << 20,
+            message_max_bytes: 1_048_588,
+            max_request_bytes: 100 << 20,
+            max_connections: 100_000,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// Flags of `fjord serve`; each may also come from its `FJORD_*` environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with settings (keys as the long flags, with '_' for '-').
+    #[arg(long, env = "FJORD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for Kafka clients [default: 127.0.0.1:9092].
+    #[arg(long, env = "FJORD_LISTEN")]
+    pub listen: Option<String>,
+    /// host:port advertised to clients [default: the listen address].
+    #[arg(long, env = "FJORD_ADVERTISED_ADDRESS")]
+    pub advertised_address: Option<String>,
+    /// Directory for local state [default: ./data].
+    #[arg(long, env = "FJORD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Object store URL: file://DIR, memory:// or s3://bucket/prefix [default: file://<data-dir>/objects].
+    #[arg(long, env = "FJORD_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// Coordinator: "embedded" or postgres://user:pass@host/db [default: embedded].
+    #[arg(long, env = "FJORD_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// Node id of this broker [default: 0].
+    #[arg(long, env = "FJORD_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// Cluster id reported to clients [default: fjord].
+    #[arg(long, env = "FJORD_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    /// Zone (rack) of this broker.
+    #[arg(long, env = "FJORD_ZONE")]
+    pub zone: Option<String>,
+    /// Create unknown topics on Metadata/Produce [default: true].
+    #[arg(long, env = "FJORD_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics [default: 1].
+    #[arg(long, env = "FJORD_DEFAULT_PARTITIONS")]
+    pub default_partitions: Option<i32>,
+    /// Seal the write buffer at this many bytes [default: 4 MiB].
+    #[arg(long, env = "FJORD_FLUSH_BYTES")]
+    pub flush_bytes: Option<usize>,
+    /// Seal the write buffer this many ms after its first batch [default: 5].
+    #[arg(long, env = "FJORD_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Flushes uploading or committing at once [default: 4].
+    #[arg(long, env = "FJORD_MAX_INFLIGHT_FLUSHES")]
+    pub max_inflight_flushes: Option<usize>,
+    /// Bytes of object data cached for reads [default: 256 MiB].
+    #[arg(long, env = "FJORD_READ_CACHE_BYTES")]
+    pub read_cache_bytes: Option<usize>,
+    /// Largest record batch unless a topic sets max.message.bytes [default: 1048588].
+    #[arg(long, env = "FJORD_MESSAGE_MAX_BYTES")]
+    pub message_max_bytes: Option<i32>,
+}
+
+impl ServeArgs {
+    /// Resolves the effective settings.
+    pub fn resolve(&self) -> anyhow::Result<ServeConfig> {
+        let mut c = match &self.config {
+            Some(path) => load_file(path)?,
+            None => ServeConfig::default(),
+        };
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
+        }
+        take!(
+            listen,
+            data_dir,
+            coordinator,
+            node_id,
+            cluster_id,
+            auto_create_topics,
+            default_partitions,
+            flush_bytes,
+            flush_interval_ms,
+            max_inflight_flushes,
+            read_cache_bytes,
+            message_max_bytes
+        );
+        if self.advertised_address.is_some() {
+            c.advertised_address = self.advertised_address.clone();
+        }
+        if self.object_store.is_some() {
+            c.object_store = self.object_store.clone();
+        }
+        if self.zone.is_some() {
+            c.zone = self.zone.clone();
+        }
+        // The open buffer must be able to reach the flush size.
+        c.max_buffer_bytes = c.max_buffer_bytes.max(c.flush_bytes);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<ServeConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
+}
+
+impl ServeConfig {
+    /// Checks values that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen.parse::<SocketAddr>().with_context(|| {
+            format!(
+                "listen address '{}' is not HOST:PORT (an IP address and port)",
+                self.listen
+            )
+        })?;
+        if let Some(a) = &self.advertised_address {
+            split_host_port(a)?;
+        }
+        if self.default_partitions < 1 {
+            bail!("default_partitions must be at least 1");
+        }
+        if self.flush_bytes == 0 || self.max_inflight_flushes == 0 {
+            bail!("flush_bytes and max_inflight_flushes must be positive");
+        }
+        if self.message_max_bytes <= 0 {
+            bail!("message_max_bytes must be positive");
+        }
+        Ok(())
+    }
+
+    /// (host, port) advertised to clients.
+    pub fn advertised(&self) -> anyhow::Result<(String, i32)> {
+        split_host_port(self.advertised_address.as_deref().unwrap_or(&self.listen))
+    }
+}
+
+/// Splits `host:port` (IPv6 hosts in brackets).
+pub fn split_host_port(address: &str) -> anyhow::Result<(String, i32)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("'{address}' is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("'{address}': '{port}' is not a port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("'{address}' has no host");
+    }
+    Ok((host.to_string(), i32::from(port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9999\"\nflush_interval_ms = 7\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            flush_interval_ms: Some(9),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9999");
+        assert_eq!(c.flush_interval_ms, 9);
+        assert_eq!(c.advertised().unwrap(), ("127.0.0.1".to_string(), 9999));
+
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let err = args.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        assert!(split_host_port("[::1]:9092").is_ok());
+        assert!(split_host_port("host").is_err());
+        assert!(split_host_port("host:99999").is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! The `fjord` binary: `fjord serve` runs a broker; `fjord topic ...` administers topics over the
+//! Kafka protocol (against Fjord or any Kafka cluster).
+
+mod admin;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Fjord: a diskless, Kafka-compatible streaming platform.
+#[derive(Debug, Parser)]
+#[command(name = "fjord", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker (embedded defaults: 127.0.0.1:9092, data under ./data).
+    Serve(config::ServeArgs),
+    /// Manage topics through the Kafka protocol.
+    Topic {
+        /// A broker to bootstrap from.
+        #[arg(
+            long,
+            short,
+            env = "FJORD_BOOTSTRAP",
+            default_value = "127.0.0.1:9092",
+            global = true
+        )]
+        bootstrap: String,
+        #[command(subcommand)]
+        command: admin::topic::TopicCommand,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args.resolve()?).await,
+            Command::Topic { bootstrap, command } => admin::topic::run(&bootstrap, command).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `fjord serve`: builds the components from the settings and runs the broker until a signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use fjord_broker::{Broker, BrokerSettings};
+use fjord_coordinator::embedded::EmbeddedCoordinator;
+use fjord_coordinator::Coordinator;
+use fjord_server::ServerSettings;
+use fjord_storage::reader::{ReadCache, Reader};
+use fjord_storage::writer::{Writer, WriterSettings};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+
+/// Runs a broker until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let coordinator: Arc<dyn Coordinator> = match config.coordinator.as_str() {
+        "embedded" => {
+            let dir = config.data_dir.join("coordinator");
+            Arc::new(EmbeddedCoordinator::open(&dir).with_context(|| {
+                format!("opening the embedded coordinator in {}", dir.display())
+            })?)
+        }
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            bail!("the PostgreSQL coordinator is not available in this build yet; use --coordinator embedded")
+        }
+        other => bail!("unknown coordinator '{other}' (use 'embedded' or postgres://...)"),
+    };
+    let store_url = config.object_store.clone().unwrap_or_else(|| {
+        format!(
+            "file://{}",
+            absolute(&config.data_dir.join("objects")).display()
+        )
+    });
+    let store = fjord_storage::store::from_url(&store_url)?;
+
+    let cache = Arc::new(ReadCache::new(config.read_cache_bytes));
+    let (commits_tx, commits) = watch::channel(0u64);
+    let (writer, writer_task) = Writer::start(
+        WriterSettings {
+            flush_bytes: config.flush_bytes,
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            max_inflight_flushes: config.max_inflight_flushes,
+            max_buffer_bytes: config.max_buffer_bytes,
+            broker_id: config.node_id,
+            ..WriterSettings::default()
+        },
+        store.clone(),
+        coordinator.clone(),
+        cache.clone(),
+        Arc::new(commits_tx),
+    );
+    let (advertised_host, advertised_port) = config.advertised()?;
+    let broker = Arc::new(Broker {
+        settings: BrokerSettings {
+            node_id: config.node_id,
+            advertised_host,
+            advertised_port,
+            cluster_id: config.cluster_id.clone(),
+            auto_create_topics: config.auto_create_topics,
+            default_partitions: config.default_partitions,
+            message_max_bytes: config.message_max_bytes,
+            rack: config.zone.clone(),
+        },
+        coordinator,
+        writer,
+        reader: Reader::new(store, cache),
+        commits,
+    });
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(
+        listen = %config.listen,
+        object_store = %store_url,
+        coordinator = %config.coordinator,
+        data_dir = %config.data_dir.display(),
+        "fjord broker ready"
+    );
+
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(fjord_server::serve(
+        listener,
+        broker.clone(),
+        ServerSettings {
+            max_request_bytes: config.max_request_bytes,
+            max_connections: config.max_connections,
+            drain_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            ..ServerSettings::default()
+        },
+        shutdown.clone(),
+    ));
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections, answering requests in flight");
+    shutdown.cancel();
+    if let Err(e) = server.await {
+        tracing::error!(error = %e, "listener task failed");
+    }
+    drop(broker);
+    writer_task.close().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need, idempotently (quick when done):
+#   * kcat                      (Debian package; only if missing)
+#   * .venv with tests/requirements.txt (pytest, confluent-kafka, kafka-python)
+#   * tests/js/node_modules     (kafkajs, from tests/js/package-lock.json)
+# Used by .ci/run and scripts/test.sh.  Needs root (or sudo) only when a
+# Debian package is missing.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+say() { echo "[setup] $*"; }
+
+apt_updated=0
+apt_install() {
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null; then
+            sudo=(sudo)
+        else
+            echo "[setup] need root to apt-get install $*; install it and re-run" >&2
+            exit 1
+        fi
+    fi
+    if [ "$apt_updated" -eq 0 ]; then
+        say "apt-get update"
+        "${sudo[@]}" apt-get update -q
+        apt_updated=1
+    fi
+    say "apt-get install -y $*"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "$@"
+}
+
+# --- kcat ------------------------------------------------------------------
+if command -v kcat >/dev/null; then
+    say "kcat present: $(command -v kcat)"
+else
+    apt_install kcat
+fi
+
+# --- Python venv -------------------------------------------------------------
+PYTHON=${PYTHON:-python3}
+VENV=$ROOT/.venv
+REQS=$ROOT/tests/requirements.txt
+STAMP=$VENV/.requirements.sha256
+
+if [ -x "$VENV/bin/python" ]; then
+    say "reusing $VENV"
+else
+    say "creating $VENV with $(command -v "$PYTHON")"
+    if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+        rm -rf "$VENV"
+        apt_install python3-venv
+        "$PYTHON" -m venv "$VENV"
+    fi
+fi
+
+want=$(sha256sum "$REQS" | cut -d' ' -f1)
+have=$(cat "$STAMP" 2>/dev/null || true)
+if [ "$want" = "$have" ] && "$VENV/bin/python" -c 'import pytest, pytest_timeout, confluent_kafka, kafka' 2>/dev/null; then
+    say "python requirements up to date"
+else
+    say "pip install -r tests/requirements.txt"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQS"
+    "$VENV/bin/python" -c 'import pytest, pytest_timeout, confluent_kafka, kafka'
+    echo "$want" >"$STAMP"
+fi
+
+# --- kafkajs -----------------------------------------------------------------
+JS=$ROOT/tests/js
+if [ -f "$JS/package.json" ]; then
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        apt_install nodejs npm
+    fi
+    lock_hash=$(cat "$JS/package.json" "$JS/package-lock.json" 2>/dev/null | sha256sum | cut -d' ' -f1)
+    js_stamp=$JS/node_modules/.fjord-setup.sha256
+    if [ -d "$JS/node_modules" ] && [ "$(cat "$js_stamp" 2>/dev/null || true)" = "$lock_hash" ]; then
+        say "tests/js/node_modules up to date"
+    else
+        if [ -f "$JS/package-lock.json" ]; then
+            say "npm ci in tests/js"
+            (cd "$JS" && npm ci --no-audit --no-fund)
+        else
+            say "npm install in tests/js"
+            (cd "$JS" && npm install --no-audit --no-fund)
+        fi
+        lock_hash=$(cat "$JS/package.json" "$JS/package-lock.json" 2>/dev/null | sha256sum | cut -d' ' -f1)
+        echo "$lock_hash" >"$js_stamp"
+    fi
+fi
+
+say "done"

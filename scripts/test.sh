@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The one command to check Fjord: formatting, lints, build, unit tests and
+# the end-to-end tests against real Kafka clients.  Exits non-zero if any
+# step fails.
+#
+#   ./scripts/test.sh              everything
+#   ./scripts/test.sh --e2e-only   only the end-to-end tests (needs a built
+#                                  target/release/fjord or FJORD_BIN)
+#   ./scripts/test.sh -- -k kcat   extra arguments after -- go to pytest
+#
+# The test environment (.venv, kcat, kafkajs) is set up by
+# scripts/setup-test-env.sh, which this script runs first (it is quick when
+# everything is in place).  Set FJORD_SKIP_SETUP=1 to skip that.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+e2e_only=0
+pytest_args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --e2e-only) e2e_only=1 ;;
+        --) shift; pytest_args=("$@"); break ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+step() { echo; echo "==> $*"; }
+run() { step "$*"; "$@"; }
+
+if [ "${FJORD_SKIP_SETUP:-0}" != 1 ]; then
+    if [ ! -x .venv/bin/python ]; then
+        echo "No .venv yet: setting up the test environment (as .ci/run does)."
+    fi
+    run scripts/setup-test-env.sh
+fi
+if [ ! -x .venv/bin/python ]; then
+    echo "error: .venv missing; run .ci/run (or scripts/setup-test-env.sh) once" >&2
+    exit 1
+fi
+
+if [ "$e2e_only" -eq 0 ]; then
+    run cargo fmt --all -- --check
+    run cargo clippy --workspace --all-targets -- -D warnings
+    run cargo build --release -p fjord
+    run cargo test --workspace --release
+fi
+
+run .venv/bin/python -m pytest tests/e2e -v "${pytest_args[@]}"
+
+echo
+echo "==> all checks passed"

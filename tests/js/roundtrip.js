@@ -1,0 +1,127 @@
+#!/usr/bin/env node
+// kafkajs check against a Fjord broker: usage `node roundtrip.js HOST:PORT TOPIC`.
+//
+// 1. admin.createTopics: TOPIC with 3 partitions (must not exist yet);
+//    fetchTopicMetadata shows 3 partitions with a leader.
+// 2. Producer (acks=-1) sends 1,000 messages with keys and headers, explicit
+//    partition i % 3, in batches of 100 (every other batch GZIP-compressed);
+//    each response's baseOffset must equal the number of messages already
+//    sent to that partition.
+// 3. admin.fetchTopicOffsets: low watermark 0 and high watermark equal to the
+//    count sent, per partition (1,000 in total).
+//
+// kafkajs consumers always join a consumer group, so consuming is not
+// checked here yet.  Exit code 0 = pass; anything else = fail (reason on
+// stderr).  A watchdog ends the process after 120 s.
+
+'use strict';
+
+const { Kafka, logLevel, Partitioners, CompressionTypes } = require('kafkajs');
+
+const N_MESSAGES = 1000;
+const PARTITIONS = 3;
+const BATCH = 100;
+
+const watchdog = setTimeout(() => {
+  console.error('roundtrip.js: timed out after 120 s');
+  process.exit(2);
+}, 120000);
+watchdog.unref();
+
+function check(cond, msg) {
+  if (!cond) throw new Error(`check failed: ${msg}`);
+}
+
+async function main() {
+  const [bootstrap, topic] = process.argv.slice(2);
+  if (!bootstrap || !topic) {
+    console.error('usage: node roundtrip.js HOST:PORT TOPIC');
+    process.exit(64);
+  }
+
+  const kafka = new Kafka({
+    clientId: 'fjord-e2e-kafkajs',
+    brokers: [bootstrap],
+    logLevel: logLevel.WARN,
+    connectionTimeout: 5000,
+    requestTimeout: 15000,
+    retry: { retries: 8, initialRetryTime: 100, maxRetryTime: 2000 },
+  });
+
+  const admin = kafka.admin();
+  const producer = kafka.producer({
+    createPartitioner: Partitioners.DefaultPartitioner,
+    allowAutoTopicCreation: false,
+  });
+
+  await admin.connect();
+  try {
+    const created = await admin.createTopics({
+      topics: [{ topic, numPartitions: PARTITIONS, replicationFactor: 1 }],
+      waitForLeaders: true,
+      timeout: 15000,
+    });
+    check(created === true, `createTopics returned ${created} (topic already existed?)`);
+
+    const md = await admin.fetchTopicMetadata({ topics: [topic] });
+    const t = md.topics.find((x) => x.name === topic);
+    check(t, `topic ${topic} missing from metadata`);
+    check(t.partitions.length === PARTITIONS, `${t.partitions.length} partitions in metadata`);
+    for (const p of t.partitions) {
+      check(p.partitionErrorCode === 0, `partition ${p.partitionId} error ${p.partitionErrorCode}`);
+      check(p.leader >= 0, `partition ${p.partitionId} has no leader`);
+    }
+
+    await producer.connect();
+    const sent = new Array(PARTITIONS).fill(0);
+    for (let start = 0; start < N_MESSAGES; start += BATCH) {
+      const messages = [];
+      for (let i = start; i < Math.min(start + BATCH, N_MESSAGES); i++) {
+        messages.push({
+          key: `key-${i}`,
+          value: `value-${i}-${'x'.repeat(i % 100)}`,
+          partition: i % PARTITIONS,
+          headers: { idx: String(i), client: 'kafkajs' },
+        });
+      }
+      const compression = (start / BATCH) % 2 === 1 ? CompressionTypes.GZIP : CompressionTypes.None;
+      const res = await producer.send({ topic, messages, acks: -1, timeout: 15000, compression });
+      const perPartition = new Array(PARTITIONS).fill(0);
+      for (const m of messages) perPartition[m.partition]++;
+      for (const r of res) {
+        check(r.errorCode === 0, `produce error ${r.errorCode} on partition ${r.partition}`);
+        check(
+          String(r.baseOffset) === String(sent[r.partition]),
+          `partition ${r.partition}: baseOffset ${r.baseOffset}, want ${sent[r.partition]}`,
+        );
+      }
+      check(res.length === PARTITIONS, `send returned ${res.length} partition results`);
+      for (let p = 0; p < PARTITIONS; p++) sent[p] += perPartition[p];
+    }
+
+    const offsets = await admin.fetchTopicOffsets(topic);
+    check(offsets.length === PARTITIONS, `fetchTopicOffsets returned ${offsets.length} partitions`);
+    let total = 0;
+    for (const o of offsets) {
+      check(String(o.low) === '0', `partition ${o.partition}: low watermark ${o.low}, want 0`);
+      check(
+        String(o.high) === String(sent[o.partition]),
+        `partition ${o.partition}: high watermark ${o.high}, want ${sent[o.partition]}`,
+      );
+      total += Number(o.high);
+    }
+    check(total === N_MESSAGES, `high watermarks sum to ${total}, want ${N_MESSAGES}`);
+    console.log(`roundtrip.js: OK, ${total} messages, high watermarks ${JSON.stringify(offsets)}`);
+  } finally {
+    await producer.disconnect().catch(() => {});
+    await admin.disconnect().catch(() => {});
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(`roundtrip.js: FAILED: ${err && err.stack ? err.stack : err}`);
+    process.exit(1);
+  },
+);
