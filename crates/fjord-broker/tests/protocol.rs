@@ -553,7 +553,7 @@ async fn garbage_is_refused_without_panicking() {
             buf.put_u8(seed as u8);
         }
         // Keep a valid API key and version half the time so bodies get decoded.
-        if len >= 4 && seed % 2 == 0 {
+        if len >= 4 && seed.is_multiple_of(2) {
             buf[0..2].copy_from_slice(&3i16.to_be_bytes());
             buf[2..4].copy_from_slice(&((seed % 13) as i16).to_be_bytes());
         }

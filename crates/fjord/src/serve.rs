@@ -100,11 +100,13 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections, answering requests in flight");
     shutdown.cancel();
-    if let Err(e) = server.await {
+    // Flush and commit what is buffered now, while connections answer what they already read:
+    // their produce replies wait for exactly that.
+    let (served, ()) = tokio::join!(server, writer_task.close());
+    if let Err(e) = served {
         tracing::error!(error = %e, "listener task failed");
     }
     drop(broker);
-    writer_task.close().await;
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -147,7 +147,7 @@ impl Journal {
     }
 
     /// Bytes in the journal since the last snapshot.
-    pub fn len(&self) -> u64 {
+    pub fn size_bytes(&self) -> u64 {
         self.len
     }
 

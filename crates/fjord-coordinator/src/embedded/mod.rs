@@ -48,7 +48,7 @@ impl Writer {
             return Err(e);
         }
         self.state.write().apply(&entry);
-        if self.journal.len() > SNAPSHOT_AFTER_BYTES {
+        if self.journal.size_bytes() > SNAPSHOT_AFTER_BYTES {
             let state = self.state.read();
             if let Err(e) = self.journal.snapshot(&state) {
                 // The journal still holds everything; only compaction was lost.

@@ -107,6 +107,6 @@ impl Client {
                 self.correlation_id
             );
         }
-        Ok(R::Response::decode(&mut frame, version)?)
+        R::Response::decode(&mut frame, version)
     }
 }
