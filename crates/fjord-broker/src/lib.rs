@@ -7,6 +7,7 @@
 
 pub mod dispatch;
 pub mod error;
+pub mod fetch_session;
 mod handlers;
 pub mod topic_config;
 mod topics;
@@ -67,4 +68,6 @@ pub struct Broker {
     pub reader: Reader,
     /// Counts commits; long-polling fetches wait for it to change.
     pub commits: watch::Receiver<u64>,
+    /// Fetch sessions of this broker's clients.
+    pub fetch_sessions: fetch_session::FetchSessions,
 }

@@ -49,6 +49,7 @@ fn harness() -> Harness {
         writer,
         reader: Reader::new(store, cache),
         commits,
+        fetch_sessions: fjord_broker::fetch_session::FetchSessions::new(4),
     });
     Harness { broker, _dir: dir }
 }
@@ -565,4 +566,87 @@ async fn garbage_is_refused_without_panicking() {
         dispatch::start(&h.broker, Bytes::from_static(&[0, 99, 0, 0, 0, 0, 0, 1])).await,
         Err(dispatch::ProtocolError::UnknownApi(99))
     ));
+}
+
+fn fetch(session_id: i32, epoch: i32, partitions: &[(i32, i64)]) -> FetchRequest {
+    let mut request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(10)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_id(session_id)
+        .with_session_epoch(epoch);
+    if !partitions.is_empty() {
+        request.topics = vec![fetch_request::FetchTopic::default()
+            .with_topic(TopicName(sb("s")))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|(p, offset)| {
+                        fetch_request::FetchPartition::default()
+                            .with_partition(*p)
+                            .with_fetch_offset(*offset)
+                            .with_partition_max_bytes(1 << 20)
+                    })
+                    .collect(),
+            )];
+    }
+    request
+}
+
+fn listed(r: &FetchResponse) -> Vec<(i32, usize)> {
+    r.responses
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| (p.partition_index, p.records.as_ref().map_or(0, |b| b.len())))
+        .collect()
+}
+
+#[tokio::test]
+async fn incremental_fetch_sessions() {
+    let h = harness();
+    create(&h, "s", 2).await;
+    call(&h, produce_request("s", 0, records(2, 0)), 9).await;
+
+    // Open a session: a full response for both partitions.
+    let r = call(&h, fetch(0, 0, &[(0, 0), (1, 0)]), 12).await;
+    assert_eq!(r.error_code, 0);
+    let id = r.session_id;
+    assert_ne!(id, 0);
+    let got = listed(&r);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].1 > 0 && got[1].1 == 0);
+
+    // Incremental, partition 0 moved on: nothing new anywhere, so nothing is listed.
+    let r = call(&h, fetch(id, 1, &[(0, 2)]), 12).await;
+    assert_eq!((r.error_code, r.session_id), (0, id));
+    assert!(listed(&r).is_empty(), "{:?}", listed(&r));
+
+    // New data on partition 1: only it is listed, though the request names no partition.
+    call(&h, produce_request("s", 1, records(3, 0)), 9).await;
+    let r = call(&h, fetch(id, 2, &[]), 12).await;
+    let got = listed(&r);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, 1);
+    assert!(got[0].1 > 0);
+
+    // A wrong epoch and an unknown session are refused.
+    let r = call(&h, fetch(id, 7, &[]), 12).await;
+    assert_eq!(r.error_code, ResponseError::InvalidFetchSessionEpoch.code());
+    let r = call(&h, fetch(id + 1000, 1, &[]), 12).await;
+    assert_eq!(r.error_code, ResponseError::FetchSessionIdNotFound.code());
+
+    // Forgetting partition 1 and closing the session.
+    let mut request = fetch(id, 3, &[]);
+    request.forgotten_topics_data = vec![fetch_request::ForgottenTopic::default()
+        .with_topic(TopicName(sb("s")))
+        .with_partitions(vec![1])];
+    call(&h, request, 12).await;
+    assert_eq!(h.broker.fetch_sessions.len(), 1);
+    let r = call(&h, fetch(id, -1, &[(0, 0)]), 12).await;
+    assert_eq!(r.session_id, 0);
+    assert_eq!(h.broker.fetch_sessions.len(), 0);
+    // Sessionless fetches never open one.
+    call(&h, fetch(0, -1, &[(0, 0)]), 12).await;
+    assert!(h.broker.fetch_sessions.is_empty());
 }

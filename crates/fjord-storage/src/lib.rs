@@ -8,6 +8,7 @@
 //! - [`reader`]: reading committed batches through a byte-bounded cache.
 
 pub mod batch;
+pub mod gc;
 pub mod object;
 pub mod reader;
 pub mod store;

@@ -318,7 +318,7 @@ fn seal(
         placement[i] = object_index;
     }
     let object = builder.finish(settings.broker_id, now);
-    let object_key = format!("objects/{}.fjd", uuid::Uuid::now_v7());
+    let object_key = format!("{}/{}.fjd", crate::gc::OBJECTS_PREFIX, uuid::Uuid::now_v7());
     let upload = tokio::spawn(upload(
         store.clone(),
         object_key.clone(),

@@ -53,6 +53,10 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Seconds that shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
+    /// Seconds between object garbage-collection passes.
+    pub gc_interval_secs: u64,
+    /// Seconds an unreferenced or never-committed object is kept before deletion.
+    pub gc_grace_secs: u64,
 }
 
 impl Default for ServeConfig {
@@ -77,6 +81,8 @@ impl Default for ServeConfig {
             max_request_bytes: 100 << 20,
             max_connections: 100_000,
             shutdown_timeout_secs: 30,
+            gc_interval_secs: 60,
+            gc_grace_secs: 600,
         }
     }
 }
@@ -197,6 +203,12 @@ impl ServeConfig {
         }
         if self.flush_bytes == 0 || self.max_inflight_flushes == 0 {
             bail!("flush_bytes and max_inflight_flushes must be positive");
+        }
+        if self.gc_interval_secs == 0 {
+            bail!("gc_interval_secs must be positive");
+        }
+        if self.gc_grace_secs < 60 {
+            bail!("gc_grace_secs must be at least 60: it must outlast any upload and commit");
         }
         if self.message_max_bytes <= 0 {
             bail!("message_max_bytes must be positive");

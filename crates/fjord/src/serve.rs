@@ -70,8 +70,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         },
         coordinator,
         writer,
-        reader: Reader::new(store, cache),
+        reader: Reader::new(store.clone(), cache),
         commits,
+        fetch_sessions: fjord_broker::fetch_session::FetchSessions::new(10_000),
     });
 
     let listener = TcpListener::bind(&config.listen)
@@ -86,6 +87,13 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
+    let gc = tokio::spawn(gc_loop(
+        store.clone(),
+        broker.coordinator.clone(),
+        Duration::from_secs(config.gc_interval_secs),
+        Duration::from_secs(config.gc_grace_secs),
+        shutdown.clone(),
+    ));
     let server = tokio::spawn(fjord_server::serve(
         listener,
         broker.clone(),
@@ -106,9 +114,45 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     if let Err(e) = served {
         tracing::error!(error = %e, "listener task failed");
     }
+    let _ = gc.await;
     drop(broker);
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Deletes garbage objects every `interval` until `shutdown`.
+async fn gc_loop(
+    store: Arc<dyn object_store::ObjectStore>,
+    coordinator: Arc<dyn Coordinator>,
+    interval: Duration,
+    grace: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let pass = fjord_storage::gc::collect(&store, &coordinator, now, grace.as_millis() as i64);
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = pass => result,
+        };
+        match result {
+            Ok(report) if report.deleted_dead + report.deleted_orphans > 0 => {
+                tracing::info!(?report, "garbage collection")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed; will retry"),
+        }
+    }
 }
 
 fn absolute(path: &std::path::Path) -> std::path::PathBuf {

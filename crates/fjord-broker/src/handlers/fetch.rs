@@ -1,17 +1,14 @@
 //! Fetch: read committed batches through the index and the read cache, long-polling when empty.
 //!
-//! Fetch sessions (KIP-227): this broker declines to create sessions (it answers session id 0),
-//! which the protocol allows and every client handles by sending full fetch requests. A request
-//! naming a session this broker does not have gets FETCH_SESSION_ID_NOT_FOUND, after which the
-//! client starts over without one.
+//! Fetch sessions (KIP-227) are kept by [`crate::fetch_session`]; this module reads.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fjord_coordinator::{PartitionOffsets, TopicMeta, TopicPartition};
 use fjord_storage::batch::materialize;
-use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
@@ -19,20 +16,27 @@ use tokio::time::Instant;
 
 use super::s;
 use crate::error::{coordinator_code, read_code};
+use crate::fetch_session::{Sent, TopicKey, Wanted};
 use crate::Broker;
 
 /// Answers a Fetch request.
 pub async fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> FetchResponse {
-    if request.session_id != 0 || request.session_epoch > 0 {
-        return FetchResponse::default()
-            .with_error_code(ResponseError::FetchSessionIdNotFound.code())
-            .with_session_id(0);
-    }
     let by_id = version >= 13;
-    // Resolve topics once; a topic deleted meanwhile shows up as an error on the next try.
-    let mut topics = Vec::with_capacity(request.topics.len());
-    for topic in &request.topics {
-        topics.push(resolve(&broker, topic, by_id).await);
+    let plan = match broker.fetch_sessions.plan(&request, by_id) {
+        Ok(plan) => plan,
+        Err(code) => {
+            return FetchResponse::default()
+                .with_error_code(code.code())
+                .with_session_id(0)
+        }
+    };
+    // Resolve each topic once; a topic deleted meanwhile shows up as an error next time.
+    let mut topics: HashMap<TopicKey, Result<TopicMeta, ResponseError>> = HashMap::new();
+    for w in &plan.wanted {
+        if !topics.contains_key(&w.topic) {
+            let meta = resolve(&broker, &w.topic).await;
+            topics.insert(w.topic.clone(), meta);
+        }
     }
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let deadline = Instant::now() + max_wait;
@@ -43,120 +47,133 @@ pub async fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) ->
         request.max_bytes as usize
     };
     let mut commits = broker.commits.clone();
-    loop {
+    let data = loop {
         // Mark the current commit count as seen before reading, so a commit that lands during
         // the read wakes the wait below.
         commits.borrow_and_update();
-        let (responses, bytes, errors) =
-            read_all(&broker, &request.topics, &topics, max_bytes, by_id).await;
-        let done = bytes >= min_bytes.max(1) || errors || Instant::now() >= deadline;
-        if done || bytes >= min_bytes {
-            return FetchResponse::default()
-                .with_session_id(0)
-                .with_responses(responses);
+        let (data, bytes, errors) = read_all(&broker, &plan.wanted, &topics, max_bytes).await;
+        if bytes >= min_bytes || errors || Instant::now() >= deadline {
+            break data;
         }
         let woke = tokio::time::timeout_at(deadline, commits.changed()).await;
         if !matches!(woke, Ok(Ok(()))) {
             // Deadline reached (or the writer stopped): answer with what there is.
-            let (responses, _, _) =
-                read_all(&broker, &request.topics, &topics, max_bytes, by_id).await;
-            return FetchResponse::default()
-                .with_session_id(0)
-                .with_responses(responses);
+            break read_all(&broker, &plan.wanted, &topics, max_bytes).await.0;
+        }
+    };
+    let sent: Vec<(Sent, bool)> = data
+        .iter()
+        .map(|d| {
+            let news = d.error_code != 0 || d.records.as_ref().is_some_and(|r| !r.is_empty());
+            (
+                Sent {
+                    high_watermark: d.high_watermark,
+                    log_start: d.log_start_offset,
+                },
+                news,
+            )
+        })
+        .collect();
+    let include = broker.fetch_sessions.record(&plan, &sent);
+    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    for ((w, d), include) in plan.wanted.iter().zip(data).zip(include) {
+        if !include {
+            continue;
+        }
+        let same_topic = responses.last().is_some_and(|r| match &w.topic {
+            TopicKey::Id(id) => r.topic_id == *id,
+            TopicKey::Name(name) => r.topic.0.as_str() == name,
+        });
+        if !same_topic {
+            let mut r = FetchableTopicResponse::default();
+            match &w.topic {
+                TopicKey::Id(id) => r.topic_id = *id,
+                TopicKey::Name(name) => r.topic = TopicName(s(name.as_str())),
+            }
+            responses.push(r);
+        }
+        if let Some(r) = responses.last_mut() {
+            r.partitions.push(d);
         }
     }
+    FetchResponse::default()
+        .with_session_id(plan.session_id)
+        .with_responses(responses)
 }
 
-async fn resolve(
-    broker: &Broker,
-    topic: &FetchTopic,
-    by_id: bool,
-) -> Result<TopicMeta, ResponseError> {
-    let found = if by_id {
-        broker.coordinator.topic_by_id(topic.topic_id).await
-    } else {
-        broker.coordinator.topic(topic.topic.0.as_str()).await
+async fn resolve(broker: &Broker, topic: &TopicKey) -> Result<TopicMeta, ResponseError> {
+    let found = match topic {
+        TopicKey::Id(id) => broker.coordinator.topic_by_id(*id).await,
+        TopicKey::Name(name) => broker.coordinator.topic(name).await,
     };
     match found {
         Ok(Some(meta)) => Ok(meta),
-        Ok(None) if by_id => Err(ResponseError::UnknownTopicId),
+        Ok(None) if matches!(topic, TopicKey::Id(_)) => Err(ResponseError::UnknownTopicId),
         Ok(None) => Err(ResponseError::UnknownTopicOrPartition),
         Err(e) => Err(coordinator_code(&e)),
     }
 }
 
-/// Reads every requested partition once. Returns the responses, the record bytes included and
-/// whether any partition failed.
+/// Reads every wanted partition once. Returns one entry per partition, the record bytes
+/// included and whether any partition failed.
 async fn read_all(
     broker: &Broker,
-    requested: &[FetchTopic],
-    resolved: &[Result<TopicMeta, ResponseError>],
+    wanted: &[Wanted],
+    topics: &HashMap<TopicKey, Result<TopicMeta, ResponseError>>,
     max_bytes: usize,
-    by_id: bool,
-) -> (Vec<FetchableTopicResponse>, usize, bool) {
+) -> (Vec<PartitionData>, usize, bool) {
     let mut total = 0usize;
     let mut errors = false;
-    let mut out = Vec::with_capacity(requested.len());
-    for (topic, meta) in requested.iter().zip(resolved) {
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        for p in &topic.partitions {
-            let mut data = PartitionData::default()
-                .with_partition_index(p.partition)
-                .with_high_watermark(-1)
-                .with_last_stable_offset(-1)
-                .with_log_start_offset(-1)
-                .with_preferred_read_replica(BrokerId(-1));
-            let meta = match meta {
-                Ok(meta) if p.partition >= 0 && p.partition < meta.partitions => meta,
-                Ok(_) => {
-                    data.error_code = ResponseError::UnknownTopicOrPartition.code();
-                    errors = true;
-                    partitions.push(data);
-                    continue;
-                }
-                Err(code) => {
-                    data.error_code = code.code();
-                    errors = true;
-                    partitions.push(data);
-                    continue;
-                }
-            };
-            let tp = TopicPartition {
-                topic_id: meta.id,
-                partition: p.partition,
-            };
-            let budget =
-                (p.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
-            // The first non-empty partition returns at least one batch even beyond max_bytes.
-            let budget = if total == 0 { budget.max(1) } else { budget };
-            match read_partition(broker, tp, p.fetch_offset, budget).await {
-                Ok((offsets, records)) => {
-                    total += records.len();
-                    data.high_watermark = offsets.high_watermark;
-                    data.last_stable_offset = offsets.high_watermark;
-                    data.log_start_offset = offsets.log_start;
-                    data.aborted_transactions = Some(Vec::new());
-                    data.records = Some(records);
-                }
-                Err((code, offsets)) => {
-                    errors = true;
-                    data.error_code = code.code();
-                    if let Some(o) = offsets {
-                        data.high_watermark = o.high_watermark;
-                        data.last_stable_offset = o.high_watermark;
-                        data.log_start_offset = o.log_start;
-                    }
+    let mut out = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        let mut data = PartitionData::default()
+            .with_partition_index(w.partition)
+            .with_high_watermark(-1)
+            .with_last_stable_offset(-1)
+            .with_log_start_offset(-1)
+            .with_preferred_read_replica(BrokerId(-1));
+        let meta = match topics.get(&w.topic) {
+            Some(Ok(meta)) if w.partition >= 0 && w.partition < meta.partitions => meta,
+            Some(Err(code)) => {
+                data.error_code = code.code();
+                errors = true;
+                out.push(data);
+                continue;
+            }
+            _ => {
+                data.error_code = ResponseError::UnknownTopicOrPartition.code();
+                errors = true;
+                out.push(data);
+                continue;
+            }
+        };
+        let tp = TopicPartition {
+            topic_id: meta.id,
+            partition: w.partition,
+        };
+        let budget = (w.max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
+        // The first non-empty partition returns at least one batch even beyond max_bytes.
+        let budget = if total == 0 { budget.max(1) } else { budget };
+        match read_partition(broker, tp, w.fetch_offset, budget).await {
+            Ok((offsets, records)) => {
+                total += records.len();
+                data.high_watermark = offsets.high_watermark;
+                data.last_stable_offset = offsets.high_watermark;
+                data.log_start_offset = offsets.log_start;
+                data.aborted_transactions = Some(Vec::new());
+                data.records = Some(records);
+            }
+            Err((code, offsets)) => {
+                errors = true;
+                data.error_code = code.code();
+                if let Some(o) = offsets {
+                    data.high_watermark = o.high_watermark;
+                    data.last_stable_offset = o.high_watermark;
+                    data.log_start_offset = o.log_start;
                 }
             }
-            partitions.push(data);
         }
-        let mut response = FetchableTopicResponse::default().with_partitions(partitions);
-        if by_id {
-            response.topic_id = topic.topic_id;
-        } else {
-            response.topic = TopicName(s(topic.topic.0.as_str()));
-        }
-        out.push(response);
+        out.push(data);
     }
     (out, total, errors)
 }
