@@ -650,3 +650,48 @@ async fn incremental_fetch_sessions() {
     call(&h, fetch(0, -1, &[(0, 0)]), 12).await;
     assert!(h.broker.fetch_sessions.is_empty());
 }
+
+#[tokio::test]
+async fn log_append_time_topics_stamp_batches() {
+    let h = harness();
+    let r = call(
+        &h,
+        CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(sb("lat")))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![create_topics_request::CreatableTopicConfig::default()
+                .with_name(sb("message.timestamp.type"))
+                .with_value(Some(sb("LogAppendTime")))])]),
+        7,
+    )
+    .await;
+    assert_eq!(r.topics[0].error_code, 0);
+    let r = call(&h, produce_request("lat", 0, records(3, 5)), 9).await;
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 0);
+    assert!(
+        p.log_append_time_ms > 1_600_000_000_000,
+        "{}",
+        p.log_append_time_ms
+    );
+    let r = call(
+        &h,
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(sb("lat")))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_partition_max_bytes(1 << 20)])]),
+        11,
+    )
+    .await;
+    let mut bytes = r.responses[0].partitions[0].records.clone().unwrap();
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).unwrap();
+    for record in &sets[0].records {
+        assert_eq!(record.timestamp_type, TimestampType::LogAppend);
+    }
+}

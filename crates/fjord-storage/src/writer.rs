@@ -96,8 +96,17 @@ pub enum WriteError {
     ShuttingDown,
 }
 
-/// Outcomes of an append, one per batch in the order given, or why none was decided.
-pub type AppendResult = Result<Vec<BatchOutcome>, WriteError>;
+/// What the commit of an append decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// One outcome per batch, in the order given.
+    pub outcomes: Vec<BatchOutcome>,
+    /// The log-append time of the flush (ms), stamped into `LogAppendTime` batches.
+    pub log_append_time_ms: i64,
+}
+
+/// The commit of an append, or why none was decided.
+pub type AppendResult = Result<Committed, WriteError>;
 
 enum Command {
     Append {
@@ -234,7 +243,10 @@ async fn buffer_loop(
                 match command {
                     Some(Command::Append { batches, reply }) => {
                         if batches.is_empty() {
-                            let _ = reply.send(Ok(Vec::new()));
+                            let _ = reply.send(Ok(Committed {
+                                outcomes: Vec::new(),
+                                log_append_time_ms: now_ms(),
+                            }));
                             continue;
                         }
                         if buffer.opened.is_none() {
@@ -419,6 +431,7 @@ async fn commit_loop(
             Ok(result) => result,
             Err(e) => Err(WriteError::Upload(format!("upload task failed: {e}"))),
         };
+        let log_append_time_ms = sealed.commit.timestamp_ms;
         let result = match uploaded {
             Ok(()) => {
                 cache.insert_object(&sealed.object_key, sealed.object.clone());
@@ -431,15 +444,18 @@ async fn commit_loop(
         }
         for waiter in sealed.waiters {
             let answer = match &result {
-                Ok(outcomes) => Ok((waiter.first..waiter.first + waiter.count)
-                    .map(|i| {
-                        outcomes.get(sealed.placement[i]).copied().unwrap_or(
-                            BatchOutcome::Rejected(
-                                fjord_coordinator::BatchRejection::UnknownTopicOrPartition,
-                            ),
-                        )
-                    })
-                    .collect()),
+                Ok(outcomes) => Ok(Committed {
+                    outcomes: (waiter.first..waiter.first + waiter.count)
+                        .map(|i| {
+                            outcomes.get(sealed.placement[i]).copied().unwrap_or(
+                                BatchOutcome::Rejected(
+                                    fjord_coordinator::BatchRejection::UnknownTopicOrPartition,
+                                ),
+                            )
+                        })
+                        .collect(),
+                    log_append_time_ms,
+                }),
                 Err(e) => Err(e.clone()),
             };
             let _ = waiter.reply.send(answer);
@@ -500,7 +516,7 @@ mod tests {
         }
         let mut expected = [0i64, 0];
         for (i, rx) in receivers.into_iter().enumerate() {
-            let outcomes = rx.await.unwrap().unwrap();
+            let outcomes = rx.await.unwrap().unwrap().outcomes;
             assert_eq!(
                 outcomes,
                 vec![BatchOutcome::Appended {

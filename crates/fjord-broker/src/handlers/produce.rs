@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use fjord_coordinator::{BatchOutcome, ProducerBatchInfo, TopicMeta, TopicPartition};
 use fjord_storage::batch::split_produced;
-use fjord_storage::writer::AppendBatch;
+use fjord_storage::writer::{AppendBatch, Committed};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::ResponseError;
@@ -28,7 +28,11 @@ enum Slot {
     /// Refused before queueing.
     Failed(ResponseError, Option<String>),
     /// Queued: these indices of the writer call's batches.
-    Queued { first: usize, count: usize },
+    Queued {
+        first: usize,
+        count: usize,
+        log_append_time: bool,
+    },
 }
 
 struct PartitionSlot {
@@ -103,10 +107,13 @@ pub async fn start(
     let broker = broker.clone();
     Some(Box::pin(async move {
         let outcomes = match outcomes {
-            None => Ok(Vec::new()),
+            None => Ok(Committed {
+                outcomes: Vec::new(),
+                log_append_time_ms: -1,
+            }),
             Some(Err(e)) => Err(write_code(&e)),
             Some(Ok(rx)) => match rx.await {
-                Ok(Ok(outcomes)) => Ok(outcomes),
+                Ok(Ok(committed)) => Ok(committed),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "produce failed");
                     Err(write_code(&e))
@@ -175,13 +182,17 @@ fn queue_partition(
             bytes,
         });
     }
-    Slot::Queued { first, count }
+    Slot::Queued {
+        first,
+        count,
+        log_append_time,
+    }
 }
 
 async fn respond(
     broker: &Broker,
     topics: Vec<TopicSlot>,
-    outcomes: Result<Vec<BatchOutcome>, ResponseError>,
+    committed: Result<Committed, ResponseError>,
     version: i16,
 ) -> ProduceResponse {
     let mut responses = Vec::with_capacity(topics.len());
@@ -200,10 +211,17 @@ async fn respond(
                         r.error_message = message.map(s);
                     }
                 }
-                Slot::Queued { first, count } => match &outcomes {
+                Slot::Queued {
+                    first,
+                    count,
+                    log_append_time,
+                } => match &committed {
                     Err(code) => r.error_code = code.code(),
-                    Ok(outcomes) => {
-                        let mine = outcomes.get(first..first + count).unwrap_or(&[]);
+                    Ok(committed) => {
+                        if log_append_time {
+                            r.log_append_time_ms = committed.log_append_time_ms;
+                        }
+                        let mine = committed.outcomes.get(first..first + count).unwrap_or(&[]);
                         let rejected = mine.iter().find_map(|o| match o {
                             BatchOutcome::Rejected(r) => Some(*r),
                             _ => None,
