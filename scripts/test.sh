@@ -41,11 +41,17 @@ if [ ! -x .venv/bin/python ]; then
     exit 1
 fi
 
+# A throwaway PostgreSQL for the coordinator conformance suite and the e2e tests that use it.
+step "scripts/test-postgres.sh start"
+eval "$(scripts/test-postgres.sh start)"
+trap 'scripts/test-postgres.sh stop "$FJORD_PG_DIR"' EXIT
+
 if [ "$e2e_only" -eq 0 ]; then
     run cargo fmt --all -- --check
     run cargo clippy --workspace --all-targets -- -D warnings
     run cargo build --release -p fjord
     run cargo test --workspace --release
+    run scripts/fuzz.sh "${FJORD_FUZZ_SECONDS:-60}"
 fi
 
 run .venv/bin/python -m pytest tests/e2e -v "${pytest_args[@]}"

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod error;
 pub mod fetch_session;
 mod handlers;
+pub mod testkit;
 pub mod topic_config;
 mod topics;
 pub mod versions;
@@ -39,6 +40,8 @@ pub struct BrokerSettings {
     pub message_max_bytes: i32,
     /// Client rack / zone of this broker, if any.
     pub rack: Option<String>,
+    /// Largest partition count a topic may have (CreateTopics, CreatePartitions).
+    pub max_partitions_per_topic: i32,
 }
 
 impl Default for BrokerSettings {
@@ -52,6 +55,7 @@ impl Default for BrokerSettings {
             default_partitions: 1,
             message_max_bytes: 1_048_588,
             rack: None,
+            max_partitions_per_topic: 10_000,
         }
     }
 }

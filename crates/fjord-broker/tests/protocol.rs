@@ -8,9 +8,6 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use fjord_broker::dispatch;
 use fjord_broker::{Broker, BrokerSettings};
-use fjord_coordinator::embedded::EmbeddedCoordinator;
-use fjord_storage::reader::{ReadCache, Reader};
-use fjord_storage::writer::{Writer, WriterSettings};
 use indexmap::IndexMap;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
@@ -21,37 +18,22 @@ use kafka_protocol::ResponseError;
 
 struct Harness {
     broker: Arc<Broker>,
+    _writer: fjord_storage::writer::WriterTask,
     _dir: tempfile::TempDir,
 }
 
 fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
-    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let cache = Arc::new(ReadCache::new(1 << 20));
-    let (tx, commits) = tokio::sync::watch::channel(0);
-    let (writer, _task) = Writer::start(
-        WriterSettings {
-            flush_interval: Duration::from_millis(1),
-            ..Default::default()
-        },
-        store.clone(),
-        coordinator.clone(),
-        cache.clone(),
-        Arc::new(tx),
-    );
-    let broker = Arc::new(Broker {
-        settings: BrokerSettings {
-            default_partitions: 2,
-            ..Default::default()
-        },
-        coordinator,
-        writer,
-        reader: Reader::new(store, cache),
-        commits,
-        fetch_sessions: fjord_broker::fetch_session::FetchSessions::new(4),
-    });
-    Harness { broker, _dir: dir }
+    let settings = BrokerSettings {
+        default_partitions: 2,
+        ..Default::default()
+    };
+    let (broker, writer) = fjord_broker::testkit::in_memory_broker(dir.path(), settings).unwrap();
+    Harness {
+        broker,
+        _writer: writer,
+        _dir: dir,
+    }
 }
 
 fn sb(s: &str) -> StrBytes {

@@ -7,6 +7,7 @@
 //! One trait, [`Coordinator`], several implementations that all pass the conformance suite in
 //! [`testsuite`]:
 //! - [`embedded::EmbeddedCoordinator`]: a single process, a journal file under the data dir.
+//! - [`postgres::PostgresCoordinator`]: a PostgreSQL database, shared by the brokers of a cluster.
 //!
 //! Invariants every implementation keeps:
 //! - Offsets of a partition are dense and strictly increasing; an offset, once committed, names
@@ -20,6 +21,7 @@
 pub mod embedded;
 mod error;
 mod model;
+pub mod postgres;
 pub mod state;
 pub mod testsuite;
 

@@ -1,10 +1,20 @@
-//! The coordinator's state as a deterministic state machine.
+//! The coordinator's state as a deterministic state machine, and the pure decisions every
+//! implementation shares.
 //!
-//! Every change is first *decided* against the current state (pure: [`State::decide`] and friends
-//! read, never write), then recorded as an [`Entry`] and *applied* ([`State::apply`]). Applying
-//! the same entries in the same order always yields the same state, which is what lets the
-//! embedded coordinator rebuild itself from its journal, and lets an implementation make an entry
-//! durable before any reader can observe its effects.
+//! Every change is first *decided* against the current state (pure: the `decide_*` methods read,
+//! never write), then recorded as an [`Entry`] and *applied* ([`State::apply`]). Applying the same
+//! entries in the same order always yields the same state, which is what lets the embedded
+//! coordinator rebuild itself from its journal, and lets an implementation make an entry durable
+//! before any reader can observe its effects.
+//!
+//! The rules themselves live in free functions that see the store only through small views, so
+//! that the embedded coordinator and the PostgreSQL one decide identically:
+//! - [`decide_commit`] assigns offsets and checks idempotent-producer sequences for a flush, given
+//!   the partitions' high watermarks and producer states ([`CommitView`]);
+//! - [`commit_effects`] turns a decided flush into the index rows, high watermarks and producer
+//!   states it writes (adjacent batches of one partition merged into one row);
+//! - [`producer_decision`], [`check_new_partition_count`], [`check_partition_increase`] and
+//!   [`apply_config_changes`] for the other calls.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -125,12 +135,7 @@ impl State {
         if self.topics.contains_key(&spec.name) {
             return Err(CoordinatorError::TopicExists(spec.name));
         }
-        if spec.partitions < 1 {
-            return Err(CoordinatorError::Invalid(format!(
-                "partition count must be at least 1, got {}",
-                spec.partitions
-            )));
-        }
+        check_new_partition_count(spec.partitions)?;
         Ok(Entry::CreateTopic(TopicMeta {
             name: spec.name,
             id,
@@ -142,12 +147,7 @@ impl State {
     /// Decides a partition increase.
     pub fn decide_partitions(&self, name: &str, new_total: i32) -> Result<Entry> {
         let topic = self.known_topic(name)?;
-        if new_total <= topic.partitions {
-            return Err(CoordinatorError::Invalid(format!(
-                "topic '{name}' has {} partitions; the new count {new_total} must be larger",
-                topic.partitions
-            )));
-        }
+        check_partition_increase(name, topic.partitions, new_total)?;
         Ok(Entry::SetPartitions {
             name: name.to_string(),
             partitions: new_total,
@@ -161,12 +161,7 @@ impl State {
         changes: Vec<(String, Option<String>)>,
     ) -> Result<Entry> {
         let mut configs = self.known_topic(name)?.configs.clone();
-        for (key, value) in changes {
-            match value {
-                Some(v) => configs.insert(key, v),
-                None => configs.remove(&key),
-            };
-        }
+        apply_config_changes(&mut configs, changes);
         Ok(Entry::SetConfigs {
             name: name.to_string(),
             configs,
@@ -175,43 +170,20 @@ impl State {
 
     /// Decides an InitProducerId.
     pub fn decide_producer(&self, request: InitProducer) -> Result<Entry> {
-        match request.existing {
-            Some((id, epoch)) if id >= 0 => {
-                let current = self.producer_epochs.get(&id).copied();
-                match current {
-                    Some(current) if current == epoch => {
-                        if epoch >= i16::MAX - 1 {
-                            // Epoch exhausted: a fresh id, as Kafka does.
-                            Ok(self.fresh_producer())
-                        } else {
-                            Ok(Entry::Producer {
-                                identity: ProducerIdentity {
-                                    producer_id: id,
-                                    producer_epoch: epoch + 1,
-                                },
-                                next_producer_id: self.next_producer_id,
-                            })
-                        }
-                    }
-                    // An unknown id (e.g. from before a topic deletion): start over.
-                    None => Ok(self.fresh_producer()),
-                    Some(current) => Err(CoordinatorError::ProducerFenced(format!(
-                        "producer {id} has epoch {current}, the request names {epoch}"
-                    ))),
-                }
-            }
-            _ => Ok(self.fresh_producer()),
-        }
-    }
-
-    fn fresh_producer(&self) -> Entry {
-        Entry::Producer {
-            identity: ProducerIdentity {
-                producer_id: self.next_producer_id,
-                producer_epoch: 0,
+        let current = bump_target(request).and_then(|id| self.producer_epochs.get(&id).copied());
+        Ok(match producer_decision(request, current)? {
+            ProducerDecision::Bump(identity) => Entry::Producer {
+                identity,
+                next_producer_id: self.next_producer_id,
             },
-            next_producer_id: self.next_producer_id + 1,
-        }
+            ProducerDecision::Fresh => Entry::Producer {
+                identity: ProducerIdentity {
+                    producer_id: self.next_producer_id,
+                    producer_epoch: 0,
+                },
+                next_producer_id: self.next_producer_id + 1,
+            },
+        })
     }
 
     /// The remembered outcomes of an object committed before, if any.
@@ -224,51 +196,7 @@ impl State {
 
     /// Decides the outcome of every batch of a flush, in order, without changing the state.
     pub fn decide_commit(&self, flush: &FlushCommit) -> Vec<BatchOutcome> {
-        // Overlays of what earlier batches of this same flush change.
-        let mut next_offsets: HashMap<TopicPartition, i64> = HashMap::new();
-        let mut producers: HashMap<(TopicPartition, i64), ProducerPartitionState> = HashMap::new();
-        let mut outcomes = Vec::with_capacity(flush.batches.len());
-        for batch in &flush.batches {
-            let Some(partition) = self.live_partition(batch.tp) else {
-                outcomes.push(BatchOutcome::Rejected(
-                    BatchRejection::UnknownTopicOrPartition,
-                ));
-                continue;
-            };
-            let next = next_offsets
-                .entry(batch.tp)
-                .or_insert(partition.high_watermark);
-            if let Some(info) = batch.producer {
-                let key = (batch.tp, info.producer_id);
-                let current = producers.entry(key).or_insert_with(|| {
-                    partition
-                        .producers
-                        .get(&info.producer_id)
-                        .cloned()
-                        .unwrap_or_default()
-                });
-                let known = !current.batches.is_empty()
-                    || partition.producers.contains_key(&info.producer_id);
-                match check_sequence(current, known, info, batch.offset_count) {
-                    Err(rejection) => {
-                        outcomes.push(BatchOutcome::Rejected(rejection));
-                        continue;
-                    }
-                    Ok(Some(base_offset)) => {
-                        outcomes.push(BatchOutcome::Duplicate { base_offset });
-                        continue;
-                    }
-                    Ok(None) => remember_batch(current, info, batch.offset_count, *next),
-                }
-            }
-            outcomes.push(BatchOutcome::Appended { base_offset: *next });
-            *next += batch.offset_count;
-        }
-        outcomes
-    }
-
-    fn live_partition(&self, tp: TopicPartition) -> Option<&PartitionState> {
-        self.partitions.get(&tp)
+        decide_commit(self, flush)
     }
 
     fn known_topic(&self, name: &str) -> Result<&TopicMeta> {
@@ -347,49 +275,22 @@ impl State {
     }
 
     fn apply_commit(&mut self, flush: &FlushCommit, outcomes: &[BatchOutcome]) {
+        let effects = commit_effects(&*self, flush, outcomes);
         let mut rows_added = 0u64;
-        // The row most recently extended per partition in this commit, to merge adjacent batches.
-        let mut open_rows: HashMap<TopicPartition, i64> = HashMap::new();
-        for (batch, outcome) in flush.batches.iter().zip(outcomes) {
-            let BatchOutcome::Appended { base_offset } = *outcome else {
-                continue;
-            };
-            let Some(partition) = self.partitions.get_mut(&batch.tp) else {
-                continue;
-            };
-            let last_offset = base_offset + batch.offset_count - 1;
-            let merged = open_rows.get(&batch.tp).and_then(|row_base| {
-                let row = partition.rows.get_mut(row_base)?;
-                (row.position + row.length == batch.position && row.last_offset + 1 == base_offset)
-                    .then(|| {
-                        row.length += batch.length;
-                        row.last_offset = last_offset;
-                        row.max_timestamp = row.max_timestamp.max(batch.max_timestamp);
-                    })
-            });
-            if merged.is_none() {
-                partition.rows.insert(
-                    base_offset,
-                    IndexRow {
-                        base_offset,
-                        last_offset,
-                        object_key: flush.object_key.clone(),
-                        position: batch.position,
-                        length: batch.length,
-                        max_timestamp: batch.max_timestamp,
-                    },
-                );
-                open_rows.insert(batch.tp, base_offset);
+        for (tp, row) in effects.rows {
+            if let Some(partition) = self.partitions.get_mut(&tp) {
+                partition.rows.insert(row.base_offset, row);
                 rows_added += 1;
             }
-            partition.high_watermark = last_offset + 1;
-            if let Some(info) = batch.producer {
-                let entry = partition.producers.entry(info.producer_id).or_default();
-                if entry.epoch != info.producer_epoch {
-                    entry.epoch = info.producer_epoch;
-                    entry.batches.clear();
-                }
-                remember_batch(entry, info, batch.offset_count, base_offset);
+        }
+        for (tp, high_watermark) in effects.high_watermarks {
+            if let Some(partition) = self.partitions.get_mut(&tp) {
+                partition.high_watermark = high_watermark;
+            }
+        }
+        for ((tp, producer_id), state) in effects.producers {
+            if let Some(partition) = self.partitions.get_mut(&tp) {
+                partition.producers.insert(producer_id, state);
             }
         }
         if rows_added > 0 {
@@ -505,6 +406,208 @@ impl State {
     }
 }
 
+impl CommitView for State {
+    fn high_watermark(&self, tp: TopicPartition) -> Option<i64> {
+        self.partitions.get(&tp).map(|p| p.high_watermark)
+    }
+
+    fn producer(&self, tp: TopicPartition, producer_id: i64) -> Option<&ProducerPartitionState> {
+        self.partitions.get(&tp)?.producers.get(&producer_id)
+    }
+}
+
+/// What a commit decision reads of the store: the partitions a flush touches, as they are before
+/// the flush. An implementation must keep them from changing between the decision and the write
+/// (the embedded coordinator has one writer; PostgreSQL locks the partition rows).
+pub trait CommitView {
+    /// The next offset to assign in `tp`, or `None` if the partition does not exist.
+    fn high_watermark(&self, tp: TopicPartition) -> Option<i64>;
+
+    /// The sequence memory of `producer_id` on `tp`, if the producer ever appended there.
+    fn producer(&self, tp: TopicPartition, producer_id: i64) -> Option<&ProducerPartitionState>;
+}
+
+/// Decides the outcome of every batch of a flush, in order: rejections, idempotent duplicates, and
+/// the base offset of every appended batch. Pure; later batches of the flush see what earlier ones
+/// would change (offsets, producer sequences).
+pub fn decide_commit(view: &impl CommitView, flush: &FlushCommit) -> Vec<BatchOutcome> {
+    // Overlays of what earlier batches of this same flush change.
+    let mut next_offsets: HashMap<TopicPartition, i64> = HashMap::new();
+    let mut producers: HashMap<(TopicPartition, i64), ProducerPartitionState> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(flush.batches.len());
+    for batch in &flush.batches {
+        let Some(high_watermark) = view.high_watermark(batch.tp) else {
+            outcomes.push(BatchOutcome::Rejected(
+                BatchRejection::UnknownTopicOrPartition,
+            ));
+            continue;
+        };
+        let next = next_offsets.entry(batch.tp).or_insert(high_watermark);
+        if let Some(info) = batch.producer {
+            let stored = view.producer(batch.tp, info.producer_id);
+            let current = producers
+                .entry((batch.tp, info.producer_id))
+                .or_insert_with(|| stored.cloned().unwrap_or_default());
+            let known = !current.batches.is_empty() || stored.is_some();
+            match check_sequence(current, known, info, batch.offset_count) {
+                Err(rejection) => {
+                    outcomes.push(BatchOutcome::Rejected(rejection));
+                    continue;
+                }
+                Ok(Some(base_offset)) => {
+                    outcomes.push(BatchOutcome::Duplicate { base_offset });
+                    continue;
+                }
+                Ok(None) => remember_batch(current, info, batch.offset_count, *next),
+            }
+        }
+        outcomes.push(BatchOutcome::Appended { base_offset: *next });
+        *next += batch.offset_count;
+    }
+    outcomes
+}
+
+/// What a decided flush writes, besides its outcomes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitEffects {
+    /// New index rows, in flush order: a run of appended batches of one partition that are
+    /// adjacent both in the object and in offsets shares one row.
+    pub rows: Vec<(TopicPartition, IndexRow)>,
+    /// The new high watermark of every partition that got an append.
+    pub high_watermarks: BTreeMap<TopicPartition, i64>,
+    /// The new sequence memory of every producer that appended, by partition and producer id.
+    pub producers: BTreeMap<(TopicPartition, i64), ProducerPartitionState>,
+}
+
+/// Derives what a flush writes from the flush, its decided `outcomes` (one per batch, from
+/// [`decide_commit`] against the same `view`) and the producer states before it. Pure and
+/// deterministic, so replaying a journalled commit rebuilds exactly the same state.
+pub fn commit_effects(
+    view: &impl CommitView,
+    flush: &FlushCommit,
+    outcomes: &[BatchOutcome],
+) -> CommitEffects {
+    let mut effects = CommitEffects::default();
+    // The row most recently started per partition in this commit (its index in `effects.rows`),
+    // to merge adjacent batches into it.
+    let mut open_rows: HashMap<TopicPartition, usize> = HashMap::new();
+    for (batch, outcome) in flush.batches.iter().zip(outcomes) {
+        let BatchOutcome::Appended { base_offset } = *outcome else {
+            continue;
+        };
+        let last_offset = base_offset + batch.offset_count - 1;
+        let merged = open_rows
+            .get(&batch.tp)
+            .and_then(|i| effects.rows.get_mut(*i))
+            .and_then(|(_, row)| {
+                (row.position + row.length == batch.position && row.last_offset + 1 == base_offset)
+                    .then(|| {
+                        row.length += batch.length;
+                        row.last_offset = last_offset;
+                        row.max_timestamp = row.max_timestamp.max(batch.max_timestamp);
+                    })
+            });
+        if merged.is_none() {
+            open_rows.insert(batch.tp, effects.rows.len());
+            effects.rows.push((
+                batch.tp,
+                IndexRow {
+                    base_offset,
+                    last_offset,
+                    object_key: flush.object_key.clone(),
+                    position: batch.position,
+                    length: batch.length,
+                    max_timestamp: batch.max_timestamp,
+                },
+            ));
+        }
+        effects.high_watermarks.insert(batch.tp, last_offset + 1);
+        if let Some(info) = batch.producer {
+            let state = effects
+                .producers
+                .entry((batch.tp, info.producer_id))
+                .or_insert_with(|| {
+                    view.producer(batch.tp, info.producer_id)
+                        .cloned()
+                        .unwrap_or_default()
+                });
+            remember_batch(state, info, batch.offset_count, base_offset);
+        }
+    }
+    effects
+}
+
+/// What an InitProducerId call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerDecision {
+    /// Hand out a new producer id at epoch 0.
+    Fresh,
+    /// Keep the id, with this bumped epoch.
+    Bump(ProducerIdentity),
+}
+
+/// The producer id whose current epoch [`producer_decision`] needs, if any.
+pub fn bump_target(request: InitProducer) -> Option<i64> {
+    request.existing.map(|(id, _)| id).filter(|id| *id >= 0)
+}
+
+/// Decides an InitProducerId call, given the stored epoch of [`bump_target`]'s producer (`None`
+/// when there is no target or it is unknown).
+pub fn producer_decision(
+    request: InitProducer,
+    current_epoch: Option<i16>,
+) -> Result<ProducerDecision> {
+    let Some((id, epoch)) = request.existing.filter(|(id, _)| *id >= 0) else {
+        return Ok(ProducerDecision::Fresh);
+    };
+    match current_epoch {
+        // Epoch exhausted: a fresh id, as Kafka does.
+        Some(current) if current == epoch && epoch >= i16::MAX - 1 => Ok(ProducerDecision::Fresh),
+        Some(current) if current == epoch => Ok(ProducerDecision::Bump(ProducerIdentity {
+            producer_id: id,
+            producer_epoch: epoch + 1,
+        })),
+        // An unknown id (e.g. from before a topic deletion): start over.
+        None => Ok(ProducerDecision::Fresh),
+        Some(current) => Err(CoordinatorError::ProducerFenced(format!(
+            "producer {id} has epoch {current}, the request names {epoch}"
+        ))),
+    }
+}
+
+/// Checks the partition count of a new topic.
+pub fn check_new_partition_count(partitions: i32) -> Result<()> {
+    if partitions < 1 {
+        return Err(CoordinatorError::Invalid(format!(
+            "partition count must be at least 1, got {partitions}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a partition increase of topic `name` from `current` to `new_total`.
+pub fn check_partition_increase(name: &str, current: i32, new_total: i32) -> Result<()> {
+    if new_total <= current {
+        return Err(CoordinatorError::Invalid(format!(
+            "topic '{name}' has {current} partitions; the new count {new_total} must be larger"
+        )));
+    }
+    Ok(())
+}
+
+/// Applies config changes: a `Some` value sets the key, `None` removes it.
+pub fn apply_config_changes(
+    configs: &mut BTreeMap<String, String>,
+    changes: Vec<(String, Option<String>)>,
+) {
+    for (key, value) in changes {
+        match value {
+            Some(v) => configs.insert(key, v),
+            None => configs.remove(&key),
+        };
+    }
+}
+
 /// Checks an idempotent batch against a producer's state on one partition.
 /// `Ok(Some(offset))`: a duplicate of a batch appended at `offset`; `Ok(None)`: append it.
 fn check_sequence(
@@ -601,5 +704,97 @@ mod partitions_as_list {
     ) -> Result<HashMap<TopicPartition, PartitionState>, D::Error> {
         let list: Vec<(TopicPartition, PartitionState)> = Vec::deserialize(deserializer)?;
         Ok(list.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(partition: i32) -> TopicPartition {
+        TopicPartition {
+            topic_id: Uuid::nil(),
+            partition,
+        }
+    }
+
+    fn batch(partition: i32, position: u64, offset_count: i64) -> CommitBatch {
+        CommitBatch {
+            tp: tp(partition),
+            position,
+            length: 10,
+            offset_count,
+            max_timestamp: position as i64,
+            producer: None,
+        }
+    }
+
+    /// A view of partitions 0 and 1 at high watermarks 100 and 0.
+    struct TwoPartitions;
+
+    impl CommitView for TwoPartitions {
+        fn high_watermark(&self, tp: TopicPartition) -> Option<i64> {
+            match tp.partition {
+                0 => Some(100),
+                1 => Some(0),
+                _ => None,
+            }
+        }
+
+        fn producer(&self, _: TopicPartition, _: i64) -> Option<&ProducerPartitionState> {
+            None
+        }
+    }
+
+    #[test]
+    fn only_runs_adjacent_in_object_and_offsets_share_a_row() {
+        let flush = FlushCommit {
+            object_key: "o".into(),
+            object_size: 50,
+            timestamp_ms: 0,
+            batches: vec![
+                batch(0, 0, 2),
+                batch(0, 10, 3), // adjacent: merged
+                batch(1, 20, 1),
+                batch(0, 30, 1), // a gap in the object: a new row
+                batch(9, 40, 1), // unknown partition: rejected, no row
+            ],
+        };
+        let outcomes = decide_commit(&TwoPartitions, &flush);
+        assert_eq!(
+            outcomes,
+            vec![
+                BatchOutcome::Appended { base_offset: 100 },
+                BatchOutcome::Appended { base_offset: 102 },
+                BatchOutcome::Appended { base_offset: 0 },
+                BatchOutcome::Appended { base_offset: 105 },
+                BatchOutcome::Rejected(BatchRejection::UnknownTopicOrPartition),
+            ]
+        );
+        let effects = commit_effects(&TwoPartitions, &flush, &outcomes);
+        let rows: Vec<_> = effects
+            .rows
+            .iter()
+            .map(|(tp, r)| {
+                (
+                    tp.partition,
+                    r.base_offset,
+                    r.last_offset,
+                    r.position,
+                    r.length,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (0, 100, 104, 0, 20),
+                (1, 0, 0, 20, 10),
+                (0, 105, 105, 30, 10)
+            ]
+        );
+        assert_eq!(effects.high_watermarks[&tp(0)], 106);
+        assert_eq!(effects.high_watermarks[&tp(1)], 1);
+        assert!(effects.producers.is_empty());
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use fjord_broker::{Broker, BrokerSettings};
 use fjord_coordinator::embedded::EmbeddedCoordinator;
+use fjord_coordinator::postgres::PostgresCoordinator;
 use fjord_coordinator::Coordinator;
 use fjord_server::ServerSettings;
 use fjord_storage::reader::{ReadCache, Reader};
@@ -27,9 +28,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
                 format!("opening the embedded coordinator in {}", dir.display())
             })?)
         }
-        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            bail!("the PostgreSQL coordinator is not available in this build yet; use --coordinator embedded")
-        }
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Arc::new(
+            PostgresCoordinator::connect(url)
+                .await
+                .context("connecting to the PostgreSQL coordinator")?,
+        ),
         other => bail!("unknown coordinator '{other}' (use 'embedded' or postgres://...)"),
     };
     let store_url = config.object_store.clone().unwrap_or_else(|| {
@@ -67,6 +70,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             default_partitions: config.default_partitions,
             message_max_bytes: config.message_max_bytes,
             rack: config.zone.clone(),
+            ..BrokerSettings::default()
         },
         coordinator,
         writer,
@@ -81,7 +85,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(
         listen = %config.listen,
         object_store = %store_url,
-        coordinator = %config.coordinator,
+        coordinator = %redact(&config.coordinator),
         data_dir = %config.data_dir.display(),
         "fjord broker ready"
     );
@@ -152,6 +156,18 @@ async fn gc_loop(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "garbage collection failed; will retry"),
         }
+    }
+}
+
+/// A URL with its password hidden, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
     }
 }
 

@@ -63,11 +63,12 @@ pub async fn create_topics(
         } else {
             topic.num_partitions
         };
-        if partitions < 1 {
+        let max = broker.settings.max_partitions_per_topic;
+        if partitions < 1 || partitions > max {
             results.push(fail(
                 result,
                 ResponseError::InvalidPartitions,
-                format!("number of partitions must be at least 1, got {partitions}"),
+                format!("number of partitions must be between 1 and {max}, got {partitions}"),
             ));
             continue;
         }
@@ -223,6 +224,13 @@ pub async fn create_partitions(
                 format!(
                     "topic '{name}' has {} partitions; the new count {} must be larger",
                     meta.partitions, topic.count
+                ),
+            )),
+            Ok(Some(_)) if topic.count > broker.settings.max_partitions_per_topic => Err((
+                ResponseError::InvalidPartitions,
+                format!(
+                    "at most {} partitions per topic, asked for {}",
+                    broker.settings.max_partitions_per_topic, topic.count
                 ),
             )),
             Ok(Some(_)) if request.validate_only => Ok(()),

@@ -1,0 +1,44 @@
+//! A complete broker over an in-memory object store and an embedded coordinator, for tests,
+//! fuzzing and examples. Must be called inside a Tokio runtime (it starts the writer).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_coordinator::embedded::EmbeddedCoordinator;
+use fjord_coordinator::CoordinatorError;
+use fjord_storage::reader::{ReadCache, Reader};
+use fjord_storage::writer::{Writer, WriterSettings, WriterTask};
+
+use crate::fetch_session::FetchSessions;
+use crate::{Broker, BrokerSettings};
+
+/// A broker whose coordinator journal lives in `dir` and whose objects live in memory.
+pub fn in_memory_broker(
+    dir: &Path,
+    settings: BrokerSettings,
+) -> Result<(Arc<Broker>, WriterTask), CoordinatorError> {
+    let coordinator = Arc::new(EmbeddedCoordinator::open(dir)?);
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let cache = Arc::new(ReadCache::new(64 << 20));
+    let (tx, commits) = tokio::sync::watch::channel(0);
+    let (writer, task) = Writer::start(
+        WriterSettings {
+            flush_interval: Duration::from_millis(1),
+            ..Default::default()
+        },
+        store.clone(),
+        coordinator.clone(),
+        cache.clone(),
+        Arc::new(tx),
+    );
+    let broker = Arc::new(Broker {
+        settings,
+        coordinator,
+        writer,
+        reader: Reader::new(store, cache),
+        commits,
+        fetch_sessions: FetchSessions::new(16),
+    });
+    Ok((broker, task))
+}

@@ -1,0 +1,507 @@
+//! Tests of the PostgreSQL coordinator against a real server: the conformance suite, durability
+//! across reconnects, concurrent brokers on one database, migrations, and error mapping.
+//!
+//! The server comes from `FJORD_TEST_POSTGRES_URL` (see `scripts/test-postgres.sh`); each test
+//! database is created from it as `fjord_test_<random>` and dropped at the end. Without the
+//! variable these tests fail, unless `FJORD_SKIP_POSTGRES_TESTS=1` says to skip them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::testsuite;
+
+const URL_VAR: &str = "FJORD_TEST_POSTGRES_URL";
+const SKIP_VAR: &str = "FJORD_SKIP_POSTGRES_TESTS";
+
+/// The test server's URL; `None` when the tests are to be skipped.
+fn server_url() -> Option<String> {
+    match std::env::var(URL_VAR) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var(SKIP_VAR).as_deref() == Ok("1") => {
+            eprintln!("{URL_VAR} unset and {SKIP_VAR}=1: skipping a PostgreSQL test");
+            None
+        }
+        _ => panic!(
+            "{URL_VAR} is not set, so the PostgreSQL coordinator cannot be tested. Start a \
+             throwaway server with `eval \"$(scripts/test-postgres.sh start)\"` (or run \
+             `scripts/test-postgres.sh run cargo test ...`), or set {SKIP_VAR}=1 to skip these \
+             tests."
+        ),
+    }
+}
+
+/// Databases created by one test, dropped when it ends (declare it first, so that it is dropped
+/// after the coordinators using it).
+struct TestDatabases {
+    server: String,
+    names: parking_lot::Mutex<Vec<String>>,
+}
+
+impl TestDatabases {
+    fn new(server: String) -> Self {
+        TestDatabases {
+            server,
+            names: Default::default(),
+        }
+    }
+
+    async fn admin(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.server, NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {URL_VAR}: {}", db::describe(&e)));
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A new empty database; returns its URL.
+    async fn create(&self) -> String {
+        let name = format!("fjord_test_{}", Uuid::new_v4().simple());
+        self.admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        self.names.lock().push(name.clone());
+        let mut url = url::Url::parse(&self.server).unwrap();
+        url.set_path(&name);
+        url.to_string()
+    }
+}
+
+impl Drop for TestDatabases {
+    /// Drops the test's databases, also when the test failed (`WITH (FORCE)` ends connections
+    /// still open). Runs on a thread of its own: the test's runtime may be gone or busy.
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut *self.names.lock());
+        if names.is_empty() {
+            return;
+        }
+        let server = self.server.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let (admin, connection) = tokio_postgres::connect(&server, NoTls)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                tokio::spawn(connection);
+                for name in names {
+                    admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                        .map_err(|e| std::io::Error::other(db::describe(&e)))?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if !std::thread::panicking() => panic!("dropping test databases: {e}"),
+            Ok(Err(e)) => eprintln!("dropping test databases: {e}"),
+            Err(_) => eprintln!("dropping test databases: the cleanup thread panicked"),
+        }
+    }
+}
+
+async fn open(url: &str) -> Arc<dyn Coordinator> {
+    Arc::new(PostgresCoordinator::connect(url).await.unwrap())
+}
+
+#[tokio::test]
+async fn conformance() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    testsuite::run_all(|| async { open(&dbs.create().await).await }).await;
+}
+
+#[tokio::test]
+async fn state_survives_reconnect() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    testsuite::durability(|| open(&url)).await;
+}
+
+#[tokio::test]
+async fn migrations_run_once_under_concurrent_opens() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    let opened =
+        futures::future::join_all((0..6).map(|_| PostgresCoordinator::connect(&url))).await;
+    let c = opened.into_iter().next().unwrap().unwrap();
+    let mut client = c.client().await.unwrap();
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM fjord_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let all: Vec<i32> = migrate::MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(versions, all);
+    // Up to date: nothing more to apply.
+    assert!(migrate::migrate(&mut client).await.unwrap().is_empty());
+
+    // An applied migration whose text changed is refused, as is one from a newer build.
+    client
+        .execute(
+            "UPDATE fjord_schema_migrations SET checksum = checksum + 1 WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        PostgresCoordinator::connect(&url).await,
+        Err(CoordinatorError::Corrupt(_))
+    ));
+    client
+        .execute(
+            "UPDATE fjord_schema_migrations SET checksum = checksum - 1 WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO fjord_schema_migrations (version, name, checksum) VALUES (9999, 'future', 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = PostgresCoordinator::connect(&url).await.err().unwrap();
+    assert!(matches!(err, CoordinatorError::Corrupt(_)), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_retriable_storage_error() {
+    // Nothing listens on port 1; no test server needed.
+    let err = PostgresCoordinator::connect_with(
+        "postgres://fjord@127.0.0.1:1/fjord",
+        PostgresOptions {
+            connect_timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(err, CoordinatorError::Storage(_)), "{err}");
+    assert!(err.is_retriable());
+    let err = PostgresCoordinator::connect("postgres://[nonsense")
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, CoordinatorError::Invalid(_)), "{err}");
+}
+
+/// Two coordinators (two brokers) on one database commit flushes to the same partitions at
+/// once, in varying partition orders, some from idempotent producers, some re-commits of the same
+/// object from both. Every partition's offsets come out dense and non-overlapping, and the index
+/// agrees with the outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_brokers_assign_dense_offsets() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    let a = open(&url).await;
+    let b = open(&url).await;
+    const PARTITIONS: i32 = 3;
+    const TASKS_PER_BROKER: usize = 4;
+    const FLUSHES_PER_TASK: usize = 25;
+    let topic = a
+        .create_topic(TopicSpec {
+            name: "busy".into(),
+            partitions: PARTITIONS,
+            configs: BTreeMap::new(),
+        })
+        .await
+        .unwrap();
+    let topic_id = topic.id;
+    let tp = move |partition| TopicPartition {
+        topic_id,
+        partition,
+    };
+
+    let mut tasks = Vec::new();
+    for (broker, c) in [a.clone(), b.clone()].into_iter().enumerate() {
+        for task in 0..TASKS_PER_BROKER {
+            let c = c.clone();
+            let other = if broker == 0 { b.clone() } else { a.clone() };
+            let idempotent = task % 2 == 1;
+            let producer_id = if idempotent {
+                c.init_producer_id(InitProducer { existing: None })
+                    .await
+                    .unwrap()
+                    .producer_id
+            } else {
+                -1
+            };
+            tasks.push(tokio::spawn(async move {
+                // (partition, offset count, outcome) of every batch committed.
+                let mut results = Vec::new();
+                let mut sequences = [0i32; PARTITIONS as usize];
+                for i in 0..FLUSHES_PER_TASK {
+                    let mut batches = Vec::new();
+                    let mut position = 0u64;
+                    // Partitions in a rotating order, so lock requests come in every order.
+                    for k in 0..PARTITIONS {
+                        let partition = (k + i as i32 + task as i32) % PARTITIONS;
+                        if (i + k as usize) % 4 == 3 {
+                            continue;
+                        }
+                        let count = 1 + ((i + task + k as usize) % 5) as i64;
+                        let producer = idempotent.then(|| {
+                            let seq = &mut sequences[partition as usize];
+                            let info = ProducerBatchInfo {
+                                producer_id,
+                                producer_epoch: 0,
+                                base_sequence: *seq,
+                            };
+                            *seq += count as i32;
+                            info
+                        });
+                        batches.push(CommitBatch {
+                            tp: tp(partition),
+                            position,
+                            length: 10,
+                            offset_count: count,
+                            max_timestamp: i as i64,
+                            producer,
+                        });
+                        position += 10;
+                    }
+                    let flush = FlushCommit {
+                        object_key: format!("b{broker}-t{task}-{i}"),
+                        object_size: position,
+                        timestamp_ms: 1,
+                        batches: batches.clone(),
+                    };
+                    let outcomes = if i % 5 == 0 {
+                        // The same object committed by both brokers at once: one decides, the
+                        // other gets the recorded outcomes.
+                        let (x, y) =
+                            tokio::join!(c.commit(flush.clone()), other.commit(flush.clone()));
+                        let (x, y) = (x.unwrap(), y.unwrap());
+                        assert_eq!(x, y);
+                        x
+                    } else {
+                        c.commit(flush).await.unwrap()
+                    };
+                    for (batch, outcome) in batches.iter().zip(outcomes) {
+                        results.push((batch.tp.partition, batch.offset_count, outcome));
+                    }
+                }
+                results
+            }));
+        }
+    }
+
+    let mut appended: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+    for task in tasks {
+        for (partition, count, outcome) in task.await.unwrap() {
+            match outcome {
+                BatchOutcome::Appended { base_offset } => appended
+                    .entry(partition)
+                    .or_default()
+                    .push((base_offset, count)),
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+    }
+    for partition in 0..PARTITIONS {
+        let mut ranges = appended.remove(&partition).unwrap_or_default();
+        ranges.sort();
+        let mut next = 0;
+        for (base, count) in &ranges {
+            assert_eq!(
+                *base, next,
+                "partition {partition}: gap or overlap at {base}"
+            );
+            next = base + count;
+        }
+        let offsets = a.partition_offsets(tp(partition)).await.unwrap();
+        assert_eq!(offsets.high_watermark, next);
+        assert_eq!(b.partition_offsets(tp(partition)).await.unwrap(), offsets);
+        // The index covers exactly [0, high watermark), row after row.
+        let rows = b.index_rows(tp(partition), 0, u64::MAX).await.unwrap();
+        let mut expect = 0;
+        for row in &rows {
+            assert_eq!(row.base_offset, expect);
+            expect = row.last_offset + 1;
+        }
+        assert_eq!(expect, next);
+    }
+}
+
+/// Topic creation races: exactly one broker wins a name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_topic_creation_has_one_winner() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    for round in 0..10 {
+        let spec = TopicSpec {
+            name: format!("race-{round}"),
+            partitions: 2,
+            configs: BTreeMap::new(),
+        };
+        let (x, y) = tokio::join!(a.create_topic(spec.clone()), b.create_topic(spec));
+        let wins = [&x, &y].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "{x:?} {y:?}");
+        for r in [x, y] {
+            if let Err(e) = r {
+                assert!(matches!(e, CoordinatorError::TopicExists(_)), "{e}");
+            }
+        }
+    }
+}
+
+/// Deleting a topic while both brokers commit flushes touching it and another topic: no call
+/// fails, batches after the deletion are rejected, and every object ends up live exactly when a
+/// surviving index row references it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topic_deletion_races_commits() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    let spec = |name: &str, partitions| TopicSpec {
+        name: name.into(),
+        partitions,
+        configs: BTreeMap::new(),
+    };
+    let doomed = a.create_topic(spec("doomed", 2)).await.unwrap();
+    let kept = a.create_topic(spec("kept", 1)).await.unwrap();
+    let on = |topic: &TopicMeta, partition| TopicPartition {
+        topic_id: topic.id,
+        partition,
+    };
+
+    let mut tasks = Vec::new();
+    for (n, c) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let (d0, d1, k) = (on(&doomed, 0), on(&doomed, 1), on(&kept, 0));
+        tasks.push(tokio::spawn(async move {
+            let mut committed = Vec::new();
+            for i in 0..30 {
+                // Every third flush touches only the doomed topic.
+                let mut batches = vec![
+                    CommitBatch {
+                        tp: if i % 2 == 0 { d0 } else { d1 },
+                        position: 0,
+                        length: 10,
+                        offset_count: 1,
+                        max_timestamp: 0,
+                        producer: None,
+                    },
+                    CommitBatch {
+                        tp: d0,
+                        position: 100,
+                        length: 10,
+                        offset_count: 2,
+                        max_timestamp: 0,
+                        producer: None,
+                    },
+                ];
+                if i % 3 != 0 {
+                    batches.push(CommitBatch {
+                        tp: k,
+                        position: 10,
+                        length: 10,
+                        offset_count: 1,
+                        max_timestamp: 0,
+                        producer: None,
+                    });
+                }
+                let key = format!("r{n}-{i}");
+                let outcomes = c
+                    .commit(FlushCommit {
+                        object_key: key.clone(),
+                        object_size: 120,
+                        timestamp_ms: 5,
+                        batches: batches.clone(),
+                    })
+                    .await
+                    .unwrap();
+                let kept_appended = batches
+                    .iter()
+                    .zip(&outcomes)
+                    .any(|(b, o)| b.tp == k && matches!(o, BatchOutcome::Appended { .. }));
+                committed.push((key, kept_appended));
+            }
+            committed
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    b.delete_topic("doomed").await.unwrap();
+
+    let mut expected_live = std::collections::BTreeSet::new();
+    let mut all = Vec::new();
+    for task in tasks {
+        for (key, kept_appended) in task.await.unwrap() {
+            if kept_appended {
+                expected_live.insert(key.clone());
+            }
+            all.push(key);
+        }
+    }
+    let refs = a.object_references().await.unwrap();
+    assert_eq!(refs.live, expected_live);
+    for key in &all {
+        assert!(
+            refs.live.contains(key) != refs.dead.contains_key(key),
+            "{key}"
+        );
+    }
+    // The survivor's index is intact and dense.
+    let rows = a.index_rows(on(&kept, 0), 0, u64::MAX).await.unwrap();
+    let hw = a
+        .partition_offsets(on(&kept, 0))
+        .await
+        .unwrap()
+        .high_watermark;
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.last_offset - r.base_offset + 1)
+            .sum::<i64>(),
+        hw
+    );
+    assert_eq!(hw as usize, expected_live.len());
+}
+
+/// The pruning statement keeps recent commit outcomes and drops old ones.
+#[tokio::test]
+async fn old_commit_outcomes_are_pruned() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    let c = PostgresCoordinator::connect(&url).await.unwrap();
+    let client = c.client().await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO fjord_commits (object_key, outcomes, committed_at) VALUES
+                 ('old', '[]', now() - interval '2 hours'),
+                 ('new', '[]', now() - interval '5 minutes')",
+        )
+        .await
+        .unwrap();
+    assert_eq!(client.execute(commit::PRUNE_COMMITS, &[]).await.unwrap(), 1);
+    let left: Vec<String> = client
+        .query("SELECT object_key FROM fjord_commits", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, vec!["new".to_string()]);
+}

@@ -1,0 +1,67 @@
+"""The broker on the PostgreSQL coordinator (``--coordinator postgres://...``).
+
+Needs ``FJORD_TEST_POSTGRES_URL`` (scripts/test.sh starts a throwaway server
+with scripts/test-postgres.sh and exports it).  Two brokers share the
+database and one object-store directory: what one broker acknowledged is
+served by the other, also after the first is SIGKILLed (brokers are
+stateless: killing every broker and starting new ones on other ports serves
+all committed data again).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from confluent_kafka import Producer
+
+from kafka_helpers import assert_dense, consume_partitions, create_topic, watermarks
+
+PARTITIONS = 3
+N = 3000
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    url = os.environ.get("FJORD_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail(
+            "FJORD_TEST_POSTGRES_URL is not set: run the suite with ./scripts/test.sh, which "
+            "starts a throwaway PostgreSQL (scripts/test-postgres.sh)"
+        )
+    return url
+
+
+def test_two_brokers_share_postgres_and_objects(broker_factory, topic, postgres_url, tmp_path):
+    shared = ["--coordinator", postgres_url, "--object-store", f"file://{tmp_path / 'objects'}"]
+    a = broker_factory(*shared, "--node-id", "1")
+    b = broker_factory(*shared, "--node-id", "2")
+    create_topic(a.bootstrap, topic, PARTITIONS)
+
+    acked: list[tuple[int, int, bytes]] = []
+    failed = []
+
+    def on_delivery(err, msg):
+        if err is None:
+            acked.append((msg.partition(), msg.offset(), msg.value()))
+        else:
+            failed.append(err)
+
+    p = Producer({"bootstrap.servers": a.bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    for i in range(N):
+        p.produce(topic, value=b"v%d" % i, key=b"k%d" % (i % 50), on_delivery=on_delivery)
+        p.poll(0)
+    assert p.flush(60) == 0
+    assert not failed, failed[:5]
+    assert len(acked) == N
+
+    a.kill()
+    got = consume_partitions(b.bootstrap, topic, range(PARTITIONS))
+    by_offset = {(m.partition(), m.offset()): m.value() for ms in got.values() for m in ms}
+    for part, ms in got.items():
+        assert_dense([m.offset() for m in ms], f"partition {part}")
+    for part, off, value in acked:
+        assert by_offset.get((part, off)) == value, f"acknowledged record {part}/{off} not served by b"
+    assert sum(len(ms) for ms in got.values()) == N
+    wm = watermarks(b.bootstrap, topic, range(PARTITIONS))
+    assert sum(high for _, high in wm.values()) == N
