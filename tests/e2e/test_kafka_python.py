@@ -73,3 +73,59 @@ def test_kafka_python_roundtrip(broker, topic):
     for p in partitions:
         diff = first_difference(got[p], produced.get(p, []))
         assert diff is None, f"partition {p}: consumed records differ from produced: {diff}"
+
+
+def test_kafka_python_consumer_group_commits(broker, topic):
+    """A kafka-python consumer group (subscribe + commit) reads a topic end to end; a second
+    consumer of the same group then starts from the committed offsets and finds nothing new."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=[broker.bootstrap], request_timeout_ms=15000)
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    producer = KafkaProducer(bootstrap_servers=[broker.bootstrap], acks="all", linger_ms=5)
+    for i in range(N_RECORDS):
+        producer.send(topic, key=b"k%d" % (i % 10), value=b"v%d" % i)
+    producer.flush(timeout=60)
+    producer.close(timeout=10)
+
+    group = f"{topic}-group"
+
+    def consumer():
+        return KafkaConsumer(
+            topic,
+            bootstrap_servers=[broker.bootstrap],
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+            request_timeout_ms=30000,
+        )
+
+    c = consumer()
+    seen: dict[int, list[int]] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while sum(len(v) for v in seen.values()) < N_RECORDS:
+            assert time.monotonic() < deadline, f"consumed {sum(len(v) for v in seen.values())}/{N_RECORDS}"
+            for tp, records in c.poll(timeout_ms=500).items():
+                seen.setdefault(tp.partition, []).extend(r.offset for r in records)
+            c.commit()
+        for p, offsets in seen.items():
+            assert_dense(offsets, f"partition {p}")
+            assert c.committed(TopicPartition(topic, p)) == len(offsets)
+    finally:
+        c.close()
+
+    c2 = consumer()
+    try:
+        extra = []
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            for records in c2.poll(timeout_ms=500).values():
+                extra.extend(records)
+        assert not extra, f"the group re-read {len(extra)} committed records"
+        assert c2.assignment(), "the second consumer got no partitions"
+    finally:
+        c2.close()
+    admin.close()

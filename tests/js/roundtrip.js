@@ -10,9 +10,12 @@
 // 3. admin.fetchTopicOffsets: low watermark 0 and high watermark equal to the
 //    count sent, per partition (1,000 in total).
 //
-// kafkajs consumers always join a consumer group, so consuming is not
-// checked here yet.  Exit code 0 = pass; anything else = fail (reason on
-// stderr).  A watchdog ends the process after 120 s.
+// 4. A consumer group (subscribe, autoCommit) reads all 1,000 back: keys,
+//    values, headers and per-partition order intact; committed offsets equal
+//    the high watermarks.
+//
+// Exit code 0 = pass; anything else = fail (reason on stderr).  A watchdog
+// ends the process after 120 s.
 
 'use strict';
 
@@ -111,7 +114,58 @@ async function main() {
       total += Number(o.high);
     }
     check(total === N_MESSAGES, `high watermarks sum to ${total}, want ${N_MESSAGES}`);
-    console.log(`roundtrip.js: OK, ${total} messages, high watermarks ${JSON.stringify(offsets)}`);
+
+    // 4. Consume everything back through a consumer group, committing as it goes.
+    const groupId = `${topic}-group`;
+    const consumer = kafka.consumer({ groupId, sessionTimeout: 10000, heartbeatInterval: 1000 });
+    const received = new Map(); // partition -> [{offset, key, value, idx}]
+    let count = 0;
+    let resolveAll;
+    const all = new Promise((resolve) => { resolveAll = resolve; });
+    await consumer.connect();
+    try {
+      await consumer.subscribe({ topics: [topic], fromBeginning: true });
+      await consumer.run({
+        autoCommit: true,
+        eachMessage: async ({ partition, message }) => {
+          if (!received.has(partition)) received.set(partition, []);
+          received.get(partition).push({
+            offset: Number(message.offset),
+            key: message.key.toString(),
+            value: message.value.toString(),
+            idx: message.headers.idx.toString(),
+            client: message.headers.client.toString(),
+          });
+          count++;
+          if (count === N_MESSAGES) resolveAll();
+        },
+      });
+      await Promise.race([
+        all,
+        new Promise((_, reject) => setTimeout(() => reject(new Error(`consumed only ${count} of ${N_MESSAGES}`)), 60000)),
+      ]);
+    } finally {
+      await consumer.disconnect().catch(() => {});
+    }
+    for (let p = 0; p < PARTITIONS; p++) {
+      const got = received.get(p) || [];
+      check(got.length === sent[p], `partition ${p}: consumed ${got.length}, want ${sent[p]}`);
+      got.forEach((m, j) => {
+        check(m.offset === j, `partition ${p}: message ${j} has offset ${m.offset}`);
+        const i = Number(m.idx);
+        check(i % PARTITIONS === p, `partition ${p}: message idx ${i} belongs elsewhere`);
+        check(m.key === `key-${i}`, `partition ${p} offset ${j}: key ${m.key}`);
+        check(m.value === `value-${i}-${'x'.repeat(i % 100)}`, `partition ${p} offset ${j}: value mismatch`);
+        check(m.client === 'kafkajs', `partition ${p} offset ${j}: header client ${m.client}`);
+        if (j > 0) check(i > Number(got[j - 1].idx), `partition ${p}: out of order at offset ${j}`);
+      });
+    }
+    // The group's committed offsets are the high watermarks.
+    const committed = await admin.fetchOffsets({ groupId, topics: [topic] });
+    for (const o of committed[0].partitions) {
+      check(String(o.offset) === String(sent[o.partition]), `committed offset of partition ${o.partition} is ${o.offset}, want ${sent[o.partition]}`);
+    }
+    console.log(`roundtrip.js: OK, ${total} messages produced and consumed; committed ${JSON.stringify(committed[0].partitions)}`);
   } finally {
     await producer.disconnect().catch(() => {});
     await admin.disconnect().catch(() => {});

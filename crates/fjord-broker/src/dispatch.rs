@@ -5,6 +5,7 @@
 //! connection answers those futures in the order the requests arrived, as Kafka requires.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -66,8 +67,35 @@ pub struct Started {
     pub reply: Reply,
 }
 
+/// Who sent a request.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// The client id from the request header.
+    pub client_id: String,
+    /// The connection's peer address.
+    pub peer: Option<SocketAddr>,
+}
+
+impl Client {
+    /// The client host as Kafka reports it ("/1.2.3.4").
+    pub fn host(&self) -> String {
+        self.peer
+            .map(|p| format!("/{}", p.ip()))
+            .unwrap_or_default()
+    }
+}
+
 /// Decodes one request frame (without its 4-byte length prefix) and starts handling it.
-pub async fn start(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Started, ProtocolError> {
+pub async fn start(broker: &Arc<Broker>, frame: Bytes) -> Result<Started, ProtocolError> {
+    start_from(broker, frame, None).await
+}
+
+/// [`start`] for a request that arrived from `peer`.
+pub async fn start_from(
+    broker: &Arc<Broker>,
+    mut frame: Bytes,
+    peer: Option<SocketAddr>,
+) -> Result<Started, ProtocolError> {
     if frame.len() < 8 {
         return Err(ProtocolError::TooShort(frame.len()));
     }
@@ -89,6 +117,14 @@ pub async fn start(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Started, Pr
             reason: e.to_string(),
         })?;
     let correlation_id = header.correlation_id;
+    let client = Client {
+        client_id: header
+            .client_id
+            .as_ref()
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default(),
+        peer,
+    };
     if !versions::supports(key, version) {
         return Err(ProtocolError::UnsupportedVersion { key, version });
     }
@@ -142,6 +178,33 @@ pub async fn start(broker: &Arc<Broker>, mut frame: Bytes) -> Result<Started, Pr
         ApiKey::InitProducerId => run(ctx, frame, move |r| {
             handlers::producer::init_producer_id(b, r)
         }),
+        ApiKey::FindCoordinator => run(ctx, frame, move |r| {
+            handlers::groups::find_coordinator(b, r, version)
+        }),
+        ApiKey::JoinGroup => run(ctx, frame, move |r| {
+            handlers::groups::join_group(b, r, version, client)
+        }),
+        ApiKey::SyncGroup => run(ctx, frame, move |r| {
+            handlers::groups::sync_group(b, r, version)
+        }),
+        ApiKey::Heartbeat => run(ctx, frame, move |r| handlers::groups::heartbeat(b, r)),
+        ApiKey::LeaveGroup => run(ctx, frame, move |r| {
+            handlers::groups::leave_group(b, r, version)
+        }),
+        ApiKey::ListGroups => run(ctx, frame, move |r| {
+            handlers::groups::list_groups(b, r, version)
+        }),
+        ApiKey::DescribeGroups => run(ctx, frame, move |r| {
+            handlers::groups::describe_groups(b, r, version)
+        }),
+        ApiKey::DeleteGroups => run(ctx, frame, move |r| handlers::groups::delete_groups(b, r)),
+        ApiKey::OffsetCommit => run(ctx, frame, move |r| {
+            handlers::offsets::offset_commit(b, r, version)
+        }),
+        ApiKey::OffsetFetch => run(ctx, frame, move |r| {
+            handlers::offsets::offset_fetch(b, r, version)
+        }),
+        ApiKey::OffsetDelete => run(ctx, frame, move |r| handlers::offsets::offset_delete(b, r)),
         _ => Err(ProtocolError::UnsupportedVersion { key, version }),
     }
 }

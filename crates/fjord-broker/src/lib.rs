@@ -8,6 +8,7 @@
 pub mod dispatch;
 pub mod error;
 pub mod fetch_session;
+pub mod groups;
 mod handlers;
 pub mod testkit;
 pub mod topic_config;
@@ -74,4 +75,6 @@ pub struct Broker {
     pub commits: watch::Receiver<u64>,
     /// Fetch sessions of this broker's clients.
     pub fetch_sessions: fetch_session::FetchSessions,
+    /// Consumer groups this broker coordinates.
+    pub groups: Arc<groups::GroupCoordinator>,
 }

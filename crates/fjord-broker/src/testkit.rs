@@ -11,6 +11,8 @@ use fjord_storage::reader::{ReadCache, Reader};
 use fjord_storage::writer::{Writer, WriterSettings, WriterTask};
 
 use crate::fetch_session::FetchSessions;
+use crate::groups::group::GroupSettings;
+use crate::groups::GroupCoordinator;
 use crate::{Broker, BrokerSettings};
 
 /// A broker whose coordinator journal lives in `dir` and whose objects live in memory.
@@ -32,9 +34,17 @@ pub fn in_memory_broker(
         cache.clone(),
         Arc::new(tx),
     );
+    let groups = GroupCoordinator::start(
+        coordinator.clone(),
+        GroupSettings {
+            initial_rebalance_delay: Duration::from_millis(50),
+            ..GroupSettings::default()
+        },
+    );
     let broker = Arc::new(Broker {
         settings,
         coordinator,
+        groups,
         writer,
         reader: Reader::new(store, cache),
         commits,

@@ -677,3 +677,317 @@ async fn log_append_time_topics_stamp_batches() {
         assert_eq!(record.timestamp_type, TimestampType::LogAppend);
     }
 }
+
+fn gid(s: &str) -> GroupId {
+    GroupId(sb(s))
+}
+
+/// One member through JoinGroup (with MEMBER_ID_REQUIRED from v4), SyncGroup and Heartbeat at
+/// the given versions; returns (member id, generation).
+async fn join_and_sync(h: &Harness, group: &str, join_v: i16, sync_v: i16) -> (StrBytes, i32) {
+    let join = |member: StrBytes| {
+        let mut r = JoinGroupRequest::default()
+            .with_group_id(gid(group))
+            .with_session_timeout_ms(10_000)
+            .with_member_id(member)
+            .with_protocol_type(sb("consumer"))
+            .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+            )
+            .with_name(sb("range"))
+            .with_metadata(Bytes::from_static(b"meta"))]);
+        if join_v >= 1 {
+            r.rebalance_timeout_ms = 10_000;
+        }
+        r
+    };
+    let mut r = call(h, join(sb("")), join_v).await;
+    if join_v >= 4 {
+        assert_eq!(
+            r.error_code,
+            ResponseError::MemberIdRequired.code(),
+            "join v{join_v}"
+        );
+        r = call(h, join(r.member_id.clone()), join_v).await;
+    }
+    assert_eq!(r.error_code, 0, "join v{join_v}");
+    assert_eq!(r.leader, r.member_id);
+    assert_eq!(r.members.len(), 1);
+    assert_eq!(r.members[0].metadata, Bytes::from_static(b"meta"));
+    let member = r.member_id.clone();
+    let mut sync = SyncGroupRequest::default()
+        .with_group_id(gid(group))
+        .with_generation_id(r.generation_id)
+        .with_member_id(member.clone())
+        .with_assignments(vec![
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(member.clone())
+                .with_assignment(Bytes::from_static(b"assignment")),
+        ]);
+    if sync_v >= 5 {
+        sync.protocol_type = Some(sb("consumer"));
+        sync.protocol_name = Some(sb("range"));
+    }
+    let s = call(h, sync, sync_v).await;
+    assert_eq!(s.error_code, 0, "sync v{sync_v}");
+    assert_eq!(s.assignment, Bytes::from_static(b"assignment"));
+    (member, r.generation_id)
+}
+
+#[tokio::test]
+async fn group_membership_apis_at_every_version() {
+    let h = harness();
+    for v in 0..=5 {
+        let mut request = FindCoordinatorRequest::default();
+        if v >= 4 {
+            request.coordinator_keys = vec![sb("g")];
+        } else {
+            request.key = sb("g");
+        }
+        let r = call(&h, request, v).await;
+        if v >= 4 {
+            assert_eq!(r.coordinators[0].error_code, 0);
+        } else {
+            assert_eq!((r.error_code, r.port), (0, 9092));
+        }
+    }
+    for join_v in 0..=9 {
+        let group = format!("g-join-{join_v}");
+        let sync_v = join_v.min(5);
+        let (member, generation) = join_and_sync(&h, &group, join_v, sync_v).await;
+        for hb_v in 0..=4 {
+            let r = call(
+                &h,
+                HeartbeatRequest::default()
+                    .with_group_id(gid(&group))
+                    .with_generation_id(generation)
+                    .with_member_id(member.clone()),
+                hb_v,
+            )
+            .await;
+            assert_eq!(r.error_code, 0, "heartbeat v{hb_v}");
+        }
+        let r = call(
+            &h,
+            HeartbeatRequest::default()
+                .with_group_id(gid(&group))
+                .with_generation_id(generation + 7)
+                .with_member_id(member.clone()),
+            4,
+        )
+        .await;
+        assert_eq!(r.error_code, ResponseError::IllegalGeneration.code());
+        let leave_v = join_v.min(5);
+        let mut leave = LeaveGroupRequest::default().with_group_id(gid(&group));
+        if leave_v >= 3 {
+            leave.members =
+                vec![leave_group_request::MemberIdentity::default().with_member_id(member.clone())];
+        } else {
+            leave.member_id = member.clone();
+        }
+        let r = call(&h, leave, leave_v).await;
+        assert_eq!(r.error_code, 0, "leave v{leave_v}");
+        if leave_v >= 3 {
+            assert_eq!(r.members[0].error_code, 0);
+        }
+    }
+    for v in 0..=5 {
+        let r = call(&h, ListGroupsRequest::default(), v).await;
+        assert_eq!(r.error_code, 0);
+        assert!(
+            r.groups.iter().any(|g| g.group_id.0.as_str() == "g-join-3"),
+            "list v{v}"
+        );
+    }
+    let (member, _) = join_and_sync(&h, "described", 9, 5).await;
+    for v in 0..=5 {
+        let r = call(
+            &h,
+            DescribeGroupsRequest::default().with_groups(vec![gid("described"), gid("nope")]),
+            v,
+        )
+        .await;
+        let d = &r.groups[0];
+        assert_eq!(d.error_code, 0);
+        assert_eq!(d.group_state.as_str(), "Stable", "describe v{v}");
+        assert_eq!(d.protocol_data.as_str(), "range");
+        assert_eq!(d.members[0].member_id, member);
+        assert_eq!(
+            d.members[0].member_assignment,
+            Bytes::from_static(b"assignment")
+        );
+        assert_eq!(r.groups[1].group_state.as_str(), "Dead");
+    }
+    // A group with members cannot be deleted; an empty one can, once.
+    let r = call(
+        &h,
+        DeleteGroupsRequest::default().with_groups_names(vec![gid("described")]),
+        2,
+    )
+    .await;
+    assert_eq!(r.results[0].error_code, ResponseError::NonEmptyGroup.code());
+    for v in 0..=2 {
+        let group = format!("g-join-{v}");
+        let r = call(
+            &h,
+            DeleteGroupsRequest::default().with_groups_names(vec![gid(&group)]),
+            v,
+        )
+        .await;
+        assert_eq!(r.results[0].error_code, 0, "delete v{v}");
+        let r = call(
+            &h,
+            DeleteGroupsRequest::default().with_groups_names(vec![gid(&group)]),
+            v,
+        )
+        .await;
+        assert_eq!(
+            r.results[0].error_code,
+            ResponseError::GroupIdNotFound.code()
+        );
+    }
+}
+
+#[tokio::test]
+async fn offsets_at_every_version() {
+    let h = harness();
+    create(&h, "o", 2).await;
+    for v in 2..=8 {
+        let group = format!("og-{v}");
+        let mut request = OffsetCommitRequest::default()
+            .with_group_id(gid(&group))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![
+                offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(sb("o")))
+                    .with_partitions(vec![
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_partition_index(1)
+                            .with_committed_offset(40 + i64::from(v))
+                            .with_committed_metadata(Some(sb("meta"))),
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_partition_index(9)
+                            .with_committed_offset(1),
+                    ]),
+            ]);
+        if (2..=4).contains(&v) {
+            request.retention_time_ms = -1;
+        }
+        let r = call(&h, request, v).await;
+        let codes: Vec<i16> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.error_code)
+            .collect();
+        assert_eq!(
+            codes,
+            vec![0, ResponseError::UnknownTopicOrPartition.code()],
+            "commit v{v}"
+        );
+    }
+    for v in 1..=8 {
+        let group = format!("og-{}", v.max(2));
+        let r = if v >= 8 {
+            let r = call(
+                &h,
+                OffsetFetchRequest::default().with_groups(vec![
+                    offset_fetch_request::OffsetFetchRequestGroup::default()
+                        .with_group_id(gid(&group))
+                        .with_topics(Some(vec![
+                            offset_fetch_request::OffsetFetchRequestTopics::default()
+                                .with_name(TopicName(sb("o")))
+                                .with_partition_indexes(vec![0, 1]),
+                        ])),
+                ]),
+                v,
+            )
+            .await;
+            let p = &r.groups[0].topics[0].partitions;
+            vec![
+                (p[0].committed_offset, p[0].metadata.clone()),
+                (p[1].committed_offset, p[1].metadata.clone()),
+            ]
+        } else {
+            let r = call(
+                &h,
+                OffsetFetchRequest::default()
+                    .with_group_id(gid(&group))
+                    .with_topics(Some(vec![
+                        offset_fetch_request::OffsetFetchRequestTopic::default()
+                            .with_name(TopicName(sb("o")))
+                            .with_partition_indexes(vec![0, 1]),
+                    ])),
+                v,
+            )
+            .await;
+            let p = &r.topics[0].partitions;
+            vec![
+                (p[0].committed_offset, p[0].metadata.clone()),
+                (p[1].committed_offset, p[1].metadata.clone()),
+            ]
+        };
+        assert_eq!(r[0].0, -1, "fetch v{v}");
+        assert_eq!(r[1].0, 40 + i64::from(v.max(2)), "fetch v{v}");
+        assert_eq!(r[1].1.as_ref().map(|m| m.as_str()), Some("meta"));
+    }
+    // All topics of a group (null topics, v2+).
+    let r = call(
+        &h,
+        OffsetFetchRequest::default()
+            .with_group_id(gid("og-3"))
+            .with_topics(None),
+        7,
+    )
+    .await;
+    assert_eq!(r.topics.len(), 1);
+    assert_eq!(r.topics[0].partitions[0].committed_offset, 43);
+    // OffsetDelete of an empty group's offsets.
+    let r = call(
+        &h,
+        OffsetDeleteRequest::default()
+            .with_group_id(gid("og-3"))
+            .with_topics(vec![
+                offset_delete_request::OffsetDeleteRequestTopic::default()
+                    .with_name(TopicName(sb("o")))
+                    .with_partitions(vec![
+                        offset_delete_request::OffsetDeleteRequestPartition::default()
+                            .with_partition_index(1),
+                    ]),
+            ]),
+        0,
+    )
+    .await;
+    assert_eq!(r.error_code, 0);
+    let r = call(
+        &h,
+        OffsetFetchRequest::default()
+            .with_group_id(gid("og-3"))
+            .with_topics(None),
+        7,
+    )
+    .await;
+    assert!(r.topics.is_empty());
+    // A member of a live group must name its generation.
+    let (member, generation) = join_and_sync(&h, "live", 9, 5).await;
+    let commit = |generation: i32| {
+        OffsetCommitRequest::default()
+            .with_group_id(gid("live"))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(member.clone())
+            .with_topics(vec![
+                offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(sb("o")))
+                    .with_partitions(vec![
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(5),
+                    ]),
+            ])
+    };
+    let r = call(&h, commit(generation), 8).await;
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let r = call(&h, commit(generation - 1), 8).await;
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        ResponseError::IllegalGeneration.code()
+    );
+}

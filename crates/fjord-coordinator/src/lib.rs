@@ -17,6 +17,8 @@
 //!   returns the first outcomes and changes nothing.
 //! - A batch from an idempotent producer is appended at most once (retries are answered with the
 //!   offsets of the first append).
+//! - Consumer group offsets and metadata blobs are stored apart from topics: deleting a topic
+//!   leaves groups' offsets for it in place.
 
 pub mod embedded;
 mod error;
@@ -96,4 +98,35 @@ pub trait Coordinator: Send + Sync + 'static {
 
     /// Forgets objects after they were deleted from object storage.
     async fn forget_objects(&self, keys: Vec<String>) -> Result<()>;
+
+    // Consumer groups. A group id is any string of 1 to 32 KiB
+    // ([`state::MAX_GROUP_ID_BYTES`]); every call below refuses another with
+    // [`CoordinatorError::Invalid`]. A group exists while it has a saved blob or at least one
+    // committed offset. Offsets are keyed by topic *name* and outlive the topic's deletion.
+
+    /// Stores offsets for a group (upsert per (topic, partition)); all or nothing. When one
+    /// partition appears more than once, the last one wins. An empty `offsets` is a no-op.
+    /// Topic names must be 1 to 249 bytes ([`state::MAX_OFFSET_TOPIC_BYTES`]), else the whole
+    /// commit is [`CoordinatorError::Invalid`].
+    async fn commit_offsets(&self, group: &str, offsets: Vec<CommittedOffset>) -> Result<()>;
+
+    /// All offsets of a group, sorted by (topic, partition); empty when none.
+    async fn fetch_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>>;
+
+    /// Removes these partitions' offsets of a group (absent ones are ignored).
+    async fn delete_offsets(&self, group: &str, partitions: Vec<(String, i32)>) -> Result<()>;
+
+    /// Replaces the group's metadata blob (membership, generation, assignments, encoded by the
+    /// broker). Any bytes, empty included, up to 16 MiB ([`state::MAX_GROUP_STATE_BYTES`]; a
+    /// larger one is [`CoordinatorError::Invalid`]).
+    async fn save_group(&self, group: &str, state: Vec<u8>) -> Result<()>;
+
+    /// The group's metadata blob, if saved.
+    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Every group that has a saved blob or committed offsets, sorted (bytewise).
+    async fn list_groups(&self) -> Result<Vec<String>>;
+
+    /// Removes a group's blob and all its offsets; false if the group had neither.
+    async fn delete_group(&self, group: &str) -> Result<bool>;
 }

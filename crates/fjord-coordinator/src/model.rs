@@ -162,3 +162,20 @@ pub struct ObjectReferences {
     /// unreferenced.
     pub dead: BTreeMap<String, i64>,
 }
+
+/// An offset committed by a consumer group for one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    /// Topic name (Kafka keys group offsets by name, not id). 1 to 249 bytes, like a topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// The committed offset (the next offset the group will consume).
+    pub offset: i64,
+    /// Leader epoch of the committed offset; -1 when unknown.
+    pub leader_epoch: i32,
+    /// The client's metadata string, if any.
+    pub metadata: Option<String>,
+    /// When the offset was committed (ms).
+    pub commit_timestamp_ms: i64,
+}

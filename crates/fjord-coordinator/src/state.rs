@@ -14,7 +14,8 @@
 //! - [`commit_effects`] turns a decided flush into the index rows, high watermarks and producer
 //!   states it writes (adjacent batches of one partition merged into one row);
 //! - [`producer_decision`], [`check_new_partition_count`], [`check_partition_increase`] and
-//!   [`apply_config_changes`] for the other calls.
+//!   [`apply_config_changes`] for the other calls;
+//! - [`check_group_id`], [`check_group_state`] and [`normalize_offsets`] for consumer groups.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -70,6 +71,87 @@ pub enum Entry {
     },
     /// Objects were deleted from storage and are forgotten.
     ForgetObjects(Vec<String>),
+    /// A consumer group committed offsets (as [`normalize_offsets`] left them).
+    CommitOffsets {
+        /// Group id.
+        group: String,
+        /// The offsets, one per (topic, partition), sorted.
+        offsets: Vec<CommittedOffset>,
+    },
+    /// Offsets of a consumer group were deleted (only partitions that had one are listed).
+    DeleteOffsets {
+        /// Group id.
+        group: String,
+        /// (topic, partition) pairs.
+        partitions: Vec<(String, i32)>,
+    },
+    /// A consumer group's metadata blob was replaced.
+    SaveGroup {
+        /// Group id.
+        group: String,
+        /// The blob (hex in JSON).
+        #[serde(with = "hex_bytes")]
+        state: Vec<u8>,
+    },
+    /// A consumer group's blob and offsets were deleted.
+    DeleteGroup {
+        /// Group id.
+        group: String,
+    },
+}
+
+/// The offset a group committed for one partition (its topic and partition are the map keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredOffset {
+    /// The committed offset.
+    pub offset: i64,
+    /// Leader epoch, -1 when unknown.
+    pub leader_epoch: i32,
+    /// The client's metadata string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// Commit time (ms).
+    pub commit_timestamp_ms: i64,
+}
+
+/// One consumer group: present in [`State::groups`] only while it has a blob or an offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// The broker's metadata blob (hex in JSON).
+    #[serde(
+        default,
+        with = "hex_bytes_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub state: Option<Vec<u8>>,
+    /// Committed offsets by topic name, then partition (never an empty inner map).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub offsets: BTreeMap<String, BTreeMap<i32, StoredOffset>>,
+}
+
+impl GroupState {
+    fn is_empty(&self) -> bool {
+        self.state.is_none() && self.offsets.is_empty()
+    }
+
+    /// The group's offsets, sorted by (topic, partition).
+    pub fn committed_offsets(&self) -> Vec<CommittedOffset> {
+        self.offsets
+            .iter()
+            .flat_map(|(topic, partitions)| {
+                partitions
+                    .iter()
+                    .map(move |(partition, o)| CommittedOffset {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: o.offset,
+                        leader_epoch: o.leader_epoch,
+                        metadata: o.metadata.clone(),
+                        commit_timestamp_ms: o.commit_timestamp_ms,
+                    })
+            })
+            .collect()
+    }
 }
 
 /// Sequence memory of one producer on one partition.
@@ -119,6 +201,9 @@ pub struct State {
     pub objects: BTreeMap<String, ObjectState>,
     /// Outcomes of recent commits by object key, so that a repeated commit is idempotent.
     pub recent_commits: VecDeque<(String, Vec<BatchOutcome>)>,
+    /// Consumer groups by id (absent from snapshots written before groups existed).
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupState>,
 }
 
 /// How many commits' outcomes are remembered for idempotent re-commits.
@@ -199,6 +284,65 @@ impl State {
         decide_commit(self, flush)
     }
 
+    /// Decides an offset commit; `None` when there is nothing to commit.
+    pub fn decide_commit_offsets(
+        &self,
+        group: &str,
+        offsets: Vec<CommittedOffset>,
+    ) -> Result<Option<Entry>> {
+        check_group_id(group)?;
+        let offsets = normalize_offsets(offsets)?;
+        Ok((!offsets.is_empty()).then(|| Entry::CommitOffsets {
+            group: group.to_string(),
+            offsets,
+        }))
+    }
+
+    /// Decides an offset deletion; `None` when none of the partitions has an offset.
+    pub fn decide_delete_offsets(
+        &self,
+        group: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Option<Entry>> {
+        check_group_id(group)?;
+        let Some(stored) = self.groups.get(group) else {
+            return Ok(None);
+        };
+        let mut present: Vec<(String, i32)> = partitions
+            .into_iter()
+            .filter(|(topic, partition)| {
+                stored
+                    .offsets
+                    .get(topic)
+                    .is_some_and(|p| p.contains_key(partition))
+            })
+            .collect();
+        present.sort();
+        present.dedup();
+        Ok((!present.is_empty()).then(|| Entry::DeleteOffsets {
+            group: group.to_string(),
+            partitions: present,
+        }))
+    }
+
+    /// Decides saving a group's blob.
+    pub fn decide_save_group(&self, group: &str, state: Vec<u8>) -> Result<Entry> {
+        check_group_id(group)?;
+        check_group_state(&state)?;
+        Ok(Entry::SaveGroup {
+            group: group.to_string(),
+            state,
+        })
+    }
+
+    /// Decides a group deletion; `None` when the group has neither a blob nor offsets.
+    pub fn decide_delete_group(&self, group: &str) -> Result<Option<Entry>> {
+        check_group_id(group)?;
+        Ok(self.groups.contains_key(group).then(|| Entry::DeleteGroup {
+            group: group.to_string(),
+        }))
+    }
+
     fn known_topic(&self, name: &str) -> Result<&TopicMeta> {
         self.topics
             .get(name)
@@ -271,6 +415,46 @@ impl State {
                     }
                 }
             }
+            Entry::CommitOffsets { group, offsets } => {
+                let stored = self.groups.entry(group.clone()).or_default();
+                for o in offsets {
+                    stored.offsets.entry(o.topic.clone()).or_default().insert(
+                        o.partition,
+                        StoredOffset {
+                            offset: o.offset,
+                            leader_epoch: o.leader_epoch,
+                            metadata: o.metadata.clone(),
+                            commit_timestamp_ms: o.commit_timestamp_ms,
+                        },
+                    );
+                }
+                self.drop_group_if_empty(group);
+            }
+            Entry::DeleteOffsets { group, partitions } => {
+                if let Some(stored) = self.groups.get_mut(group) {
+                    for (topic, partition) in partitions {
+                        if let Some(by_partition) = stored.offsets.get_mut(topic) {
+                            by_partition.remove(partition);
+                            if by_partition.is_empty() {
+                                stored.offsets.remove(topic);
+                            }
+                        }
+                    }
+                }
+                self.drop_group_if_empty(group);
+            }
+            Entry::SaveGroup { group, state } => {
+                self.groups.entry(group.clone()).or_default().state = Some(state.clone());
+            }
+            Entry::DeleteGroup { group } => {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    fn drop_group_if_empty(&mut self, group: &str) {
+        if self.groups.get(group).is_some_and(GroupState::is_empty) {
+            self.groups.remove(group);
         }
     }
 
@@ -608,6 +792,59 @@ pub fn apply_config_changes(
     }
 }
 
+/// Longest group id accepted, in bytes.
+pub const MAX_GROUP_ID_BYTES: usize = 32 * 1024;
+
+/// Largest group metadata blob accepted, in bytes. Far above what a real group needs; it keeps a
+/// journal entry of the embedded coordinator (the blob in hex) well under its frame limit.
+pub const MAX_GROUP_STATE_BYTES: usize = 16 << 20;
+
+/// Longest topic name accepted in a committed offset, in bytes (Kafka's topic name limit).
+pub const MAX_OFFSET_TOPIC_BYTES: usize = 249;
+
+/// Checks a consumer group id: any string of 1 to [`MAX_GROUP_ID_BYTES`] bytes.
+pub fn check_group_id(group: &str) -> Result<()> {
+    if group.is_empty() {
+        return Err(CoordinatorError::Invalid("group id is empty".into()));
+    }
+    if group.len() > MAX_GROUP_ID_BYTES {
+        return Err(CoordinatorError::Invalid(format!(
+            "group id is {} bytes, at most {MAX_GROUP_ID_BYTES} allowed",
+            group.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a group's metadata blob: at most [`MAX_GROUP_STATE_BYTES`] bytes.
+pub fn check_group_state(state: &[u8]) -> Result<()> {
+    if state.len() > MAX_GROUP_STATE_BYTES {
+        return Err(CoordinatorError::Invalid(format!(
+            "group state is {} bytes, at most {MAX_GROUP_STATE_BYTES} allowed",
+            state.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the topic names of an offset commit (1 to [`MAX_OFFSET_TOPIC_BYTES`] bytes each) and
+/// returns one offset per (topic, partition), sorted: a later entry for the same partition
+/// replaces an earlier one, as if they were committed one after the other.
+pub fn normalize_offsets(offsets: Vec<CommittedOffset>) -> Result<Vec<CommittedOffset>> {
+    let mut by_partition: BTreeMap<(String, i32), CommittedOffset> = BTreeMap::new();
+    for o in offsets {
+        if o.topic.is_empty() || o.topic.len() > MAX_OFFSET_TOPIC_BYTES {
+            return Err(CoordinatorError::Invalid(format!(
+                "offset commit for a topic name of {} bytes; 1 to {MAX_OFFSET_TOPIC_BYTES} \
+                 allowed",
+                o.topic.len()
+            )));
+        }
+        by_partition.insert((o.topic.clone(), o.partition), o);
+    }
+    Ok(by_partition.into_values().collect())
+}
+
 /// Checks an idempotent batch against a producer's state on one partition.
 /// `Ok(Some(offset))`: a duplicate of a batch appended at `offset`; `Ok(None)`: append it.
 fn check_sequence(
@@ -707,6 +944,75 @@ mod partitions_as_list {
     }
 }
 
+/// `Vec<u8>` as a lowercase hex string (half the size of serde_json's array of numbers).
+mod hex_bytes {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut text = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            text.push(char::from(DIGITS[usize::from(b >> 4)]));
+            text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        }
+        text
+    }
+
+    pub fn decode(text: &str) -> Result<Vec<u8>, String> {
+        fn digit(c: u8) -> Result<u8, String> {
+            match c {
+                b'0'..=b'9' => Ok(c - b'0'),
+                b'a'..=b'f' => Ok(c - b'a' + 10),
+                b'A'..=b'F' => Ok(c - b'A' + 10),
+                _ => Err(format!("invalid hex digit {:?}", char::from(c))),
+            }
+        }
+        let pairs = text.as_bytes().chunks_exact(2);
+        if !pairs.remainder().is_empty() {
+            return Err(format!("hex string of odd length {}", text.len()));
+        }
+        pairs
+            .map(|pair| Ok((digit(pair[0])? << 4) | digit(pair[1])?))
+            .collect()
+    }
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        decode(&String::deserialize(deserializer)?).map_err(D::Error::custom)
+    }
+}
+
+/// `Option<Vec<u8>>` as an optional hex string.
+mod hex_bytes_opt {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::hex_bytes::{decode, encode};
+
+    pub fn serialize<S: Serializer>(
+        bytes: &Option<Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => serializer.serialize_some(&encode(bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| decode(&text).map_err(D::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -796,5 +1102,85 @@ mod tests {
         assert_eq!(effects.high_watermarks[&tp(0)], 106);
         assert_eq!(effects.high_watermarks[&tp(1)], 1);
         assert!(effects.producers.is_empty());
+    }
+
+    #[test]
+    fn hex_round_trips_every_byte() {
+        let bytes: Vec<u8> = (0..=255u8).chain([0, 255]).collect();
+        let text = hex_bytes::encode(&bytes);
+        assert_eq!(text.len(), bytes.len() * 2);
+        assert!(text.starts_with("000102") && text.ends_with("ff00ff"));
+        assert_eq!(hex_bytes::decode(&text).unwrap(), bytes);
+        assert_eq!(hex_bytes::decode("0aFf").unwrap(), vec![0x0a, 0xff]);
+        assert!(hex_bytes::decode("abc").is_err());
+        assert!(hex_bytes::decode("zz").is_err());
+    }
+
+    fn committed(topic: &str, partition: i32, offset: i64) -> CommittedOffset {
+        CommittedOffset {
+            topic: topic.into(),
+            partition,
+            offset,
+            leader_epoch: -1,
+            metadata: Some(format!("m{offset}")),
+            commit_timestamp_ms: offset,
+        }
+    }
+
+    /// Groups go through JSON (snapshots, journal entries) unchanged; blobs are hex strings.
+    #[test]
+    fn groups_survive_json() {
+        let mut state = State::default();
+        let entries = [
+            Entry::CommitOffsets {
+                group: "g\0é".into(),
+                offsets: vec![committed("a", -1, 1), committed("a", 10, 2)],
+            },
+            Entry::SaveGroup {
+                group: "g\0é".into(),
+                state: vec![0, 255, 16],
+            },
+            Entry::SaveGroup {
+                group: "blob".into(),
+                state: vec![],
+            },
+            Entry::CommitOffsets {
+                group: "gone".into(),
+                offsets: vec![committed("b", 0, 3)],
+            },
+            Entry::DeleteOffsets {
+                group: "gone".into(),
+                partitions: vec![("b".into(), 0)],
+            },
+        ];
+        for entry in &entries {
+            let json = serde_json::to_string(entry).unwrap();
+            assert_eq!(&serde_json::from_str::<Entry>(&json).unwrap(), entry);
+            state.apply(entry);
+        }
+        assert!(serde_json::to_string(&entries[1])
+            .unwrap()
+            .contains(r#""state":"00ff10""#));
+        assert_eq!(
+            state.groups.keys().collect::<Vec<_>>(),
+            vec!["blob", "g\0é"]
+        );
+        let json = serde_json::to_string(&state).unwrap();
+        let back: State = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(
+            back.groups["g\0é"].committed_offsets(),
+            vec![committed("a", -1, 1), committed("a", 10, 2)]
+        );
+        assert_eq!(back.groups["blob"].state, Some(vec![]));
+    }
+
+    /// A snapshot written before consumer groups existed still loads.
+    #[test]
+    fn state_without_groups_loads() {
+        let mut old = serde_json::to_value(State::default()).unwrap();
+        old.as_object_mut().unwrap().remove("groups");
+        let state: State = serde_json::from_value(old).unwrap();
+        assert!(state.groups.is_empty());
     }
 }

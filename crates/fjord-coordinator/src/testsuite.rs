@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+
+use crate::state::{MAX_GROUP_ID_BYTES, MAX_GROUP_STATE_BYTES, MAX_OFFSET_TOPIC_BYTES};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -24,6 +26,12 @@ where
     index_lookups(fresh().await).await;
     producer_ids(fresh().await).await;
     deleted_topics_release_objects(fresh().await).await;
+    group_offsets(fresh().await).await;
+    group_ids_and_topics_are_validated(fresh().await).await;
+    group_offsets_deleted(fresh().await).await;
+    group_blobs(fresh().await).await;
+    groups_deleted(fresh().await).await;
+    group_offsets_survive_topic_deletion(fresh().await).await;
 }
 
 fn spec(name: &str, partitions: i32) -> TopicSpec {
@@ -428,6 +436,345 @@ async fn deleted_topics_release_objects(c: Arc<dyn Coordinator>) {
         .contains_key("rejected"));
 }
 
+fn offset(topic: &str, partition: i32, offset: i64) -> CommittedOffset {
+    CommittedOffset {
+        topic: topic.into(),
+        partition,
+        offset,
+        leader_epoch: -1,
+        metadata: None,
+        commit_timestamp_ms: 1_000 + offset,
+    }
+}
+
+fn with_meta(mut o: CommittedOffset, epoch: i32, metadata: Option<&str>) -> CommittedOffset {
+    o.leader_epoch = epoch;
+    o.metadata = metadata.map(str::to_string);
+    o
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible enough to defeat any inline
+/// compression a store might apply.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A string of exactly `len` bytes of printable ASCII noise.
+fn noise_string(len: usize, seed: u64) -> String {
+    noise(len, seed)
+        .into_iter()
+        .map(|b| char::from(b'!' + b % 94))
+        .collect()
+}
+
+/// A blob holding every byte value, 0x00 and 0xff included, then noise.
+fn blob(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..=255u8).cycle().take(len.min(512)).collect();
+    bytes.extend(noise(len.saturating_sub(bytes.len()), seed));
+    bytes
+}
+
+fn is_invalid<T: std::fmt::Debug>(r: Result<T>) -> bool {
+    matches!(r, Err(CoordinatorError::Invalid(_)))
+}
+
+async fn group_offsets(c: Arc<dyn Coordinator>) {
+    assert!(c.fetch_offsets("g1").await.unwrap().is_empty());
+    assert!(c.list_groups().await.unwrap().is_empty());
+    // An empty commit is a no-op: no group comes into being.
+    c.commit_offsets("g1", vec![]).await.unwrap();
+    assert!(c.list_groups().await.unwrap().is_empty());
+
+    let meta = "m\0\u{ff}é\u{1F600}\n\"'\\";
+    c.commit_offsets(
+        "g1",
+        vec![
+            offset("b", 1, 10),
+            with_meta(offset("a", 2, 20), 7, Some("")),
+            with_meta(offset("a", 0, 30), 3, Some(meta)),
+            offset("B", 0, 40),
+            offset("a", 10, 50),
+        ],
+    )
+    .await
+    .unwrap();
+    // Sorted by (topic, partition), topics bytewise ("B" < "a"), partitions numerically.
+    let g1 = vec![
+        offset("B", 0, 40),
+        with_meta(offset("a", 0, 30), 3, Some(meta)),
+        with_meta(offset("a", 2, 20), 7, Some("")),
+        offset("a", 10, 50),
+        offset("b", 1, 10),
+    ];
+    assert_eq!(c.fetch_offsets("g1").await.unwrap(), g1);
+
+    // Overwrite one, add one; the others stay. A partition given twice: the last one wins.
+    c.commit_offsets(
+        "g1",
+        vec![
+            offset("a", 0, 31),
+            offset("c", 0, 60),
+            offset("c", 0, 61),
+            offset("a", 0, 32),
+        ],
+    )
+    .await
+    .unwrap();
+    let g1 = vec![
+        offset("B", 0, 40),
+        offset("a", 0, 32),
+        with_meta(offset("a", 2, 20), 7, Some("")),
+        offset("a", 10, 50),
+        offset("b", 1, 10),
+        offset("c", 0, 61),
+    ];
+    assert_eq!(c.fetch_offsets("g1").await.unwrap(), g1);
+
+    // Groups are isolated, also ones whose ids differ only in case, a NUL or a prefix.
+    let others = ["g2", "G1", "g1\0", "g", "gröup \u{1F600}"];
+    for (i, group) in others.iter().enumerate() {
+        c.commit_offsets(group, vec![offset("a", 0, i as i64)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(c.fetch_offsets("g1").await.unwrap(), g1);
+    for (i, group) in others.iter().enumerate() {
+        assert_eq!(
+            c.fetch_offsets(group).await.unwrap(),
+            vec![offset("a", 0, i as i64)],
+            "{group:?}"
+        );
+    }
+    let mut expected: Vec<String> = others.iter().map(|g| g.to_string()).collect();
+    expected.push("g1".into());
+    expected.sort();
+    assert_eq!(c.list_groups().await.unwrap(), expected);
+}
+
+async fn group_ids_and_topics_are_validated(c: Arc<dyn Coordinator>) {
+    // An empty group id is refused by every call that takes one.
+    assert!(is_invalid(
+        c.commit_offsets("", vec![offset("a", 0, 1)]).await
+    ));
+    assert!(is_invalid(c.commit_offsets("", vec![]).await));
+    assert!(is_invalid(c.fetch_offsets("").await));
+    assert!(is_invalid(
+        c.delete_offsets("", vec![("a".into(), 0)]).await
+    ));
+    assert!(is_invalid(c.save_group("", vec![1]).await));
+    assert!(is_invalid(c.load_group("").await));
+    assert!(is_invalid(c.delete_group("").await));
+
+    // The longest id works (and is not confused with its prefixes); one byte more does not.
+    let longest = noise_string(MAX_GROUP_ID_BYTES, 7);
+    let prefix = &longest[..MAX_GROUP_ID_BYTES - 1];
+    c.commit_offsets(&longest, vec![offset("a", 0, 1)])
+        .await
+        .unwrap();
+    c.save_group(&longest, vec![1, 2]).await.unwrap();
+    assert_eq!(
+        c.fetch_offsets(&longest).await.unwrap(),
+        vec![offset("a", 0, 1)]
+    );
+    assert_eq!(c.load_group(&longest).await.unwrap(), Some(vec![1, 2]));
+    assert!(c.fetch_offsets(prefix).await.unwrap().is_empty());
+    assert_eq!(c.list_groups().await.unwrap(), vec![longest.clone()]);
+    let too_long = format!("{longest}x");
+    assert!(is_invalid(
+        c.commit_offsets(&too_long, vec![offset("a", 0, 1)]).await
+    ));
+    assert!(is_invalid(c.fetch_offsets(&too_long).await));
+    assert!(is_invalid(c.save_group(&too_long, vec![]).await));
+    assert!(is_invalid(c.load_group(&too_long).await));
+    assert!(is_invalid(c.delete_group(&too_long).await));
+    assert!(c.delete_group(&longest).await.unwrap());
+
+    // Topic names of 1 to 249 bytes; one bad name fails the whole commit.
+    let topic = "t".repeat(MAX_OFFSET_TOPIC_BYTES);
+    c.commit_offsets("g", vec![offset(&topic, 0, 5)])
+        .await
+        .unwrap();
+    for bad in [String::new(), format!("{topic}t")] {
+        assert!(is_invalid(
+            c.commit_offsets("g", vec![offset("ok", 0, 1), offset(&bad, 0, 1)])
+                .await
+        ));
+        assert!(is_invalid(
+            c.commit_offsets("fresh", vec![offset(&bad, 0, 1)]).await
+        ));
+    }
+    assert_eq!(
+        c.fetch_offsets("g").await.unwrap(),
+        vec![offset(&topic, 0, 5)]
+    );
+    assert_eq!(c.list_groups().await.unwrap(), vec!["g".to_string()]);
+
+    // Blobs up to 16 MiB.
+    assert!(is_invalid(
+        c.save_group("g", vec![0; MAX_GROUP_STATE_BYTES + 1]).await
+    ));
+    assert_eq!(c.load_group("g").await.unwrap(), None);
+}
+
+async fn group_offsets_deleted(c: Arc<dyn Coordinator>) {
+    c.commit_offsets(
+        "g",
+        vec![
+            offset("a", 0, 1),
+            offset("a", 1, 2),
+            offset("b", 0, 3),
+            offset("b", 1, 4),
+        ],
+    )
+    .await
+    .unwrap();
+    c.commit_offsets("h", vec![offset("a", 1, 9)])
+        .await
+        .unwrap();
+    // Absent partitions, unknown topics and repeats are ignored.
+    c.delete_offsets(
+        "g",
+        vec![
+            ("a".into(), 1),
+            ("a".into(), 7),
+            ("zz".into(), 0),
+            ("b".into(), 0),
+            ("b".into(), 0),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.fetch_offsets("g").await.unwrap(),
+        vec![offset("a", 0, 1), offset("b", 1, 4)]
+    );
+    // Other groups keep theirs.
+    assert_eq!(c.fetch_offsets("h").await.unwrap(), vec![offset("a", 1, 9)]);
+    c.delete_offsets("g", vec![]).await.unwrap();
+    c.delete_offsets("unknown", vec![("a".into(), 0)])
+        .await
+        .unwrap();
+    assert!(c.fetch_offsets("unknown").await.unwrap().is_empty());
+    assert_eq!(c.list_groups().await.unwrap(), vec!["g", "h"]);
+
+    // A group with neither a blob nor offsets left is gone; one with a blob stays.
+    c.save_group("h", b"blob".to_vec()).await.unwrap();
+    c.delete_offsets("g", vec![("a".into(), 0), ("b".into(), 1)])
+        .await
+        .unwrap();
+    c.delete_offsets("h", vec![("a".into(), 1)]).await.unwrap();
+    assert!(c.fetch_offsets("g").await.unwrap().is_empty());
+    assert!(c.fetch_offsets("h").await.unwrap().is_empty());
+    assert_eq!(c.list_groups().await.unwrap(), vec!["h"]);
+    assert!(!c.delete_group("g").await.unwrap());
+    // Offsets committed again after a deletion are there.
+    c.commit_offsets("g", vec![offset("a", 0, 100)])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.fetch_offsets("g").await.unwrap(),
+        vec![offset("a", 0, 100)]
+    );
+}
+
+async fn group_blobs(c: Arc<dyn Coordinator>) {
+    assert_eq!(c.load_group("g").await.unwrap(), None);
+    // An empty blob is a saved blob.
+    c.save_group("g", vec![]).await.unwrap();
+    assert_eq!(c.load_group("g").await.unwrap(), Some(vec![]));
+    assert_eq!(c.list_groups().await.unwrap(), vec!["g"]);
+    assert!(c.fetch_offsets("g").await.unwrap().is_empty());
+
+    // Replaced, by a 1 MiB blob of arbitrary bytes, then by a small one.
+    let big = blob(1 << 20, 11);
+    c.save_group("g", big.clone()).await.unwrap();
+    assert_eq!(c.load_group("g").await.unwrap(), Some(big.clone()));
+    let small = vec![0x00, 0xff, 0x00, 0x80, 0x7f, 0xff];
+    c.save_group("g", small.clone()).await.unwrap();
+    assert_eq!(c.load_group("g").await.unwrap(), Some(small.clone()));
+
+    // Blobs and offsets of other groups are independent.
+    c.save_group("h", big.clone()).await.unwrap();
+    c.commit_offsets("h", vec![offset("a", 0, 1)])
+        .await
+        .unwrap();
+    c.commit_offsets("i", vec![offset("a", 0, 2)])
+        .await
+        .unwrap();
+    assert_eq!(c.load_group("g").await.unwrap(), Some(small));
+    assert_eq!(c.load_group("h").await.unwrap(), Some(big));
+    assert_eq!(c.load_group("i").await.unwrap(), None);
+    assert_eq!(c.fetch_offsets("h").await.unwrap(), vec![offset("a", 0, 1)]);
+    assert_eq!(c.list_groups().await.unwrap(), vec!["g", "h", "i"]);
+}
+
+async fn groups_deleted(c: Arc<dyn Coordinator>) {
+    c.save_group("blob-only", vec![1]).await.unwrap();
+    c.commit_offsets("offsets-only", vec![offset("a", 0, 1)])
+        .await
+        .unwrap();
+    c.save_group("both", vec![2]).await.unwrap();
+    c.commit_offsets("both", vec![offset("a", 0, 2), offset("b", 3, 4)])
+        .await
+        .unwrap();
+    c.save_group("kept", vec![3]).await.unwrap();
+    c.commit_offsets("kept", vec![offset("a", 0, 5)])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.list_groups().await.unwrap(),
+        vec!["blob-only", "both", "kept", "offsets-only"]
+    );
+
+    for group in ["blob-only", "offsets-only", "both"] {
+        assert!(c.delete_group(group).await.unwrap(), "{group}");
+        assert!(!c.delete_group(group).await.unwrap(), "{group}");
+        assert_eq!(c.load_group(group).await.unwrap(), None);
+        assert!(c.fetch_offsets(group).await.unwrap().is_empty());
+    }
+    assert!(!c.delete_group("never").await.unwrap());
+    assert_eq!(c.list_groups().await.unwrap(), vec!["kept"]);
+    assert_eq!(c.load_group("kept").await.unwrap(), Some(vec![3]));
+    assert_eq!(
+        c.fetch_offsets("kept").await.unwrap(),
+        vec![offset("a", 0, 5)]
+    );
+
+    // A deleted group can come back.
+    c.commit_offsets("both", vec![offset("z", 0, 9)])
+        .await
+        .unwrap();
+    assert_eq!(c.load_group("both").await.unwrap(), None);
+    assert_eq!(
+        c.fetch_offsets("both").await.unwrap(),
+        vec![offset("z", 0, 9)]
+    );
+    assert_eq!(c.list_groups().await.unwrap(), vec!["both", "kept"]);
+}
+
+async fn group_offsets_survive_topic_deletion(c: Arc<dyn Coordinator>) {
+    c.create_topic(spec("t", 2)).await.unwrap();
+    c.create_topic(spec("u", 1)).await.unwrap();
+    let committed = vec![offset("t", 0, 5), offset("t", 1, 6), offset("u", 0, 7)];
+    c.commit_offsets("g", committed.clone()).await.unwrap();
+    c.save_group("g", vec![9]).await.unwrap();
+    c.delete_topic("t").await.unwrap();
+    assert_eq!(c.fetch_offsets("g").await.unwrap(), committed);
+    // Also when the name is used again.
+    c.create_topic(spec("t", 1)).await.unwrap();
+    assert_eq!(c.fetch_offsets("g").await.unwrap(), committed);
+    assert_eq!(c.load_group("g").await.unwrap(), Some(vec![9]));
+    assert_eq!(c.list_groups().await.unwrap(), vec!["g"]);
+}
+
 /// Everything committed survives reopening the store: `open` must return the same store each
 /// time it is called.
 pub async fn durability<F, Fut>(open: F)
@@ -477,4 +824,39 @@ where
         .await
         .unwrap();
     assert!(next.producer_id > pid);
+
+    // Consumer groups: offsets, blobs and deletions of both survive.
+    let big = blob(1 << 20, 3);
+    let small = vec![0x00, 0xff, 0x00, 0x01, 0xfe];
+    let g_offsets = vec![
+        with_meta(offset("durable", 0, 5), 2, Some("meta\0data")),
+        offset("durable", 1, 7),
+        offset("gone-topic", 3, 1),
+    ];
+    {
+        c.commit_offsets("g", g_offsets.clone()).await.unwrap();
+        c.commit_offsets("g", vec![offset("durable", 9, 9)])
+            .await
+            .unwrap();
+        c.delete_offsets("g", vec![("durable".into(), 9)])
+            .await
+            .unwrap();
+        c.save_group("g", big.clone()).await.unwrap();
+        c.save_group("blob-only", vec![1]).await.unwrap();
+        c.save_group("blob-only", small.clone()).await.unwrap();
+        c.commit_offsets("deleted", vec![offset("durable", 0, 1)])
+            .await
+            .unwrap();
+        c.save_group("deleted", vec![1]).await.unwrap();
+        assert!(c.delete_group("deleted").await.unwrap());
+    }
+    drop(c);
+    let c = open().await;
+    assert_eq!(c.fetch_offsets("g").await.unwrap(), g_offsets);
+    assert_eq!(c.load_group("g").await.unwrap(), Some(big));
+    assert_eq!(c.load_group("blob-only").await.unwrap(), Some(small));
+    assert!(c.fetch_offsets("blob-only").await.unwrap().is_empty());
+    assert_eq!(c.load_group("deleted").await.unwrap(), None);
+    assert!(c.fetch_offsets("deleted").await.unwrap().is_empty());
+    assert_eq!(c.list_groups().await.unwrap(), vec!["blob-only", "g"]);
 }

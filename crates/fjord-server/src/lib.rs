@@ -163,7 +163,7 @@ async fn connection(
                 break;
             }
         };
-        match dispatch::start(&broker, frame).await {
+        match dispatch::start_from(&broker, frame, Some(peer)).await {
             Ok(started) => {
                 if tx.send(started.reply).await.is_err() {
                     break; // the writer failed: the socket is gone

@@ -55,6 +55,9 @@ pub struct ServeConfig {
     pub shutdown_timeout_secs: u64,
     /// Seconds between object garbage-collection passes.
     pub gc_interval_secs: u64,
+    /// How long (ms) a new consumer group waits for more members before its first rebalance
+    /// completes (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
     /// Seconds an unreferenced or never-committed object is kept before deletion.
     pub gc_grace_secs: u64,
 }
@@ -82,6 +85,7 @@ impl Default for ServeConfig {
             max_connections: 100_000,
             shutdown_timeout_secs: 30,
             gc_interval_secs: 60,
+            group_initial_rebalance_delay_ms: 3000,
             gc_grace_secs: 600,
         }
     }
@@ -138,6 +142,9 @@ pub struct ServeArgs {
     /// Largest record batch unless a topic sets max.message.bytes [default: 1048588].
     #[arg(long, env = "FJORD_MESSAGE_MAX_BYTES")]
     pub message_max_bytes: Option<i32>,
+    /// How long (ms) a new consumer group waits for more members before its first rebalance [default: 3000].
+    #[arg(long, env = "FJORD_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 impl ServeArgs {

@@ -34,6 +34,20 @@ enum Command {
         #[command(subcommand)]
         command: admin::topic::TopicCommand,
     },
+    /// Inspect and manage consumer groups through the Kafka protocol.
+    Group {
+        /// A broker to bootstrap from.
+        #[arg(
+            long,
+            short,
+            env = "FJORD_BOOTSTRAP",
+            default_value = "127.0.0.1:9092",
+            global = true
+        )]
+        bootstrap: String,
+        #[command(subcommand)]
+        command: admin::group::GroupCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +72,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args.resolve()?).await,
             Command::Topic { bootstrap, command } => admin::topic::run(&bootstrap, command).await,
+            Command::Group { bootstrap, command } => admin::group::run(&bootstrap, command).await,
         }
     });
     match result {

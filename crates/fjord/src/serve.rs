@@ -60,7 +60,15 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         Arc::new(commits_tx),
     );
     let (advertised_host, advertised_port) = config.advertised()?;
+    let groups = fjord_broker::groups::GroupCoordinator::start(
+        coordinator.clone(),
+        fjord_broker::groups::group::GroupSettings {
+            initial_rebalance_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
+            ..Default::default()
+        },
+    );
     let broker = Arc::new(Broker {
+        groups,
         settings: BrokerSettings {
             node_id: config.node_id,
             advertised_host,

@@ -19,6 +19,10 @@ use crate::error::{coordinator_code, read_code};
 use crate::fetch_session::{Sent, TopicKey, Wanted};
 use crate::Broker;
 
+/// Longest a fetch long-polls, whatever it asks for: a response slot of the connection is held
+/// meanwhile, and clients treat an early empty answer like any other.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// Answers a Fetch request.
 pub async fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> FetchResponse {
     let by_id = version >= 13;
@@ -38,7 +42,7 @@ pub async fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) ->
             topics.insert(w.topic.clone(), meta);
         }
     }
-    let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(0) as usize;
     let max_bytes = if request.max_bytes <= 0 {

@@ -84,7 +84,7 @@ impl Journal {
 
         let mut pos = 0usize;
         let mut replayed = 0u64;
-        while let Some((entry_seq, entry, next)) = read_frame(&bytes, pos) {
+        while let Frame::Entry(entry_seq, entry, next) = read_frame(&bytes, pos)? {
             if entry_seq > seq {
                 if entry_seq != seq + 1 {
                     return Err(CoordinatorError::Corrupt(format!(
@@ -122,10 +122,19 @@ impl Journal {
         ))
     }
 
-    /// Appends one entry and makes it durable.
+    /// Appends one entry and makes it durable. An entry too large to replay is refused with
+    /// [`CoordinatorError::Invalid`] before anything is written.
     pub fn append(&mut self, entry: &Entry) -> Result<()> {
         let json = serde_json::to_vec(entry)
             .map_err(|e| CoordinatorError::Storage(format!("encoding journal entry: {e}")))?;
+        if json.len() + 8 > MAX_ENTRY_BYTES {
+            // Recovery would take a longer frame for a torn tail and cut it off, with everything
+            // after it: refuse it before writing anything.
+            return Err(CoordinatorError::Invalid(format!(
+                "a change of {} bytes is too large for the journal (at most {MAX_ENTRY_BYTES})",
+                json.len()
+            )));
+        }
         let seq = self.seq + 1;
         let mut frame = Vec::with_capacity(FRAME_HEADER + json.len());
         frame.extend_from_slice(&((json.len() + 8) as u32).to_be_bytes());
@@ -188,22 +197,56 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| io_err("syncing directory", dir, e))
 }
 
-/// Reads the frame at `pos`: its sequence number, entry and the position after it; `None` at the
-/// end or at a torn/corrupt frame.
-fn read_frame(bytes: &[u8], pos: usize) -> Option<(u64, Entry, usize)> {
-    let header = bytes.get(pos..pos + 8)?;
-    let len = u32::from_be_bytes(header[0..4].try_into().ok()?) as usize;
-    let crc = u32::from_be_bytes(header[4..8].try_into().ok()?);
+/// What is found at a position of the journal.
+enum Frame {
+    /// A whole entry: its sequence number, the entry and the position after it.
+    Entry(u64, Entry, usize),
+    /// The end, or a frame cut short by a crash mid-append (never acknowledged).
+    End,
+}
+
+/// Reads the frame at `pos`. Only the last frame may be damaged (a crash during its append);
+/// damage before the end, or a whole frame whose entry this build cannot decode (written by a
+/// newer version), is corruption and refuses recovery rather than silently dropping entries.
+fn read_frame(bytes: &[u8], pos: usize) -> Result<Frame> {
+    let corrupt = |why: String| {
+        Err(CoordinatorError::Corrupt(format!(
+            "journal at byte {pos}: {why}"
+        )))
+    };
+    let Some(header) = bytes.get(pos..pos + 8) else {
+        return Ok(Frame::End);
+    };
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    let end = pos + 8 + len;
+    let last = end >= bytes.len();
     if !(8..=MAX_ENTRY_BYTES).contains(&len) {
-        return None;
+        return if last {
+            Ok(Frame::End)
+        } else {
+            corrupt(format!("impossible length {len}"))
+        };
     }
-    let body = bytes.get(pos + 8..pos + 8 + len)?;
+    let Some(body) = bytes.get(pos + 8..end) else {
+        return Ok(Frame::End);
+    };
     if crc32c::crc32c(body) != crc {
-        return None;
+        return if last {
+            Ok(Frame::End)
+        } else {
+            corrupt("checksum mismatch before the end".into())
+        };
     }
-    let seq = u64::from_be_bytes(body[0..8].try_into().ok()?);
-    let entry = serde_json::from_slice(&body[8..]).ok()?;
-    Some((seq, entry, pos + 8 + len))
+    let seq = u64::from_be_bytes([
+        body[0], body[1], body[2], body[3], body[4], body[5], body[6], body[7],
+    ]);
+    match serde_json::from_slice(&body[8..]) {
+        Ok(entry) => Ok(Frame::Entry(seq, entry, end)),
+        Err(e) => corrupt(format!(
+            "entry {seq} is intact but cannot be read by this version ({e}); was the data dir written by a newer Fjord?"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +283,43 @@ mod tests {
     }
 
     #[test]
+    fn damage_before_the_end_or_an_unknown_entry_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut journal, _) = Journal::open(dir.path()).unwrap();
+            journal.append(&topic("a")).unwrap();
+            journal.append(&topic("b")).unwrap();
+        }
+        let path = dir.path().join(JOURNAL);
+        let good = std::fs::read(&path).unwrap();
+        let mut bad = good.clone();
+        bad[20] ^= 0xff; // inside the first entry, which is not the last
+        std::fs::write(&path, &bad).unwrap();
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(CoordinatorError::Corrupt(_))
+        ));
+
+        // An intact frame whose entry this build does not know.
+        let mut unknown = good.clone();
+        let json = br#"{"FromTheFuture":1}"#;
+        let seq = 3u64;
+        let mut crc = crc32c::crc32c(&seq.to_be_bytes());
+        crc = crc32c::crc32c_append(crc, json);
+        unknown.extend_from_slice(&((json.len() + 8) as u32).to_be_bytes());
+        unknown.extend_from_slice(&crc.to_be_bytes());
+        unknown.extend_from_slice(&seq.to_be_bytes());
+        unknown.extend_from_slice(json);
+        std::fs::write(&path, &unknown).unwrap();
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(CoordinatorError::Corrupt(_))
+        ));
+        // The data is still there for a build that understands it.
+        assert_eq!(std::fs::read(&path).unwrap(), unknown);
+    }
+
+    #[test]
     fn snapshot_then_replay() {
         let dir = tempfile::tempdir().unwrap();
         let (mut journal, mut state) = Journal::open(dir.path()).unwrap();
@@ -254,5 +334,38 @@ mod tests {
         drop(journal);
         let (_, recovered) = Journal::open(dir.path()).unwrap();
         assert_eq!(recovered.topics.len(), 3);
+    }
+
+    #[test]
+    fn groups_survive_snapshot_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, mut state) = Journal::open(dir.path()).unwrap();
+        let blob: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        let entries = [
+            Entry::SaveGroup {
+                group: "g".into(),
+                state: blob.clone(),
+            },
+            Entry::CommitOffsets {
+                group: "g".into(),
+                offsets: vec![crate::CommittedOffset {
+                    topic: "t".into(),
+                    partition: 3,
+                    offset: 42,
+                    leader_epoch: 1,
+                    metadata: None,
+                    commit_timestamp_ms: 7,
+                }],
+            },
+        ];
+        journal.append(&entries[0]).unwrap();
+        state.apply(&entries[0]);
+        journal.snapshot(&state).unwrap();
+        journal.append(&entries[1]).unwrap();
+        state.apply(&entries[1]);
+        drop(journal);
+        let (_, recovered) = Journal::open(dir.path()).unwrap();
+        assert_eq!(recovered, state);
+        assert_eq!(recovered.groups["g"].state.as_ref(), Some(&blob));
     }
 }

@@ -6,7 +6,8 @@
 //! lock and never wait for disk I/O.
 //!
 //! If a journal write fails, the state on disk is unknown, so the coordinator refuses every
-//! further write ([`CoordinatorError::Unavailable`]); a restart recovers from the journal.
+//! further write ([`CoordinatorError::Unavailable`]); a restart recovers from the journal. (An
+//! entry the journal refuses before writing, as too large, fails only its own call.)
 
 mod journal;
 
@@ -21,7 +22,7 @@ use uuid::Uuid;
 pub use journal::Journal;
 
 use crate::model::*;
-use crate::state::{Entry, State};
+use crate::state::{check_group_id, Entry, State};
 use crate::{Coordinator, CoordinatorError, Result};
 
 /// Journal size after which the writer folds it into a new snapshot.
@@ -42,6 +43,10 @@ impl Writer {
             return Err(CoordinatorError::Unavailable(reason.clone()));
         }
         if let Err(e) = self.journal.append(&entry) {
+            if matches!(e, CoordinatorError::Invalid(_)) {
+                // Refused before anything was written (an entry too large to replay).
+                return Err(e);
+            }
             let reason = format!("journal write failed, restart to recover: {e}");
             tracing::error!("{reason}");
             self.failed = Some(reason);
@@ -62,6 +67,22 @@ impl Writer {
         let entry = decide(&self.state.read())?;
         self.write(entry.clone())?;
         Ok(entry)
+    }
+
+    /// Like [`decide_and_write`](Self::decide_and_write) for changes that may turn out to be
+    /// no-ops (`None`: nothing is written). Returns whether an entry was written.
+    fn decide_and_maybe_write(
+        &mut self,
+        decide: impl FnOnce(&State) -> Result<Option<Entry>>,
+    ) -> Result<bool> {
+        let entry = decide(&self.state.read())?;
+        match entry {
+            Some(entry) => {
+                self.write(entry)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -247,6 +268,59 @@ impl Coordinator for EmbeddedCoordinator {
 
     async fn forget_objects(&self, keys: Vec<String>) -> Result<()> {
         self.on_writer(move |w| w.write(Entry::ForgetObjects(keys)))
+            .await
+    }
+
+    async fn commit_offsets(&self, group: &str, offsets: Vec<CommittedOffset>) -> Result<()> {
+        let group = group.to_string();
+        self.on_writer(move |w| {
+            w.decide_and_maybe_write(|s| s.decide_commit_offsets(&group, offsets))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn fetch_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>> {
+        check_group_id(group)?;
+        Ok(self.read(|s| {
+            s.groups
+                .get(group)
+                .map(|g| g.committed_offsets())
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn delete_offsets(&self, group: &str, partitions: Vec<(String, i32)>) -> Result<()> {
+        let group = group.to_string();
+        self.on_writer(move |w| {
+            w.decide_and_maybe_write(|s| s.decide_delete_offsets(&group, partitions))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn save_group(&self, group: &str, state: Vec<u8>) -> Result<()> {
+        let group = group.to_string();
+        // Not `decide_and_write`: that would copy the blob once more to return the entry.
+        self.on_writer(move |w| {
+            w.decide_and_maybe_write(|s| s.decide_save_group(&group, state).map(Some))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>> {
+        check_group_id(group)?;
+        Ok(self.read(|s| s.groups.get(group).and_then(|g| g.state.clone())))
+    }
+
+    async fn list_groups(&self) -> Result<Vec<String>> {
+        Ok(self.read(|s| s.groups.keys().cloned().collect()))
+    }
+
+    async fn delete_group(&self, group: &str) -> Result<bool> {
+        let group = group.to_string();
+        self.on_writer(move |w| w.decide_and_maybe_write(|s| s.decide_delete_group(&group)))
             .await
     }
 }

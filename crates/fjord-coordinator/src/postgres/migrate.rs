@@ -28,11 +28,18 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, by version.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial",
-    sql: include_str!("../../migrations/postgres/0001_initial.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial",
+        sql: include_str!("../../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_groups",
+        sql: include_str!("../../migrations/postgres/0002_groups.sql"),
+    },
+];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).
 const MIGRATION_LOCK: i64 = 0x666a_6f72_642d_6d67;

@@ -13,6 +13,8 @@
 //!   topic row, partition rows sorted by `(topic_id, partition)`, object rows sorted by key. Two
 //!   writers therefore never deadlock, and a partition's offsets are assigned by one commit at a
 //!   time, densely, across all brokers.
+//!   Consumer-group tables are independent of those: a group's offset rows are locked in
+//!   `(topic, partition)` order (the `groups` module).
 //! - A commit (the `commit` module) decides with the same pure rules as the embedded coordinator
 //!   ([`crate::state`]), so both give identical outcomes for identical histories.
 //! - Driver and server failures are [`CoordinatorError::Storage`] (retriable; a transaction that
@@ -21,6 +23,7 @@
 
 mod commit;
 mod db;
+mod groups;
 mod migrate;
 #[cfg(test)]
 mod tests;
@@ -574,5 +577,33 @@ impl Coordinator for PostgresCoordinator {
             .await
             .map_err(db("forgetting objects"))?;
         Ok(())
+    }
+
+    async fn commit_offsets(&self, group: &str, offsets: Vec<CommittedOffset>) -> Result<()> {
+        groups::commit_offsets(self, group, offsets).await
+    }
+
+    async fn fetch_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>> {
+        groups::fetch_offsets(self, group).await
+    }
+
+    async fn delete_offsets(&self, group: &str, partitions: Vec<(String, i32)>) -> Result<()> {
+        groups::delete_offsets(self, group, partitions).await
+    }
+
+    async fn save_group(&self, group: &str, state: Vec<u8>) -> Result<()> {
+        groups::save_group(self, group, state).await
+    }
+
+    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>> {
+        groups::load_group(self, group).await
+    }
+
+    async fn list_groups(&self) -> Result<Vec<String>> {
+        groups::list_groups(self).await
+    }
+
+    async fn delete_group(&self, group: &str) -> Result<bool> {
+        groups::delete_group(self, group).await
     }
 }

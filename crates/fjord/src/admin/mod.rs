@@ -1,6 +1,7 @@
 //! Admin commands that speak the Kafka protocol, so they work against any Kafka cluster.
 
 mod client;
+pub mod group;
 pub mod topic;
 
 pub use client::Client;

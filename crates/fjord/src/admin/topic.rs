@@ -71,7 +71,8 @@ fn sb(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
-fn check(code: i16, message: Option<&StrBytes>, what: &str) -> anyhow::Result<()> {
+/// Turns a Kafka error code into an error naming it.
+pub(crate) fn check(code: i16, message: Option<&StrBytes>, what: &str) -> anyhow::Result<()> {
     if code == 0 {
         return Ok(());
     }

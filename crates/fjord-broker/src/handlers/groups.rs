@@ -1,0 +1,408 @@
+//! The classic consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, ListGroups, DescribeGroups, DeleteGroups. The state machine is in
+//! [`crate::groups`]; this module maps requests and responses.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as FoundCoordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::*;
+use kafka_protocol::ResponseError;
+
+use super::s;
+use crate::dispatch::Client;
+use crate::groups::group::{GroupState, JoinRequest, JoinResult, Reply, SyncResult};
+use crate::Broker;
+
+fn code(e: Option<ResponseError>) -> i16 {
+    e.map_or(0, |e| e.code())
+}
+
+/// FindCoordinator: this broker coordinates every group (cluster mode will hash groups over the
+/// live brokers).
+pub async fn find_coordinator(
+    broker: Arc<Broker>,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let settings = &broker.settings;
+    let error = match request.key_type {
+        0 | 1 => None,
+        _ => Some(ResponseError::InvalidRequest),
+    };
+    if version < 4 {
+        let mut r = FindCoordinatorResponse::default()
+            .with_error_code(code(error))
+            .with_node_id(BrokerId(settings.node_id))
+            .with_host(s(settings.advertised_host.clone()))
+            .with_port(settings.advertised_port);
+        if version >= 1 {
+            r.error_message = error.map(|_| s("unsupported key type"));
+        }
+        return r;
+    }
+    let coordinators = request
+        .coordinator_keys
+        .into_iter()
+        .map(|key| {
+            FoundCoordinator::default()
+                .with_key(key)
+                .with_node_id(BrokerId(settings.node_id))
+                .with_host(s(settings.advertised_host.clone()))
+                .with_port(settings.advertised_port)
+                .with_error_code(code(error))
+        })
+        .collect();
+    FindCoordinatorResponse::default().with_coordinators(coordinators)
+}
+
+/// JoinGroup.
+pub async fn join_group(
+    broker: Arc<Broker>,
+    request: JoinGroupRequest,
+    version: i16,
+    client: Client,
+) -> JoinGroupResponse {
+    let respond = |r: JoinResult| {
+        let mut response = JoinGroupResponse::default()
+            .with_error_code(code(r.error))
+            .with_generation_id(r.generation)
+            .with_protocol_name(r.protocol_name.map(s))
+            .with_leader(s(r.leader))
+            .with_member_id(s(r.member_id))
+            .with_members(
+                r.members
+                    .into_iter()
+                    .map(|(id, instance, metadata)| {
+                        let mut m = JoinGroupResponseMember::default()
+                            .with_member_id(s(id))
+                            .with_metadata(metadata);
+                        if version >= 5 {
+                            m.group_instance_id = instance.map(s);
+                        }
+                        m
+                    })
+                    .collect(),
+            );
+        if version >= 7 {
+            response.protocol_type = r.protocol_type.map(s);
+        }
+        if version < 7 && response.protocol_name.is_none() {
+            // Before v7 the protocol name is not nullable.
+            response.protocol_name = Some(s(""));
+        }
+        response
+    };
+    let failed = |e: ResponseError| {
+        respond(JoinResult {
+            error: Some(e),
+            generation: -1,
+            protocol_type: None,
+            protocol_name: None,
+            leader: String::new(),
+            member_id: request.member_id.as_str().to_string(),
+            members: Vec::new(),
+        })
+    };
+    let slot = match broker.groups.slot(request.group_id.0.as_str()).await {
+        Ok(slot) => slot,
+        Err(e) => return failed(e),
+    };
+    let session_timeout = Duration::from_millis(request.session_timeout_ms.max(0) as u64);
+    let join = JoinRequest {
+        member_id: request.member_id.as_str().to_string(),
+        instance_id: request
+            .group_instance_id
+            .as_ref()
+            .map(|i| i.as_str().to_string()),
+        client_id: client.client_id.clone(),
+        client_host: client.host(),
+        session_timeout,
+        rebalance_timeout: if version >= 1 {
+            Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64)
+        } else {
+            session_timeout
+        },
+        protocol_type: request.protocol_type.as_str().to_string(),
+        protocols: request
+            .protocols
+            .iter()
+            .map(|p| (p.name.as_str().to_string(), p.metadata.clone()))
+            .collect(),
+        require_known_member_id: version >= 4,
+    };
+    let (reply, changed) = slot.group.lock().join(join, Instant::now());
+    if changed {
+        let _ = broker.groups.persist(&slot).await;
+    }
+    let result = match reply {
+        Reply::Now(r) => r,
+        Reply::Later(rx) => match rx.await {
+            Ok(r) => r,
+            Err(_) => return failed(ResponseError::CoordinatorNotAvailable),
+        },
+    };
+    respond(result)
+}
+
+/// SyncGroup.
+pub async fn sync_group(
+    broker: Arc<Broker>,
+    request: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
+    let respond = |r: SyncResult| {
+        let mut response = SyncGroupResponse::default()
+            .with_error_code(code(r.error))
+            .with_assignment(r.assignment);
+        if version >= 5 {
+            response.protocol_type = r.protocol_type.map(s);
+            response.protocol_name = r.protocol_name.map(s);
+        }
+        response
+    };
+    let failed = |e: ResponseError| SyncGroupResponse::default().with_error_code(e.code());
+    let slot = match broker.groups.slot(request.group_id.0.as_str()).await {
+        Ok(slot) => slot,
+        Err(e) => return failed(e),
+    };
+    let (reply, changed) = {
+        let mut g = slot.group.lock();
+        if version >= 5 {
+            let type_ok = request
+                .protocol_type
+                .as_ref()
+                .is_none_or(|t| g.protocol_type.as_deref() == Some(t.as_str()));
+            let name_ok = request
+                .protocol_name
+                .as_ref()
+                .is_none_or(|n| g.protocol_name.as_deref() == Some(n.as_str()));
+            if !(type_ok && name_ok) {
+                return failed(ResponseError::InconsistentGroupProtocol);
+            }
+        }
+        g.sync(
+            request.member_id.as_str(),
+            request.group_instance_id.as_ref().map(|i| i.as_str()),
+            request.generation_id,
+            request
+                .assignments
+                .iter()
+                .map(|a| (a.member_id.as_str().to_string(), a.assignment.clone()))
+                .collect(),
+        )
+    };
+    if changed {
+        if let Err(e) = broker.groups.persist(&slot).await {
+            tracing::warn!(group = %request.group_id.0.as_str(), "group state not saved: {e:?}");
+        }
+    }
+    match reply {
+        Reply::Now(r) => respond(r),
+        Reply::Later(rx) => match rx.await {
+            Ok(r) => respond(r),
+            Err(_) => failed(ResponseError::CoordinatorNotAvailable),
+        },
+    }
+}
+
+/// Heartbeat.
+pub async fn heartbeat(broker: Arc<Broker>, request: HeartbeatRequest) -> HeartbeatResponse {
+    let error = match broker.groups.slot(request.group_id.0.as_str()).await {
+        Ok(slot) => slot.group.lock().heartbeat(
+            request.member_id.as_str(),
+            request.group_instance_id.as_ref().map(|i| i.as_str()),
+            request.generation_id,
+            Instant::now(),
+        ),
+        Err(e) => Some(e),
+    };
+    HeartbeatResponse::default().with_error_code(code(error))
+}
+
+/// LeaveGroup: one member (v0-2) or several (v3+).
+pub async fn leave_group(
+    broker: Arc<Broker>,
+    request: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let members: Vec<(String, Option<String>)> = if version >= 3 {
+        request
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.as_str().to_string(),
+                    m.group_instance_id.as_ref().map(|i| i.as_str().to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(request.member_id.as_str().to_string(), None)]
+    };
+    let slot = match broker.groups.slot(request.group_id.0.as_str()).await {
+        Ok(slot) => slot,
+        Err(e) => return LeaveGroupResponse::default().with_error_code(e.code()),
+    };
+    let (results, changed) = slot.group.lock().leave(&members, Instant::now());
+    if changed {
+        let _ = broker.groups.persist(&slot).await;
+    }
+    if version >= 3 {
+        LeaveGroupResponse::default().with_members(
+            members
+                .into_iter()
+                .zip(results)
+                .map(|((id, instance), e)| {
+                    MemberResponse::default()
+                        .with_member_id(s(id))
+                        .with_group_instance_id(instance.map(s))
+                        .with_error_code(code(e))
+                })
+                .collect(),
+        )
+    } else {
+        LeaveGroupResponse::default().with_error_code(code(results.into_iter().next().flatten()))
+    }
+}
+
+/// ListGroups, with state (v4+) and type (v5+) filters.
+pub async fn list_groups(
+    broker: Arc<Broker>,
+    request: ListGroupsRequest,
+    version: i16,
+) -> ListGroupsResponse {
+    let groups = match broker.groups.list().await {
+        Ok(groups) => groups,
+        Err(e) => return ListGroupsResponse::default().with_error_code(e.code()),
+    };
+    let states: Vec<String> = request
+        .states_filter
+        .iter()
+        .map(|s| s.as_str().to_ascii_lowercase())
+        .collect();
+    let types_ok = request.types_filter.is_empty()
+        || request
+            .types_filter
+            .iter()
+            .any(|t| t.as_str().eq_ignore_ascii_case("classic"));
+    let listed = groups
+        .into_iter()
+        .filter(|(_, state, _)| {
+            states.is_empty() || states.contains(&state.name().to_ascii_lowercase())
+        })
+        .filter(|_| types_ok)
+        .map(|(id, state, protocol_type)| {
+            let mut g = ListedGroup::default()
+                .with_group_id(GroupId(s(id)))
+                .with_protocol_type(s(protocol_type));
+            if version >= 4 {
+                g.group_state = s(state.name());
+            }
+            if version >= 5 {
+                g.group_type = s("classic");
+            }
+            g
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(listed)
+}
+
+/// DescribeGroups.
+pub async fn describe_groups(
+    broker: Arc<Broker>,
+    request: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let mut described = Vec::with_capacity(request.groups.len());
+    for id in request.groups {
+        let mut d = DescribedGroup::default().with_group_id(id.clone());
+        if version < 3 {
+            d.authorized_operations = i32::MIN;
+        }
+        let exists = broker.groups.exists(id.0.as_str()).await;
+        let slot = match exists {
+            Ok(true) => broker.groups.slot(id.0.as_str()).await,
+            Ok(false) => Err(ResponseError::GroupIdNotFound),
+            Err(e) => Err(e),
+        };
+        match slot {
+            Err(ResponseError::GroupIdNotFound) if version < 6 => {
+                d.group_state = s(GroupState::Dead.name());
+            }
+            Err(e) => {
+                d.error_code = e.code();
+                if version >= 6 {
+                    d.error_message = Some(s(format!("group '{}': {e:?}", id.0.as_str())));
+                }
+                d.group_state = s(GroupState::Dead.name());
+            }
+            Ok(slot) => {
+                let g = slot.group.lock();
+                let protocol = g.protocol_name.clone().unwrap_or_default();
+                d.group_state = s(g.state.name());
+                d.protocol_type = s(g.protocol_type.clone().unwrap_or_default());
+                d.protocol_data = s(protocol.clone());
+                d.members = g
+                    .members
+                    .values()
+                    .map(|m| {
+                        let mut dm = DescribedGroupMember::default()
+                            .with_member_id(s(m.id.clone()))
+                            .with_client_id(s(m.client_id.clone()))
+                            .with_client_host(s(m.client_host.clone()))
+                            .with_member_metadata(m.metadata(&protocol))
+                            .with_member_assignment(m.assignment.clone());
+                        if version >= 4 {
+                            dm.group_instance_id = m.instance_id.clone().map(s);
+                        }
+                        dm
+                    })
+                    .collect();
+            }
+        }
+        described.push(d);
+    }
+    DescribeGroupsResponse::default().with_groups(described)
+}
+
+/// DeleteGroups: only empty groups; their offsets go too.
+pub async fn delete_groups(
+    broker: Arc<Broker>,
+    request: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
+    let mut results = Vec::with_capacity(request.groups_names.len());
+    for id in request.groups_names {
+        let error = match broker.groups.exists(id.0.as_str()).await {
+            Ok(false) => Some(ResponseError::GroupIdNotFound),
+            Err(e) => Some(e),
+            Ok(true) => broker.groups.delete(id.0.as_str()).await.err(),
+        };
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(id)
+                .with_error_code(code(error)),
+        );
+    }
+    DeleteGroupsResponse::default().with_results(results)
+}
+
+/// The topics a consumer member subscribes to, from its protocol metadata.
+pub(crate) fn subscribed_topics(metadata: &Bytes) -> Vec<String> {
+    use kafka_protocol::protocol::Decodable;
+    if metadata.len() < 2 {
+        return Vec::new();
+    }
+    let version = i16::from_be_bytes([metadata[0], metadata[1]]);
+    let mut body = metadata.slice(2..);
+    match ConsumerProtocolSubscription::decode(&mut body, version) {
+        Ok(sub) => sub.topics.iter().map(|t| t.as_str().to_string()).collect(),
+        Err(_) => Vec::new(),
+    }
+}

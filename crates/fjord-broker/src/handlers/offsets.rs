@@ -1,0 +1,342 @@
+//! OffsetCommit, OffsetFetch and OffsetDelete: committed offsets of consumer groups, durable in
+//! the coordinator store and fenced by the group's generation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use fjord_coordinator::CommittedOffset;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::ResponseError;
+
+use super::groups::subscribed_topics;
+use super::s;
+use crate::groups::group::GroupState;
+use crate::Broker;
+
+/// A partition index and its error, if any.
+type PartitionResult = (i32, Option<ResponseError>);
+
+/// Longest offset metadata accepted (Kafka's `offset.metadata.max.bytes`).
+const MAX_METADATA: usize = 4096;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// OffsetCommit.
+pub async fn offset_commit(
+    broker: Arc<Broker>,
+    request: OffsetCommitRequest,
+    version: i16,
+) -> OffsetCommitResponse {
+    let group_id = request.group_id.0.as_str().to_string();
+    let group_error = match broker.groups.slot(&group_id).await {
+        Err(e) => Some(e),
+        Ok(slot) => slot.group.lock().check_commit(
+            request.member_id.as_str(),
+            request.group_instance_id.as_ref().map(|i| i.as_str()),
+            request.generation_id_or_member_epoch,
+        ),
+    };
+    let mut results: Vec<(TopicName, Vec<PartitionResult>)> = Vec::new();
+    let mut offsets = Vec::new();
+    let mut pending: Vec<(usize, usize)> = Vec::new();
+    let timestamp = now_ms();
+    for topic in &request.topics {
+        let meta = match group_error {
+            Some(_) => None,
+            None => broker
+                .coordinator
+                .topic(topic.name.0.as_str())
+                .await
+                .ok()
+                .flatten(),
+        };
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let error = if let Some(e) = group_error {
+                Some(e)
+            } else if !meta
+                .as_ref()
+                .is_some_and(|m| p.partition_index >= 0 && p.partition_index < m.partitions)
+            {
+                Some(ResponseError::UnknownTopicOrPartition)
+            } else if p
+                .committed_metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > MAX_METADATA)
+            {
+                Some(ResponseError::OffsetMetadataTooLarge)
+            } else {
+                offsets.push(CommittedOffset {
+                    topic: topic.name.0.as_str().to_string(),
+                    partition: p.partition_index,
+                    offset: p.committed_offset,
+                    leader_epoch: if version >= 6 {
+                        p.committed_leader_epoch
+                    } else {
+                        -1
+                    },
+                    metadata: p
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.as_str().to_string()),
+                    commit_timestamp_ms: timestamp,
+                });
+                pending.push((results.len(), partitions.len()));
+                None
+            };
+            partitions.push((p.partition_index, error));
+        }
+        results.push((topic.name.clone(), partitions));
+    }
+    if !offsets.is_empty() {
+        if let Err(e) = broker.coordinator.commit_offsets(&group_id, offsets).await {
+            tracing::warn!(group = %group_id, error = %e, "offset commit failed");
+            for (t, p) in pending {
+                results[t].1[p].1 = Some(ResponseError::CoordinatorNotAvailable);
+            }
+        }
+    }
+    OffsetCommitResponse::default().with_topics(
+        results
+            .into_iter()
+            .map(|(name, partitions)| {
+                OffsetCommitResponseTopic::default()
+                    .with_name(name)
+                    .with_partitions(
+                        partitions
+                            .into_iter()
+                            .map(|(index, e)| {
+                                OffsetCommitResponsePartition::default()
+                                    .with_partition_index(index)
+                                    .with_error_code(e.map_or(0, |e| e.code()))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+/// The committed offsets of one group for the requested partitions (`None`: all it has).
+async fn fetch_group(
+    broker: &Broker,
+    group: &str,
+    wanted: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>, ResponseError> {
+    if group.is_empty() {
+        return Err(ResponseError::InvalidGroupId);
+    }
+    let stored = broker.coordinator.fetch_offsets(group).await.map_err(|e| {
+        tracing::warn!(group, error = %e, "offset fetch failed");
+        ResponseError::CoordinatorNotAvailable
+    })?;
+    let mut by_topic: BTreeMap<String, Vec<(i32, Option<CommittedOffset>)>> = BTreeMap::new();
+    match wanted {
+        None => {
+            for o in stored {
+                by_topic
+                    .entry(o.topic.clone())
+                    .or_default()
+                    .push((o.partition, Some(o)));
+            }
+        }
+        Some(topics) => {
+            let mut out = Vec::new();
+            for (topic, partitions) in topics {
+                let entries = partitions
+                    .into_iter()
+                    .map(|p| {
+                        let found = stored
+                            .iter()
+                            .find(|o| o.topic == topic && o.partition == p)
+                            .cloned();
+                        (p, found)
+                    })
+                    .collect();
+                out.push((topic, entries));
+            }
+            return Ok(out);
+        }
+    }
+    Ok(by_topic.into_iter().collect())
+}
+
+/// OffsetFetch: one group (v1-7) or several (v8+).
+pub async fn offset_fetch(
+    broker: Arc<Broker>,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    if version >= 8 {
+        let mut groups = Vec::with_capacity(request.groups.len());
+        for g in request.groups {
+            let wanted = g.topics.map(|topics| {
+                topics
+                    .into_iter()
+                    .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes))
+                    .collect()
+            });
+            let mut response =
+                OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+            match fetch_group(&broker, g.group_id.0.as_str(), wanted).await {
+                Err(e) => response.error_code = e.code(),
+                Ok(topics) => {
+                    response.topics = topics
+                        .into_iter()
+                        .map(|(name, partitions)| {
+                            OffsetFetchResponseTopics::default()
+                                .with_name(TopicName(s(name)))
+                                .with_partitions(
+                                    partitions
+                                        .into_iter()
+                                        .map(|(p, o)| {
+                                            let (offset, epoch, metadata) = fields(o);
+                                            OffsetFetchResponsePartitions::default()
+                                                .with_partition_index(p)
+                                                .with_committed_offset(offset)
+                                                .with_committed_leader_epoch(epoch)
+                                                .with_metadata(Some(s(metadata)))
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect();
+                }
+            }
+            groups.push(response);
+        }
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let wanted = request.topics.map(|topics| {
+        topics
+            .into_iter()
+            .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes))
+            .collect()
+    });
+    match fetch_group(&broker, request.group_id.0.as_str(), wanted).await {
+        Err(e) => {
+            let mut r = OffsetFetchResponse::default();
+            if version >= 2 {
+                r.error_code = e.code();
+            }
+            r
+        }
+        Ok(topics) => OffsetFetchResponse::default().with_topics(
+            topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(s(name)))
+                        .with_partitions(
+                            partitions
+                                .into_iter()
+                                .map(|(p, o)| {
+                                    let (offset, epoch, metadata) = fields(o);
+                                    let mut r = OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(offset)
+                                        .with_metadata(Some(s(metadata)));
+                                    if version >= 5 {
+                                        r.committed_leader_epoch = epoch;
+                                    }
+                                    r
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn fields(o: Option<CommittedOffset>) -> (i64, i32, String) {
+    match o {
+        Some(o) => (o.offset, o.leader_epoch, o.metadata.unwrap_or_default()),
+        None => (-1, -1, String::new()),
+    }
+}
+
+/// OffsetDelete: removes offsets of partitions the group does not consume now.
+pub async fn offset_delete(
+    broker: Arc<Broker>,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let group_id = request.group_id.0.as_str().to_string();
+    match broker.groups.exists(&group_id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return OffsetDeleteResponse::default()
+                .with_error_code(ResponseError::GroupIdNotFound.code())
+        }
+        Err(e) => return OffsetDeleteResponse::default().with_error_code(e.code()),
+    }
+    let subscribed: HashSet<String> = match broker.groups.slot(&group_id).await {
+        Err(e) => return OffsetDeleteResponse::default().with_error_code(e.code()),
+        Ok(slot) => {
+            let g = slot.group.lock();
+            if g.state == GroupState::Empty || g.protocol_type.as_deref() != Some("consumer") {
+                HashSet::new()
+            } else {
+                let protocol = g.protocol_name.clone().unwrap_or_default();
+                g.members
+                    .values()
+                    .flat_map(|m| subscribed_topics(&m.metadata(&protocol)))
+                    .collect()
+            }
+        }
+    };
+    let mut deletions = Vec::new();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.as_str().to_string();
+        let busy = subscribed.contains(&name);
+        let partitions = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                if !busy {
+                    deletions.push((name.clone(), p.partition_index));
+                }
+                OffsetDeleteResponsePartition::default()
+                    .with_partition_index(p.partition_index)
+                    .with_error_code(if busy {
+                        ResponseError::GroupSubscribedToTopic.code()
+                    } else {
+                        0
+                    })
+            })
+            .collect();
+        topics.push(
+            OffsetDeleteResponseTopic::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
+    if !deletions.is_empty() {
+        if let Err(e) = broker
+            .coordinator
+            .delete_offsets(&group_id, deletions)
+            .await
+        {
+            tracing::warn!(group = %group_id, error = %e, "offset delete failed");
+            return OffsetDeleteResponse::default()
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code());
+        }
+    }
+    OffsetDeleteResponse::default().with_topics(topics)
+}
