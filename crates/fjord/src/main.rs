@@ -16,35 +16,35 @@ struct Cli {
     command: Command,
 }
 
+/// Where admin commands connect.
+#[derive(Debug, clap::Args)]
+struct Bootstrap {
+    /// A broker to bootstrap from.
+    #[arg(
+        long,
+        short,
+        env = "FJORD_BOOTSTRAP",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    bootstrap: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a broker (embedded defaults: 127.0.0.1:9092, data under ./data).
     Serve(config::ServeArgs),
     /// Manage topics through the Kafka protocol.
     Topic {
-        /// A broker to bootstrap from.
-        #[arg(
-            long,
-            short,
-            env = "FJORD_BOOTSTRAP",
-            default_value = "127.0.0.1:9092",
-            global = true
-        )]
-        bootstrap: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
         #[command(subcommand)]
         command: admin::topic::TopicCommand,
     },
     /// Inspect and manage consumer groups through the Kafka protocol.
     Group {
-        /// A broker to bootstrap from.
-        #[arg(
-            long,
-            short,
-            env = "FJORD_BOOTSTRAP",
-            default_value = "127.0.0.1:9092",
-            global = true
-        )]
-        bootstrap: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
         #[command(subcommand)]
         command: admin::group::GroupCommand,
     },
@@ -71,8 +71,12 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args.resolve()?).await,
-            Command::Topic { bootstrap, command } => admin::topic::run(&bootstrap, command).await,
-            Command::Group { bootstrap, command } => admin::group::run(&bootstrap, command).await,
+            Command::Topic { bootstrap, command } => {
+                admin::topic::run(&bootstrap.bootstrap, command).await
+            }
+            Command::Group { bootstrap, command } => {
+                admin::group::run(&bootstrap.bootstrap, command).await
+            }
         }
     });
     match result {

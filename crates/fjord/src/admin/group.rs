@@ -156,13 +156,11 @@ async fn committed(
     let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     if version >= 8 {
         let r = c
-            .call(
-                OffsetFetchRequest::default().with_groups(vec![
+            .call(OffsetFetchRequest::default().with_groups(vec![
                     offset_fetch_request::OffsetFetchRequestGroup::default()
                         .with_group_id(GroupId(sb(group)))
                         .with_topics(None),
-                ]),
-            )
+                ]))
             .await?;
         for g in r.groups {
             check(g.error_code, None, "fetching offsets")?;
