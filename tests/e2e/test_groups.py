@@ -1,8 +1,10 @@
-"""Consumer groups (classic protocol) with confluent-kafka (librdkafka).
+"""Consumer groups with confluent-kafka (librdkafka).
 
-* members join and leave while a producer writes; with synchronous commits
-  after processing, every record is processed at least once and none is
-  skipped; once the group settles, each partition has exactly one owner;
+* members join and leave while a producer writes, with the classic protocol and
+  with the consumer protocol of KIP-848 (``group.protocol=consumer``); with
+  synchronous commits after processing, every record is processed at least
+  once and none is skipped; once the group settles, each partition has exactly
+  one owner;
 * static membership: a member restarted within session.timeout.ms gets its
   partitions back without a rebalance;
 * committed offsets and their metadata survive a broker SIGKILL + restart.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from kafka_helpers import create_topic, watermarks
@@ -23,17 +26,25 @@ PARTITIONS = 12
 class Member(threading.Thread):
     """One group member polling in its own thread, committing synchronously after each batch."""
 
-    def __init__(self, bootstrap: str, topic: str, group: str, processed: list, **conf):
+    def __init__(
+        self, bootstrap: str, topic: str, group: str, processed: list, protocol: str = "classic", **conf
+    ):
         super().__init__(daemon=True)
         config = {
             "bootstrap.servers": bootstrap,
             "group.id": group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": 10000,
-            "heartbeat.interval.ms": 500,
             "enable.partition.eof": False,
         }
+        if protocol == "consumer":
+            # KIP-848: session timeout, heartbeat interval and assignor are the broker's.
+            config["group.protocol"] = "consumer"
+        else:
+            config.update({"session.timeout.ms": 10000, "heartbeat.interval.ms": 500})
+        # The consumer protocol's rebalance callbacks are incremental: they name only the
+        # partitions added or taken away. The classic (eager) ones name the whole assignment.
+        self.incremental = protocol == "consumer"
         config.update(conf)
         self.consumer = Consumer(config)
         self.topic = topic
@@ -44,11 +55,17 @@ class Member(threading.Thread):
         self.errors: list = []
 
     def _on_assign(self, consumer, partitions):
-        self.assigned = {p.partition for p in partitions}
+        if self.incremental:
+            self.assigned = self.assigned | {p.partition for p in partitions}
+        else:
+            self.assigned = {p.partition for p in partitions}
         self.assign_events += 1
 
     def _on_revoke(self, consumer, partitions):
-        self.assigned = set()
+        if self.incremental:
+            self.assigned = self.assigned - {p.partition for p in partitions}
+        else:
+            self.assigned = set()
 
     def run(self):
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
@@ -85,8 +102,11 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def test_members_join_and_leave_while_producing(broker_factory, topic):
-    broker = broker_factory("--group-initial-rebalance-delay-ms", "500")
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_members_join_and_leave_while_producing(broker_factory, topic, protocol):
+    broker = broker_factory(
+        "--group-initial-rebalance-delay-ms", "500", "--group-consumer-heartbeat-interval-ms", "1000"
+    )
     create_topic(broker.bootstrap, topic, PARTITIONS)
     group = f"{topic}-g"
     processed: list[tuple[int, int]] = []
@@ -106,7 +126,7 @@ def test_members_join_and_leave_while_producing(broker_factory, topic):
                 time.sleep(0.4)  # about 8 s of producing
         assert p.flush(60) == 0
 
-    members = [Member(broker.bootstrap, topic, group, processed) for _ in range(3)]
+    members = [Member(broker.bootstrap, topic, group, processed, protocol) for _ in range(3)]
     for m in members:
         m.start()
     producer = threading.Thread(target=produce, daemon=True)
@@ -114,7 +134,7 @@ def test_members_join_and_leave_while_producing(broker_factory, topic):
     time.sleep(3)
     members[1].stop()  # leaves the group
     time.sleep(2)
-    late = Member(broker.bootstrap, topic, group, processed)
+    late = Member(broker.bootstrap, topic, group, processed, protocol)
     late.start()
     live = [members[0], members[2], late]
     producer.join(90)

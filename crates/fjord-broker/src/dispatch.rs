@@ -205,6 +205,12 @@ pub async fn start_from(
             handlers::offsets::offset_fetch(b, r, version)
         }),
         ApiKey::OffsetDelete => run(ctx, frame, move |r| handlers::offsets::offset_delete(b, r)),
+        ApiKey::ConsumerGroupHeartbeat => run(ctx, frame, move |r| {
+            handlers::consumer_groups::heartbeat(b, r, version, client)
+        }),
+        ApiKey::ConsumerGroupDescribe => run(ctx, frame, move |r| {
+            handlers::consumer_groups::describe(b, r, version)
+        }),
         _ => Err(ProtocolError::UnsupportedVersion { key, version }),
     }
 }

@@ -851,7 +851,7 @@ async fn group_membership_apis_at_every_version() {
 async fn offsets_at_every_version() {
     let h = harness();
     create(&h, "o", 2).await;
-    for v in 2..=8 {
+    for v in 2..=9 {
         let group = format!("og-{v}");
         let mut request = OffsetCommitRequest::default()
             .with_group_id(gid(&group))
@@ -884,7 +884,7 @@ async fn offsets_at_every_version() {
             "commit v{v}"
         );
     }
-    for v in 1..=8 {
+    for v in 1..=9 {
         let group = format!("og-{}", v.max(2));
         let r = if v >= 8 {
             let r = call(
@@ -990,4 +990,278 @@ async fn offsets_at_every_version() {
         r.topics[0].partitions[0].error_code,
         ResponseError::IllegalGeneration.code()
     );
+}
+
+fn cg_heartbeat(
+    group: &str,
+    member: &str,
+    epoch: i32,
+    owned: Option<Vec<(uuid::Uuid, Vec<i32>)>>,
+) -> ConsumerGroupHeartbeatRequest {
+    ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(gid(group))
+        .with_member_id(sb(member))
+        .with_member_epoch(epoch)
+        .with_rebalance_timeout_ms(-1)
+        .with_topic_partitions(owned.map(|o| {
+            o.into_iter()
+                .map(|(t, p)| {
+                    consumer_group_heartbeat_request::TopicPartitions::default()
+                        .with_topic_id(t)
+                        .with_partitions(p)
+                })
+                .collect()
+        }))
+}
+
+fn cg_join(group: &str, member: &str, topic: &str) -> ConsumerGroupHeartbeatRequest {
+    cg_heartbeat(group, member, 0, Some(vec![]))
+        .with_rebalance_timeout_ms(30_000)
+        .with_subscribed_topic_names(Some(vec![TopicName(sb(topic))]))
+}
+
+fn cg_assigned(r: &ConsumerGroupHeartbeatResponse) -> Option<Vec<(uuid::Uuid, Vec<i32>)>> {
+    r.assignment.as_ref().map(|a| {
+        a.topic_partitions
+            .iter()
+            .map(|tp| (tp.topic_id, tp.partitions.clone()))
+            .collect()
+    })
+}
+
+#[tokio::test]
+async fn consumer_group_apis_at_every_version() {
+    let h = harness();
+    let topic = create(&h, "cg", 4).await;
+    for v in 0..=1i16 {
+        let group = format!("cg-{v}");
+        // v0: the broker names new members; v1: the client does.
+        let a_id = if v == 0 {
+            String::new()
+        } else {
+            uuid::Uuid::new_v4().to_string()
+        };
+        let mut join = cg_join(&group, &a_id, "cg");
+        if v == 1 {
+            join.server_assignor = Some(sb("range"));
+        }
+        let r = call(&h, join, v).await;
+        assert_eq!(r.error_code, 0, "join v{v}: {:?}", r.error_message);
+        let a = r.member_id.clone().unwrap().as_str().to_string();
+        if v == 1 {
+            assert_eq!(a, a_id);
+        } else {
+            assert!(!a.is_empty());
+        }
+        assert_eq!(r.member_epoch, 1);
+        assert_eq!(r.heartbeat_interval_ms, 5000);
+        assert_eq!(cg_assigned(&r), Some(vec![(topic, vec![0, 1, 2, 3])]));
+
+        // b joins: nothing until a has revoked half.
+        let b_id = if v == 0 {
+            String::new()
+        } else {
+            uuid::Uuid::new_v4().to_string()
+        };
+        let r = call(&h, cg_join(&group, &b_id, "cg"), v).await;
+        assert_eq!(r.error_code, 0);
+        let b = r.member_id.clone().unwrap().as_str().to_string();
+        assert_eq!(r.member_epoch, 2);
+        assert_eq!(cg_assigned(&r), Some(vec![]));
+        let r = call(
+            &h,
+            cg_heartbeat(&group, &a, 1, Some(vec![(topic, vec![0, 1, 2, 3])])),
+            v,
+        )
+        .await;
+        assert_eq!((r.error_code, r.member_epoch), (0, 1));
+        let keep = cg_assigned(&r).unwrap();
+        assert_eq!(keep[0].1.len(), 2);
+        let r = call(&h, cg_heartbeat(&group, &b, 2, None), v).await;
+        assert_eq!((r.error_code, cg_assigned(&r)), (0, None));
+        let r = call(&h, cg_heartbeat(&group, &a, 1, Some(keep.clone())), v).await;
+        assert_eq!((r.error_code, r.member_epoch), (0, 2));
+        let r = call(&h, cg_heartbeat(&group, &b, 2, None), v).await;
+        let got = cg_assigned(&r).unwrap();
+        let mut all: Vec<i32> = keep[0].1.iter().chain(&got[0].1).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 2, 3]);
+        if v == 1 {
+            // range over sorted member ids.
+            let first = if a < b { &keep } else { &got };
+            assert_eq!(first[0].1, vec![0, 1]);
+        }
+
+        // Errors.
+        let r = call(&h, cg_heartbeat(&group, &a, 7, None), v).await;
+        assert_eq!(r.error_code, ResponseError::FencedMemberEpoch.code());
+        let r = call(&h, cg_heartbeat(&group, "nobody", 1, None), v).await;
+        assert_eq!(r.error_code, ResponseError::UnknownMemberId.code());
+        let r = call(
+            &h,
+            cg_join(&group, &uuid::Uuid::new_v4().to_string(), "cg")
+                .with_server_assignor(Some(sb("cooperative-sticky"))),
+            v,
+        )
+        .await;
+        assert_eq!(r.error_code, ResponseError::UnsupportedAssignor.code());
+
+        for dv in 0..=1 {
+            let r = call(
+                &h,
+                ConsumerGroupDescribeRequest::default()
+                    .with_group_ids(vec![gid(&group), gid("nope")]),
+                dv,
+            )
+            .await;
+            let d = &r.groups[0];
+            assert_eq!(d.error_code, 0);
+            assert_eq!(d.group_state.as_str(), "Stable");
+            assert_eq!((d.group_epoch, d.assignment_epoch), (2, 2));
+            assert_eq!(
+                d.assignor_name.as_str(),
+                if v == 1 { "range" } else { "uniform" }
+            );
+            assert_eq!(d.members.len(), 2);
+            let m = d
+                .members
+                .iter()
+                .find(|m| m.member_id.as_str() == a)
+                .unwrap();
+            assert_eq!(m.member_epoch, 2);
+            assert_eq!(m.subscribed_topic_names[0].0.as_str(), "cg");
+            assert_eq!(m.assignment.topic_partitions[0].topic_name.0.as_str(), "cg");
+            assert_eq!(m.assignment.topic_partitions[0].partitions, keep[0].1);
+            assert_eq!(m.member_type, if dv >= 1 { 1 } else { -1 });
+            assert_eq!(
+                r.groups[1].error_code,
+                ResponseError::GroupIdNotFound.code()
+            );
+        }
+        let r = call(&h, ListGroupsRequest::default(), 5).await;
+        let listed = r
+            .groups
+            .iter()
+            .find(|g| g.group_id.0.as_str() == group)
+            .unwrap();
+        assert_eq!(listed.group_type.as_str(), "consumer");
+        assert_eq!(listed.protocol_type.as_str(), "consumer");
+        assert_eq!(listed.group_state.as_str(), "Stable");
+        let r = call(
+            &h,
+            ListGroupsRequest::default().with_types_filter(vec![sb("classic")]),
+            5,
+        )
+        .await;
+        assert!(r.groups.iter().all(|g| g.group_id.0.as_str() != group));
+        // DescribeGroups (classic) does not know it; JoinGroup cannot join it.
+        let r = call(
+            &h,
+            DescribeGroupsRequest::default().with_groups(vec![gid(&group)]),
+            5,
+        )
+        .await;
+        assert_eq!(r.groups[0].group_state.as_str(), "Dead");
+        let r = call(
+            &h,
+            JoinGroupRequest::default()
+                .with_group_id(gid(&group))
+                .with_session_timeout_ms(10_000)
+                .with_member_id(sb("x"))
+                .with_protocol_type(sb("consumer"))
+                .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+                )
+                .with_name(sb("range"))]),
+            9,
+        )
+        .await;
+        assert_eq!(
+            r.error_code,
+            ResponseError::InconsistentGroupProtocol.code()
+        );
+
+        // Offsets: v9 with the member epoch.
+        let commit = |epoch: i32| {
+            OffsetCommitRequest::default()
+                .with_group_id(gid(&group))
+                .with_generation_id_or_member_epoch(epoch)
+                .with_member_id(sb(&a))
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(sb("cg")))
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(keep[0].1[0])
+                                .with_committed_offset(3),
+                        ]),
+                ])
+        };
+        let code = |r: OffsetCommitResponse| r.topics[0].partitions[0].error_code;
+        assert_eq!(code(call(&h, commit(2), 9).await), 0);
+        assert_eq!(
+            code(call(&h, commit(1), 9).await),
+            ResponseError::StaleMemberEpoch.code()
+        );
+        assert_eq!(
+            code(call(&h, commit(2), 8).await),
+            ResponseError::UnsupportedVersion.code()
+        );
+        let fetch = |epoch: i32| {
+            OffsetFetchRequest::default().with_groups(vec![
+                offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(gid(&group))
+                    .with_member_id(Some(sb(&a)))
+                    .with_member_epoch(epoch)
+                    .with_topics(None),
+            ])
+        };
+        let r = call(&h, fetch(2), 9).await;
+        assert_eq!(r.groups[0].error_code, 0);
+        assert_eq!(r.groups[0].topics[0].partitions[0].committed_offset, 3);
+        let r = call(&h, fetch(1), 9).await;
+        assert_eq!(
+            r.groups[0].error_code,
+            ResponseError::StaleMemberEpoch.code()
+        );
+
+        // The group's state is durable: another coordinator over the same store resumes it.
+        let other = fjord_broker::groups::GroupCoordinator::start(
+            h.broker.coordinator.clone(),
+            Default::default(),
+        );
+        let slot = other.slot(&group).await.unwrap();
+        {
+            let c = slot.consumer.lock();
+            assert_eq!((c.group_epoch, c.members.len()), (2, 2));
+            assert_eq!(c.members[&a].member_epoch, 2);
+        }
+
+        // Both leave; the group stays, empty.
+        for m in [&a, &b] {
+            let r = call(&h, cg_heartbeat(&group, m, -1, None), v).await;
+            assert_eq!((r.error_code, r.member_epoch), (0, -1));
+        }
+        let r = call(
+            &h,
+            ConsumerGroupDescribeRequest::default().with_group_ids(vec![gid(&group)]),
+            v,
+        )
+        .await;
+        assert_eq!(r.groups[0].group_state.as_str(), "Empty");
+        assert!(r.groups[0].members.is_empty());
+    }
+    // v1 requires a member id; regular expressions are refused.
+    let r = call(&h, cg_join("cg-x", "", "cg"), 1).await;
+    assert_eq!(r.error_code, ResponseError::InvalidRequest.code());
+    let r = call(
+        &h,
+        cg_join("cg-x", "m", "cg").with_subscribed_topic_regex(Some(sb("c.*"))),
+        1,
+    )
+    .await;
+    assert_eq!(r.error_code, ResponseError::InvalidRequest.code());
+    // A classic group with members is not a consumer group.
+    join_and_sync(&h, "classic", 9, 5).await;
+    let r = call(&h, cg_join("classic", "m", "cg"), 1).await;
+    assert_eq!(r.error_code, ResponseError::GroupIdNotFound.code());
 }

@@ -58,6 +58,12 @@ pub struct ServeConfig {
     /// How long (ms) a new consumer group waits for more members before its first rebalance
     /// completes (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
+    /// Session timeout (ms) of consumer-protocol (KIP-848) group members
+    /// (Kafka's `group.consumer.session.timeout.ms`).
+    pub group_consumer_session_timeout_ms: u64,
+    /// Heartbeat interval (ms) told to consumer-protocol group members
+    /// (Kafka's `group.consumer.heartbeat.interval.ms`).
+    pub group_consumer_heartbeat_interval_ms: u64,
     /// Seconds an unreferenced or never-committed object is kept before deletion.
     pub gc_grace_secs: u64,
 }
@@ -86,6 +92,8 @@ impl Default for ServeConfig {
             shutdown_timeout_secs: 30,
             gc_interval_secs: 60,
             group_initial_rebalance_delay_ms: 3000,
+            group_consumer_session_timeout_ms: 45_000,
+            group_consumer_heartbeat_interval_ms: 5_000,
             gc_grace_secs: 600,
         }
     }
@@ -145,6 +153,12 @@ pub struct ServeArgs {
     /// How long (ms) a new consumer group waits for more members before its first rebalance [default: 3000].
     #[arg(long, env = "FJORD_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Session timeout (ms) of consumer-protocol group members [default: 45000].
+    #[arg(long, env = "FJORD_GROUP_CONSUMER_SESSION_TIMEOUT_MS")]
+    pub group_consumer_session_timeout_ms: Option<u64>,
+    /// Heartbeat interval (ms) of consumer-protocol group members [default: 5000].
+    #[arg(long, env = "FJORD_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS")]
+    pub group_consumer_heartbeat_interval_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -169,7 +183,10 @@ impl ServeArgs {
             flush_interval_ms,
             max_inflight_flushes,
             read_cache_bytes,
-            message_max_bytes
+            message_max_bytes,
+            group_initial_rebalance_delay_ms,
+            group_consumer_session_timeout_ms,
+            group_consumer_heartbeat_interval_ms
         );
         if self.advertised_address.is_some() {
             c.advertised_address = self.advertised_address.clone();
@@ -210,6 +227,11 @@ impl ServeConfig {
         }
         if self.flush_bytes == 0 || self.max_inflight_flushes == 0 {
             bail!("flush_bytes and max_inflight_flushes must be positive");
+        }
+        if self.group_consumer_heartbeat_interval_ms == 0
+            || self.group_consumer_heartbeat_interval_ms >= self.group_consumer_session_timeout_ms
+        {
+            bail!("group_consumer_heartbeat_interval_ms must be positive and below group_consumer_session_timeout_ms");
         }
         if self.gc_interval_secs == 0 {
             bail!("gc_interval_secs must be positive");

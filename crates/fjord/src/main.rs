@@ -33,7 +33,7 @@ struct Bootstrap {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a broker (embedded defaults: 127.0.0.1:9092, data under ./data).
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Manage topics through the Kafka protocol.
     Topic {
         #[command(flatten)]

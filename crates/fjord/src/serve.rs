@@ -64,6 +64,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         coordinator.clone(),
         fjord_broker::groups::group::GroupSettings {
             initial_rebalance_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
+            consumer_session_timeout: Duration::from_millis(
+                config.group_consumer_session_timeout_ms,
+            ),
+            consumer_heartbeat_interval: Duration::from_millis(
+                config.group_consumer_heartbeat_interval_ms,
+            ),
             ..Default::default()
         },
     );

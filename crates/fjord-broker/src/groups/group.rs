@@ -59,6 +59,12 @@ pub struct GroupSettings {
     pub min_session_timeout: Duration,
     /// Largest accepted session timeout.
     pub max_session_timeout: Duration,
+    /// Session timeout of consumer-protocol (KIP-848) members, set by the broker
+    /// (`group.consumer.session.timeout.ms`).
+    pub consumer_session_timeout: Duration,
+    /// Heartbeat interval told to consumer-protocol members
+    /// (`group.consumer.heartbeat.interval.ms`).
+    pub consumer_heartbeat_interval: Duration,
 }
 
 impl Default for GroupSettings {
@@ -67,6 +73,8 @@ impl Default for GroupSettings {
             initial_rebalance_delay: Duration::from_secs(3),
             min_session_timeout: Duration::from_secs(6),
             max_session_timeout: Duration::from_secs(1800),
+            consumer_session_timeout: Duration::from_secs(45),
+            consumer_heartbeat_interval: Duration::from_secs(5),
         }
     }
 }

@@ -1,9 +1,18 @@
-//! The group coordinator: consumer groups of the classic protocol, their membership in memory
-//! and their durable state (committed offsets, the last Stable membership) in the coordinator
-//! store.
+//! The group coordinator: consumer groups of the classic protocol and of the consumer protocol
+//! (KIP-848), their membership in memory and their durable state (committed offsets, the last
+//! Stable classic membership, the whole consumer-protocol group) in the coordinator store.
 //!
-//! One [`Slot`] per group holds its [`group::Group`] state machine behind a short synchronous
-//! lock; no lock is held across an await. Durable writes go through the slot's `persist` lock so
+//! One [`Slot`] per group id holds both state machines, [`group::Group`] (classic) and
+//! [`consumer::ConsumerGroup`], each behind a short synchronous lock; no lock is held across an
+//! await, and code that needs both locks takes `group` before `consumer`. A group id is used by
+//! one protocol at a time: the consumer group is *active* ([`consumer::ConsumerGroup::is_active`])
+//! once a ConsumerGroupHeartbeat created it, and then classic JoinGroups are refused while it has
+//! members (INCONSISTENT_GROUP_PROTOCOL); a ConsumerGroupHeartbeat for a classic group with
+//! members is refused with GROUP_ID_NOT_FOUND. An empty group of either kind can be taken over
+//! by the other protocol (its committed offsets stay).
+//!
+//! The stored blob of a group is JSON: the classic [`Snapshot`] as before, or
+//! `{"consumer": <ConsumerGroup>}` for a consumer-protocol group ([`Stored`]). Durable writes go through the slot's `persist` lock so
 //! that snapshots of one group reach the store in the order they were taken. A background tick
 //! (every 100 ms) expires sessions and completes rebalances whose deadline passed.
 //!
@@ -11,6 +20,7 @@
 //! over a group (after a restart, or in cluster mode when groups move between brokers) resumes it
 //! from durable state: a Stable group keeps its members, whose sessions start at load time.
 
+pub mod consumer;
 pub mod group;
 
 use std::collections::HashMap;
@@ -20,14 +30,44 @@ use std::time::{Duration, Instant};
 use fjord_coordinator::Coordinator;
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
+use self::consumer::ConsumerGroup;
 use self::group::{Group, GroupSettings, GroupState, Snapshot};
 
 /// One group and what serializes its persistence.
 pub struct Slot {
-    /// The state machine.
+    /// The classic state machine. Its `Dead` state marks the whole slot deleted.
     pub group: Mutex<Group>,
+    /// The consumer-protocol state machine (taken after `group` when both are needed).
+    pub consumer: Mutex<ConsumerGroup>,
     persist: tokio::sync::Mutex<()>,
+}
+
+/// The stored form of a group.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stored {
+    /// A consumer-protocol group.
+    Consumer {
+        /// The group.
+        consumer: ConsumerGroup,
+    },
+    /// A classic group.
+    Classic(Snapshot),
+}
+
+/// One group as ListGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Group id.
+    pub id: String,
+    /// State name ("Stable", "Empty", "Reconciling", ...).
+    pub state: &'static str,
+    /// Protocol type ("consumer" for consumers, "" if unknown).
+    pub protocol_type: String,
+    /// "classic" or "consumer".
+    pub group_type: &'static str,
 }
 
 /// All groups this broker coordinates.
@@ -50,6 +90,11 @@ impl GroupCoordinator {
         coordinator
     }
 
+    /// The settings of every group.
+    pub fn settings(&self) -> &GroupSettings {
+        &self.settings
+    }
+
     /// The store behind the groups.
     pub fn store(&self) -> &Arc<dyn Coordinator> {
         &self.store
@@ -63,15 +108,27 @@ impl GroupCoordinator {
         if let Some(slot) = self.live(id) {
             return Ok(slot);
         }
-        let group = match self.load(id).await? {
-            Some(snapshot) => Group::restore(id, snapshot, self.settings.clone(), Instant::now()),
-            None => Group::new(id, self.settings.clone()),
+        let now = Instant::now();
+        let (group, consumer) = match self.load(id).await? {
+            Some(Stored::Classic(snapshot)) => (
+                Group::restore(id, snapshot, self.settings.clone(), now),
+                ConsumerGroup::new(id, self.settings.clone()),
+            ),
+            Some(Stored::Consumer { consumer }) => (
+                Group::new(id, self.settings.clone()),
+                consumer.restored(self.settings.clone(), now),
+            ),
+            None => (
+                Group::new(id, self.settings.clone()),
+                ConsumerGroup::new(id, self.settings.clone()),
+            ),
         };
         let mut groups = self.groups.lock();
         // Another request may have loaded it meanwhile; the first one wins.
         let slot = groups.entry(id.to_string()).or_insert_with(|| {
             Arc::new(Slot {
                 group: Mutex::new(group),
+                consumer: Mutex::new(consumer),
                 persist: tokio::sync::Mutex::new(()),
             })
         });
@@ -88,7 +145,7 @@ impl GroupCoordinator {
         Some(slot)
     }
 
-    async fn load(&self, id: &str) -> Result<Option<Snapshot>, ResponseError> {
+    async fn load(&self, id: &str) -> Result<Option<Stored>, ResponseError> {
         let blob = self.store.load_group(id).await.map_err(|e| {
             tracing::warn!(group = id, error = %e, "loading group state failed");
             ResponseError::CoordinatorNotAvailable
@@ -110,7 +167,7 @@ impl GroupCoordinator {
     pub async fn exists(&self, id: &str) -> Result<bool, ResponseError> {
         if let Some(slot) = self.live(id) {
             let g = slot.group.lock();
-            if !g.members.is_empty() || g.generation > 0 {
+            if !g.members.is_empty() || g.generation > 0 || slot.consumer.lock().is_active() {
                 return Ok(true);
             }
         }
@@ -130,7 +187,17 @@ impl GroupCoordinator {
             if g.state == GroupState::Dead {
                 return Ok(());
             }
-            (g.id.clone(), serde_json::to_vec(&g.snapshot()))
+            let c = slot.consumer.lock();
+            let bytes = if c.is_active() && g.members.is_empty() {
+                #[derive(Serialize)]
+                struct StoredRef<'a> {
+                    consumer: &'a ConsumerGroup,
+                }
+                serde_json::to_vec(&StoredRef { consumer: &c })
+            } else {
+                serde_json::to_vec(&g.snapshot())
+            };
+            (g.id.clone(), bytes)
         };
         let bytes = bytes.map_err(|_| ResponseError::UnknownServerError)?;
         self.store.save_group(&id, bytes).await.map_err(|e| {
@@ -139,20 +206,47 @@ impl GroupCoordinator {
         })
     }
 
-    /// Every group known in memory or in the store, with its state and protocol type.
-    pub async fn list(&self) -> Result<Vec<(String, GroupState, String)>, ResponseError> {
+    /// Every group known in memory or in the store, with its state, protocol type and group
+    /// type. Stored groups not in memory are loaded, so that their kind is known.
+    pub async fn list(&self) -> Result<Vec<Listed>, ResponseError> {
         let stored = self
             .store
             .list_groups()
             .await
             .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
-        let mut out: HashMap<String, (GroupState, String)> = HashMap::new();
+        for id in &stored {
+            if self.live(id).is_none() {
+                self.slot(id).await?;
+            }
+        }
+        let mut out: HashMap<String, Listed> = HashMap::new();
         for id in stored {
-            out.insert(id, (GroupState::Empty, String::new()));
+            out.insert(
+                id.clone(),
+                Listed {
+                    id,
+                    state: GroupState::Empty.name(),
+                    protocol_type: String::new(),
+                    group_type: "classic",
+                },
+            );
         }
         let slots: Vec<Arc<Slot>> = self.groups.lock().values().cloned().collect();
         for slot in slots {
             let g = slot.group.lock();
+            let c = slot.consumer.lock();
+            if g.state != GroupState::Dead && g.members.is_empty() && c.is_active() {
+                out.insert(
+                    g.id.clone(),
+                    Listed {
+                        id: g.id.clone(),
+                        state: c.state().name(),
+                        protocol_type: "consumer".to_string(),
+                        group_type: "consumer",
+                    },
+                );
+                continue;
+            }
             match g.state {
                 GroupState::Dead => {
                     out.remove(&g.id);
@@ -161,13 +255,18 @@ impl GroupCoordinator {
                 state => {
                     out.insert(
                         g.id.clone(),
-                        (state, g.protocol_type.clone().unwrap_or_default()),
+                        Listed {
+                            id: g.id.clone(),
+                            state: state.name(),
+                            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                            group_type: "classic",
+                        },
                     );
                 }
             }
         }
-        let mut list: Vec<_> = out.into_iter().map(|(id, (s, p))| (id, s, p)).collect();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut list: Vec<Listed> = out.into_values().collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(list)
     }
 
@@ -176,7 +275,9 @@ impl GroupCoordinator {
         let slot = self.slot(id).await?;
         {
             let mut g = slot.group.lock();
-            if !matches!(g.state, GroupState::Empty | GroupState::Dead) {
+            if !matches!(g.state, GroupState::Empty | GroupState::Dead)
+                || !slot.consumer.lock().members.is_empty()
+            {
                 return Err(ResponseError::NonEmptyGroup);
             }
             g.kill();
@@ -193,8 +294,9 @@ impl GroupCoordinator {
     fn tick(self: &Arc<Self>, now: Instant) {
         let slots: Vec<Arc<Slot>> = self.groups.lock().values().cloned().collect();
         for slot in slots {
-            let changed = slot.group.lock().tick(now);
-            if changed {
+            let classic = slot.group.lock().tick(now);
+            let consumer = slot.consumer.lock().tick(now);
+            if classic || consumer {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let _ = this.persist(&slot).await;

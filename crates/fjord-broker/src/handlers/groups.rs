@@ -17,6 +17,7 @@ use kafka_protocol::ResponseError;
 
 use super::s;
 use crate::dispatch::Client;
+use crate::groups::consumer::ConsumerGroup;
 use crate::groups::group::{GroupState, JoinRequest, JoinResult, Reply, SyncResult};
 use crate::Broker;
 
@@ -137,7 +138,23 @@ pub async fn join_group(
             .collect(),
         require_known_member_id: version >= 4,
     };
-    let (reply, changed) = slot.group.lock().join(join, Instant::now());
+    let (reply, changed) = {
+        let mut g = slot.group.lock();
+        let mut c = slot.consumer.lock();
+        if !c.members.is_empty() {
+            // A consumer-protocol group: classic members cannot join it.
+            return failed(ResponseError::InconsistentGroupProtocol);
+        }
+        if c.is_active() {
+            // An empty consumer-protocol group becomes a classic group.
+            *c = ConsumerGroup::new(
+                request.group_id.0.as_str(),
+                broker.groups.settings().clone(),
+            );
+        }
+        drop(c);
+        g.join(join, Instant::now())
+    };
     if changed {
         let _ = broker.groups.persist(&slot).await;
     }
@@ -287,28 +304,26 @@ pub async fn list_groups(
         .iter()
         .map(|s| s.as_str().to_ascii_lowercase())
         .collect();
-    let types_ok = request.types_filter.is_empty()
-        || request
-            .types_filter
-            .iter()
-            .any(|t| t.as_str().eq_ignore_ascii_case("classic"));
+    let types: Vec<String> = request
+        .types_filter
+        .iter()
+        .map(|t| t.as_str().to_ascii_lowercase())
+        .collect();
     let listed = groups
         .into_iter()
-        .filter(|(_, state, _)| {
-            states.is_empty() || states.contains(&state.name().to_ascii_lowercase())
-        })
-        .filter(|_| types_ok)
-        .map(|(id, state, protocol_type)| {
-            let mut g = ListedGroup::default()
-                .with_group_id(GroupId(s(id)))
-                .with_protocol_type(s(protocol_type));
+        .filter(|g| states.is_empty() || states.contains(&g.state.to_ascii_lowercase()))
+        .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
+        .map(|g| {
+            let mut l = ListedGroup::default()
+                .with_group_id(GroupId(s(g.id)))
+                .with_protocol_type(s(g.protocol_type));
             if version >= 4 {
-                g.group_state = s(state.name());
+                l.group_state = s(g.state);
             }
             if version >= 5 {
-                g.group_type = s("classic");
+                l.group_type = s(g.group_type);
             }
-            g
+            l
         })
         .collect();
     ListGroupsResponse::default().with_groups(listed)
@@ -332,6 +347,19 @@ pub async fn describe_groups(
             Ok(false) => Err(ResponseError::GroupIdNotFound),
             Err(e) => Err(e),
         };
+        // A consumer-protocol group is not a classic group: Kafka answers GROUP_ID_NOT_FOUND
+        // ("not a classic group"); ConsumerGroupDescribe describes it.
+        let slot = slot.and_then(|slot| {
+            let consumer = {
+                let g = slot.group.lock();
+                g.members.is_empty() && slot.consumer.lock().is_active()
+            };
+            if consumer {
+                Err(ResponseError::GroupIdNotFound)
+            } else {
+                Ok(slot)
+            }
+        });
         match slot {
             Err(ResponseError::GroupIdNotFound) if version < 6 => {
                 d.group_state = s(GroupState::Dead.name());

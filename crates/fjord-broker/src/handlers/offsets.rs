@@ -45,11 +45,24 @@ pub async fn offset_commit(
     let group_id = request.group_id.0.as_str().to_string();
     let group_error = match broker.groups.slot(&group_id).await {
         Err(e) => Some(e),
-        Ok(slot) => slot.group.lock().check_commit(
-            request.member_id.as_str(),
-            request.group_instance_id.as_ref().map(|i| i.as_str()),
-            request.generation_id_or_member_epoch,
-        ),
+        Ok(slot) => {
+            let g = slot.group.lock();
+            let c = slot.consumer.lock();
+            if g.members.is_empty() && c.is_active() {
+                // A consumer-protocol group: v9+ carries the member epoch.
+                c.check_commit(
+                    request.member_id.as_str(),
+                    request.generation_id_or_member_epoch,
+                    version,
+                )
+            } else {
+                g.check_commit(
+                    request.member_id.as_str(),
+                    request.group_instance_id.as_ref().map(|i| i.as_str()),
+                    request.generation_id_or_member_epoch,
+                )
+            }
+        }
     };
     let mut results: Vec<(TopicName, Vec<PartitionResult>)> = Vec::new();
     let mut offsets = Vec::new();
@@ -176,6 +189,28 @@ async fn fetch_group(
     Ok(by_topic.into_iter().collect())
 }
 
+/// OffsetFetch v9+ from a member of a consumer-protocol group is checked against its member
+/// epoch (UNKNOWN_MEMBER_ID, STALE_MEMBER_EPOCH); other fetches are not.
+async fn check_fetch_member(
+    broker: &Broker,
+    group: &str,
+    member_id: Option<&str>,
+    epoch: i32,
+) -> Result<(), ResponseError> {
+    if group.is_empty() || member_id.is_none_or(str::is_empty) {
+        return Ok(());
+    }
+    let slot = broker.groups.slot(group).await?;
+    let g = slot.group.lock();
+    let c = slot.consumer.lock();
+    if g.members.is_empty() && c.is_active() {
+        if let Some(e) = c.check_fetch(member_id, epoch) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// OffsetFetch: one group (v1-7) or several (v8+).
 pub async fn offset_fetch(
     broker: Arc<Broker>,
@@ -193,7 +228,22 @@ pub async fn offset_fetch(
             });
             let mut response =
                 OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-            match fetch_group(&broker, g.group_id.0.as_str(), wanted).await {
+            let member = if version >= 9 {
+                check_fetch_member(
+                    &broker,
+                    g.group_id.0.as_str(),
+                    g.member_id.as_ref().map(|m| m.as_str()),
+                    g.member_epoch,
+                )
+                .await
+            } else {
+                Ok(())
+            };
+            let fetched = match member {
+                Ok(()) => fetch_group(&broker, g.group_id.0.as_str(), wanted).await,
+                Err(e) => Err(e),
+            };
+            match fetched {
                 Err(e) => response.error_code = e.code(),
                 Ok(topics) => {
                     response.topics = topics
@@ -289,7 +339,11 @@ pub async fn offset_delete(
         Err(e) => return OffsetDeleteResponse::default().with_error_code(e.code()),
         Ok(slot) => {
             let g = slot.group.lock();
-            if g.state == GroupState::Empty || g.protocol_type.as_deref() != Some("consumer") {
+            let c = slot.consumer.lock();
+            if g.members.is_empty() && c.is_active() {
+                c.subscribed_topics().into_iter().collect()
+            } else if g.state == GroupState::Empty || g.protocol_type.as_deref() != Some("consumer")
+            {
                 HashSet::new()
             } else {
                 let protocol = g.protocol_name.clone().unwrap_or_default();

@@ -269,6 +269,46 @@ async fn describe(bootstrap: &str, group: &str) -> anyhow::Result<()> {
         g.error_message.as_ref(),
         &format!("group '{group}'"),
     )?;
+    let owner = if g.group_state.as_str() == "Dead" {
+        // Not a classic group: maybe a consumer-protocol (KIP-848) one.
+        describe_consumer_group(&mut c, group).await?
+    } else {
+        print_classic(group, g)
+    };
+    let committed = committed(&mut c, group).await?;
+    let topics: Vec<String> = committed.keys().cloned().collect();
+    let ends = if topics.is_empty() {
+        BTreeMap::new()
+    } else {
+        offsets(bootstrap, &topics, -1).await?
+    };
+    println!(
+        "{:<30} {:>9} {:>15} {:>15} {:>10}  OWNER",
+        "TOPIC", "PARTITION", "COMMITTED", "END", "LAG"
+    );
+    for (topic, partitions) in &committed {
+        for (p, offset) in partitions {
+            let end = ends.get(&(topic.clone(), *p)).copied().unwrap_or(-1);
+            let lag = if *offset >= 0 && end >= 0 {
+                (end - offset).to_string()
+            } else {
+                "-".into()
+            };
+            let who = owner
+                .get(&(topic.clone(), *p))
+                .map(String::as_str)
+                .unwrap_or("-");
+            println!("{topic:<30} {p:>9} {offset:>15} {end:>15} {lag:>10}  {who}");
+        }
+    }
+    Ok(())
+}
+
+/// Prints a classic group's members; returns the owner of each assigned partition.
+fn print_classic(
+    group: &str,
+    g: &kafka_protocol::messages::describe_groups_response::DescribedGroup,
+) -> BTreeMap<(String, i32), String> {
     println!("group: {group}");
     println!("state: {}", g.group_state.as_str());
     println!(
@@ -298,33 +338,66 @@ async fn describe(bootstrap: &str, group: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let committed = committed(&mut c, group).await?;
-    let topics: Vec<String> = committed.keys().cloned().collect();
-    let ends = if topics.is_empty() {
-        BTreeMap::new()
-    } else {
-        offsets(bootstrap, &topics, -1).await?
+    owner
+}
+
+/// Prints a consumer-protocol group's members (ConsumerGroupDescribe); returns the owner of
+/// each assigned partition. A group the broker does not know is printed as Dead.
+async fn describe_consumer_group(
+    c: &mut Client,
+    group: &str,
+) -> anyhow::Result<BTreeMap<(String, i32), String>> {
+    let mut owner = BTreeMap::new();
+    let r = c
+        .call(ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(sb(group))]))
+        .await;
+    let d = match r.as_ref().ok().and_then(|r| r.groups.first()) {
+        Some(d) if d.error_code == 0 => d,
+        _ => {
+            println!("group: {group}");
+            println!("state: Dead");
+            println!("members: 0");
+            return Ok(owner);
+        }
     };
+    println!("group: {group}");
+    println!("state: {}", d.group_state.as_str());
     println!(
-        "{:<30} {:>9} {:>15} {:>15} {:>10}  OWNER",
-        "TOPIC", "PARTITION", "COMMITTED", "END", "LAG"
+        "protocol: consumer (KIP-848) assignor={} group-epoch={} assignment-epoch={}",
+        d.assignor_name.as_str(),
+        d.group_epoch,
+        d.assignment_epoch
     );
-    for (topic, partitions) in &committed {
-        for (p, offset) in partitions {
-            let end = ends.get(&(topic.clone(), *p)).copied().unwrap_or(-1);
-            let lag = if *offset >= 0 && end >= 0 {
-                (end - offset).to_string()
-            } else {
-                "-".into()
-            };
-            let who = owner
-                .get(&(topic.clone(), *p))
-                .map(String::as_str)
-                .unwrap_or("-");
-            println!("{topic:<30} {p:>9} {offset:>15} {end:>15} {lag:>10}  {who}");
+    println!("members: {}", d.members.len());
+    for m in &d.members {
+        let shown: Vec<String> = m
+            .assignment
+            .topic_partitions
+            .iter()
+            .map(|tp| format!("{}{:?}", tp.topic_name.0.as_str(), tp.partitions))
+            .collect();
+        println!(
+            "  {} client={} host={}{} epoch={} assigned={}",
+            m.member_id.as_str(),
+            m.client_id.as_str(),
+            m.client_host.as_str(),
+            m.instance_id
+                .as_ref()
+                .map(|i| format!(" instance={}", i.as_str()))
+                .unwrap_or_default(),
+            m.member_epoch,
+            shown.join(" ")
+        );
+        for tp in &m.assignment.topic_partitions {
+            for p in &tp.partitions {
+                owner.insert(
+                    (tp.topic_name.0.as_str().to_string(), *p),
+                    m.member_id.as_str().to_string(),
+                );
+            }
         }
     }
-    Ok(())
+    Ok(owner)
 }
 
 async fn reset(bootstrap: &str, args: ResetArgs) -> anyhow::Result<()> {
