@@ -42,9 +42,12 @@ class Member(threading.Thread):
             config["group.protocol"] = "consumer"
         else:
             config.update({"session.timeout.ms": 10000, "heartbeat.interval.ms": 500})
-        # The consumer protocol's rebalance callbacks are incremental: they name only the
-        # partitions added or taken away. The classic (eager) ones name the whole assignment.
-        self.incremental = protocol == "consumer"
+        if protocol == "cooperative":
+            # The classic protocol with incremental rebalances driven by the clients (KIP-429).
+            config["partition.assignment.strategy"] = "cooperative-sticky"
+        # The consumer protocol's and cooperative rebalance callbacks are incremental: they name
+        # only the partitions added or taken away. Eager ones name the whole assignment.
+        self.incremental = protocol in ("consumer", "cooperative")
         config.update(conf)
         self.consumer = Consumer(config)
         self.topic = topic
@@ -102,7 +105,7 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+@pytest.mark.parametrize("protocol", ["classic", "cooperative", "consumer"])
 def test_members_join_and_leave_while_producing(broker_factory, topic, protocol):
     broker = broker_factory(
         "--group-initial-rebalance-delay-ms", "500", "--group-consumer-heartbeat-interval-ms", "1000"
