@@ -19,6 +19,7 @@
 //!   offsets of the first append).
 //! - Consumer group offsets and metadata blobs are stored apart from topics: deleting a topic
 //!   leaves groups' offsets for it in place.
+//! - At most one incarnation of a broker node id holds a live lease at any time.
 
 pub mod embedded;
 mod error;
@@ -129,4 +130,36 @@ pub trait Coordinator: Send + Sync + 'static {
 
     /// Removes a group's blob and all its offsets; false if the group had neither.
     async fn delete_group(&self, group: &str) -> Result<bool>;
+
+    // Live brokers. A broker registers with a lease and renews it before it ends; a broker whose
+    // lease ended is not live. Leases are measured by the coordinator's clock (the database's for
+    // PostgreSQL), so brokers with skewed clocks agree on who is live. A lease is 1 ms to a day
+    // ([`state::MAX_BROKER_LEASE_MS`]); anything else, or a registration that
+    // [`state::check_broker_registration`] refuses, is [`CoordinatorError::Invalid`].
+
+    /// Registers (or re-registers) a broker with a lease of `lease_ms`. Fails with
+    /// [`CoordinatorError::Invalid`] if another live incarnation holds the node id. The same
+    /// incarnation registering again replaces its host, port and rack and restarts its lease.
+    async fn register_broker(
+        &self,
+        registration: BrokerRegistration,
+        lease_ms: i64,
+    ) -> Result<LiveBroker>;
+
+    /// Extends the lease of this incarnation to `lease_ms` from now;
+    /// [`CoordinatorError::Invalid`] ("lease lost") if its lease already lapsed or another
+    /// incarnation took the node id: the broker must then register again.
+    async fn renew_broker(
+        &self,
+        node_id: i32,
+        incarnation: Uuid,
+        lease_ms: i64,
+    ) -> Result<LiveBroker>;
+
+    /// Removes the broker at once (graceful shutdown). Unknown or already-replaced incarnations
+    /// are a no-op.
+    async fn deregister_broker(&self, node_id: i32, incarnation: Uuid) -> Result<()>;
+
+    /// Brokers whose lease has not expired, sorted by node id.
+    async fn live_brokers(&self) -> Result<Vec<LiveBroker>>;
 }

@@ -179,3 +179,28 @@ pub struct CommittedOffset {
     /// When the offset was committed (ms).
     pub commit_timestamp_ms: i64,
 }
+
+/// A broker announcing itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    /// The broker's node id (>= 0), unique among live brokers.
+    pub node_id: i32,
+    /// The host clients connect to.
+    pub host: String,
+    /// The port clients connect to.
+    pub port: i32,
+    /// The broker's rack, if configured.
+    pub rack: Option<String>,
+    /// A random id of this broker process; a restarted broker with the same node id gets a new one.
+    pub incarnation: Uuid,
+}
+
+/// A registered broker and when its lease ends (coordinator clock, ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveBroker {
+    /// The registration as last given.
+    pub registration: BrokerRegistration,
+    /// When the lease ends (ms since the epoch, by the coordinator's clock); the broker is live
+    /// while the coordinator's clock is before it.
+    pub lease_expires_ms: i64,
+}

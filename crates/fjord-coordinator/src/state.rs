@@ -15,7 +15,9 @@
 //!   states it writes (adjacent batches of one partition merged into one row);
 //! - [`producer_decision`], [`check_new_partition_count`], [`check_partition_increase`] and
 //!   [`apply_config_changes`] for the other calls;
-//! - [`check_group_id`], [`check_group_state`] and [`normalize_offsets`] for consumer groups.
+//! - [`check_group_id`], [`check_group_state`] and [`normalize_offsets`] for consumer groups;
+//! - [`check_broker_registration`] and [`check_broker_lease`] for the broker registry (which is
+//!   not part of [`State`]: see [`crate::embedded`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -843,6 +845,70 @@ pub fn normalize_offsets(offsets: Vec<CommittedOffset>) -> Result<Vec<CommittedO
         by_partition.insert((o.topic.clone(), o.partition), o);
     }
     Ok(by_partition.into_values().collect())
+}
+
+/// Longest broker lease accepted, in ms (a day). Leases are meant to be a few seconds, renewed
+/// often; the bound keeps `now + lease` far from overflowing.
+pub const MAX_BROKER_LEASE_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Longest broker host name or rack accepted, in bytes.
+pub const MAX_BROKER_STRING_BYTES: usize = 1024;
+
+/// Checks a broker lease: 1 to [`MAX_BROKER_LEASE_MS`] ms.
+pub fn check_broker_lease(lease_ms: i64) -> Result<()> {
+    if !(1..=MAX_BROKER_LEASE_MS).contains(&lease_ms) {
+        return Err(CoordinatorError::Invalid(format!(
+            "broker lease of {lease_ms} ms; 1 to {MAX_BROKER_LEASE_MS} ms allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a broker registration: a node id >= 0, a host of 1 to [`MAX_BROKER_STRING_BYTES`]
+/// bytes, a port in 0..=65535, a rack (if any) of at most [`MAX_BROKER_STRING_BYTES`] bytes; no
+/// string may hold U+0000 (PostgreSQL text cannot).
+pub fn check_broker_registration(registration: &BrokerRegistration) -> Result<()> {
+    let invalid = |what: String| Err(CoordinatorError::Invalid(what));
+    if registration.node_id < 0 {
+        return invalid(format!(
+            "broker node id must be >= 0, got {}",
+            registration.node_id
+        ));
+    }
+    if !(0..=65535).contains(&registration.port) {
+        return invalid(format!("broker port {} out of range", registration.port));
+    }
+    if registration.host.is_empty() {
+        return invalid("broker host is empty".into());
+    }
+    let strings = [
+        ("host", Some(&registration.host)),
+        ("rack", registration.rack.as_ref()),
+    ];
+    for (what, value) in strings {
+        let Some(value) = value else { continue };
+        if value.len() > MAX_BROKER_STRING_BYTES || value.contains('\0') {
+            return invalid(format!(
+                "broker {what} must be at most {MAX_BROKER_STRING_BYTES} bytes without U+0000"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The error for a node id held by another live incarnation.
+pub fn broker_node_taken(node_id: i32) -> CoordinatorError {
+    CoordinatorError::Invalid(format!(
+        "broker node id {node_id} is held by another live incarnation"
+    ))
+}
+
+/// The error for a renewal whose lease lapsed or was taken over.
+pub fn broker_lease_lost(node_id: i32, incarnation: Uuid) -> CoordinatorError {
+    CoordinatorError::Invalid(format!(
+        "lease lost: broker {node_id} incarnation {incarnation} is not registered (its lease \
+         lapsed or another incarnation took the node id); register again"
+    ))
 }
 
 /// Checks an idempotent batch against a producer's state on one partition.

@@ -25,7 +25,7 @@ use fjord_broker::Broker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +40,10 @@ pub struct ServerSettings {
     pub max_inflight_per_connection: usize,
     /// How long shutdown waits for connections to finish their requests.
     pub drain_timeout: Duration,
+    /// Bytes of request frames held at once across all connections (Kafka's
+    /// `queued.max.request.bytes`): a connection waits before reading a frame that would exceed
+    /// it, so slow or hostile clients cannot make the broker allocate without bound.
+    pub max_request_memory: usize,
 }
 
 impl Default for ServerSettings {
@@ -49,6 +53,7 @@ impl Default for ServerSettings {
             max_connections: 100_000,
             max_inflight_per_connection: 32,
             drain_timeout: Duration::from_secs(30),
+            max_request_memory: 512 << 20,
         }
     }
 }
@@ -61,6 +66,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let memory = Arc::new(Semaphore::new(settings.max_request_memory.max(1)));
     let mut connections = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -80,8 +86,9 @@ pub async fn serve(
                 let broker = broker.clone();
                 let settings = settings.clone();
                 let shutdown = shutdown.clone();
+                let memory = memory.clone();
                 connections.spawn(async move {
-                    connection(stream, peer, broker, settings, shutdown).await;
+                    connection(stream, peer, broker, settings, memory, shutdown).await;
                     drop(permit);
                 });
             }
@@ -122,7 +129,18 @@ enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-async fn read_frame(reader: &mut OwnedReadHalf, max: usize) -> Result<Bytes, FrameError> {
+/// A request frame and its share of the request-memory budget, released with the response.
+struct Frame {
+    bytes: Bytes,
+    memory: OwnedSemaphorePermit,
+}
+
+async fn read_frame(
+    reader: &mut OwnedReadHalf,
+    max: usize,
+    memory: &Arc<Semaphore>,
+    budget: usize,
+) -> Result<Frame, FrameError> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
@@ -134,9 +152,19 @@ async fn read_frame(reader: &mut OwnedReadHalf, max: usize) -> Result<Bytes, Fra
         .ok()
         .filter(|n| *n <= max)
         .ok_or(FrameError::Size(size, max))?;
+    // Wait for room before allocating what the client announced.
+    let share = u32::try_from(n.clamp(1, budget.max(1))).unwrap_or(u32::MAX);
+    let memory = memory
+        .clone()
+        .acquire_many_owned(share)
+        .await
+        .map_err(|_| FrameError::Closed)?;
     let mut buf = BytesMut::zeroed(n);
     reader.read_exact(&mut buf).await?;
-    Ok(buf.freeze())
+    Ok(Frame {
+        bytes: buf.freeze(),
+        memory,
+    })
 }
 
 async fn connection(
@@ -144,16 +172,18 @@ async fn connection(
     peer: SocketAddr,
     broker: Arc<Broker>,
     settings: ServerSettings,
+    memory: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     tracing::debug!(%peer, "connection opened");
     let (mut reader, writer) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Reply>(settings.max_inflight_per_connection.max(1));
+    let (tx, rx) =
+        mpsc::channel::<(Reply, OwnedSemaphorePermit)>(settings.max_inflight_per_connection.max(1));
     let writer_task = tokio::spawn(write_replies(writer, rx, peer));
     loop {
         let frame = tokio::select! {
             () = shutdown.cancelled() => break,
-            frame = read_frame(&mut reader, settings.max_request_bytes) => frame,
+            frame = read_frame(&mut reader, settings.max_request_bytes, &memory, settings.max_request_memory) => frame,
         };
         let frame = match frame {
             Ok(frame) => frame,
@@ -163,9 +193,9 @@ async fn connection(
                 break;
             }
         };
-        match dispatch::start_from(&broker, frame, Some(peer)).await {
+        match dispatch::start_from(&broker, frame.bytes, Some(peer)).await {
             Ok(started) => {
-                if tx.send(started.reply).await.is_err() {
+                if tx.send((started.reply, frame.memory)).await.is_err() {
                     break; // the writer failed: the socket is gone
                 }
             }
@@ -183,10 +213,11 @@ async fn connection(
 
 async fn write_replies(
     mut writer: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Reply>,
+    mut rx: mpsc::Receiver<(Reply, OwnedSemaphorePermit)>,
     peer: SocketAddr,
 ) {
-    while let Some(reply) = rx.recv().await {
+    // Each request's memory share is released (dropped) once its response is written.
+    while let Some((reply, _memory)) = rx.recv().await {
         let bytes = match reply.await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => continue,

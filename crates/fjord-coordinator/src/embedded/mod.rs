@@ -8,7 +8,13 @@
 //! If a journal write fails, the state on disk is unknown, so the coordinator refuses every
 //! further write ([`CoordinatorError::Unavailable`]); a restart recovers from the journal. (An
 //! entry the journal refuses before writing, as too large, fails only its own call.)
+//!
+//! The live-broker registry is the exception: it is kept in memory only and never journaled (see
+//! the `brokers` module). The one broker an embedded coordinator serves lives in the same process,
+//! so its registration cannot outlive a restart anyway, and journaling each lease renewal would
+//! grow the journal by an fsynced entry per broker every few seconds for no gain.
 
+mod brokers;
 mod journal;
 
 use std::path::Path;
@@ -91,6 +97,8 @@ impl Writer {
 pub struct EmbeddedCoordinator {
     state: Arc<RwLock<State>>,
     jobs: mpsc::UnboundedSender<Job>,
+    /// Live brokers; in memory only (clones share it).
+    brokers: Arc<brokers::Registry>,
 }
 
 impl EmbeddedCoordinator {
@@ -112,7 +120,11 @@ impl EmbeddedCoordinator {
                 }
             })
             .map_err(|e| CoordinatorError::Storage(format!("starting the writer thread: {e}")))?;
-        Ok(EmbeddedCoordinator { state, jobs })
+        Ok(EmbeddedCoordinator {
+            state,
+            jobs,
+            brokers: Arc::default(),
+        })
     }
 
     /// Runs `job` on the writer thread and waits for its answer.
@@ -322,6 +334,32 @@ impl Coordinator for EmbeddedCoordinator {
         let group = group.to_string();
         self.on_writer(move |w| w.decide_and_maybe_write(|s| s.decide_delete_group(&group)))
             .await
+    }
+
+    async fn register_broker(
+        &self,
+        registration: BrokerRegistration,
+        lease_ms: i64,
+    ) -> Result<LiveBroker> {
+        self.brokers.register(now_ms(), registration, lease_ms)
+    }
+
+    async fn renew_broker(
+        &self,
+        node_id: i32,
+        incarnation: Uuid,
+        lease_ms: i64,
+    ) -> Result<LiveBroker> {
+        self.brokers.renew(now_ms(), node_id, incarnation, lease_ms)
+    }
+
+    async fn deregister_broker(&self, node_id: i32, incarnation: Uuid) -> Result<()> {
+        self.brokers.deregister(node_id, incarnation);
+        Ok(())
+    }
+
+    async fn live_brokers(&self) -> Result<Vec<LiveBroker>> {
+        Ok(self.brokers.live(now_ms()))
     }
 }
 

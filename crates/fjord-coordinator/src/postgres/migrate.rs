@@ -39,6 +39,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0002_groups",
         sql: include_str!("../../migrations/postgres/0002_groups.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_brokers",
+        sql: include_str!("../../migrations/postgres/0003_brokers.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).

@@ -20,7 +20,10 @@
 //! - Driver and server failures are [`CoordinatorError::Storage`] (retriable; a transaction that
 //!   failed changed nothing). A re-commit of an object whose commit outcome was lost returns the
 //!   recorded outcomes (kept for an hour).
+//! - Broker leases (the `brokers` module) are measured by the database's clock, never the
+//!   broker's, so brokers with skewed clocks agree on who is live.
 
+mod brokers;
 mod commit;
 mod db;
 mod groups;
@@ -605,5 +608,30 @@ impl Coordinator for PostgresCoordinator {
 
     async fn delete_group(&self, group: &str) -> Result<bool> {
         groups::delete_group(self, group).await
+    }
+
+    async fn register_broker(
+        &self,
+        registration: BrokerRegistration,
+        lease_ms: i64,
+    ) -> Result<LiveBroker> {
+        brokers::register(self, registration, lease_ms).await
+    }
+
+    async fn renew_broker(
+        &self,
+        node_id: i32,
+        incarnation: Uuid,
+        lease_ms: i64,
+    ) -> Result<LiveBroker> {
+        brokers::renew(self, node_id, incarnation, lease_ms).await
+    }
+
+    async fn deregister_broker(&self, node_id: i32, incarnation: Uuid) -> Result<()> {
+        brokers::deregister(self, node_id, incarnation).await
+    }
+
+    async fn live_brokers(&self) -> Result<Vec<LiveBroker>> {
+        brokers::live(self).await
     }
 }
