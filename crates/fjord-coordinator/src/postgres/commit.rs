@@ -11,7 +11,10 @@
 //! 3. *Decide* with the pure rules in [`crate::state`] ([`decide_commit`], [`commit_effects`]),
 //!    the same code the embedded coordinator runs.
 //! 4. *Write*: index rows, high watermarks, producer state, the object's row count and the
-//!    outcomes, each as one statement over arrays (`UNNEST`), then commit.
+//!    outcomes, each as one statement over arrays (`UNNEST`); when anything was appended, a
+//!    notification on the commits channel (the `listen` module), delivered to listening brokers
+//!    only once the transaction commits; then commit. A commit that appends nothing (duplicates,
+//!    rejections, a re-commit) does not notify.
 //!
 //! Partitions that do not exist (or were deleted before the lock was granted) return no row from
 //! the lock and their batches are rejected with `UnknownTopicOrPartition`. Topic deletion locks
@@ -24,6 +27,7 @@ use tokio_postgres::types::{Json, ToSql};
 use uuid::Uuid;
 
 use super::db::{db, get, to_db};
+use super::listen;
 use crate::model::*;
 use crate::state::{commit_effects, decide_commit, CommitView, ProducerPartitionState};
 use crate::{CoordinatorError, Result};
@@ -66,6 +70,9 @@ const UPSERT_OBJECT: &str = "INSERT INTO fjord_objects AS o (key, row_count, dea
     WHERE EXCLUDED.row_count > 0";
 
 const RECORD_OUTCOMES: &str = "UPDATE fjord_commits SET outcomes = $2 WHERE object_key = $1";
+
+/// Wakes listening brokers when the transaction commits: `$1` is the channel, `$2` the payload.
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// How long a commit's outcomes are remembered for idempotent re-commits.
 pub(super) const PRUNE_COMMITS: &str =
@@ -218,15 +225,18 @@ pub(super) async fn commit(pool: &Pool, flush: &FlushCommit) -> Result<Vec<Batch
         producers.batches.push(Json(state.batches.clone()));
     }
     let outcomes_json = Json(&outcomes);
+    let notify_payload = listen::notify_payload(&flush.object_key);
 
-    let (insert_rows, set_hws, upsert_producers, upsert_object, record) = futures::try_join!(
-        tx.prepare_cached(INSERT_ROWS),
-        tx.prepare_cached(SET_HIGH_WATERMARKS),
-        tx.prepare_cached(UPSERT_PRODUCERS),
-        tx.prepare_cached(UPSERT_OBJECT),
-        tx.prepare_cached(RECORD_OUTCOMES),
-    )
-    .map_err(db("preparing commit statements"))?;
+    let (insert_rows, set_hws, upsert_producers, upsert_object, record, notify) =
+        futures::try_join!(
+            tx.prepare_cached(INSERT_ROWS),
+            tx.prepare_cached(SET_HIGH_WATERMARKS),
+            tx.prepare_cached(UPSERT_PRODUCERS),
+            tx.prepare_cached(UPSERT_OBJECT),
+            tx.prepare_cached(RECORD_OUTCOMES),
+            tx.prepare_cached(NOTIFY),
+        )
+        .map_err(db("preparing commit statements"))?;
     let mut writes: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
     if !rows.topics.is_empty() {
         writes.push((
@@ -243,6 +253,7 @@ pub(super) async fn commit(pool: &Pool, flush: &FlushCommit) -> Result<Vec<Batch
             ],
         ));
         writes.push((&set_hws, vec![&hw_topics, &hw_partitions, &hw_values]));
+        writes.push((&notify, vec![&listen::CHANNEL, &notify_payload]));
     }
     if !producers.topics.is_empty() {
         writes.push((

@@ -22,11 +22,16 @@
 //!   recorded outcomes (kept for an hour).
 //! - Broker leases (the `brokers` module) are measured by the database's clock, never the
 //!   broker's, so brokers with skewed clocks agree on who is live.
+//! - A commit that appended data notifies every listening session of the database when it
+//!   commits; [`PostgresCoordinator::spawn_commit_listener`] turns those notifications into
+//!   wake-ups on other brokers (the `listen` module), outside the pool, on a connection of its
+//!   own.
 
 mod brokers;
 mod commit;
 mod db;
 mod groups;
+mod listen;
 mod migrate;
 #[cfg(test)]
 mod tests;
@@ -51,6 +56,8 @@ use crate::state::{
     producer_decision, ProducerDecision,
 };
 use crate::{Coordinator, CoordinatorError, Result};
+
+pub use self::listen::{CommitListener, LISTENER_APPLICATION_NAME};
 
 /// Connection settings beyond the URL.
 #[derive(Debug, Clone)]
@@ -78,6 +85,9 @@ impl Default for PostgresOptions {
 #[derive(Clone)]
 pub struct PostgresCoordinator {
     pool: Pool,
+    /// Connection settings of [`spawn_commit_listener`](Self::spawn_commit_listener)'s session:
+    /// the pool's (URL and connect timeout), named apart.
+    listener_config: Arc<tokio_postgres::Config>,
     /// When this instance last pruned old commit outcomes (ms).
     last_prune_ms: Arc<AtomicI64>,
 }
@@ -108,6 +118,7 @@ impl PostgresCoordinator {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
         }
+        let listener_config = Arc::new(listen::listener_config(&config));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -125,6 +136,7 @@ impl PostgresCoordinator {
             .map_err(|e| CoordinatorError::Invalid(format!("PostgreSQL pool: {e}")))?;
         let coordinator = PostgresCoordinator {
             pool,
+            listener_config,
             last_prune_ms: Arc::new(AtomicI64::new(now_ms())),
         };
         let mut client = coordinator.client().await?;

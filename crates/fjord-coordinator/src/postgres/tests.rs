@@ -1,5 +1,6 @@
 //! Tests of the PostgreSQL coordinator against a real server: the conformance suite, durability
-//! across reconnects, concurrent brokers on one database, migrations, and error mapping.
+//! across reconnects, concurrent brokers on one database, migrations, error mapping, and commit
+//! notifications (the `listen` module).
 //!
 //! The server comes from `FJORD_TEST_POSTGRES_URL` (see `scripts/test-postgres.sh`); each test
 //! database is created from it as `fjord_test_<random>` and dropped at the end. Without the
@@ -580,4 +581,325 @@ async fn concurrent_group_writes_do_not_deadlock() {
         assert_eq!(a.load_group(group).await.unwrap(), None);
     }
     assert_eq!(a.list_groups().await.unwrap(), vec!["other", "shared"]);
+}
+
+/// A counter for [`PostgresCoordinator::spawn_commit_listener`] and a receiver of it.
+fn commit_counter() -> (
+    Arc<tokio::sync::watch::Sender<u64>>,
+    tokio::sync::watch::Receiver<u64>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    (Arc::new(tx), rx)
+}
+
+/// Waits up to `within` for the counter to pass `above`; returns its value.
+async fn bumped_above(
+    rx: &mut tokio::sync::watch::Receiver<u64>,
+    above: u64,
+    within: std::time::Duration,
+    what: &str,
+) -> u64 {
+    match tokio::time::timeout(within, rx.wait_for(|n| *n > above)).await {
+        Ok(Ok(n)) => *n,
+        Ok(Err(_)) => panic!("{what}: the counter's sender is gone"),
+        Err(_) => panic!("{what}: not bumped above {above} within {within:?}"),
+    }
+}
+
+/// Pids of the commit listener sessions on `c`'s database.
+async fn listener_pids(c: &PostgresCoordinator) -> Vec<i32> {
+    c.client()
+        .await
+        .unwrap()
+        .query(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1",
+            &[&LISTENER_APPLICATION_NAME],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Pids of the commit listener sessions on `c`'s database that are idle after their `LISTEN`.
+async fn listening_pids(c: &PostgresCoordinator) -> Vec<i32> {
+    c.client()
+        .await
+        .unwrap()
+        .query(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1
+               AND state = 'idle' AND query ILIKE 'LISTEN%'",
+            &[&LISTENER_APPLICATION_NAME],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A plain `LISTEN` session on `url` reporting the payloads of commit notifications, in the
+/// order delivered; it listens once this returns, and until the client is dropped.
+async fn raw_listener(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                assert_eq!(n.channel(), listen::CHANNEL);
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", listen::CHANNEL))
+        .await
+        .unwrap();
+    (client, rx)
+}
+
+fn one_batch(tp: TopicPartition, producer: Option<ProducerBatchInfo>) -> Vec<CommitBatch> {
+    vec![CommitBatch {
+        tp,
+        position: 0,
+        length: 10,
+        offset_count: 2,
+        max_timestamp: 1,
+        producer,
+    }]
+}
+
+fn flush(key: &str, batches: Vec<CommitBatch>) -> FlushCommit {
+    FlushCommit {
+        object_key: key.into(),
+        object_size: 10,
+        timestamp_ms: 1,
+        batches,
+    }
+}
+
+const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A topic of one partition created through `c`.
+async fn one_partition_topic(c: &PostgresCoordinator, name: &str) -> TopicPartition {
+    let topic = c
+        .create_topic(TopicSpec {
+            name: name.into(),
+            partitions: 1,
+            configs: BTreeMap::new(),
+        })
+        .await
+        .unwrap();
+    TopicPartition {
+        topic_id: topic.id,
+        partition: 0,
+    }
+}
+
+#[test]
+fn notify_payloads_are_cut_at_a_character_boundary() {
+    assert_eq!(listen::notify_payload("obj/1"), "obj/1");
+    let long = format!("x{}", "ø".repeat(400));
+    let cut = listen::notify_payload(&long);
+    assert_eq!(cut, format!("x{}", "ø".repeat(127)));
+    assert!(cut.len() <= listen::MAX_PAYLOAD_BYTES);
+}
+
+/// Broker B listens; commits through broker A wake it. Commits that append nothing (an
+/// idempotent retry, a batch for a missing partition, a re-commit of an object) do not notify;
+/// notifications arrive in commit order, so a plain listener sees exactly the appending commits.
+#[tokio::test]
+async fn commits_wake_listeners_on_other_brokers() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    let a = PostgresCoordinator::connect(&url).await.unwrap();
+    let b = PostgresCoordinator::connect(&url).await.unwrap();
+    let tp = one_partition_topic(&a, "woken").await;
+    let (counter, mut rx) = commit_counter();
+    let listener = b.spawn_commit_listener(counter.clone());
+    // Bumped once on connecting; it listens from then on.
+    let mut seen = bumped_above(&mut rx, 0, 10 * SECOND, "connecting").await;
+    assert_eq!(listener_pids(&b).await.len(), 1);
+    let (_raw, mut payloads) = raw_listener(&url).await;
+
+    for i in 0..3 {
+        let key = format!("appended-{i}");
+        let outcomes = a.commit(flush(&key, one_batch(tp, None))).await.unwrap();
+        assert_eq!(
+            outcomes,
+            vec![BatchOutcome::Appended {
+                base_offset: 2 * i64::from(i)
+            }]
+        );
+        seen = bumped_above(&mut rx, seen, 2 * SECOND, "a commit through A").await;
+    }
+
+    // Appending nothing.
+    let producer = a
+        .init_producer_id(InitProducer { existing: None })
+        .await
+        .unwrap();
+    let sequenced = Some(ProducerBatchInfo {
+        producer_id: producer.producer_id,
+        producer_epoch: producer.producer_epoch,
+        base_sequence: 0,
+    });
+    let appended = a
+        .commit(flush("idempotent", one_batch(tp, sequenced)))
+        .await
+        .unwrap();
+    assert_eq!(appended, vec![BatchOutcome::Appended { base_offset: 6 }]);
+    let retried = a
+        .commit(flush("retry", one_batch(tp, sequenced)))
+        .await
+        .unwrap();
+    assert_eq!(retried, vec![BatchOutcome::Duplicate { base_offset: 6 }]);
+    let missing = TopicPartition { partition: 7, ..tp };
+    let rejected = a
+        .commit(flush("missing", one_batch(missing, None)))
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected,
+        vec![BatchOutcome::Rejected(
+            BatchRejection::UnknownTopicOrPartition
+        )]
+    );
+    let recommitted = a
+        .commit(flush("appended-0", one_batch(tp, None)))
+        .await
+        .unwrap();
+    assert_eq!(recommitted, vec![BatchOutcome::Appended { base_offset: 0 }]);
+    // A long key notifies with a prefix of it (a payload of 8000 bytes or more would fail).
+    let long_key = format!("x{}", "ø".repeat(400));
+    a.commit(flush(&long_key, one_batch(tp, None)))
+        .await
+        .unwrap();
+    bumped_above(&mut rx, seen, 2 * SECOND, "a commit with a long key").await;
+
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        match tokio::time::timeout(2 * SECOND, payloads.recv()).await {
+            Ok(Some(payload)) => got.push(payload),
+            other => panic!("after {got:?}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            "appended-0".to_string(),
+            "appended-1".to_string(),
+            "appended-2".to_string(),
+            "idempotent".to_string(),
+            listen::notify_payload(&long_key).to_string(),
+        ]
+    );
+    listener.stop().await;
+}
+
+/// When the listener's session is terminated, the listener reconnects, bumps the counter (commits
+/// made meanwhile were not notified to it), and later commits wake it again.
+#[tokio::test]
+async fn commit_listener_reconnects_after_losing_its_session() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    let a = PostgresCoordinator::connect(&url).await.unwrap();
+    let b = PostgresCoordinator::connect(&url).await.unwrap();
+    let tp = one_partition_topic(&a, "lost").await;
+    let (counter, mut rx) = commit_counter();
+    let listener = b.spawn_commit_listener(counter.clone());
+    let mut seen = bumped_above(&mut rx, 0, 10 * SECOND, "connecting").await;
+
+    for round in 0..2 {
+        let pids = listening_pids(&a).await;
+        assert_eq!(pids.len(), 1, "round {round}");
+        let terminated: bool = a
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT pg_terminate_backend($1)", &[&pids[0]])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(terminated);
+        // A commit while the listener is (probably) disconnected: covered by the bump that
+        // follows reconnecting.
+        a.commit(flush(&format!("meanwhile-{round}"), one_batch(tp, None)))
+            .await
+            .unwrap();
+        seen = bumped_above(&mut rx, seen, 5 * SECOND, "reconnecting").await;
+        // Wait for the new session to have run LISTEN (idle after it); give the listener a
+        // moment to bump for the reconnection; from then on, only a notification bumps.
+        let deadline = tokio::time::Instant::now() + 5 * SECOND;
+        while listening_pids(&a).await.iter().all(|pid| *pid == pids[0]) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: no new listening session"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        seen = seen.max(*rx.borrow_and_update());
+        a.commit(flush(&format!("after-{round}"), one_batch(tp, None)))
+            .await
+            .unwrap();
+        seen = bumped_above(&mut rx, seen, 3 * SECOND, "a commit after reconnecting").await;
+    }
+    assert!(!listener.is_finished());
+    listener.stop().await;
+}
+
+/// Stopping or dropping a listener ends its task (the counter's sender is released) and its
+/// session; commits after that bump nothing.
+#[tokio::test]
+async fn stopping_or_dropping_the_commit_listener_ends_it() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    let a = PostgresCoordinator::connect(&url).await.unwrap();
+    let tp = one_partition_topic(&a, "quiet").await;
+    let (counter, mut rx) = commit_counter();
+
+    for (round, stop) in [true, false].into_iter().enumerate() {
+        let seen = *rx.borrow_and_update();
+        let listener = a.spawn_commit_listener(counter.clone());
+        bumped_above(&mut rx, seen, 10 * SECOND, "connecting").await;
+        assert_eq!(Arc::strong_count(&counter), 2);
+        assert_eq!(listener_pids(&a).await.len(), 1);
+        if stop {
+            listener.stop().await;
+            assert_eq!(
+                Arc::strong_count(&counter),
+                1,
+                "stop returned before the task ended"
+            );
+        } else {
+            drop(listener);
+        }
+        let deadline = tokio::time::Instant::now() + 5 * SECOND;
+        while Arc::strong_count(&counter) > 1 || !listener_pids(&a).await.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stop: {stop}: the task or its session survived"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let seen = *rx.borrow_and_update();
+        a.commit(flush(&format!("unheard-{round}"), one_batch(tp, None)))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(*rx.borrow(), seen);
+    }
 }
