@@ -5,16 +5,35 @@
 //! - `s3://bucket/optional/prefix`: S3 or a compatible server. Credentials, region and endpoint
 //!   come from the standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
 //!   `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...), as the
-//!   `object_store` crate reads them.
+//!   `object_store` crate reads them. Options given to [`from_url_with_options`] override those:
+//!   any key of `object_store`'s `AmazonS3ConfigKey` (`endpoint`, `region`, `access_key_id`,
+//!   `secret_access_key`, `virtual_hosted_style_request`, `allow_http`, ...) or of its HTTP client
+//!   (`timeout`, `connect_timeout`, ...). Failed requests (5xx, `SlowDown`, timeouts, refused
+//!   connections) are retried by `object_store` with backoff; see [`S3_RETRY`].
 
 use std::path::Path;
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
+use std::str::FromStr;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
-use object_store::ObjectStore;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+
+/// How `object_store` retries one S3 request: up to 10 times with backoff from 100 ms to 5 s,
+/// for at most 60 s. The writer retries whole uploads on top of this (its `retry_deadline`).
+pub const S3_RETRY: RetryConfig = RetryConfig {
+    backoff: BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(5),
+        base: 2.0,
+    },
+    max_retries: 10,
+    retry_timeout: Duration::from_secs(60),
+};
 
 /// Errors building a store.
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +50,25 @@ pub enum StoreUrlError {
 
 /// Builds the store `url` names.
 pub fn from_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreUrlError> {
+    from_url_with_options(url, &[])
+}
+
+/// Builds the store `url` names, with `options` (key, value) for S3 (an error for other stores).
+pub fn from_url_with_options(
+    url: &str,
+    options: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>, StoreUrlError> {
     let invalid = |reason: String| StoreUrlError::Invalid {
         url: url.to_string(),
         reason,
     };
+    if !url.starts_with("s3://") {
+        if let Some((key, _)) = options.first() {
+            return Err(invalid(format!(
+                "option '{key}' given, but only s3:// stores take options"
+            )));
+        }
+    }
     if url == "memory://" || url == "memory:" {
         return Ok(Arc::new(InMemory::new()));
     }
@@ -43,10 +77,15 @@ pub fn from_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreUrlError> {
         if bucket.is_empty() {
             return Err(invalid("no bucket name".into()));
         }
-        let s3 = AmazonS3Builder::from_env()
+        let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| invalid(e.to_string()))?;
+            .with_retry(S3_RETRY);
+        for (key, value) in options {
+            let parsed = AmazonS3ConfigKey::from_str(key)
+                .map_err(|_| invalid(format!("unknown S3 option '{key}'")))?;
+            builder = builder.with_config(parsed, value);
+        }
+        let s3 = builder.build().map_err(|e| invalid(e.to_string()))?;
         let prefix = prefix.trim_matches('/');
         return Ok(if prefix.is_empty() {
             Arc::new(s3)
@@ -86,5 +125,11 @@ mod tests {
         assert!(p.is_dir());
         assert!(from_url("gopher://x").is_err());
         assert!(from_url("s3://").is_err());
+        let opt = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert!(from_url_with_options("s3://b/p", &opt("timeout", "2s")).is_ok());
+        assert!(from_url_with_options("s3://b/p", &opt("endpoint", "http://x:1")).is_ok());
+        let err = from_url_with_options("s3://b", &opt("no_such_key", "1")).unwrap_err();
+        assert!(err.to_string().contains("unknown S3 option"), "{err}");
+        assert!(from_url_with_options("memory://", &opt("timeout", "2s")).is_err());
     }
 }
