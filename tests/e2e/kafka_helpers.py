@@ -96,6 +96,29 @@ def wait_for_topic(
     raise AssertionError(f"topic {topic!r} not ready within {timeout}s: {last}")
 
 
+def broker_ids(bootstrap: str, timeout: float = 10.0) -> set[int]:
+    """Node ids of the brokers that ``bootstrap``'s Metadata lists."""
+    md = admin_client(bootstrap).list_topics(timeout=timeout)
+    return set(md.brokers)
+
+
+def wait_for_brokers(bootstrap: str, expected: set[int], timeout: float = 30.0) -> float:
+    """Wait until Metadata from ``bootstrap`` lists exactly the brokers ``expected``; return
+    how many seconds that took."""
+    start = time.monotonic()
+    seen: set[int] = set()
+    while time.monotonic() - start < timeout:
+        try:
+            seen = broker_ids(bootstrap, timeout=5.0)
+        except KafkaException:
+            seen = set()
+        if seen == expected:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    raise AssertionError(f"Metadata from {bootstrap} lists brokers {sorted(seen)}, "
+                         f"not {sorted(expected)}, after {timeout:.0f}s")
+
+
 def make_consumer(bootstrap: str, **overrides) -> Consumer:
     """A consumer meant for ``assign()``: no auto commit, EOF events on,
     CRC checks on.  ``group.id`` is set only because librdkafka requires it;

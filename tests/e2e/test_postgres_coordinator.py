@@ -15,10 +15,17 @@ import os
 import pytest
 from confluent_kafka import Producer
 
-from kafka_helpers import assert_dense, consume_partitions, create_topic, watermarks
+from kafka_helpers import (
+    assert_dense,
+    consume_partitions,
+    create_topic,
+    wait_for_brokers,
+    watermarks,
+)
 
 PARTITIONS = 3
 N = 3000
+LEASE_MS = 2000
 
 
 @pytest.fixture
@@ -33,9 +40,13 @@ def postgres_url() -> str:
 
 
 def test_two_brokers_share_postgres_and_objects(broker_factory, topic, postgres_url, tmp_path):
-    shared = ["--coordinator", postgres_url, "--object-store", f"file://{tmp_path / 'objects'}"]
+    shared = ["--coordinator", postgres_url, "--object-store", f"file://{tmp_path / 'objects'}",
+              "--broker-lease-ms", str(LEASE_MS)]
     a = broker_factory(*shared, "--node-id", "1")
     b = broker_factory(*shared, "--node-id", "2")
+    # Each lists both (the leases are in the shared database).
+    wait_for_brokers(a.bootstrap, {1, 2})
+    wait_for_brokers(b.bootstrap, {1, 2})
     create_topic(a.bootstrap, topic, PARTITIONS)
 
     acked: list[tuple[int, int, bytes]] = []
@@ -56,6 +67,9 @@ def test_two_brokers_share_postgres_and_objects(broker_factory, topic, postgres_
     assert len(acked) == N
 
     a.kill()
+    # a's lease lapses: b stops listing it within the lease plus one renewal interval.
+    gone = wait_for_brokers(b.bootstrap, {2})
+    assert gone < (LEASE_MS * 1.2 + 1500) / 1000, f"dead broker listed for {gone:.1f}s"
     got = consume_partitions(b.bootstrap, topic, range(PARTITIONS))
     by_offset = {(m.partition(), m.offset()): m.value() for ms in got.values() for m in ms}
     for part, ms in got.items():

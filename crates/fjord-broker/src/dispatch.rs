@@ -139,7 +139,7 @@ pub async fn start_from(
             handlers::api_versions::handle(r)
         }),
         ApiKey::Metadata => run(ctx, frame, move |r| {
-            handlers::metadata::handle(b, r, version)
+            handlers::metadata::handle(b, r, version, client)
         }),
         ApiKey::Produce => {
             let request: ProduceRequest = decode(ctx, &mut frame)?;
@@ -152,7 +152,9 @@ pub async fn start_from(
             });
             Ok(Started { key, reply })
         }
-        ApiKey::Fetch => run(ctx, frame, move |r| handlers::fetch::handle(b, r, version)),
+        ApiKey::Fetch => run(ctx, frame, move |r| {
+            handlers::fetch::handle(b, r, version, client)
+        }),
         ApiKey::ListOffsets => run(ctx, frame, move |r| {
             handlers::list_offsets::handle(b, r, version)
         }),

@@ -5,6 +5,7 @@
 //! encodes its response at the negotiated version. Handlers never see bytes on the wire and
 //! never write them. Errors become Kafka error codes only in [`error`].
 
+pub mod cluster;
 pub mod dispatch;
 pub mod error;
 pub mod fetch_session;
@@ -77,4 +78,13 @@ pub struct Broker {
     pub fetch_sessions: fetch_session::FetchSessions,
     /// Consumer groups this broker coordinates.
     pub groups: Arc<groups::GroupCoordinator>,
+    /// The live brokers (see [`cluster`]); a single-broker view outside cluster mode.
+    pub cluster: watch::Receiver<Arc<cluster::ClusterView>>,
+}
+
+impl Broker {
+    /// The current cluster view.
+    pub fn view(&self) -> Arc<cluster::ClusterView> {
+        self.cluster.borrow().clone()
+    }
 }

@@ -34,12 +34,21 @@ pub fn in_memory_broker(
         cache.clone(),
         Arc::new(tx),
     );
+    let cluster = crate::cluster::fixed(crate::cluster::ClusterView::single(
+        crate::cluster::Member {
+            node_id: settings.node_id,
+            host: settings.advertised_host.clone(),
+            port: settings.advertised_port,
+            rack: settings.rack.clone(),
+        },
+    ));
     let groups = GroupCoordinator::start(
         coordinator.clone(),
         GroupSettings {
             initial_rebalance_delay: Duration::from_millis(50),
             ..GroupSettings::default()
         },
+        cluster.clone(),
     );
     let broker = Arc::new(Broker {
         settings,
@@ -49,6 +58,7 @@ pub fn in_memory_broker(
         reader: Reader::new(store, cache),
         commits,
         fetch_sessions: FetchSessions::new(16),
+        cluster,
     });
     Ok((broker, task))
 }

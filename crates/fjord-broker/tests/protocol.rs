@@ -1228,6 +1228,7 @@ async fn consumer_group_apis_at_every_version() {
         let other = fjord_broker::groups::GroupCoordinator::start(
             h.broker.coordinator.clone(),
             Default::default(),
+            h.broker.cluster.clone(),
         );
         let slot = other.slot(&group).await.unwrap();
         {

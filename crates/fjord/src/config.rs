@@ -3,6 +3,7 @@
 //! Settings are plain data; the components they describe (store, coordinator, writer) are built
 //! in `serve.rs`. Unknown keys in the file are rejected, so a typo never goes unnoticed.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,10 +24,14 @@ pub struct ServeConfig {
     /// Object store URL: `file://DIR`, `memory://` or `s3://bucket/prefix`
     /// (default: `file://<data_dir>/objects`).
     pub object_store: Option<String>,
+    /// Options of an `s3://` object store (object_store's S3 and HTTP client keys: `endpoint`,
+    /// `region`, `virtual_hosted_style_request`, `timeout`, ...); override `AWS_*` variables.
+    pub object_store_options: BTreeMap<String, String>,
     /// Coordinator: `embedded` (a journal under `<data_dir>/coordinator`) or `postgres://...`.
     pub coordinator: String,
-    /// This broker's node id.
-    pub node_id: i32,
+    /// This broker's node id; unset: 0 with the embedded coordinator, the lowest free id with
+    /// PostgreSQL (brokers of a Deployment need no fixed ids).
+    pub node_id: Option<i32>,
     /// Cluster id reported to clients.
     pub cluster_id: String,
     /// Zone / rack of this broker.
@@ -66,6 +71,9 @@ pub struct ServeConfig {
     pub group_consumer_heartbeat_interval_ms: u64,
     /// Seconds an unreferenced or never-committed object is kept before deletion.
     pub gc_grace_secs: u64,
+    /// Lease (ms) of this broker's registration; it is renewed every fifth of it. A broker that
+    /// stops renewing leaves Metadata within this time plus one renewal interval.
+    pub broker_lease_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -75,8 +83,9 @@ impl Default for ServeConfig {
             advertised_address: None,
             data_dir: PathBuf::from("data"),
             object_store: None,
+            object_store_options: BTreeMap::new(),
             coordinator: "embedded".into(),
-            node_id: 0,
+            node_id: None,
             cluster_id: "fjord".into(),
             zone: None,
             auto_create_topics: true,
@@ -95,6 +104,7 @@ impl Default for ServeConfig {
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
             gc_grace_secs: 600,
+            broker_lease_ms: 6_000,
         }
     }
 }
@@ -117,10 +127,17 @@ pub struct ServeArgs {
     /// Object store URL: file://DIR, memory:// or s3://bucket/prefix [default: file://<data-dir>/objects].
     #[arg(long, env = "FJORD_OBJECT_STORE")]
     pub object_store: Option<String>,
+    /// S3 option KEY=VALUE (repeatable), e.g. endpoint=http://minio:9000, region=eu-west-1,
+    /// virtual_hosted_style_request=false, timeout=10s; overrides AWS_* variables.
+    #[arg(long = "object-store-option", env = "FJORD_OBJECT_STORE_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub object_store_options: Vec<(String, String)>,
+    /// Lease (ms) of this broker's registration in the coordinator [default: 6000].
+    #[arg(long, env = "FJORD_BROKER_LEASE_MS")]
+    pub broker_lease_ms: Option<u64>,
     /// Coordinator: "embedded" or postgres://user:pass@host/db [default: embedded].
     #[arg(long, env = "FJORD_COORDINATOR")]
     pub coordinator: Option<String>,
-    /// Node id of this broker [default: 0].
+    /// Node id of this broker [default: 0 when embedded; with PostgreSQL the lowest free id].
     #[arg(long, env = "FJORD_NODE_ID")]
     pub node_id: Option<i32>,
     /// Cluster id reported to clients [default: fjord].
@@ -175,7 +192,6 @@ impl ServeArgs {
             listen,
             data_dir,
             coordinator,
-            node_id,
             cluster_id,
             auto_create_topics,
             default_partitions,
@@ -186,8 +202,11 @@ impl ServeArgs {
             message_max_bytes,
             group_initial_rebalance_delay_ms,
             group_consumer_session_timeout_ms,
-            group_consumer_heartbeat_interval_ms
+            group_consumer_heartbeat_interval_ms,
+            broker_lease_ms
         );
+        c.object_store_options
+            .extend(self.object_store_options.iter().cloned());
         if self.advertised_address.is_some() {
             c.advertised_address = self.advertised_address.clone();
         }
@@ -196,6 +215,9 @@ impl ServeArgs {
         }
         if self.zone.is_some() {
             c.zone = self.zone.clone();
+        }
+        if self.node_id.is_some() {
+            c.node_id = self.node_id;
         }
         // The open buffer must be able to reach the flush size.
         c.max_buffer_bytes = c.max_buffer_bytes.max(c.flush_bytes);
@@ -222,6 +244,9 @@ impl ServeConfig {
         if let Some(a) = &self.advertised_address {
             split_host_port(a)?;
         }
+        if self.node_id.is_some_and(|id| id < 0) {
+            bail!("node_id must be at least 0");
+        }
         if self.default_partitions < 1 {
             bail!("default_partitions must be at least 1");
         }
@@ -239,6 +264,9 @@ impl ServeConfig {
         if self.gc_grace_secs < 60 {
             bail!("gc_grace_secs must be at least 60: it must outlast any upload and commit");
         }
+        if !(100..=3_600_000).contains(&self.broker_lease_ms) {
+            bail!("broker_lease_ms must be between 100 and 3600000");
+        }
         if self.message_max_bytes <= 0 {
             bail!("message_max_bytes must be positive");
         }
@@ -248,6 +276,14 @@ impl ServeConfig {
     /// (host, port) advertised to clients.
     pub fn advertised(&self) -> anyhow::Result<(String, i32)> {
         split_host_port(self.advertised_address.as_deref().unwrap_or(&self.listen))
+    }
+}
+
+/// Parses `KEY=VALUE`.
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
     }
 }
 

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use fjord_broker::cluster::membership::{Membership, MembershipSettings};
+use fjord_broker::cluster::ClusterView;
 use fjord_broker::{Broker, BrokerSettings};
 use fjord_coordinator::embedded::EmbeddedCoordinator;
 use fjord_coordinator::postgres::PostgresCoordinator;
@@ -21,6 +23,7 @@ use crate::config::ServeConfig;
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let mut postgres = None;
     let coordinator: Arc<dyn Coordinator> = match config.coordinator.as_str() {
         "embedded" => {
             let dir = config.data_dir.join("coordinator");
@@ -28,11 +31,13 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
                 format!("opening the embedded coordinator in {}", dir.display())
             })?)
         }
-        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Arc::new(
-            PostgresCoordinator::connect(url)
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let pg = PostgresCoordinator::connect(url)
                 .await
-                .context("connecting to the PostgreSQL coordinator")?,
-        ),
+                .context("connecting to the PostgreSQL coordinator")?;
+            postgres = Some(pg.clone());
+            Arc::new(pg)
+        }
         other => bail!("unknown coordinator '{other}' (use 'embedded' or postgres://...)"),
     };
     let store_url = config.object_store.clone().unwrap_or_else(|| {
@@ -41,25 +46,56 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             absolute(&config.data_dir.join("objects")).display()
         )
     });
-    let store = fjord_storage::store::from_url(&store_url)?;
+    let store_options: Vec<(String, String)> = config
+        .object_store_options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let store = fjord_storage::store::from_url_with_options(&store_url, &store_options)?;
+
+    let (advertised_host, advertised_port) = config.advertised()?;
+    // Listen before registering: once registered, other brokers send clients here.
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let embedded = config.coordinator == "embedded";
+    let membership = Membership::join(
+        coordinator.clone(),
+        MembershipSettings {
+            node_id: config.node_id.or(embedded.then_some(0)),
+            host: advertised_host.clone(),
+            port: advertised_port,
+            rack: config.zone.clone(),
+            lease: Duration::from_millis(config.broker_lease_ms),
+        },
+    )
+    .await
+    .context("registering this broker with the coordinator")?;
+    let node_id = membership.node_id();
+    let cluster = membership.view();
 
     let cache = Arc::new(ReadCache::new(config.read_cache_bytes));
     let (commits_tx, commits) = watch::channel(0u64);
+    let commits_tx = Arc::new(commits_tx);
+    // Commits by other brokers wake this broker's long-polling fetches (the embedded coordinator
+    // serves one process, whose commits the writer announces itself).
+    let commit_listener = postgres
+        .as_ref()
+        .map(|pg| pg.spawn_commit_listener(commits_tx.clone()));
     let (writer, writer_task) = Writer::start(
         WriterSettings {
             flush_bytes: config.flush_bytes,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             max_inflight_flushes: config.max_inflight_flushes,
             max_buffer_bytes: config.max_buffer_bytes,
-            broker_id: config.node_id,
+            broker_id: node_id,
             ..WriterSettings::default()
         },
         store.clone(),
         coordinator.clone(),
         cache.clone(),
-        Arc::new(commits_tx),
+        commits_tx.clone(),
     );
-    let (advertised_host, advertised_port) = config.advertised()?;
     let groups = fjord_broker::groups::GroupCoordinator::start(
         coordinator.clone(),
         fjord_broker::groups::group::GroupSettings {
@@ -72,11 +108,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             ),
             ..Default::default()
         },
+        cluster.clone(),
     );
     let broker = Arc::new(Broker {
         groups,
         settings: BrokerSettings {
-            node_id: config.node_id,
+            node_id,
             advertised_host,
             advertised_port,
             cluster_id: config.cluster_id.clone(),
@@ -91,12 +128,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         reader: Reader::new(store.clone(), cache),
         commits,
         fetch_sessions: fjord_broker::fetch_session::FetchSessions::new(10_000),
+        cluster: cluster.clone(),
     });
 
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(
+        node_id,
         listen = %config.listen,
         object_store = %store_url,
         coordinator = %redact(&config.coordinator),
@@ -105,9 +141,14 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
+    // Leaving the cluster is the first thing shutdown does, so other brokers stop sending
+    // clients here while this one drains.
+    let leave = CancellationToken::new();
+    let membership_task = tokio::spawn(membership.run(leave.clone()));
     let gc = tokio::spawn(gc_loop(
         store.clone(),
         broker.coordinator.clone(),
+        cluster,
         Duration::from_secs(config.gc_interval_secs),
         Duration::from_secs(config.gc_grace_secs),
         shutdown.clone(),
@@ -124,7 +165,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     wait_for_signal().await?;
-    tracing::info!("shutting down: no new connections, answering requests in flight");
+    tracing::info!(
+        "shutting down: leaving the cluster, no new connections, answering requests in flight"
+    );
+    leave.cancel();
+    let _ = membership_task.await;
     shutdown.cancel();
     // Flush and commit what is buffered now, while connections answer what they already read:
     // their produce replies wait for exactly that.
@@ -133,15 +178,20 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         tracing::error!(error = %e, "listener task failed");
     }
     let _ = gc.await;
+    if let Some(listener) = commit_listener {
+        listener.stop().await;
+    }
     drop(broker);
     tracing::info!("shutdown complete");
     Ok(())
 }
 
-/// Deletes garbage objects every `interval` until `shutdown`.
+/// Deletes garbage objects every `interval` until `shutdown`, while this broker is the one that
+/// runs the cluster's background duties (the live broker with the lowest node id).
 async fn gc_loop(
     store: Arc<dyn object_store::ObjectStore>,
     coordinator: Arc<dyn Coordinator>,
+    cluster: watch::Receiver<Arc<ClusterView>>,
     interval: Duration,
     grace: Duration,
     shutdown: CancellationToken,
@@ -153,6 +203,9 @@ async fn gc_loop(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        if !cluster.borrow().runs_background_duties() {
+            continue;
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

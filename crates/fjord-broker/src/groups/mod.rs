@@ -19,6 +19,12 @@
 //! A group is loaded from the store the first time a request names it, so a broker that takes
 //! over a group (after a restart, or in cluster mode when groups move between brokers) resumes it
 //! from durable state: a Stable group keeps its members, whose sessions start at load time.
+//!
+//! In a cluster each group has one coordinator, chosen by
+//! [`ClusterView::group_coordinator`](crate::cluster::ClusterView::group_coordinator) over the
+//! current view. Requests for groups this broker does not coordinate get NOT_COORDINATOR (clients
+//! then ask FindCoordinator again), and the tick drops such groups from memory without persisting
+//! them, so a group that comes back later is loaded afresh from durable state.
 
 pub mod consumer;
 pub mod group;
@@ -31,6 +37,9 @@ use fjord_coordinator::Coordinator;
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::cluster::ClusterView;
 
 use self::consumer::ConsumerGroup;
 use self::group::{Group, GroupSettings, GroupState, Snapshot};
@@ -75,16 +84,22 @@ pub struct GroupCoordinator {
     store: Arc<dyn Coordinator>,
     settings: GroupSettings,
     groups: Mutex<HashMap<String, Arc<Slot>>>,
+    cluster: watch::Receiver<Arc<ClusterView>>,
 }
 
 impl GroupCoordinator {
-    /// A group coordinator over `store`, with its background tick running on the current runtime
-    /// for as long as the returned value lives.
-    pub fn start(store: Arc<dyn Coordinator>, settings: GroupSettings) -> Arc<GroupCoordinator> {
+    /// A group coordinator over `store` for the groups `cluster` places on this broker, with its
+    /// background tick running on the current runtime for as long as the returned value lives.
+    pub fn start(
+        store: Arc<dyn Coordinator>,
+        settings: GroupSettings,
+        cluster: watch::Receiver<Arc<ClusterView>>,
+    ) -> Arc<GroupCoordinator> {
         let coordinator = Arc::new(GroupCoordinator {
             store,
             settings,
             groups: Mutex::new(HashMap::new()),
+            cluster,
         });
         tokio::spawn(tick_loop(Arc::downgrade(&coordinator)));
         coordinator
@@ -100,11 +115,26 @@ impl GroupCoordinator {
         &self.store
     }
 
+    /// Whether this broker coordinates group `id` in the current view.
+    pub fn coordinates(&self, id: &str) -> bool {
+        self.cluster.borrow().coordinates(id)
+    }
+
+    /// NOT_COORDINATOR unless this broker coordinates group `id`.
+    pub fn check_coordinator(&self, id: &str) -> Result<(), ResponseError> {
+        if self.coordinates(id) {
+            Ok(())
+        } else {
+            Err(ResponseError::NotCoordinator)
+        }
+    }
+
     /// The group named `id`, loaded from the store or created empty.
     pub async fn slot(&self, id: &str) -> Result<Arc<Slot>, ResponseError> {
         if id.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
+        self.check_coordinator(id)?;
         if let Some(slot) = self.live(id) {
             return Ok(slot);
         }
@@ -165,6 +195,7 @@ impl GroupCoordinator {
 
     /// Whether the group exists: it has members or durable state.
     pub async fn exists(&self, id: &str) -> Result<bool, ResponseError> {
+        self.check_coordinator(id)?;
         if let Some(slot) = self.live(id) {
             let g = slot.group.lock();
             if !g.members.is_empty() || g.generation > 0 || slot.consumer.lock().is_active() {
@@ -200,20 +231,24 @@ impl GroupCoordinator {
             (g.id.clone(), bytes)
         };
         let bytes = bytes.map_err(|_| ResponseError::UnknownServerError)?;
+        // A group that moved away meanwhile belongs to its new coordinator's store writes.
+        self.check_coordinator(&id)?;
         self.store.save_group(&id, bytes).await.map_err(|e| {
             tracing::warn!(group = %id, error = %e, "saving group state failed");
             ResponseError::CoordinatorNotAvailable
         })
     }
 
-    /// Every group known in memory or in the store, with its state, protocol type and group
-    /// type. Stored groups not in memory are loaded, so that their kind is known.
+    /// Every group this broker coordinates, known in memory or in the store, with its state,
+    /// protocol type and group type. Stored groups not in memory are loaded, so that their kind
+    /// is known. (As in Kafka, listing all groups of a cluster asks every broker.)
     pub async fn list(&self) -> Result<Vec<Listed>, ResponseError> {
-        let stored = self
+        let mut stored = self
             .store
             .list_groups()
             .await
             .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        stored.retain(|id| self.coordinates(id));
         for id in &stored {
             if self.live(id).is_none() {
                 self.slot(id).await?;
@@ -234,6 +269,9 @@ impl GroupCoordinator {
         let slots: Vec<Arc<Slot>> = self.groups.lock().values().cloned().collect();
         for slot in slots {
             let g = slot.group.lock();
+            if !self.coordinates(&g.id) {
+                continue;
+            }
             let c = slot.consumer.lock();
             if g.state != GroupState::Dead && g.members.is_empty() && c.is_active() {
                 out.insert(
@@ -292,7 +330,19 @@ impl GroupCoordinator {
     }
 
     fn tick(self: &Arc<Self>, now: Instant) {
-        let slots: Vec<Arc<Slot>> = self.groups.lock().values().cloned().collect();
+        let slots: Vec<Arc<Slot>> = {
+            let view = self.cluster.borrow().clone();
+            let mut groups = self.groups.lock();
+            // Groups that moved to another broker: forget them (their durable state stays).
+            groups.retain(|id, _| {
+                let ours = view.coordinates(id);
+                if !ours {
+                    tracing::info!(group = %id, "group moved to another broker; dropping it here");
+                }
+                ours
+            });
+            groups.values().cloned().collect()
+        };
         for slot in slots {
             let classic = slot.group.lock().tick(now);
             let consumer = slot.consumer.lock().tick(now);

@@ -1,6 +1,12 @@
 //! Fetch: read committed batches through the index and the read cache, long-polling when empty.
 //!
 //! Fetch sessions (KIP-227) are kept by [`crate::fetch_session`]; this module reads.
+//!
+//! Zone affinity (KIP-392): when a Fetch (v11+) comes from a client in a zone that has live
+//! brokers (its `client.rack`, else a zone hint in its `client.id`), partitions served in that
+//! zone by another broker are answered at once with no records and that broker as the preferred
+//! read replica, so that each object is read from object storage about once per zone. Any broker
+//! can serve any partition, so a fetch is never refused for being sent to the "wrong" broker.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,12 +15,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use fjord_coordinator::{PartitionOffsets, TopicMeta, TopicPartition};
 use fjord_storage::batch::materialize;
+use futures::StreamExt;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 use tokio::time::Instant;
 
 use super::s;
+use crate::cluster::{zone_hint, ClusterView};
+use crate::dispatch::Client;
 use crate::error::{coordinator_code, read_code};
 use crate::fetch_session::{Sent, TopicKey, Wanted};
 use crate::Broker;
@@ -23,9 +32,28 @@ use crate::Broker;
 /// meanwhile, and clients treat an early empty answer like any other.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// Object reads one partition of a fetch has in flight at once.
+const PARALLEL_READS: usize = 16;
+
 /// Answers a Fetch request.
-pub async fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> FetchResponse {
+pub async fn handle(
+    broker: Arc<Broker>,
+    request: FetchRequest,
+    version: i16,
+    client: Client,
+) -> FetchResponse {
     let by_id = version >= 13;
+    let view = broker.view();
+    let zone = if version >= 11 && !request.rack_id.is_empty() {
+        Some(request.rack_id.as_str())
+    } else {
+        zone_hint(&client.client_id)
+    };
+    // Only clients that understand preferred read replicas (v11+) are redirected.
+    let redirect = Redirect {
+        view: &view,
+        zone: zone.filter(|z| version >= 11 && view.has_zone(z)),
+    };
     let plan = match broker.fetch_sessions.plan(&request, by_id) {
         Ok(plan) => plan,
         Err(code) => {
@@ -55,20 +83,25 @@ pub async fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) ->
         // Mark the current commit count as seen before reading, so a commit that lands during
         // the read wakes the wait below.
         commits.borrow_and_update();
-        let (data, bytes, errors) = read_all(&broker, &plan.wanted, &topics, max_bytes).await;
+        let (data, bytes, errors) =
+            read_all(&broker, &plan.wanted, &topics, max_bytes, &redirect).await;
         if bytes >= min_bytes || errors || Instant::now() >= deadline {
             break data;
         }
         let woke = tokio::time::timeout_at(deadline, commits.changed()).await;
         if !matches!(woke, Ok(Ok(()))) {
             // Deadline reached (or the writer stopped): answer with what there is.
-            break read_all(&broker, &plan.wanted, &topics, max_bytes).await.0;
+            break read_all(&broker, &plan.wanted, &topics, max_bytes, &redirect)
+                .await
+                .0;
         }
     };
     let sent: Vec<(Sent, bool)> = data
         .iter()
         .map(|d| {
-            let news = d.error_code != 0 || d.records.as_ref().is_some_and(|r| !r.is_empty());
+            let news = d.error_code != 0
+                || d.preferred_read_replica.0 >= 0
+                || d.records.as_ref().is_some_and(|r| !r.is_empty());
             (
                 Sent {
                     high_watermark: d.high_watermark,
@@ -118,13 +151,31 @@ async fn resolve(broker: &Broker, topic: &TopicKey) -> Result<TopicMeta, Respons
     }
 }
 
+/// Which partitions a client is sent elsewhere for.
+struct Redirect<'a> {
+    view: &'a ClusterView,
+    /// The client's zone, when it has live brokers and the client understands redirects.
+    zone: Option<&'a str>,
+}
+
+impl Redirect<'_> {
+    /// The broker this client should fetch `tp` from, if not this one.
+    fn target(&self, tp: TopicPartition) -> Option<i32> {
+        let owner = self
+            .view
+            .partition_owner(tp.topic_id, tp.partition, Some(self.zone?));
+        (owner != self.view.self_id()).then_some(owner)
+    }
+}
+
 /// Reads every wanted partition once. Returns one entry per partition, the record bytes
-/// included and whether any partition failed.
+/// included, and whether any partition needs an answer at once (an error or a redirect).
 async fn read_all(
     broker: &Broker,
     wanted: &[Wanted],
     topics: &HashMap<TopicKey, Result<TopicMeta, ResponseError>>,
     max_bytes: usize,
+    redirect: &Redirect<'_>,
 ) -> (Vec<PartitionData>, usize, bool) {
     let mut total = 0usize;
     let mut errors = false;
@@ -155,6 +206,21 @@ async fn read_all(
             topic_id: meta.id,
             partition: w.partition,
         };
+        if let Some(target) = redirect.target(tp) {
+            data.preferred_read_replica = BrokerId(target);
+            match broker.coordinator.partition_offsets(tp).await {
+                Ok(o) => {
+                    data.high_watermark = o.high_watermark;
+                    data.last_stable_offset = o.high_watermark;
+                    data.log_start_offset = o.log_start;
+                    data.records = Some(Bytes::new());
+                }
+                Err(e) => data.error_code = coordinator_code(&e).code(),
+            }
+            errors = true;
+            out.push(data);
+            continue;
+        }
         let budget = (w.max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
         // The first non-empty partition returns at least one batch even beyond max_bytes.
         let budget = if total == 0 { budget.max(1) } else { budget };
@@ -206,12 +272,21 @@ async fn read_partition(
         .index_rows(tp, fetch_offset, budget as u64)
         .await
         .map_err(|e| (coordinator_code(&e), Some(offsets)))?;
+    // The rows are read concurrently (a cold partition may span hundreds of objects) and used in
+    // order; reads past the budget are skipped.
+    let reader = &broker.reader;
+    let mut reads = futures::stream::iter(rows.clone())
+        .map(move |row| async move { reader.read_row(&row).await })
+        .buffered(PARALLEL_READS);
     let mut out = bytes::BytesMut::new();
-    for row in rows {
+    for row in &rows {
         if out.len() >= budget {
             break;
         }
-        let raw = broker.reader.read_row(&row).await.map_err(|e| {
+        let Some(raw) = reads.next().await else {
+            break;
+        };
+        let raw = raw.map_err(|e| {
             tracing::warn!(error = %e, "fetch read failed");
             (read_code(&e), Some(offsets))
         })?;

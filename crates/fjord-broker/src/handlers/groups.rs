@@ -25,24 +25,39 @@ fn code(e: Option<ResponseError>) -> i16 {
     e.map_or(0, |e| e.code())
 }
 
-/// FindCoordinator: this broker coordinates every group (cluster mode will hash groups over the
-/// live brokers).
+/// FindCoordinator: the live broker that the group id (or transactional id) hashes to.
 pub async fn find_coordinator(
     broker: Arc<Broker>,
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let settings = &broker.settings;
+    let view = broker.view();
     let error = match request.key_type {
         0 | 1 => None,
         _ => Some(ResponseError::InvalidRequest),
     };
+    // The coordinator of `key`, or this broker when the key type is refused.
+    let locate = |key: &str| {
+        let id = match error {
+            None => view.group_coordinator(key),
+            Some(_) => view.self_id(),
+        };
+        view.member(id)
+            .cloned()
+            .unwrap_or_else(|| crate::cluster::Member {
+                node_id: view.self_id(),
+                host: broker.settings.advertised_host.clone(),
+                port: broker.settings.advertised_port,
+                rack: None,
+            })
+    };
     if version < 4 {
+        let m = locate(request.key.as_str());
         let mut r = FindCoordinatorResponse::default()
             .with_error_code(code(error))
-            .with_node_id(BrokerId(settings.node_id))
-            .with_host(s(settings.advertised_host.clone()))
-            .with_port(settings.advertised_port);
+            .with_node_id(BrokerId(m.node_id))
+            .with_host(s(m.host))
+            .with_port(m.port);
         if version >= 1 {
             r.error_message = error.map(|_| s("unsupported key type"));
         }
@@ -52,11 +67,12 @@ pub async fn find_coordinator(
         .coordinator_keys
         .into_iter()
         .map(|key| {
+            let m = locate(key.as_str());
             FoundCoordinator::default()
                 .with_key(key)
-                .with_node_id(BrokerId(settings.node_id))
-                .with_host(s(settings.advertised_host.clone()))
-                .with_port(settings.advertised_port)
+                .with_node_id(BrokerId(m.node_id))
+                .with_host(s(m.host))
+                .with_port(m.port)
                 .with_error_code(code(error))
         })
         .collect();

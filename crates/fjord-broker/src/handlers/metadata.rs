@@ -1,4 +1,6 @@
-//! Metadata: brokers and topics. This broker leads every partition of every topic.
+//! Metadata: brokers and topics. The brokers are the live brokers of the current
+//! [`ClusterView`]; each partition's leader is the broker that serves it to this client's zone
+//! (a zone hint in `client.id`) or, without one, over all brokers (see [`crate::cluster`]).
 
 use std::sync::Arc;
 
@@ -10,6 +12,8 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use kafka_protocol::ResponseError;
 
 use super::s;
+use crate::cluster::{zone_hint, ClusterView};
+use crate::dispatch::Client;
 use crate::error::coordinator_code;
 use crate::Broker;
 
@@ -18,17 +22,29 @@ pub async fn handle(
     broker: Arc<Broker>,
     request: MetadataRequest,
     version: i16,
+    client: Client,
 ) -> MetadataResponse {
     let settings = &broker.settings;
-    let node = BrokerId(settings.node_id);
+    let view = broker.view();
+    let placement = Placement {
+        view: &view,
+        zone: zone_hint(&client.client_id),
+    };
     let mut response = MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(node)
-            .with_host(s(settings.advertised_host.clone()))
-            .with_port(settings.advertised_port)
-            .with_rack(settings.rack.clone().map(s))])
+        .with_brokers(
+            view.members()
+                .iter()
+                .map(|m| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(m.node_id))
+                        .with_host(s(m.host.clone()))
+                        .with_port(m.port)
+                        .with_rack(m.rack.clone().map(s))
+                })
+                .collect(),
+        )
         .with_cluster_id(Some(s(settings.cluster_id.clone())))
-        .with_controller_id(node);
+        .with_controller_id(BrokerId(controller(&view)));
     if version < 8 {
         response.cluster_authorized_operations = i32::MIN;
     }
@@ -43,7 +59,7 @@ pub async fn handle(
         match broker.coordinator.list_topics().await {
             Ok(list) => list
                 .iter()
-                .map(|t| topic_entry(&broker, Ok(t), None, None, version))
+                .map(|t| topic_entry(&placement, Ok(t), None, None, version))
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "listing topics for Metadata failed");
@@ -57,7 +73,7 @@ pub async fn handle(
                 Some(name) => {
                     let result = broker.resolve_topic(name.0.as_str(), auto_create).await;
                     topic_entry(
-                        &broker,
+                        &placement,
                         result.as_ref().map_err(|e| *e),
                         Some(name),
                         None,
@@ -72,7 +88,7 @@ pub async fn handle(
                         Err(e) => Err(coordinator_code(&e)),
                     };
                     topic_entry(
-                        &broker,
+                        &placement,
                         result.as_ref().map_err(|e| *e),
                         None,
                         Some(id),
@@ -88,8 +104,19 @@ pub async fn handle(
     response
 }
 
+/// The cluster's controller as clients see it: the broker running background duties.
+pub fn controller(view: &ClusterView) -> i32 {
+    view.members().first().map_or(view.self_id(), |m| m.node_id)
+}
+
+/// Where a client is sent.
+struct Placement<'a> {
+    view: &'a ClusterView,
+    zone: Option<&'a str>,
+}
+
 fn topic_entry(
-    broker: &Broker,
+    placement: &Placement<'_>,
     result: Result<&TopicMeta, ResponseError>,
     requested_name: Option<TopicName>,
     requested_id: Option<uuid::Uuid>,
@@ -101,17 +128,23 @@ fn topic_entry(
     }
     match result {
         Ok(meta) => {
-            let node = BrokerId(broker.settings.node_id);
             entry.name = Some(TopicName(s(meta.name.clone())));
             entry.topic_id = meta.id;
+            let view = placement.view;
             entry.partitions = (0..meta.partitions)
                 .map(|p| {
+                    let leader = view.partition_owner(meta.id, p, placement.zone);
+                    let replicas: Vec<BrokerId> = view
+                        .replicas(meta.id, p, leader)
+                        .into_iter()
+                        .map(BrokerId)
+                        .collect();
                     MetadataResponsePartition::default()
                         .with_partition_index(p)
-                        .with_leader_id(node)
+                        .with_leader_id(BrokerId(leader))
                         .with_leader_epoch(0)
-                        .with_replica_nodes(vec![node])
-                        .with_isr_nodes(vec![node])
+                        .with_isr_nodes(replicas.clone())
+                        .with_replica_nodes(replicas)
                 })
                 .collect();
         }

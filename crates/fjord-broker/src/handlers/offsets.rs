@@ -154,6 +154,7 @@ async fn fetch_group(
     if group.is_empty() {
         return Err(ResponseError::InvalidGroupId);
     }
+    broker.groups.check_coordinator(group)?;
     let stored = broker.coordinator.fetch_offsets(group).await.map_err(|e| {
         tracing::warn!(group, error = %e, "offset fetch failed");
         ResponseError::CoordinatorNotAvailable

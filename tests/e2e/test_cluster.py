@@ -1,0 +1,261 @@
+"""Cluster mode: several stateless brokers on one PostgreSQL database and one S3 bucket.
+
+Needs ``FJORD_TEST_POSTGRES_URL`` / ``FJORD_PG_DIR`` (scripts/test.sh starts a
+throwaway server) and moto's S3 server (tests/requirements.txt).  Every test
+gets its own database, bucket and brokers.
+
+- Metadata lists the live brokers and spreads partition leaders evenly; zone
+  hints in client.id keep clients in their zone; client.rack consumers are sent
+  to their zone's broker with KIP-392 preferred read replicas; FindCoordinator
+  agrees on every broker.
+- A broker SIGKILLed under a produce/consume workload, a PostgreSQL restart
+  and an S3 outage of ten seconds lose nothing (tests/checker.py); the longest
+  pauses in acknowledgements and consumption are printed.
+- A fourth broker added live is used after a metadata refresh, without any
+  record bytes being copied for it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from checker import assert_clean
+from cluster_workload import Workload
+from conftest import S3_BUCKET, restart_postgres, use_s3
+from kafka_helpers import create_topic, wait_for_brokers
+
+PARTITIONS = 6
+
+
+def start_cluster(broker_factory, postgres_db, n, *, zones=None, extra=()):
+    """n brokers on one database and bucket prefix (S3 set up by the caller)."""
+    brokers = []
+    for i in range(n):
+        args = ["--coordinator", postgres_db, "--object-store", f"s3://{S3_BUCKET}/cluster",
+                "--node-id", str(i), *extra]
+        if zones:
+            args += ["--zone", zones[i]]
+        brokers.append(broker_factory(*args, name=f"broker{i}"))
+    for b in brokers:
+        wait_for_brokers(b.bootstrap, set(range(n)))
+    return brokers
+
+
+def leaders(bootstrap, topic, client_id="test"):
+    admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": client_id})
+    md = admin.list_topics(topic, timeout=10)
+    return {p: part.leader for p, part in md.topics[topic].partitions.items()}
+
+
+def coordinator_of(bootstrap, group):
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    [future] = admin.describe_consumer_groups([group], request_timeout=10).values()
+    return future.result(timeout=15).coordinator.id
+
+
+def bucket_keys(s3):
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    url, client = s3_endpoint
+    use_s3(monkeypatch, url)
+    return client
+
+
+@pytest.mark.timeout(120)
+def test_placement_zones_and_coordinators(broker_factory, postgres_db, s3, topic):
+    brokers = start_cluster(broker_factory, postgres_db, 3, zones=["a", "a", "b"])
+    create_topic(brokers[0].bootstrap, topic, 12)
+
+    # Without a zone: every broker leads 4 of 12, and every broker says the same.
+    plain = leaders(brokers[0].bootstrap, topic)
+    assert sorted(list(plain.values()).count(n) for n in range(3)) == [4, 4, 4], plain
+    for b in brokers[1:]:
+        assert leaders(b.bootstrap, topic) == plain
+    # Zone hints in client.id keep clients in their zone, spread within it.
+    in_a = leaders(brokers[2].bootstrap, topic, client_id="svc,zone=a")
+    assert sorted(list(in_a.values()).count(n) for n in (0, 1)) == [6, 6], in_a
+    assert set(leaders(brokers[0].bootstrap, topic, client_id="svc,ws_az=b").values()) == {2}
+    assert set(leaders(brokers[0].bootstrap, topic, client_id="diskless_az=b").values()) == {2}
+
+    # Group coordinators: the same answer from every broker, spread over brokers.
+    groups = [f"g-{i}" for i in range(12)]
+    placed = {g: coordinator_of(brokers[0].bootstrap, g) for g in groups}
+    assert len(set(placed.values())) >= 2, placed
+    for b in brokers[1:]:
+        for g in groups[:4]:
+            assert coordinator_of(b.bootstrap, g) == placed[g]
+
+    # A consumer with client.rack=b bootstrapped in zone a fetches every partition from broker 2
+    # (KIP-392 preferred read replica), and reads everything.
+    p = Producer({"bootstrap.servers": brokers[0].bootstrap, "enable.idempotence": True})
+    for i in range(600):
+        p.produce(topic, key=b"%d" % i, value=b"v%d" % i)
+    assert p.flush(30) == 0
+    stats = []
+    c = Consumer({"bootstrap.servers": brokers[0].bootstrap, "group.id": f"rack-{uuid.uuid4()}",
+                  "client.rack": "b", "auto.offset.reset": "earliest",
+                  "statistics.interval.ms": 500, "stats_cb": stats.append})
+    c.subscribe([topic])
+    got = set()
+    deadline = time.monotonic() + 45
+    while len(got) < 600 and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            got.add(m.value())
+    time.sleep(1.5)
+    c.poll(0.5)
+    c.close()
+    assert len(got) == 600
+    last = json.loads(stats[-1])
+    fetching = {
+        b["nodeid"]: sorted(tp["partition"] for tp in b.get("toppars", {}).values() if tp["topic"] == topic)
+        for b in last["brokers"].values() if b.get("nodeid", -1) >= 0
+    }
+    assert fetching.get(2) == list(range(12)), fetching
+
+
+@pytest.mark.timeout(240)
+def test_broker_sigkill_under_load_loses_nothing(broker_factory, postgres_db, s3, topic):
+    brokers = start_cluster(broker_factory, postgres_db, 3)
+    create_topic(brokers[0].bootstrap, topic, PARTITIONS)
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    # Kill the broker that coordinates the group (and leads some partitions).
+    victim = brokers[coordinator_of(brokers[0].bootstrap, group)]
+    work = Workload([b.bootstrap for b in brokers], topic, group).start()
+    work.wait_acked(1500)
+    victim.kill()
+    survivors = [b for b in brokers if b is not victim]
+    took = wait_for_brokers(survivors[0].bootstrap, {int(b.name[-1]) for b in survivors})
+    work.wait_acked(work.acked_count() + 1500, timeout=60)
+    outcome = work.finish()
+    print(f"\nSIGKILL of {victim.name}: dead broker left Metadata after {took:.1f} s; "
+          f"{outcome.describe()}")
+    assert_clean(outcome.report)
+    # The group moved: its new coordinator is alive.
+    assert coordinator_of(survivors[0].bootstrap, group) != int(victim.name[-1])
+
+
+@pytest.mark.timeout(240)
+def test_postgres_restart_during_produce(broker_factory, postgres_db, s3, topic):
+    brokers = start_cluster(broker_factory, postgres_db, 3)
+    create_topic(brokers[0].bootstrap, topic, PARTITIONS)
+    work = Workload([b.bootstrap for b in brokers], topic, f"group-{uuid.uuid4().hex[:8]}").start()
+    work.wait_acked(1000)
+    restart_postgres(down_seconds=3)
+    work.wait_acked(work.acked_count() + 2000, timeout=90)
+    outcome = work.finish()
+    print(f"\nPostgreSQL down 3 s and restarted: {outcome.describe()}")
+    assert_clean(outcome.report)
+    for b in brokers:
+        assert b.running
+        wait_for_brokers(b.bootstrap, {0, 1, 2})
+
+
+@pytest.mark.timeout(240)
+def test_s3_unavailable_for_ten_seconds(broker_factory, postgres_db, faulty_s3, monkeypatch, topic):
+    use_s3(monkeypatch, faulty_s3.url)
+    brokers = start_cluster(broker_factory, postgres_db, 3)
+    create_topic(brokers[0].bootstrap, topic, PARTITIONS)
+    work = Workload([b.bootstrap for b in brokers], topic, f"group-{uuid.uuid4().hex[:8]}").start()
+    work.wait_acked(1000)
+    faulty_s3.proxy.down(10)
+    time.sleep(10)
+    work.wait_acked(work.acked_count() + 1500, timeout=90)
+    outcome = work.finish()
+    print(f"\nS3 unreachable for 10 s: {outcome.describe()}; proxy {faulty_s3.proxy.stats()}")
+    assert_clean(outcome.report)
+    assert outcome.ack_pause >= 5, "the outage did not stall acknowledgements: was S3 really down?"
+
+
+@pytest.mark.timeout(180)
+def test_fourth_broker_added_live(broker_factory, postgres_db, s3, topic):
+    brokers = start_cluster(broker_factory, postgres_db, 3)
+    create_topic(brokers[0].bootstrap, topic, 8)
+    p = Producer({"bootstrap.servers": brokers[0].bootstrap, "enable.idempotence": True,
+                  "linger.ms": 5})
+    for i in range(2000):
+        p.produce(topic, key=b"%d" % i, value=b"v%d" % i)
+    assert p.flush(30) == 0
+    before = bucket_keys(s3)
+
+    fourth = broker_factory("--coordinator", postgres_db, "--object-store",
+                            f"s3://{S3_BUCKET}/cluster", name="broker3")
+    for b in [*brokers, fourth]:
+        wait_for_brokers(b.bootstrap, {0, 1, 2, 3})
+    led = [p for p, leader in leaders(brokers[0].bootstrap, topic).items() if leader == 3]
+    assert len(led) == 2, "the new broker leads its share of the partitions"
+    # No record bytes were copied for it.
+    time.sleep(2)
+    assert bucket_keys(s3) == before
+
+    # A consumer bootstrapped elsewhere reads the new broker's partitions from it.
+    stats = []
+    c = Consumer({"bootstrap.servers": brokers[0].bootstrap, "group.id": f"g-{uuid.uuid4()}",
+                  "auto.offset.reset": "earliest", "statistics.interval.ms": 500,
+                  "stats_cb": stats.append})
+    c.subscribe([topic])
+    got = set()
+    deadline = time.monotonic() + 45
+    while len(got) < 2000 and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            got.add(m.value())
+    time.sleep(1.5)
+    c.poll(0.5)
+    c.close()
+    assert len(got) == 2000
+    last = json.loads(stats[-1])
+    on_fourth = [b for b in last["brokers"].values() if b.get("nodeid") == 3]
+    assert on_fourth and on_fourth[0]["state"] == "UP", last["brokers"].keys()
+    parts = sorted(tp["partition"] for tp in on_fourth[0].get("toppars", {}).values()
+                   if tp["topic"] == topic)
+    assert parts == sorted(led), (parts, led)
+
+
+@pytest.mark.timeout(120)
+def test_commits_wake_long_polls_on_other_brokers(broker_factory, postgres_db, s3, topic):
+    """A consumer long-polling on one broker sees records committed by another promptly (LISTEN/
+    NOTIFY), not when its fetch.wait.max.ms runs out."""
+    brokers = start_cluster(broker_factory, postgres_db, 2, zones=["a", "b"])
+    create_topic(brokers[0].bootstrap, topic, 1)
+    assert set(leaders(brokers[0].bootstrap, topic, client_id="p,zone=a").values()) == {0}
+    assert set(leaders(brokers[0].bootstrap, topic, client_id="c,zone=b").values()) == {1}
+    c = Consumer({"bootstrap.servers": brokers[1].bootstrap, "client.id": "c,zone=b",
+                  "group.id": f"g-{uuid.uuid4()}", "auto.offset.reset": "latest",
+                  "fetch.wait.max.ms": 10000, "fetch.min.bytes": 1})
+    c.subscribe([topic])
+    deadline = time.monotonic() + 30
+    while not c.assignment():
+        assert time.monotonic() < deadline, "no assignment"
+        c.poll(0.2)
+    # Let the consumer reach the end of the (empty) log and start long-polling.
+    c.poll(2)
+    p = Producer({"bootstrap.servers": brokers[0].bootstrap, "client.id": "p,zone=a",
+                  "linger.ms": 0})
+    latencies = []
+    for i in range(10):
+        sent = time.monotonic()
+        p.produce(topic, value=b"%d" % i)
+        assert p.flush(10) == 0
+        while True:
+            m = c.poll(0.05)
+            assert time.monotonic() - sent < 15, f"record {i} not consumed"
+            if m is not None and not m.error():
+                latencies.append(time.monotonic() - sent)
+                break
+    c.close()
+    latencies.sort()
+    print(f"\nproduce on broker 0 -> consume on broker 1: median {latencies[5] * 1000:.0f} ms, "
+          f"max {latencies[-1] * 1000:.0f} ms")
+    # Without wake-ups each record would wait out the 10 s long poll.
+    assert latencies[5] < 1.0, latencies
