@@ -17,6 +17,18 @@ Fixtures:
     One started broker with default settings.
 ``topic``
     A topic name unique to the test (the topic itself is not created).
+``s3_endpoint``
+    An S3-compatible server (moto) on loopback with an empty bucket
+    :data:`S3_BUCKET`: ``(url, boto3 client)``.  :func:`use_s3` points the
+    brokers started afterwards at an endpoint.
+``faulty_s3``
+    The same behind an :class:`~s3_fault_proxy.S3FaultProxy`
+    (a :class:`FaultyS3`).
+``postgres_db``
+    The URL of a fresh, empty database on the throwaway PostgreSQL named by
+    ``$FJORD_TEST_POSTGRES_URL`` (see scripts/test-postgres.sh), dropped at
+    teardown.  :func:`stop_postgres`, :func:`start_postgres` and
+    :func:`restart_postgres` stop and start that server (``$FJORD_PG_DIR``).
 
 When a test fails, the stdout/stderr of every broker it started is attached
 to the pytest report (shown as "fjord ... stderr" sections).
@@ -26,15 +38,21 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from s3_fault_proxy import S3FaultProxy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FJORD_BIN = REPO_ROOT / "target" / "release" / "fjord"
@@ -321,6 +339,163 @@ def topic(request: pytest.FixtureRequest) -> str:
     """A topic name unique to this test (only ``[A-Za-z0-9._-]``)."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name).strip("-.")[:150]
     return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+# --------------------------------------------------------------------------
+# S3 (moto's server mode on loopback), optionally behind a fault proxy
+# --------------------------------------------------------------------------
+
+#: The bucket ``s3_endpoint`` creates.
+S3_BUCKET = "fjord-e2e"
+#: What moto accepts (any credentials) and the brokers send.
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+
+
+def use_s3(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Make brokers started from now on (their environment) use the S3 server
+    at ``endpoint`` for ``s3://`` object stores."""
+    for k, v in S3_CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ENDPOINT", endpoint)
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path: Path):
+    """An S3 server on a free loopback port with an empty bucket
+    :data:`S3_BUCKET`; yields ``(url, boto3 client)``."""
+    import boto3  # only the S3 tests pay for the import
+
+    server = Path(sys.executable).parent / "moto_server"
+    if not server.exists():
+        found = shutil.which("moto_server")
+        assert found, "moto_server not found: run scripts/setup-test-env.sh (tests/requirements.txt)"
+        server = Path(found)
+    port = free_port()
+    log_path = tmp_path / "moto.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while not _port_accepts(port):
+            assert proc.poll() is None, f"moto_server exited: {log_path.read_text()}"
+            assert time.monotonic() < deadline, "moto_server did not start"
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+        s3.create_bucket(Bucket=S3_BUCKET)
+        yield url, s3
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@dataclass
+class FaultyS3:
+    """What ``faulty_s3`` yields."""
+
+    #: The proxy's URL: the endpoint to give the broker (see :func:`use_s3`).
+    url: str
+    #: boto3 client talking to the S3 server directly (never sees faults).
+    s3: Any
+    #: Fault controls and counters.
+    proxy: S3FaultProxy
+
+
+#: Seed of the fault proxy's random choices: which requests fail or are held
+#: is the same from run to run (only the requests themselves vary).
+FAULT_SEED = 1
+
+
+@pytest.fixture
+def faulty_s3(s3_endpoint) -> FaultyS3:
+    """``s3_endpoint`` behind a fault-injecting proxy (no faults until asked)."""
+    upstream, s3 = s3_endpoint
+    with S3FaultProxy(upstream, seed=FAULT_SEED) as proxy:
+        yield FaultyS3(proxy.url, s3, proxy)
+
+
+# --------------------------------------------------------------------------
+# The throwaway PostgreSQL server (scripts/test-postgres.sh)
+# --------------------------------------------------------------------------
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _env_or_fail(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(
+            f"{name} is not set: run the suite with ./scripts/test.sh, or start a throwaway "
+            'PostgreSQL in the same shell first: eval "$(scripts/test-postgres.sh start)"',
+            pytrace=False,
+        )
+    return value
+
+
+def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kwargs)
+    assert proc.returncode == 0, (
+        f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
+    )
+    return proc
+
+
+def psql(url: str, sql: str) -> str:
+    """Run ``sql`` with psql against the database ``url`` names; return its
+    unaligned, tuples-only output (fails the test on error)."""
+    return _run([str(PG_BIN / "psql"), url, "-v", "ON_ERROR_STOP=1", "-Atc", sql], "psql").stdout
+
+
+@pytest.fixture
+def postgres_db() -> str:
+    """URL of a new, empty database on ``$FJORD_TEST_POSTGRES_URL``'s server,
+    dropped (``--force``: connections are ended) at teardown."""
+    server = urlsplit(_env_or_fail("FJORD_TEST_POSTGRES_URL"))
+    name = f"fjord_test_{uuid.uuid4().hex[:12]}"
+    conn = ["-h", server.hostname or "127.0.0.1", "-p", str(server.port or 5432),
+            "-U", server.username or "postgres"]
+    _run([str(PG_BIN / "createdb"), *conn, name], "createdb")
+    try:
+        yield urlunsplit(server._replace(path=f"/{name}"))
+    finally:
+        _run([str(PG_BIN / "dropdb"), *conn, "--force", "--if-exists", name], "dropdb")
+
+
+def _pg_ctl(*args: str) -> None:
+    """Run pg_ctl on ``$FJORD_PG_DIR``'s server, as the ``postgres`` user when
+    we are root (as scripts/test-postgres.sh does)."""
+    pg_dir = _env_or_fail("FJORD_PG_DIR")
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    _run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", f"{pg_dir}/data", "-w", "-t", "30", *args],
+         f"pg_ctl {args[0] if args else ''}", cwd=pg_dir)
+
+
+def stop_postgres() -> None:
+    """Stop the throwaway server (``pg_ctl -m fast``: connections are ended)."""
+    _pg_ctl("-m", "fast", "stop")
+
+
+def start_postgres() -> None:
+    """Start the throwaway server again, on its port with its settings."""
+    pg_dir = _env_or_fail("FJORD_PG_DIR")
+    port = Path(pg_dir, "port").read_text().strip()
+    # The same settings as scripts/test-postgres.sh's `start`.
+    options = (
+        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='{pg_dir}' "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        "-c max_connections=300 -c shared_buffers=64MB"
+    )
+    _pg_ctl("-l", f"{pg_dir}/server.log", "start", "-o", options)
+
+
+def restart_postgres(down_seconds: float = 0.0) -> None:
+    """Stop the throwaway server, keep it down ``down_seconds``, start it again."""
+    stop_postgres()
+    time.sleep(down_seconds)
+    start_postgres()
 
 
 # --------------------------------------------------------------------------
