@@ -18,6 +18,7 @@ gets its own database, bucket and brokers.
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 
@@ -259,3 +260,26 @@ def test_commits_wake_long_polls_on_other_brokers(broker_factory, postgres_db, s
           f"max {latencies[-1] * 1000:.0f} ms")
     # Without wake-ups each record would wait out the 10 s long poll.
     assert latencies[5] < 1.0, latencies
+
+
+@pytest.mark.timeout(120)
+def test_broker_whose_node_id_was_taken_stops(broker_factory, postgres_db, s3):
+    """A broker frozen past its lease (here SIGSTOP; in life a long partition from PostgreSQL)
+    whose node id a new broker took meanwhile must not serve under the same id: it stops."""
+    args = ["--coordinator", postgres_db, "--object-store", f"s3://{S3_BUCKET}/cluster",
+            "--broker-lease-ms", "1000"]
+    a = broker_factory(*args, name="frozen")
+    wait_for_brokers(a.bootstrap, {0})
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5)
+        b = broker_factory(*args, name="newcomer")
+        wait_for_brokers(b.bootstrap, {0})  # b took node id 0
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    rc = a.proc.wait(timeout=30)
+    a.proc = None
+    assert rc != 0
+    assert "lost its place in the cluster" in a.stderr_path.read_text()
+    assert b.running
+    wait_for_brokers(b.bootstrap, {0})

@@ -71,6 +71,9 @@ pub struct ServeConfig {
     pub group_consumer_heartbeat_interval_ms: u64,
     /// Seconds an unreferenced or never-committed object is kept before deletion.
     pub gc_grace_secs: u64,
+    /// Connections each broker keeps to a PostgreSQL coordinator (plus one for commit
+    /// notifications).
+    pub postgres_pool_size: usize,
     /// Lease (ms) of this broker's registration; it is renewed every fifth of it. A broker that
     /// stops renewing leaves Metadata within this time plus one renewal interval.
     pub broker_lease_ms: u64,
@@ -105,6 +108,7 @@ impl Default for ServeConfig {
             group_consumer_heartbeat_interval_ms: 5_000,
             gc_grace_secs: 600,
             broker_lease_ms: 6_000,
+            postgres_pool_size: 8,
         }
     }
 }
@@ -134,6 +138,27 @@ pub struct ServeArgs {
     /// Lease (ms) of this broker's registration in the coordinator [default: 6000].
     #[arg(long, env = "FJORD_BROKER_LEASE_MS")]
     pub broker_lease_ms: Option<u64>,
+    /// Connections to a PostgreSQL coordinator, besides one for commit notifications [default: 8].
+    #[arg(long, env = "FJORD_POSTGRES_POOL_SIZE")]
+    pub postgres_pool_size: Option<usize>,
+    /// Produce requests wait once this many bytes are buffered [default: 32 MiB].
+    #[arg(long, env = "FJORD_MAX_BUFFER_BYTES")]
+    pub max_buffer_bytes: Option<usize>,
+    /// Largest request frame a client may send [default: 100 MiB].
+    #[arg(long, env = "FJORD_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Client connections served at once [default: 100000].
+    #[arg(long, env = "FJORD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds that shutdown waits for requests in flight [default: 30].
+    #[arg(long, env = "FJORD_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
+    /// Seconds between object garbage-collection passes [default: 60].
+    #[arg(long, env = "FJORD_GC_INTERVAL_SECS")]
+    pub gc_interval_secs: Option<u64>,
+    /// Seconds an unreferenced or never-committed object is kept before deletion [default: 600].
+    #[arg(long, env = "FJORD_GC_GRACE_SECS")]
+    pub gc_grace_secs: Option<u64>,
     /// Coordinator: "embedded" or postgres://user:pass@host/db [default: embedded].
     #[arg(long, env = "FJORD_COORDINATOR")]
     pub coordinator: Option<String>,
@@ -203,7 +228,14 @@ impl ServeArgs {
             group_initial_rebalance_delay_ms,
             group_consumer_session_timeout_ms,
             group_consumer_heartbeat_interval_ms,
-            broker_lease_ms
+            broker_lease_ms,
+            postgres_pool_size,
+            max_buffer_bytes,
+            max_request_bytes,
+            max_connections,
+            shutdown_timeout_secs,
+            gc_interval_secs,
+            gc_grace_secs
         );
         c.object_store_options
             .extend(self.object_store_options.iter().cloned());
@@ -263,6 +295,9 @@ impl ServeConfig {
         }
         if self.gc_grace_secs < 60 {
             bail!("gc_grace_secs must be at least 60: it must outlast any upload and commit");
+        }
+        if self.postgres_pool_size == 0 {
+            bail!("postgres_pool_size must be positive");
         }
         if !(100..=3_600_000).contains(&self.broker_lease_ms) {
             bail!("broker_lease_ms must be between 100 and 3600000");

@@ -8,7 +8,7 @@ use fjord_broker::cluster::membership::{Membership, MembershipSettings};
 use fjord_broker::cluster::ClusterView;
 use fjord_broker::{Broker, BrokerSettings};
 use fjord_coordinator::embedded::EmbeddedCoordinator;
-use fjord_coordinator::postgres::PostgresCoordinator;
+use fjord_coordinator::postgres::{PostgresCoordinator, PostgresOptions};
 use fjord_coordinator::Coordinator;
 use fjord_server::ServerSettings;
 use fjord_storage::reader::{ReadCache, Reader};
@@ -32,7 +32,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             })?)
         }
         url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let pg = PostgresCoordinator::connect(url)
+            let options = PostgresOptions {
+                pool_size: config.postgres_pool_size,
+                ..PostgresOptions::default()
+            };
+            let pg = PostgresCoordinator::connect_with(url, options)
                 .await
                 .context("connecting to the PostgreSQL coordinator")?;
             postgres = Some(pg.clone());
@@ -144,7 +148,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     // Leaving the cluster is the first thing shutdown does, so other brokers stop sending
     // clients here while this one drains.
     let leave = CancellationToken::new();
-    let membership_task = tokio::spawn(membership.run(leave.clone()));
+    let mut membership_task = tokio::spawn(membership.run(leave.clone()));
     let gc = tokio::spawn(gc_loop(
         store.clone(),
         broker.coordinator.clone(),
@@ -164,12 +168,25 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
-    wait_for_signal().await?;
+    // Run until a signal, or until this broker may no longer serve under its node id.
+    let fenced = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            None
+        }
+        left = &mut membership_task => Some(match left {
+            Ok(Ok(())) => anyhow::anyhow!("cluster membership ended unexpectedly"),
+            Ok(Err(e)) => anyhow::Error::new(e),
+            Err(e) => anyhow::anyhow!("cluster membership task failed: {e}"),
+        }),
+    };
     tracing::info!(
         "shutting down: leaving the cluster, no new connections, answering requests in flight"
     );
     leave.cancel();
-    let _ = membership_task.await;
+    if fenced.is_none() {
+        let _ = membership_task.await;
+    }
     shutdown.cancel();
     // Flush and commit what is buffered now, while connections answer what they already read:
     // their produce replies wait for exactly that.
@@ -183,7 +200,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     }
     drop(broker);
     tracing::info!("shutdown complete");
-    Ok(())
+    match fenced {
+        Some(e) => Err(e.context("stopped because this broker lost its place in the cluster")),
+        None => Ok(()),
+    }
 }
 
 /// Deletes garbage objects every `interval` until `shutdown`, while this broker is the one that

@@ -12,6 +12,9 @@
 //!   cluster shrink to one broker in clients' eyes. A lost lease (it lapsed during an outage, or
 //!   another incarnation took the node id) is re-registered on the next round.
 //! - The task owns the lease: nothing else registers, renews or deregisters this incarnation.
+//! - Two live brokers never share a node id: if this broker's lease lapsed and another broker took
+//!   its node id meanwhile (a long coordinator outage), [`Membership::run`] ends with
+//!   [`JoinError::NodeIdTaken`] and the broker must stop; restarted, it joins with a fresh id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,8 +166,10 @@ impl Membership {
         self.view.subscribe()
     }
 
-    /// Renews the lease and refreshes the view until `shutdown`, then deregisters.
-    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+    /// Renews the lease and refreshes the view until `shutdown`, then deregisters. Fails (after
+    /// deregistering nothing: the node id belongs to another broker) when this broker's node id
+    /// was taken by another live broker while its own lease had lapsed.
+    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) -> Result<(), JoinError> {
         let mut ticker = tokio::time::interval(self.lease / 5);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -175,9 +180,17 @@ impl Membership {
                 _ = ticker.tick() => {}
             }
             let round = self.round(&mut lease_lost);
-            tokio::select! {
+            let taken = tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = round => {}
+                taken = round => taken,
+            };
+            if taken {
+                tracing::error!(
+                    node_id = self.node_id(),
+                    "another live broker took this broker's node id while its lease had lapsed; \
+                     stopping (restarted, it joins with a fresh id)"
+                );
+                return Err(JoinError::NodeIdTaken(self.node_id(), self.lease));
             }
         }
         let deregister = self
@@ -188,9 +201,12 @@ impl Membership {
             Ok(Err(e)) => tracing::warn!(error = %e, "deregistering failed; the lease will lapse"),
             Err(_) => tracing::warn!("deregistering timed out; the lease will lapse"),
         }
+        Ok(())
     }
 
-    async fn round(&self, lease_lost: &mut bool) {
+    /// One renewal and view refresh; true when the node id turned out to be held by another
+    /// live broker.
+    async fn round(&self, lease_lost: &mut bool) -> bool {
         let lease_ms = lease_ms(self.lease);
         let r = &self.registration;
         let renewed = if *lease_lost {
@@ -214,10 +230,12 @@ impl Membership {
                 }
                 *lease_lost = false;
             }
+            Err(CoordinatorError::Invalid(_)) if *lease_lost => {
+                // Registering again was refused: another live incarnation holds the node id.
+                return true;
+            }
             Err(CoordinatorError::Invalid(reason)) => {
-                if !*lease_lost {
-                    tracing::warn!(node_id = r.node_id, %reason, "broker lease lost; registering again");
-                }
+                tracing::warn!(node_id = r.node_id, %reason, "broker lease lost; registering again");
                 *lease_lost = true;
             }
             Err(e) => tracing::warn!(error = %e, "renewing the broker lease failed; will retry"),
@@ -228,6 +246,7 @@ impl Membership {
                 tracing::warn!(error = %e, "listing live brokers failed; keeping the last view")
             }
         }
+        false
     }
 
     fn publish(&self, live: &[LiveBroker]) {
