@@ -3,12 +3,14 @@
 //! - [`batch`]: views over Kafka v2 record batch headers (validation, base-offset rewrite).
 //! - [`object`]: the immutable object format (batches grouped by partition, self-describing
 //!   footer).
+//! - [`instrumented`]: a decorator counting requests and bytes (and adding simulated latency).
 //! - [`store`]: building an `Arc<dyn ObjectStore>` from a URL.
 //! - [`writer`]: the shared write buffer, flushes, uploads and ordered coordinator commits.
 //! - [`reader`]: reading committed batches through a byte-bounded cache.
 
 pub mod batch;
 pub mod gc;
+pub mod instrumented;
 pub mod object;
 pub mod reader;
 pub mod store;

@@ -74,6 +74,11 @@ pub struct ServeConfig {
     /// Connections each broker keeps to a PostgreSQL coordinator (plus one for commit
     /// notifications).
     pub postgres_pool_size: usize,
+    /// Address of the Prometheus endpoint (`GET /metrics`); none when unset.
+    pub metrics_listen: Option<String>,
+    /// Simulated object-store latency for benchmarks and tests: `s3` (S3 Standard-like) or
+    /// `put=MEDIAN/P99,get=MEDIAN/P99,other=MEDIAN/P99` in ms. Never set it in production.
+    pub simulated_store_latency: Option<String>,
     /// Lease (ms) of this broker's registration; it is renewed every fifth of it. A broker that
     /// stops renewing leaves Metadata within this time plus one renewal interval.
     pub broker_lease_ms: u64,
@@ -109,6 +114,8 @@ impl Default for ServeConfig {
             gc_grace_secs: 600,
             broker_lease_ms: 6_000,
             postgres_pool_size: 8,
+            metrics_listen: None,
+            simulated_store_latency: None,
         }
     }
 }
@@ -138,6 +145,12 @@ pub struct ServeArgs {
     /// Lease (ms) of this broker's registration in the coordinator [default: 6000].
     #[arg(long, env = "FJORD_BROKER_LEASE_MS")]
     pub broker_lease_ms: Option<u64>,
+    /// Address for the Prometheus endpoint, GET /metrics (e.g. 0.0.0.0:9093) [default: none].
+    #[arg(long, env = "FJORD_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Simulated object-store latency, for benchmarks: "s3" or "put=50/300,get=30/150" (ms median/p99).
+    #[arg(long, env = "FJORD_SIMULATED_STORE_LATENCY")]
+    pub simulated_store_latency: Option<String>,
     /// Connections to a PostgreSQL coordinator, besides one for commit notifications [default: 8].
     #[arg(long, env = "FJORD_POSTGRES_POOL_SIZE")]
     pub postgres_pool_size: Option<usize>,
@@ -251,6 +264,12 @@ impl ServeArgs {
         if self.node_id.is_some() {
             c.node_id = self.node_id;
         }
+        if self.metrics_listen.is_some() {
+            c.metrics_listen = self.metrics_listen.clone();
+        }
+        if self.simulated_store_latency.is_some() {
+            c.simulated_store_latency = self.simulated_store_latency.clone();
+        }
         // The open buffer must be able to reach the flush size.
         c.max_buffer_bytes = c.max_buffer_bytes.max(c.flush_bytes);
         c.validate()?;
@@ -295,6 +314,15 @@ impl ServeConfig {
         }
         if self.gc_grace_secs < 60 {
             bail!("gc_grace_secs must be at least 60: it must outlast any upload and commit");
+        }
+        if let Some(spec) = &self.simulated_store_latency {
+            fjord_storage::instrumented::LatencyModel::parse(spec)
+                .map_err(|e| anyhow::anyhow!("simulated_store_latency: {e}"))?;
+        }
+        if let Some(a) = &self.metrics_listen {
+            a.parse::<SocketAddr>().with_context(|| {
+                format!("metrics_listen '{a}' is not HOST:PORT (an IP address and port)")
+            })?;
         }
         if self.postgres_pool_size == 0 {
             bail!("postgres_pool_size must be positive");

@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod metrics;
 mod serve;
 
 use clap::{Parser, Subcommand};

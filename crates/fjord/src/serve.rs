@@ -11,6 +11,7 @@ use fjord_coordinator::embedded::EmbeddedCoordinator;
 use fjord_coordinator::postgres::{PostgresCoordinator, PostgresOptions};
 use fjord_coordinator::Coordinator;
 use fjord_server::ServerSettings;
+use fjord_storage::instrumented::{InstrumentedStore, LatencyModel};
 use fjord_storage::reader::{ReadCache, Reader};
 use fjord_storage::writer::{Writer, WriterSettings};
 use tokio::net::TcpListener;
@@ -55,7 +56,23 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let store = fjord_storage::store::from_url_with_options(&store_url, &store_options)?;
+    let latency = match &config.simulated_store_latency {
+        Some(spec) => {
+            let model = LatencyModel::parse(spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::warn!(
+                ?model,
+                "object store latency is SIMULATED (a benchmark setting)"
+            );
+            Some(model)
+        }
+        None => None,
+    };
+    let store = InstrumentedStore::new(
+        fjord_storage::store::from_url_with_options(&store_url, &store_options)?,
+        latency,
+    );
+    let store_stats = store.stats();
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(store);
 
     let (advertised_host, advertised_port) = config.advertised()?;
     // Listen before registering: once registered, other brokers send clients here.
@@ -152,11 +169,25 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let gc = tokio::spawn(gc_loop(
         store.clone(),
         broker.coordinator.clone(),
-        cluster,
+        cluster.clone(),
         Duration::from_secs(config.gc_interval_secs),
         Duration::from_secs(config.gc_grace_secs),
         shutdown.clone(),
     ));
+    let metrics = match &config.metrics_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {address}"))?;
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                store_stats,
+                cluster.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let server = tokio::spawn(fjord_server::serve(
         listener,
         broker.clone(),
@@ -195,6 +226,13 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         tracing::error!(error = %e, "listener task failed");
     }
     let _ = gc.await;
+    if let Some(metrics) = metrics {
+        match metrics.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics endpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "metrics task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     if let Some(listener) = commit_listener {
         listener.stop().await;
     }

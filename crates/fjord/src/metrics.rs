@@ -1,0 +1,117 @@
+//! The broker's Prometheus endpoint (`--metrics-listen`): `GET /metrics` in the OpenMetrics text
+//! format, built with `prometheus-client` and served with `axum`.
+//!
+//! Values are read at scrape time from the components that own them (the object store's request
+//! counts, the cluster view); this module owns no counters of its own, so nothing is counted
+//! twice and nothing can drift.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use axum::Router;
+use fjord_broker::cluster::ClusterView;
+use fjord_storage::instrumented::StoreStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Reads the object store's counts and the cluster view at scrape time.
+#[derive(Debug)]
+struct BrokerCollector {
+    store: Arc<StoreStats>,
+    cluster: watch::Receiver<Arc<ClusterView>>,
+}
+
+impl Collector for BrokerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = self.store.snapshot();
+        let mut requests = encoder.encode_descriptor(
+            "fjord_object_store_requests",
+            "Object store requests issued, by kind (PUT counts each multipart part)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (op, n) in [
+            ("put", c.puts),
+            ("get", c.gets),
+            ("list", c.lists),
+            ("delete", c.deletes),
+            ("other", c.others),
+        ] {
+            ConstCounter::new(n).encode(requests.encode_family(&[("op", op)])?)?;
+        }
+        let mut bytes = encoder.encode_descriptor(
+            "fjord_object_store_bytes",
+            "Bytes sent to (put) and received from (get) the object store",
+            None,
+            MetricType::Counter,
+        )?;
+        for (op, n) in [("put", c.put_bytes), ("get", c.get_bytes)] {
+            ConstCounter::new(n).encode(bytes.encode_family(&[("op", op)])?)?;
+        }
+        let view = self.cluster.borrow().clone();
+        let brokers = encoder.encode_descriptor(
+            "fjord_cluster_live_brokers",
+            "Live brokers in this broker's view of the cluster",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(view.members().len() as i64).encode(brokers)?;
+        let duties = encoder.encode_descriptor(
+            "fjord_cluster_background_duties",
+            "1 if this broker runs the cluster's background duties (object GC)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(view.runs_background_duties())).encode(duties)?;
+        Ok(())
+    }
+}
+
+/// Serves `/metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<StoreStats>,
+    cluster: watch::Receiver<Arc<ClusterView>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(BrokerCollector { store, cluster }));
+    let registry = Arc::new(registry);
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                    Ok(()) => (
+                        axum::http::StatusCode::OK,
+                        [(
+                            CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    ),
+                    Err(_) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+                        "encoding metrics failed".to_string(),
+                    ),
+                }
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("serving metrics")
+}
