@@ -12,6 +12,12 @@
 //! before flush N+1 even if N+1's upload finishes first, and per-partition arrival order
 //! survives. Only after the commit are produce requests answered.
 //!
+//! An upload still running after `upload_hedge_after` gets a second, identical PUT of the same
+//! key (a hedged request): whichever succeeds first wins. Object-store latency has a long tail,
+//! and because commits are in seal order one slow PUT delays every flush behind it; hedging cuts
+//! that tail for a few percent more PUTs. Identical content under one key makes the duplicate
+//! harmless.
+//!
 //! Uploads and commits are retried with backoff until `retry_deadline`; a flush that still
 //! fails answers its waiters with an error (clients retry; idempotent producers are
 //! de-duplicated by the coordinator, and a commit is idempotent per object key). An uploaded
@@ -48,6 +54,8 @@ pub struct WriterSettings {
     pub max_buffer_bytes: usize,
     /// How long uploads and commits are retried before a flush fails.
     pub retry_deadline: Duration,
+    /// Start a second, identical PUT when an upload has not finished after this long.
+    pub upload_hedge_after: Option<Duration>,
     /// Written into object footers.
     pub broker_id: i32,
 }
@@ -60,6 +68,7 @@ impl Default for WriterSettings {
             max_inflight_flushes: 4,
             max_buffer_bytes: 32 << 20,
             retry_deadline: Duration::from_secs(20),
+            upload_hedge_after: None,
             broker_id: 0,
         }
     }
@@ -336,6 +345,7 @@ fn seal(
         object_key.clone(),
         object.clone(),
         settings.retry_deadline,
+        settings.upload_hedge_after,
     ));
     Sealed {
         commit: FlushCommit {
@@ -378,16 +388,49 @@ impl Backoff {
     }
 }
 
+/// One PUT of `object`, hedged with a second one after `hedge_after`: the first success wins;
+/// an error counts only once both attempts have ended (or when no hedge was started).
+async fn put_hedged(
+    store: &Arc<dyn ObjectStore>,
+    location: &Path,
+    object: &Bytes,
+    hedge_after: Option<Duration>,
+) -> object_store::Result<()> {
+    let first = store.put(location, object.clone().into());
+    let Some(after) = hedge_after else {
+        return first.await.map(|_| ());
+    };
+    tokio::pin!(first);
+    tokio::select! {
+        result = &mut first => return result.map(|_| ()),
+        () = tokio::time::sleep(after) => {}
+    }
+    tracing::debug!(object = %location, "upload slow; hedging with a second PUT");
+    let second = store.put(location, object.clone().into());
+    tokio::pin!(second);
+    tokio::select! {
+        result = &mut first => match result {
+            Ok(_) => Ok(()),
+            Err(_) => second.await.map(|_| ()),
+        },
+        result = &mut second => match result {
+            Ok(_) => Ok(()),
+            Err(_) => first.await.map(|_| ()),
+        },
+    }
+}
+
 async fn upload(
     store: Arc<dyn ObjectStore>,
     key: String,
     object: Bytes,
     limit: Duration,
+    hedge_after: Option<Duration>,
 ) -> Result<(), WriteError> {
     let location = Path::from(key.as_str());
     let mut backoff = Backoff::new(limit);
     loop {
-        match store.put(&location, object.clone().into()).await {
+        match put_hedged(&store, &location, &object, hedge_after).await {
             Ok(_) => return Ok(()),
             Err(e) => {
                 tracing::warn!(object = %key, error = %e, "object upload failed");

@@ -74,6 +74,8 @@ pub struct ServeConfig {
     /// Connections each broker keeps to a PostgreSQL coordinator (plus one for commit
     /// notifications).
     pub postgres_pool_size: usize,
+    /// Start a second, identical PUT when an upload takes longer than this (ms); 0 = never.
+    pub upload_hedge_ms: u64,
     /// Address of the Prometheus endpoint (`GET /metrics`); none when unset.
     pub metrics_listen: Option<String>,
     /// Simulated object-store latency for benchmarks and tests: `s3` (S3 Standard-like) or
@@ -116,6 +118,7 @@ impl Default for ServeConfig {
             postgres_pool_size: 8,
             metrics_listen: None,
             simulated_store_latency: None,
+            upload_hedge_ms: 200,
         }
     }
 }
@@ -145,6 +148,9 @@ pub struct ServeArgs {
     /// Lease (ms) of this broker's registration in the coordinator [default: 6000].
     #[arg(long, env = "FJORD_BROKER_LEASE_MS")]
     pub broker_lease_ms: Option<u64>,
+    /// Hedge an upload with a second identical PUT after this many ms; 0 = never [default: 200].
+    #[arg(long, env = "FJORD_UPLOAD_HEDGE_MS")]
+    pub upload_hedge_ms: Option<u64>,
     /// Address for the Prometheus endpoint, GET /metrics (e.g. 0.0.0.0:9093) [default: none].
     #[arg(long, env = "FJORD_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -248,7 +254,8 @@ impl ServeArgs {
             max_connections,
             shutdown_timeout_secs,
             gc_interval_secs,
-            gc_grace_secs
+            gc_grace_secs,
+            upload_hedge_ms
         );
         c.object_store_options
             .extend(self.object_store_options.iter().cloned());

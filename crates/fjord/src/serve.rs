@@ -110,6 +110,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             max_inflight_flushes: config.max_inflight_flushes,
             max_buffer_bytes: config.max_buffer_bytes,
             broker_id: node_id,
+            upload_hedge_after: (config.upload_hedge_ms > 0)
+                .then(|| Duration::from_millis(config.upload_hedge_ms)),
             ..WriterSettings::default()
         },
         store.clone(),

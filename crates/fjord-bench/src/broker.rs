@@ -1,0 +1,226 @@
+//! A `fjord serve` process for one benchmark run: temp data dir, free ports, the Prometheus
+//! endpoint scraped for object-store request counts, and RSS/CPU read from /proc.
+//!
+//! The process is stopped (SIGTERM, then SIGKILL after 20 s) when the value is dropped.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A running broker.
+pub struct BrokerProcess {
+    child: Child,
+    /// `host:port` for clients.
+    pub bootstrap: String,
+    metrics_port: u16,
+    binary: PathBuf,
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl BrokerProcess {
+    /// Starts `binary serve` with `extra` arguments and waits until it accepts connections.
+    pub fn start(binary: &Path, extra: &[String]) -> anyhow::Result<BrokerProcess> {
+        let dir = tempfile::tempdir().context("creating a data dir")?;
+        let port = free_port()?;
+        let metrics_port = free_port()?;
+        let bootstrap = format!("127.0.0.1:{port}");
+        let child = spawn(binary, extra, dir.path(), &bootstrap, metrics_port)?;
+        let mut broker = BrokerProcess {
+            child,
+            bootstrap,
+            metrics_port,
+            binary: binary.to_path_buf(),
+            extra: extra.to_vec(),
+            _dir: dir,
+        };
+        broker.wait_ready()?;
+        Ok(broker)
+    }
+
+    /// Stops the broker gracefully and starts it again on the same port and data (cold caches).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.child = spawn(
+            &self.binary,
+            &self.extra,
+            self._dir.path(),
+            &self.bootstrap,
+            self.metrics_port,
+        )?;
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.bootstrap).is_err() {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "broker exited with {status} during startup:\n{}",
+                    self.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("broker did not listen within 30 s:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of the broker's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self._dir.path().join("broker.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Samples of the Prometheus endpoint, by series name with labels.
+    pub async fn metrics(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let text = reqwest::get(&url)
+            .await
+            .with_context(|| format!("scraping {url}"))?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Object-store counts now.
+    pub async fn store_counts(&self) -> anyhow::Result<StoreCounts> {
+        let m = self.metrics().await?;
+        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        Ok(StoreCounts {
+            puts: get("fjord_object_store_requests_total{op=\"put\"}"),
+            put_bytes: get("fjord_object_store_bytes_total{op=\"put\"}"),
+            gets: get("fjord_object_store_requests_total{op=\"get\"}"),
+            get_bytes: get("fjord_object_store_bytes_total{op=\"get\"}"),
+        })
+    }
+
+    /// Resident set size in bytes and CPU time (user + system) in seconds.
+    pub fn usage(&self) -> anyhow::Result<(u64, f64)> {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS in /proc/PID/status")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+        // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the command.
+        let cpu = (ticks(11) + ticks(12)) / 100.0;
+        Ok((rss_kib * 1024, cpu))
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(
+    binary: &Path,
+    extra: &[String],
+    dir: &Path,
+    bootstrap: &str,
+    metrics_port: u16,
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))?;
+    Command::new(binary)
+        .arg("serve")
+        .args(["--listen", bootstrap])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// Object-store traffic of a broker (from its metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreCounts {
+    /// PUT requests.
+    pub puts: f64,
+    /// Bytes PUT.
+    pub put_bytes: f64,
+    /// GET requests.
+    pub gets: f64,
+    /// Bytes received by GETs.
+    pub get_bytes: f64,
+}
+
+impl std::ops::Sub for StoreCounts {
+    type Output = StoreCounts;
+    fn sub(self, o: StoreCounts) -> StoreCounts {
+        StoreCounts {
+            puts: self.puts - o.puts,
+            put_bytes: self.put_bytes - o.put_bytes,
+            gets: self.gets - o.gets,
+            get_bytes: self.get_bytes - o.get_bytes,
+        }
+    }
+}
+
+/// The `fjord` binary next to this one, or `$FJORD_BIN`.
+pub fn default_binary() -> PathBuf {
+    if let Some(b) = std::env::var_os("FJORD_BIN") {
+        return PathBuf::from(b);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("fjord")))
+        .unwrap_or_else(|| PathBuf::from("target/release/fjord"))
+}

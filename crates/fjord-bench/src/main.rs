@@ -1,0 +1,414 @@
+//! `fjord-bench`: Fjord's benchmark suite. Every scenario starts its own broker (`fjord serve`,
+//! found next to this binary or at `$FJORD_BIN`) with a fresh data dir, drives it with librdkafka
+//! (the `rdkafka` crate), prints a table, and with `--results FILE` appends it, with the git
+//! revision and a description of the machine, to a Markdown file (bench/RESULTS.md by
+//! `bench/run`).
+//!
+//! Scenarios: `produce` (throughput), `latency` (acknowledgement and end-to-end latency at a
+//! fixed offered rate), `fanout` (several consumer groups reading one topic from cold caches),
+//! `connections` (many idle clients), `all` (the standard matrix), `smoke` (seconds, for CI).
+//! `--store sim-s3` runs the broker on the local store behind a simulated S3 latency
+//! (`--simulated-store-latency s3`).
+
+mod broker;
+mod connections;
+mod fanout;
+mod produce;
+mod report;
+mod samples;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::broker::{BrokerProcess, StoreCounts};
+use crate::produce::{ProduceResult, ProduceSpec};
+use crate::report::{Row, Table};
+
+#[derive(Debug, Parser)]
+#[command(name = "fjord-bench", about = "Fjord's benchmark suite")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// The fjord binary [default: next to this one, or $FJORD_BIN].
+    #[arg(long, global = true)]
+    fjord: Option<PathBuf>,
+    /// Append the table to this Markdown file.
+    #[arg(long, global = true)]
+    results: Option<PathBuf>,
+    /// Extra `fjord serve` argument for every broker started (repeatable), e.g.
+    /// `--broker-arg=--max-inflight-flushes=8`.
+    #[arg(long = "broker-arg", global = true, allow_hyphen_values = true)]
+    broker_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Store {
+    /// The local filesystem store.
+    Local,
+    /// The local store behind simulated S3 Standard latency.
+    SimS3,
+}
+
+impl Store {
+    fn args(self) -> Vec<String> {
+        let mut args: Vec<String> = match self {
+            Store::Local => Vec::new(),
+            Store::SimS3 => vec!["--simulated-store-latency".into(), "s3".into()],
+        };
+        args.extend(EXTRA_BROKER_ARGS.get().cloned().unwrap_or_default());
+        args
+    }
+}
+
+/// `--broker-arg`s, set once at startup.
+static EXTRA_BROKER_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Produce throughput: acks=all, linger 5 ms, as fast as one producer goes.
+    Produce {
+        #[arg(long, default_value_t = 1024)]
+        record_size: usize,
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        #[arg(long, default_value = "none")]
+        compression: String,
+        /// Bytes of values to send.
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
+        #[arg(long, value_enum, default_value_t = Store::Local)]
+        store: Store,
+    },
+    /// Acknowledgement and end-to-end latency at a fixed offered rate.
+    Latency {
+        /// Offered rate in MB/s.
+        #[arg(long, default_value_t = 20.0)]
+        rate_mb: f64,
+        #[arg(long, default_value_t = 1024)]
+        record_size: usize,
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, value_enum, default_value_t = Store::Local)]
+        store: Store,
+    },
+    /// Several consumer groups read one topic from cold caches.
+    Fanout {
+        #[arg(long, default_value_t = 8)]
+        groups: usize,
+        /// MB written, then read by every group.
+        #[arg(long, default_value_t = 256)]
+        mb: u64,
+        #[arg(long, value_enum, default_value_t = Store::Local)]
+        store: Store,
+    },
+    /// Idle client connections, then a producer's latency on top.
+    Connections {
+        /// Connections to open (capped by this process's open-file limit).
+        #[arg(long, default_value_t = 50_000)]
+        count: usize,
+    },
+    /// The standard matrix (minutes).
+    All,
+    /// A few seconds of each kind, for CI.
+    Smoke,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let binary = cli.fjord.clone().unwrap_or_else(broker::default_binary);
+    let _ = EXTRA_BROKER_ARGS.set(cli.broker_args.clone());
+    let mut table = Table::default();
+    let b = &binary;
+    match cli.scenario {
+        Scenario::Produce {
+            record_size,
+            partitions,
+            compression,
+            bytes,
+            store,
+        } => {
+            let records = bytes / record_size.max(1) as u64;
+            produce_row(
+                b,
+                &mut table,
+                record_size,
+                partitions,
+                &compression,
+                records,
+                store,
+            )
+            .await?
+        }
+        Scenario::Latency {
+            rate_mb,
+            record_size,
+            partitions,
+            seconds,
+            store,
+        } => {
+            latency_row(
+                b,
+                &mut table,
+                rate_mb,
+                record_size,
+                partitions,
+                seconds,
+                store,
+            )
+            .await?
+        }
+        Scenario::Fanout { groups, mb, store } => {
+            fanout_row(b, &mut table, groups, mb, store).await?
+        }
+        Scenario::Connections { count } => connections_row(b, &mut table, count).await?,
+        Scenario::All => {
+            for (size, partitions, compression) in [
+                (100, 1, "none"),
+                (100, 12, "none"),
+                (100, 12, "lz4"),
+                (1024, 1, "none"),
+                (1024, 12, "none"),
+                (1024, 12, "lz4"),
+            ] {
+                let records = (1u64 << 30) / size as u64;
+                let records = if size == 100 { records / 4 } else { records };
+                produce_row(
+                    b,
+                    &mut table,
+                    size,
+                    partitions,
+                    compression,
+                    records,
+                    Store::Local,
+                )
+                .await?;
+            }
+            produce_row(b, &mut table, 1024, 12, "none", 1 << 19, Store::SimS3).await?;
+            latency_row(b, &mut table, 20.0, 1024, 12, 20, Store::Local).await?;
+            latency_row(b, &mut table, 20.0, 1024, 12, 20, Store::SimS3).await?;
+            fanout_row(b, &mut table, 8, 256, Store::Local).await?;
+            connections_row(b, &mut table, 50_000).await?;
+        }
+        Scenario::Smoke => {
+            produce_row(b, &mut table, 1024, 3, "lz4", 20_000, Store::Local).await?;
+            latency_row(b, &mut table, 2.0, 1024, 3, 3, Store::SimS3).await?;
+            fanout_row(b, &mut table, 2, 8, Store::Local).await?;
+            connections_row(b, &mut table, 200).await?;
+        }
+    }
+    print!("{}", table.render());
+    if let Some(path) = &cli.results {
+        report::append(path, &table).with_context(|| format!("appending to {}", path.display()))?;
+        println!("appended to {}", path.display());
+    }
+    Ok(())
+}
+
+fn topic_name(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+fn per_gib(count: f64, bytes: f64) -> f64 {
+    if bytes <= 0.0 {
+        return 0.0;
+    }
+    count / (bytes / (1u64 << 30) as f64)
+}
+
+fn check_delivery(result: &ProduceResult) -> anyhow::Result<()> {
+    if result.failed > 0 {
+        anyhow::bail!("{} deliveries failed", result.failed);
+    }
+    Ok(())
+}
+
+async fn produce_row(
+    binary: &std::path::Path,
+    table: &mut Table,
+    record_size: usize,
+    partitions: i32,
+    compression: &str,
+    records: u64,
+    store: Store,
+) -> anyhow::Result<()> {
+    let broker = BrokerProcess::start(binary, &store.args())?;
+    let spec = ProduceSpec {
+        record_size,
+        partitions,
+        compression: compression.to_string(),
+        records,
+        rate: None,
+        end_to_end: false,
+    };
+    let before = broker.store_counts().await?;
+    let result = produce::run(&broker.bootstrap, &topic_name("produce"), &spec).await?;
+    check_delivery(&result)?;
+    let traffic = broker.store_counts().await? - before;
+    table.push(Row {
+        scenario: "produce throughput".into(),
+        setup: format!(
+            "{record_size} B records, {partitions} partitions, {compression}, {store:?} store, acks=all, linger 5 ms"
+        ),
+        figures: format!(
+            "{:.0} MB/s, {:.0} records/s ({} records); {:.0} PUTs/GiB",
+            result.mb_per_s(record_size),
+            result.acked as f64 / result.seconds.max(1e-9),
+            result.acked,
+            per_gib(traffic.puts, traffic.put_bytes),
+        ),
+    });
+    Ok(())
+}
+
+async fn latency_row(
+    binary: &std::path::Path,
+    table: &mut Table,
+    rate_mb: f64,
+    record_size: usize,
+    partitions: i32,
+    seconds: u64,
+    store: Store,
+) -> anyhow::Result<()> {
+    let broker = BrokerProcess::start(binary, &store.args())?;
+    let rate = ((rate_mb * 1e6) / record_size as f64).max(1.0) as u64;
+    let spec = ProduceSpec {
+        record_size,
+        partitions,
+        compression: "none".into(),
+        records: rate * seconds,
+        rate: Some(rate),
+        end_to_end: true,
+    };
+    let before = broker.store_counts().await?;
+    let result = produce::run(&broker.bootstrap, &topic_name("latency"), &spec).await?;
+    check_delivery(&result)?;
+    let traffic: StoreCounts = broker.store_counts().await? - before;
+    let q = |s: &samples::Samples| {
+        format!(
+            "p50 {:.1} / p99 {:.1} / p999 {:.1} ms",
+            s.quantile_ms(0.5),
+            s.quantile_ms(0.99),
+            s.quantile_ms(0.999)
+        )
+    };
+    table.push(Row {
+        scenario: "produce latency".into(),
+        setup: format!(
+            "{rate_mb} MB/s offered ({rate} records/s of {record_size} B), {partitions} partitions, {seconds} s, {store:?} store"
+        ),
+        figures: format!(
+            "ack {}; end-to-end {}; {:.0} PUTs/GiB, {:.0} GETs/GiB",
+            q(&result.ack_latency),
+            q(&result.e2e_latency),
+            per_gib(traffic.puts, traffic.put_bytes),
+            per_gib(traffic.gets, traffic.put_bytes),
+        ),
+    });
+    Ok(())
+}
+
+async fn fanout_row(
+    binary: &std::path::Path,
+    table: &mut Table,
+    groups: usize,
+    mb: u64,
+    store: Store,
+) -> anyhow::Result<()> {
+    let mut broker = BrokerProcess::start(binary, &store.args())?;
+    let record_size = 1024;
+    let records = mb * 1_000_000 / record_size as u64;
+    let r = fanout::run(
+        &mut broker,
+        &topic_name("fanout"),
+        records,
+        record_size,
+        12,
+        groups,
+    )
+    .await?;
+    table.push(Row {
+        scenario: "fan-out reads".into(),
+        setup: format!("{mb} MB written, then {groups} groups read it from cold caches, {store:?} store"),
+        figures: format!(
+            "{:.1}x bytes written fetched from the store ({:.0} GETs/GiB written); all groups done in {:.1} s ({:.0} MB/s served)",
+            r.reads.get_bytes / r.written_bytes.max(1.0),
+            per_gib(r.reads.gets, r.written_bytes),
+            r.seconds,
+            r.written_bytes * groups as f64 / r.seconds.max(1e-9) / 1e6,
+        ),
+    });
+    let _ = r.records;
+    Ok(())
+}
+
+async fn connections_row(
+    binary: &std::path::Path,
+    table: &mut Table,
+    count: usize,
+) -> anyhow::Result<()> {
+    // Each connection needs a descriptor here and one in the broker.
+    let limit = connections::fd_limit().saturating_sub(500);
+    let wanted = count;
+    let count = count.min(limit);
+    let broker = BrokerProcess::start(binary, &Store::Local.args())?;
+    let (rss_before, cpu_before) = broker.usage()?;
+    let (streams, took) = connections::open_idle(&broker.bootstrap, count).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss, cpu) = broker.usage()?;
+    let spec = ProduceSpec {
+        record_size: 1024,
+        partitions: 3,
+        compression: "none".into(),
+        records: 5_000 * 5,
+        rate: Some(5_000),
+        end_to_end: false,
+    };
+    let result = produce::run(&broker.bootstrap, &topic_name("conn"), &spec).await?;
+    check_delivery(&result)?;
+    let open = streams.len();
+    drop(streams);
+    let capped = if count < wanted {
+        format!(
+            " (asked {wanted}; capped by the open-file limit {})",
+            limit + 500
+        )
+    } else {
+        String::new()
+    };
+    table.push(Row {
+        scenario: "idle connections".into(),
+        setup: format!("{open} connections after ApiVersions + Metadata{capped}"),
+        figures: format!(
+            "opened in {:.1} s; broker RSS {:.0} MiB (+{:.1} KiB per connection), CPU {:.1} s while opening; producer on top at 5 MB/s: ack p50 {:.1} / p99 {:.1} ms",
+            took.as_secs_f64(),
+            rss as f64 / (1 << 20) as f64,
+            (rss.saturating_sub(rss_before)) as f64 / 1024.0 / open.max(1) as f64,
+            cpu - cpu_before,
+            result.ack_latency.quantile_ms(0.5),
+            result.ack_latency.quantile_ms(0.99),
+        ),
+    });
+    Ok(())
+}
