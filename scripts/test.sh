@@ -49,7 +49,7 @@ trap 'scripts/test-postgres.sh stop "$FJORD_PG_DIR"' EXIT
 if [ "$e2e_only" -eq 0 ]; then
     run cargo fmt --all -- --check
     run cargo clippy --workspace --all-targets -- -D warnings
-    run cargo build --release -p fjord
+    run cargo build --release -p fjord -p fjord-bench
     run cargo test --workspace --release
     run scripts/fuzz.sh "${FJORD_FUZZ_SECONDS:-60}"
 fi
