@@ -42,6 +42,9 @@ struct Cli {
     /// `--broker-arg=--max-inflight-flushes=8`.
     #[arg(long = "broker-arg", global = true, allow_hyphen_values = true)]
     broker_args: Vec<String>,
+    /// librdkafka producer property KEY=VALUE overriding the scenario's (repeatable).
+    #[arg(long = "producer-set", global = true)]
+    producer_set: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -139,6 +142,14 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let binary = cli.fjord.clone().unwrap_or_else(broker::default_binary);
     let _ = EXTRA_BROKER_ARGS.set(cli.broker_args.clone());
+    let mut overrides = Vec::new();
+    for kv in &cli.producer_set {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--producer-set '{kv}' is not KEY=VALUE"))?;
+        overrides.push((k.to_string(), v.to_string()));
+    }
+    let _ = produce::PRODUCER_OVERRIDES.set(overrides);
     let mut table = Table::default();
     let b = &binary;
     match cli.scenario {

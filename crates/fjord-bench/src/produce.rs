@@ -18,6 +18,10 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+/// librdkafka producer properties that override the scenarios' (`--producer-set`).
+pub static PRODUCER_OVERRIDES: std::sync::OnceLock<Vec<(String, String)>> =
+    std::sync::OnceLock::new();
+
 /// Settings of one produce run.
 #[derive(Debug, Clone)]
 pub struct ProduceSpec {
@@ -132,7 +136,8 @@ pub async fn run(
         latencies: Samples::default(),
         last_ack: std::sync::Mutex::new(None),
     });
-    let producer: ThreadedProducer<Reports> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -140,7 +145,15 @@ pub async fn run(
         .set("batch.size", "1000000")
         .set("compression.type", &spec.compression)
         .set("queue.buffering.max.kbytes", "1048576")
-        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.messages", "1000000");
+    for (k, v) in PRODUCER_OVERRIDES
+        .get()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        config.set(k, v);
+    }
+    let producer: ThreadedProducer<Reports> = config
         .create_with_context(Reports(deliveries.clone()))
         .context("creating the producer")?;
 
