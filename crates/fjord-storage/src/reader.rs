@@ -4,11 +4,16 @@
 //! writer after a successful upload, so fresh data is served without a GET), and byte ranges
 //! fetched from object storage. A read first looks for its object, then for its exact range.
 //! Objects are immutable, so entries never go stale; they only age out.
+//!
+//! Concurrent misses for the same range share one GET (single flight): when several consumer
+//! groups read the same cold data at once, the store serves it once, not once per group.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use fjord_coordinator::IndexRow;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -87,15 +92,15 @@ impl ReadCache {
 }
 
 /// Errors reading committed data.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     /// Object storage failed.
     #[error("object storage read of {key}: {source}")]
     Store {
         /// Object key.
         key: String,
-        /// The store's error.
-        source: object_store::Error,
+        /// The store's error (shared by every reader that waited for the same GET).
+        source: Arc<object_store::Error>,
     },
     /// The store returned fewer bytes than the index says exist.
     #[error("object {key} is shorter than its index row says")]
@@ -105,16 +110,24 @@ pub enum ReadError {
     },
 }
 
+/// One GET that several readers may wait for.
+type Flight = Shared<BoxFuture<'static, Result<Bytes, ReadError>>>;
+
 /// Reads index rows' bytes.
 pub struct Reader {
     store: Arc<dyn ObjectStore>,
     cache: Arc<ReadCache>,
+    in_flight: Arc<Mutex<HashMap<Key, Flight>>>,
 }
 
 impl Reader {
     /// A reader over `store` sharing `cache` with the writer.
     pub fn new(store: Arc<dyn ObjectStore>, cache: Arc<ReadCache>) -> Self {
-        Reader { store, cache }
+        Reader {
+            store,
+            cache,
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// The raw bytes of a row (batches as stored, placeholder base offsets).
@@ -122,26 +135,61 @@ impl Reader {
         if let Some(bytes) = self.cache.get(row) {
             return Ok(bytes);
         }
-        let location = Path::from(row.object_key.as_str());
-        let bytes = self
-            .store
-            .get_range(&location, row.position..row.position + row.length)
-            .await
-            .map_err(|source| ReadError::Store {
-                key: row.object_key.clone(),
-                source,
-            })?;
-        if bytes.len() as u64 != row.length {
-            return Err(ReadError::Short {
-                key: row.object_key.clone(),
-            });
-        }
-        self.cache.insert(
-            Key::Range(row.object_key.as_str().into(), row.position, row.length),
-            bytes.clone(),
-        );
-        Ok(bytes)
+        let key = Key::Range(row.object_key.as_str().into(), row.position, row.length);
+        let flight = {
+            let mut in_flight = self.in_flight.lock();
+            match in_flight.get(&key) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let flight = fetch(
+                        self.store.clone(),
+                        self.cache.clone(),
+                        self.in_flight.clone(),
+                        key.clone(),
+                        row.clone(),
+                    )
+                    .boxed()
+                    .shared();
+                    in_flight.insert(key, flight.clone());
+                    flight
+                }
+            }
+        };
+        flight.await
     }
+}
+
+/// GETs a row's range, caches it, and retires its flight (whatever the outcome, so a failed GET
+/// is retried by the next reader).
+async fn fetch(
+    store: Arc<dyn ObjectStore>,
+    cache: Arc<ReadCache>,
+    in_flight: Arc<Mutex<HashMap<Key, Flight>>>,
+    key: Key,
+    row: IndexRow,
+) -> Result<Bytes, ReadError> {
+    let location = Path::from(row.object_key.as_str());
+    let result = store
+        .get_range(&location, row.position..row.position + row.length)
+        .await
+        .map_err(|source| ReadError::Store {
+            key: row.object_key.clone(),
+            source: Arc::new(source),
+        })
+        .and_then(|bytes| {
+            if bytes.len() as u64 == row.length {
+                Ok(bytes)
+            } else {
+                Err(ReadError::Short {
+                    key: row.object_key.clone(),
+                })
+            }
+        });
+    if let Ok(bytes) = &result {
+        cache.insert(key.clone(), bytes.clone());
+    }
+    in_flight.lock().remove(&key);
+    result
 }
 
 #[cfg(test)]
@@ -178,5 +226,32 @@ mod tests {
         assert_eq!(reader.read_row(&row("b", 1, 2)).await.unwrap(), &b"bc"[..]);
         assert!(cache.size() <= 8);
         assert!(reader.read_row(&row("missing", 0, 1)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_get() {
+        use crate::instrumented::{InstrumentedStore, LatencyModel};
+        let model = LatencyModel::parse("put=0/0,get=50/50").unwrap();
+        let instrumented =
+            InstrumentedStore::new(Arc::new(object_store::memory::InMemory::new()), Some(model));
+        let stats = instrumented.stats();
+        let store: Arc<dyn ObjectStore> = Arc::new(instrumented);
+        store
+            .put(&Path::from("a"), Bytes::from_static(b"0123456789").into())
+            .await
+            .unwrap();
+        let reader = Reader::new(store, Arc::new(ReadCache::new(1 << 20)));
+        let r = row("a", 1, 4);
+        let reads = futures::future::join_all((0..8).map(|_| reader.read_row(&r))).await;
+        for got in reads {
+            assert_eq!(got.unwrap(), &b"1234"[..]);
+        }
+        assert_eq!(stats.snapshot().gets, 1);
+        // A failed GET is not remembered: the next read tries again.
+        let missing = row("missing", 0, 1);
+        assert!(reader.read_row(&missing).await.is_err());
+        assert!(reader.read_row(&missing).await.is_err());
+        assert_eq!(stats.snapshot().gets, 3);
+        assert!(reader.in_flight.lock().is_empty());
     }
 }
