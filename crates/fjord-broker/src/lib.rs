@@ -11,6 +11,7 @@ pub mod error;
 pub mod fetch_session;
 pub mod groups;
 mod handlers;
+pub mod offsets_cache;
 pub mod testkit;
 pub mod topic_config;
 mod topics;
@@ -80,6 +81,8 @@ pub struct Broker {
     pub groups: Arc<groups::GroupCoordinator>,
     /// The live brokers (see [`cluster`]); a single-broker view outside cluster mode.
     pub cluster: watch::Receiver<Arc<cluster::ClusterView>>,
+    /// Partition offsets for fetches, by commit generation.
+    pub offsets_cache: offsets_cache::OffsetsCache,
 }
 
 impl Broker {

@@ -59,6 +59,7 @@ pub fn in_memory_broker(
         commits,
         fetch_sessions: FetchSessions::new(16),
         cluster,
+        offsets_cache: Default::default(),
     });
     Ok((broker, task))
 }

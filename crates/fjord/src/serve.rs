@@ -152,6 +152,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         commits,
         fetch_sessions: fjord_broker::fetch_session::FetchSessions::new(10_000),
         cluster: cluster.clone(),
+        offsets_cache: Default::default(),
     });
 
     tracing::info!(

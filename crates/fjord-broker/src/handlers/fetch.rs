@@ -82,18 +82,33 @@ pub async fn handle(
     let data = loop {
         // Mark the current commit count as seen before reading, so a commit that lands during
         // the read wakes the wait below.
-        commits.borrow_and_update();
-        let (data, bytes, errors) =
-            read_all(&broker, &plan.wanted, &topics, max_bytes, &redirect).await;
+        let generation = *commits.borrow_and_update();
+        let (data, bytes, errors) = read_all(
+            &broker,
+            &plan.wanted,
+            &topics,
+            max_bytes,
+            &redirect,
+            generation,
+        )
+        .await;
         if bytes >= min_bytes || errors || Instant::now() >= deadline {
             break data;
         }
         let woke = tokio::time::timeout_at(deadline, commits.changed()).await;
         if !matches!(woke, Ok(Ok(()))) {
             // Deadline reached (or the writer stopped): answer with what there is.
-            break read_all(&broker, &plan.wanted, &topics, max_bytes, &redirect)
-                .await
-                .0;
+            let generation = *commits.borrow_and_update();
+            break read_all(
+                &broker,
+                &plan.wanted,
+                &topics,
+                max_bytes,
+                &redirect,
+                generation,
+            )
+            .await
+            .0;
         }
     };
     let sent: Vec<(Sent, bool)> = data
@@ -176,6 +191,7 @@ async fn read_all(
     topics: &HashMap<TopicKey, Result<TopicMeta, ResponseError>>,
     max_bytes: usize,
     redirect: &Redirect<'_>,
+    generation: u64,
 ) -> (Vec<PartitionData>, usize, bool) {
     let mut total = 0usize;
     let mut errors = false;
@@ -208,14 +224,18 @@ async fn read_all(
         };
         if let Some(target) = redirect.target(tp) {
             data.preferred_read_replica = BrokerId(target);
-            match broker.coordinator.partition_offsets(tp).await {
+            match broker
+                .offsets_cache
+                .get(&broker.coordinator, tp, generation)
+                .await
+            {
                 Ok(o) => {
                     data.high_watermark = o.high_watermark;
                     data.last_stable_offset = o.high_watermark;
                     data.log_start_offset = o.log_start;
                     data.records = Some(Bytes::new());
                 }
-                Err(e) => data.error_code = coordinator_code(&e).code(),
+                Err(code) => data.error_code = code.code(),
             }
             errors = true;
             out.push(data);
@@ -224,7 +244,7 @@ async fn read_all(
         let budget = (w.max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
         // The first non-empty partition returns at least one batch even beyond max_bytes.
         let budget = if total == 0 { budget.max(1) } else { budget };
-        match read_partition(broker, tp, w.fetch_offset, budget).await {
+        match read_partition(broker, tp, generation, w.fetch_offset, budget).await {
             Ok((offsets, records)) => {
                 total += records.len();
                 data.high_watermark = offsets.high_watermark;
@@ -253,14 +273,15 @@ type PartitionError = (ResponseError, Option<PartitionOffsets>);
 async fn read_partition(
     broker: &Broker,
     tp: TopicPartition,
+    generation: u64,
     fetch_offset: i64,
     budget: usize,
 ) -> Result<(PartitionOffsets, Bytes), PartitionError> {
     let offsets = broker
-        .coordinator
-        .partition_offsets(tp)
+        .offsets_cache
+        .get(&broker.coordinator, tp, generation)
         .await
-        .map_err(|e| (coordinator_code(&e), None))?;
+        .map_err(|code| (code, None))?;
     if fetch_offset < offsets.log_start || fetch_offset > offsets.high_watermark {
         return Err((ResponseError::OffsetOutOfRange, Some(offsets)));
     }
