@@ -13,7 +13,9 @@
 #
 # `start` prints only the export lines on stdout; messages go to stderr.  The
 # URL names the database `fjord` (user `postgres`, trust auth); the tests
-# create a database per test from it.
+# create a database per test from it.  The server also accepts TLS, with a
+# certificate for 127.0.0.1 signed by a throwaway CA whose PEM file is exported
+# as FJORD_TEST_POSTGRES_CA (for the coordinator's sslmode=require tests).
 #
 # PostgreSQL 15 is installed with apt-get when missing and we are root (set
 # FJORD_PG_NO_INSTALL=1 to refuse instead).  initdb refuses to run as root, so
@@ -62,6 +64,7 @@ start() {
         --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; rm -rf "$dir"; die "initdb failed"; }
 
+    make_certs "$dir"
     local port="" attempt
     for attempt in 1 2 3 4 5 6 7 8 9 10; do
         port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
@@ -69,7 +72,9 @@ start() {
         if as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start -o \
             "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories='$dir' \
              -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-             -c max_connections=300 -c shared_buffers=64MB" >/dev/null 2>&1; then
+             -c max_connections=300 -c shared_buffers=64MB \
+             -c ssl=on -c ssl_cert_file='$dir/server.crt' -c ssl_key_file='$dir/server.key'" \
+             >/dev/null 2>&1; then
             break
         fi
         say "start on port $port failed (attempt $attempt):"
@@ -88,6 +93,25 @@ start() {
     say "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') up at $url (dir $dir)"
     echo "export FJORD_TEST_POSTGRES_URL='$url'"
     echo "export FJORD_PG_DIR='$dir'"
+    echo "export FJORD_TEST_POSTGRES_CA='$dir/ca.pem'"
+}
+
+# A CA and a server certificate for 127.0.0.1 signed by it, in DIR.
+make_certs() {
+    local dir=$1
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=fjord test CA" \
+        -keyout "$dir/ca.key" -out "$dir/ca.pem" >/dev/null 2>&1 \
+        || die "openssl: making the test CA failed"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$dir/server.key" -out "$dir/server.csr" >/dev/null 2>&1 \
+        || die "openssl: making the server key failed"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/san.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+        -CAcreateserial -days 2 -extfile "$dir/san.ext" -out "$dir/server.crt" >/dev/null 2>&1 \
+        || die "openssl: signing the server certificate failed"
+    chmod 600 "$dir/server.key"
+    [ "$(id -u)" -eq 0 ] && chown postgres: "$dir/server.key" "$dir/server.crt"
+    return 0
 }
 
 stop() {

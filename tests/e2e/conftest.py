@@ -486,7 +486,8 @@ def start_postgres() -> None:
     options = (
         f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='{pg_dir}' "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-        "-c max_connections=300 -c shared_buffers=64MB"
+        "-c max_connections=300 -c shared_buffers=64MB "
+        f"-c ssl=on -c ssl_cert_file='{pg_dir}/server.crt' -c ssl_key_file='{pg_dir}/server.key'"
     )
     _pg_ctl("-l", f"{pg_dir}/server.log", "start", "-o", options)
 

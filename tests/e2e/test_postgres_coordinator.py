@@ -79,3 +79,35 @@ def test_two_brokers_share_postgres_and_objects(broker_factory, topic, postgres_
     assert sum(len(ms) for ms in got.values()) == N
     wm = watermarks(b.bootstrap, topic, range(PARTITIONS))
     assert sum(high for _, high in wm.values()) == N
+
+
+def test_broker_on_postgres_over_tls(broker_factory, topic, postgres_db):
+    """``sslmode=require`` + ``--postgres-ca-file``: the broker's sessions are encrypted and the
+    server verified; without the CA the broker refuses to start."""
+    from conftest import psql
+
+    ca = os.environ.get("FJORD_TEST_POSTGRES_CA")
+    assert ca, "FJORD_TEST_POSTGRES_CA is exported by scripts/test-postgres.sh start"
+    url = f"{postgres_db}?sslmode=require"
+    b = broker_factory("--coordinator", url, "--postgres-ca-file", ca)
+    create_topic(b.bootstrap, topic, 1)
+    p = Producer({"bootstrap.servers": b.bootstrap, "enable.idempotence": True})
+    for i in range(100):
+        p.produce(topic, value=b"%d" % i)
+    assert p.flush(30) == 0
+    got = consume_partitions(b.bootstrap, topic, [0])
+    assert [m.value() for m in got[0]] == [b"%d" % i for i in range(100)]
+    db = postgres_db.rsplit("/", 1)[1]
+    counts = psql(postgres_db, "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s "
+                  f"JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{db}' "
+                  "AND a.application_name LIKE 'fjord%'")
+    encrypted, total = map(int, counts.strip().split("|"))
+    assert total >= 2 and encrypted == total, counts
+
+    import subprocess
+    from conftest import DEFAULT_FJORD_BIN
+    out = subprocess.run([os.environ.get("FJORD_BIN", str(DEFAULT_FJORD_BIN)), "serve",
+                          "--coordinator", url, "--listen", "127.0.0.1:0",
+                          "--data-dir", str(b.data_dir.parent / "untrusted")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "certificate" in out.stderr.lower(), out.stderr[-2000:]

@@ -76,6 +76,9 @@ pub struct ServeConfig {
     pub postgres_pool_size: usize,
     /// Start a second, identical PUT when an upload takes longer than this (ms); 0 = never.
     pub upload_hedge_ms: u64,
+    /// PEM file of CA certificates trusted for TLS to PostgreSQL (`sslmode=require` in the URL),
+    /// besides the system's.
+    pub postgres_ca_file: Option<PathBuf>,
     /// Address of the Prometheus endpoint (`GET /metrics`); none when unset.
     pub metrics_listen: Option<String>,
     /// Simulated object-store latency for benchmarks and tests: `s3` (S3 Standard-like) or
@@ -119,6 +122,7 @@ impl Default for ServeConfig {
             metrics_listen: None,
             simulated_store_latency: None,
             upload_hedge_ms: 200,
+            postgres_ca_file: None,
         }
     }
 }
@@ -148,6 +152,9 @@ pub struct ServeArgs {
     /// Lease (ms) of this broker's registration in the coordinator [default: 6000].
     #[arg(long, env = "FJORD_BROKER_LEASE_MS")]
     pub broker_lease_ms: Option<u64>,
+    /// CA certificates (PEM) trusted for TLS to PostgreSQL; the URL must say sslmode=require.
+    #[arg(long, env = "FJORD_POSTGRES_CA_FILE")]
+    pub postgres_ca_file: Option<PathBuf>,
     /// Hedge an upload with a second identical PUT after this many ms; 0 = never [default: 200].
     #[arg(long, env = "FJORD_UPLOAD_HEDGE_MS")]
     pub upload_hedge_ms: Option<u64>,
@@ -273,6 +280,9 @@ impl ServeArgs {
         }
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen.clone();
+        }
+        if self.postgres_ca_file.is_some() {
+            c.postgres_ca_file = self.postgres_ca_file.clone();
         }
         if self.simulated_store_latency.is_some() {
             c.simulated_store_latency = self.simulated_store_latency.clone();

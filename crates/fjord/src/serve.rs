@@ -35,6 +35,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let options = PostgresOptions {
                 pool_size: config.postgres_pool_size,
+                ca_file: config.postgres_ca_file.clone(),
                 ..PostgresOptions::default()
             };
             let pg = PostgresCoordinator::connect_with(url, options)

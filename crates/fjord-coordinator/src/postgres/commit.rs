@@ -119,10 +119,12 @@ pub(super) async fn commit(pool: &Pool, flush: &FlushCommit) -> Result<Vec<Batch
         pk_producers.push(*producer_id);
     }
 
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| CoordinatorError::Storage(format!("postgres: getting a connection: {e}")))?;
+    let mut client = pool.get().await.map_err(|e| {
+        CoordinatorError::Storage(format!(
+            "postgres: getting a connection: {}",
+            super::db::describe_pool(&e)
+        ))
+    })?;
     let tx = client
         .transaction()
         .await

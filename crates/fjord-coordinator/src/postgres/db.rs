@@ -34,6 +34,21 @@ pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// An error of the connection pool, with its causes (a TLS handshake's reason, say).
+pub(super) fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    if let deadpool_postgres::PoolError::Backend(pg) = e {
+        return describe(pg);
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Whether `e` is a unique violation of the constraint `constraint`.
 pub(super) fn is_unique_violation(e: &tokio_postgres::Error, constraint: &str) -> bool {
     e.as_db_error().is_some_and(|db| {

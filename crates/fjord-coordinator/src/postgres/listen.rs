@@ -37,8 +37,10 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Socket};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, Config, Connection, Socket};
+
+use super::tls::Tls;
 
 use super::db::describe;
 use super::PostgresCoordinator;
@@ -130,7 +132,7 @@ impl PostgresCoordinator {
     pub fn spawn_commit_listener(&self, on_commit: Arc<watch::Sender<u64>>) -> CommitListener {
         let config = Arc::clone(&self.listener_config);
         CommitListener {
-            task: tokio::spawn(run(config, on_commit)),
+            task: tokio::spawn(run(config, self.tls.clone(), on_commit)),
         }
     }
 }
@@ -140,11 +142,11 @@ fn bump(on_commit: &watch::Sender<u64>) {
 }
 
 /// The listener task: connect, listen, wait for notifications; on loss, back off and again.
-async fn run(config: Arc<Config>, on_commit: Arc<watch::Sender<u64>>) {
+async fn run(config: Arc<Config>, tls: Tls, on_commit: Arc<watch::Sender<u64>>) {
     let mut backoff = MIN_BACKOFF;
     let mut reconnecting = false;
     loop {
-        match open(&config, &on_commit).await {
+        match open(&config, &tls, &on_commit).await {
             Ok((client, mut connection)) => {
                 let since = Instant::now();
                 if reconnecting {
@@ -172,12 +174,13 @@ async fn run(config: Arc<Config>, on_commit: Arc<watch::Sender<u64>>) {
     }
 }
 
-type ListenConnection = Connection<Socket, NoTlsStream>;
+type ListenConnection = Connection<Socket, <Tls as MakeTlsConnect<Socket>>::Stream>;
 
 /// Connects and runs `LISTEN`, within the connect timeout. Notifications arriving meanwhile bump
 /// the counter.
 async fn open(
     config: &Config,
+    tls: &Tls,
     on_commit: &watch::Sender<u64>,
 ) -> Result<(Client, ListenConnection), String> {
     let timeout = config
@@ -185,7 +188,10 @@ async fn open(
         .copied()
         .unwrap_or(super::PostgresOptions::default().connect_timeout);
     let opened = tokio::time::timeout(timeout, async {
-        let (client, mut connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
+        let (client, mut connection) = config
+            .connect(tls.clone())
+            .await
+            .map_err(|e| describe(&e))?;
         {
             let listen_sql = format!("LISTEN {CHANNEL}");
             let listen = client.batch_execute(&listen_sql);

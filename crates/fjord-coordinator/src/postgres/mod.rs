@@ -35,6 +35,7 @@ mod listen;
 mod migrate;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -44,7 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::Json;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use self::db::{
@@ -69,6 +70,9 @@ pub struct PostgresOptions {
     pub connect_timeout: Duration,
     /// How long a call waits for a free pooled connection before failing with a storage error.
     pub wait_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for TLS connections (`sslmode=require`), besides the
+    /// system's (see the `tls` module).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PostgresOptions {
@@ -77,6 +81,7 @@ impl Default for PostgresOptions {
             pool_size: 8,
             connect_timeout: Duration::from_secs(10),
             wait_timeout: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 }
@@ -88,6 +93,7 @@ pub struct PostgresCoordinator {
     /// Connection settings of [`spawn_commit_listener`](Self::spawn_commit_listener)'s session:
     /// the pool's (URL and connect timeout), named apart.
     listener_config: Arc<tokio_postgres::Config>,
+    tls: tls::Tls,
     /// When this instance last pruned old commit outcomes (ms).
     last_prune_ms: Arc<AtomicI64>,
 }
@@ -118,10 +124,11 @@ impl PostgresCoordinator {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
         }
+        let tls = tls::configure(&mut config, options.ca_file.as_deref())?;
         let listener_config = Arc::new(listen::listener_config(&config));
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -137,6 +144,7 @@ impl PostgresCoordinator {
         let coordinator = PostgresCoordinator {
             pool,
             listener_config,
+            tls,
             last_prune_ms: Arc::new(AtomicI64::new(now_ms())),
         };
         let mut client = coordinator.client().await?;
@@ -145,10 +153,12 @@ impl PostgresCoordinator {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| CoordinatorError::Storage(format!("postgres: getting a connection: {e}")))
+        self.pool.get().await.map_err(|e| {
+            CoordinatorError::Storage(format!(
+                "postgres: getting a connection: {}",
+                db::describe_pool(&e)
+            ))
+        })
     }
 
     /// Runs a read-only query on a pooled connection.

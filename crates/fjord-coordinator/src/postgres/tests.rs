@@ -8,9 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::*;
 use crate::testsuite;
+use tokio_postgres::NoTls;
 
 const URL_VAR: &str = "FJORD_TEST_POSTGRES_URL";
 const SKIP_VAR: &str = "FJORD_SKIP_POSTGRES_TESTS";
@@ -902,4 +904,60 @@ async fn stopping_or_dropping_the_commit_listener_ends_it() {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert_eq!(*rx.borrow(), seen);
     }
+}
+
+/// With `sslmode=require` the coordinator (pool and commit listener) talks TLS and verifies the
+/// server: trusted through the CA file it works; without the CA it is refused.
+#[tokio::test]
+async fn tls_when_required_and_verified() {
+    let Some(server) = server_url() else { return };
+    let ca = std::env::var("FJORD_TEST_POSTGRES_CA")
+        .expect("FJORD_TEST_POSTGRES_CA is set by scripts/test-postgres.sh start");
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    let tls_url = format!("{url}?sslmode=require");
+    let options = PostgresOptions {
+        ca_file: Some(ca.clone().into()),
+        ..PostgresOptions::default()
+    };
+    let coordinator = PostgresCoordinator::connect_with(&tls_url, options)
+        .await
+        .expect("TLS with the test CA");
+    let (tx, mut rx) = tokio::sync::watch::channel(0u64);
+    let listener = coordinator.spawn_commit_listener(Arc::new(tx));
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .expect("the commit listener connects over TLS")
+        .unwrap();
+    let client = coordinator.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (encrypted, all): (i64, i64) = (row.get(0), row.get(1));
+    assert!(all >= 2, "pool and listener sessions: {all}");
+    assert_eq!(encrypted, all, "every session of the database uses TLS");
+    drop(client);
+    listener.stop().await;
+
+    // Not trusted: the system roots do not know the test CA.
+    let err = PostgresCoordinator::connect(&tls_url)
+        .await
+        .err()
+        .expect("an unverifiable server is refused");
+    assert!(matches!(err, CoordinatorError::Storage(_)), "{err}");
+    // A CA file without sslmode=require is a configuration error, not a silent plain connection.
+    let options = PostgresOptions {
+        ca_file: Some(ca.into()),
+        ..PostgresOptions::default()
+    };
+    let err = PostgresCoordinator::connect_with(&url, options)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, CoordinatorError::Invalid(_)), "{err}");
 }
