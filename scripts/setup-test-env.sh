@@ -67,6 +67,23 @@ else
     echo "$want" >"$STAMP"
 fi
 
+# --- the fjord Python package (clients/python) ---------------------------------
+# Installed like a user would (pip install ./clients/python), again whenever its files change.
+PKG=$ROOT/clients/python
+if [ -f "$PKG/pyproject.toml" ]; then
+    pkg_hash=$(cd "$PKG" && find . -path ./build -prune -o -type f \( -name '*.py' -o -name '*.pyi' -o -name '*.toml' \) -print \
+        | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
+    pkg_stamp=$VENV/.fjord-client.sha256
+    if [ "$(cat "$pkg_stamp" 2>/dev/null || true)" = "$pkg_hash" ] && "$VENV/bin/python" -c 'import fjord' 2>/dev/null; then
+        say "fjord Python package up to date"
+    else
+        say "pip install ./clients/python"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$PKG"
+        (cd / && "$VENV/bin/python" -c 'import fjord')
+        echo "$pkg_hash" >"$pkg_stamp"
+    fi
+fi
+
 # --- kafkajs -----------------------------------------------------------------
 JS=$ROOT/tests/js
 if [ -f "$JS/package.json" ]; then

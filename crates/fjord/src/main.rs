@@ -49,6 +49,14 @@ enum Command {
         #[command(subcommand)]
         command: admin::group::GroupCommand,
     },
+    /// Push records of topics to a gRPC service (retries, dead-letter topics, parallelism).
+    Forward(fjord_forwarder::ForwardArgs),
+    /// Run the gRPC produce gateway in front of Kafka-compatible clusters.
+    Gateway {
+        /// The gateway's TOML file (clusters, groups, routes; reloaded on SIGHUP or change).
+        #[arg(long, env = "FJORD_GATEWAY_CONFIG")]
+        config: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,6 +87,8 @@ fn main() -> std::process::ExitCode {
             Command::Group { bootstrap, command } => {
                 admin::group::run(&bootstrap.bootstrap, command).await
             }
+            Command::Forward(args) => Ok(fjord_forwarder::main(args).await?),
+            Command::Gateway { config } => Ok(fjord_gateway::run(&config).await?),
         }
     });
     match result {

@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf code of ``fjord.forwarder`` (proto/fjord/forwarder/)."""

@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf code of ``fjord.gateway`` (proto/fjord/gateway/)."""

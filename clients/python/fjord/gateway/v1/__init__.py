@@ -1,0 +1,1 @@
+"""Generated from proto/fjord/gateway/v1/gateway.proto by clients/python/generate.sh; do not edit."""

@@ -1,0 +1,193 @@
+"""Publishing through the fjord gateway, synchronously.
+
+::
+
+    import fjord
+
+    fjord.publish("orders", b'{"id": 1}', key=b"customer-7")   # nothing else to configure
+
+    with fjord.Publisher("gateway.internal:9095", timeout=5.0) as pub:
+        results = pub.publish_batch("orders", [fjord.Message(b"a", key=b"k"), b"b"])
+        failed = [r for r in results if isinstance(r, fjord.Failure)]
+
+:func:`publish` uses one shared :class:`Publisher` per process, connected to
+``$FJORD_GATEWAY_ADDRESS`` (default ``localhost:9095``); it is created on first use and again in
+a forked child.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import grpc
+
+from fjord.errors import from_rpc_error
+from fjord.gateway.v1 import gateway_pb2 as pb
+from fjord.gateway.v1 import gateway_pb2_grpc as pb_grpc
+from fjord.messages import (
+    BytesLike,
+    Delivered,
+    Headers,
+    Message,
+    Result,
+    default_address,
+    from_pb,
+    to_pb,
+)
+
+#: Metadata key that names the caller for the gateway's per-caller rate limits.
+CALLER_METADATA = "x-fjord-caller"
+
+
+def channel_options(max_message_bytes: int) -> List[Tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+class Publisher:
+    """A connection to a gateway (thread-safe; share one per process).
+
+    :param address: ``host:port`` of the gateway (default: ``$FJORD_GATEWAY_ADDRESS`` or
+        ``localhost:9095``).
+    :param timeout: deadline of each call in seconds; the gateway stops retrying on other
+        clusters by then.
+    :param caller_id: sent as ``x-fjord-caller`` so the gateway rate-limits this caller on its own.
+    :param retries: how often a call that failed as a whole with a retriable status
+        (UNAVAILABLE, RESOURCE_EXHAUSTED, ...) is sent again; :meth:`publish` also resends a
+        message whose failure is retriable. Resending after a timeout can store a message twice.
+    :param retry_backoff: seconds before the first resend, doubled each time.
+    :param credentials: TLS credentials (``grpc.ssl_channel_credentials(...)``); ``None``: plaintext.
+    """
+
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        *,
+        timeout: float = 30.0,
+        caller_id: Optional[str] = None,
+        retries: int = 3,
+        retry_backoff: float = 0.1,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.address = address or default_address()
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.retry_backoff = retry_backoff
+        self._metadata: Tuple[Tuple[str, str], ...] = (
+            ((CALLER_METADATA, caller_id),) if caller_id else ()
+        )
+        opts = channel_options(max_message_bytes)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(self.address, options=opts)
+        else:
+            self._channel = grpc.secure_channel(self.address, credentials, options=opts)
+        self._stub = pb_grpc.GatewayStub(self._channel)
+
+    def publish(
+        self,
+        topic: str,
+        value: BytesLike,
+        *,
+        key: Optional[BytesLike] = None,
+        headers: Optional[Headers] = None,
+        partition: Optional[int] = None,
+        timestamp_ms: Optional[int] = None,
+    ) -> Delivered:
+        """Publishes one message and returns where it landed.
+
+        :raises fjord.PublishError: the gateway did not store it (after ``retries`` resends if
+            the failure was retriable).
+        :raises fjord.GatewayError: the call failed as a whole.
+        """
+        message = Message(value, key, headers, timestamp_ms, partition)
+        delay = self.retry_backoff
+        for attempt in range(self.retries + 1):
+            (result,) = self.publish_batch(topic, [message])
+            if isinstance(result, Delivered):
+                return result
+            if not result.retriable or attempt == self.retries:
+                raise result.to_exception()
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def publish_batch(
+        self, topic: str, messages: Iterable[Union[Message, BytesLike]]
+    ) -> List[Result]:
+        """Publishes a batch to ``topic``: one :class:`Delivered` or :class:`Failure` per
+        message, in order. Messages of one key keep their order while the clusters are healthy.
+
+        :raises fjord.GatewayError: the call failed as a whole (empty batch, limits, no route,
+            gateway unreachable after ``retries`` resends).
+        """
+        request = pb.ProduceBatchRequest(topic=topic, messages=[to_pb(m) for m in messages])
+        return [from_pb(r) for r in self._call(request).results]
+
+    def _call(self, request: pb.ProduceBatchRequest) -> pb.ProduceBatchResponse:
+        delay = self.retry_backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return self._stub.ProduceBatch(
+                    request, timeout=self.timeout, metadata=self._metadata
+                )
+            except grpc.RpcError as e:
+                error = from_rpc_error(e)
+                if not error.retriable or attempt == self.retries:
+                    raise error from None
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Closes the connection."""
+        self._channel.close()
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_default: Optional[Publisher] = None
+_default_pid = 0
+_default_lock = threading.Lock()
+
+
+def default_publisher() -> Publisher:
+    """The process's shared :class:`Publisher` (``$FJORD_GATEWAY_ADDRESS``)."""
+    global _default, _default_pid
+    with _default_lock:
+        if _default is None or _default_pid != os.getpid():
+            _default = Publisher()
+            _default_pid = os.getpid()
+        return _default
+
+
+def publish(
+    topic: str,
+    value: BytesLike,
+    *,
+    key: Optional[BytesLike] = None,
+    headers: Optional[Headers] = None,
+    partition: Optional[int] = None,
+    timestamp_ms: Optional[int] = None,
+) -> Delivered:
+    """Publishes one message through the default gateway; see :meth:`Publisher.publish`."""
+    return default_publisher().publish(
+        topic, value, key=key, headers=headers, partition=partition, timestamp_ms=timestamp_ms
+    )
+
+
+def publish_batch(
+    topic: str, messages: Sequence[Union[Message, BytesLike]]
+) -> List[Result]:
+    """Publishes a batch through the default gateway; see :meth:`Publisher.publish_batch`."""
+    return default_publisher().publish_batch(topic, messages)
+

@@ -1,0 +1,238 @@
+"""The receiving side of ``fjord forward``: a gRPC server that calls your handler per record.
+
+::
+
+    import fjord
+
+    def handle(record: fjord.Record) -> None:
+        order = json.loads(record.value)
+        if "id" not in order:
+            raise fjord.DeadLetter("no id")          # never again: to the dead-letter topic
+        if not db.available():
+            raise fjord.Retry("db down", after=5.0)  # again in >= 5 s
+        db.save(order)                               # returning normally acknowledges
+
+    fjord.serve(handle, port=50051)                  # blocks; async handlers work too
+
+Outcomes: returning normally is ACK; raising :class:`Retry` asks for another attempt (after
+``after`` seconds if given, else the forwarder's backoff); raising :class:`DeadLetter` sends the
+record to the dead-letter topic; any other exception is a retry (its text is kept as the error).
+The forwarder bounds attempts, so a record that always raises ends in the dead-letter topic.
+
+Sync handlers run on a thread pool of ``max_concurrency`` threads; ``async def`` handlers run on
+one event loop (in a thread of its own) with no limit other than the forwarder's concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional, Union
+
+import grpc
+
+from fjord.forwarder.v1 import forwarder_pb2 as pb
+from fjord.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
+
+__all__ = ["Record", "Retry", "DeadLetter", "Server", "serve"]
+
+log = logging.getLogger("fjord.receive")
+
+
+class Retry(Exception):
+    """Raise to have the record delivered again (after ``after`` seconds, if given)."""
+
+    def __init__(self, reason: str = "", after: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.after = after
+
+
+class DeadLetter(Exception):
+    """Raise to send the record to the dead-letter topic with ``reason``; it is not retried."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record as delivered. ``topic``/``partition``/``offset`` name its original position
+    (also when it comes back from the retry topic); ``attempt`` is 1 on the first delivery."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[bytes]
+    value: Optional[bytes]
+    headers: tuple[tuple[str, Optional[bytes]], ...]
+    timestamp_ms: int
+    cluster: str
+    attempt: int
+    subscription: str
+
+    def header(self, name: str) -> Optional[bytes]:
+        """The last value of header ``name`` (``None`` if absent or null)."""
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return None
+
+
+Handler = Callable[[Record], Union[None, Awaitable[None]]]
+
+
+def _record(d: pb.Delivery) -> Record:
+    return Record(
+        topic=d.topic,
+        partition=d.partition,
+        offset=d.offset,
+        key=d.key if d.HasField("key") else None,
+        value=d.value if d.HasField("value") else None,
+        headers=tuple((h.key, h.value if h.HasField("value") else None) for h in d.headers),
+        timestamp_ms=d.timestamp_ms,
+        cluster=d.cluster,
+        attempt=d.attempt,
+        subscription=d.subscription,
+    )
+
+
+_ACK = pb.Outcome(action=pb.ACTION_ACK)
+
+
+def _outcome(error: BaseException, record: Record) -> pb.Outcome:
+    """The outcome of a handler that raised ``error``."""
+    if isinstance(error, DeadLetter):
+        return pb.Outcome(action=pb.ACTION_DEAD_LETTER, reason=error.reason or "DeadLetter")
+    if isinstance(error, Retry):
+        after_ms = max(0, round(error.after * 1000)) if error.after is not None else 0
+        return pb.Outcome(action=pb.ACTION_RETRY, retry_after_ms=after_ms,
+                          reason=error.reason or "Retry")
+    log.warning("handler raised on %s/%d@%d (attempt %d): %r", record.topic, record.partition,
+                record.offset, record.attempt, error)
+    return pb.Outcome(action=pb.ACTION_RETRY, reason=f"{type(error).__name__}: {error}")
+
+
+class _SyncServicer(pb_grpc.RecordHandlerServicer):
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+
+    def Deliver(self, request: pb.Delivery, context: Any) -> pb.Outcome:
+        record = _record(request)
+        try:
+            self._handler(record)
+        except Exception as e:  # noqa: BLE001 - every exception is an outcome
+            return _outcome(e, record)
+        return _ACK
+
+
+class _AsyncServicer(pb_grpc.RecordHandlerServicer):
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+
+    async def Deliver(self, request: pb.Delivery, context: Any) -> pb.Outcome:
+        record = _record(request)
+        try:
+            await self._handler(record)  # type: ignore[misc]
+        except Exception as e:  # noqa: BLE001
+            return _outcome(e, record)
+        return _ACK
+
+
+def _is_async(handler: Handler) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None))
+
+
+class Server:
+    """A running receiver. ``port`` is the bound port (useful with ``port=0``)."""
+
+    def __init__(self, handler: Handler, host: str, port: int, max_concurrency: int) -> None:
+        self._stopped = threading.Event()
+        self._grace: Optional[float] = 1.0
+        if _is_async(handler):
+            self._loop = asyncio.new_event_loop()
+            self._ready = threading.Event()
+            self._error: Optional[BaseException] = None
+            self._thread = threading.Thread(
+                target=self._run_async, args=(handler, host, port), name="fjord-receive",
+                daemon=True)
+            self._thread.start()
+            self._ready.wait()
+            if self._error is not None:
+                raise self._error
+        else:
+            self._loop = None
+            self._server = grpc.server(futures.ThreadPoolExecutor(
+                max_workers=max_concurrency, thread_name_prefix="fjord-receive"))
+            pb_grpc.add_RecordHandlerServicer_to_server(_SyncServicer(handler), self._server)
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+            self._server.start()
+
+    def _run_async(self, handler: Handler, host: str, port: int) -> None:
+        asyncio.set_event_loop(self._loop)
+        assert self._loop is not None
+
+        async def main() -> None:
+            self._aio = grpc.aio.server()
+            pb_grpc.add_RecordHandlerServicer_to_server(_AsyncServicer(handler), self._aio)
+            self.port = self._aio.add_insecure_port(f"{host}:{port}")
+            await self._aio.start()
+            self._stop_requested = asyncio.Event()
+            self._ready.set()
+            await self._stop_requested.wait()
+            await self._aio.stop(self._grace)
+
+        try:
+            self._loop.run_until_complete(main())
+        except BaseException as e:  # noqa: BLE001 - reported to the starting thread
+            self._error = e
+            self._ready.set()
+        finally:
+            self._stopped.set()
+
+    def stop(self, grace: Optional[float] = 1.0) -> None:
+        """Stops accepting calls; calls running get ``grace`` seconds to finish."""
+        if self._loop is not None:
+            self._grace = grace
+            if not self._stopped.is_set():
+                self._loop.call_soon_threadsafe(self._stop_requested.set)
+            self._thread.join()
+        else:
+            self._server.stop(grace).wait()
+        self._stopped.set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Blocks until stopped (True) or ``timeout`` seconds passed (False)."""
+        if self._loop is None:
+            return not self._server.wait_for_termination(timeout)
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def serve(handler: Handler, port: int = 50051, *, host: str = "127.0.0.1",
+          max_concurrency: int = 64, block: bool = True) -> Server:
+    """Serves ``fjord.forwarder.v1.RecordHandler`` on ``host:port``, calling ``handler(record)``
+    for each delivery (see the module docs for outcomes).
+
+    With ``block=True`` (the default) it returns only after :meth:`Server.stop` or Ctrl-C;
+    with ``block=False`` it returns the running :class:`Server` at once.
+    """
+    server = Server(handler, host, port, max_concurrency)
+    if block:
+        try:
+            while not server.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            server.stop()
+    return server

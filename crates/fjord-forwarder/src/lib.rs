@@ -1,0 +1,137 @@
+//! `fjord forward`: reads topics as a consumer group and pushes each record to a service's gRPC
+//! endpoint (`fjord.forwarder.v1.RecordHandler/Deliver`), with retries, a retry topic, a
+//! dead-letter topic, ordering modes and parallelism beyond the partition count. Works against
+//! any Kafka-compatible cluster. docs/forwarder.md is the user's guide.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `config` | the TOML settings, defaults, validation |
+//! | `offsets` | per-partition offset tracker: commit only below the lowest unfinished record |
+//! | `ordering` | per-partition scheduler: ordering modes none / key / partition |
+//! | `retry` | retry policy: backoff with jitter, in memory → retry topic → dead-letter topic |
+//! | `outcome` | the one table from gRPC replies and statuses to verdicts |
+//! | `delivery` | the delivery client (trait + gRPC) |
+//! | `envelope` | records, and the `fjord.*` headers of retry and dead-letter records |
+//! | `sink` | writing to retry / dead-letter topics; creating them |
+//! | `ratelimit` | the per-subscription rate limit |
+//! | `partition` | one assigned partition's unfinished records and backpressure state |
+//! | `subscription` | what the workers of a subscription share (limits, client, metrics) |
+//! | `worker` | one consumer-group member per (subscription, cluster): the event loop |
+//! | `metrics` | Prometheus metrics and their HTTP endpoint |
+
+pub mod config;
+pub mod delivery;
+pub mod envelope;
+pub mod error;
+pub mod metrics;
+pub mod offsets;
+pub mod ordering;
+pub mod outcome;
+pub mod partition;
+pub mod ratelimit;
+pub mod retry;
+pub mod sink;
+pub mod subscription;
+pub mod worker;
+
+/// Generated from `proto/fjord/forwarder/v1/forwarder.proto`.
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod proto {
+    tonic::include_proto!("fjord.forwarder.v1");
+}
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ForwarderConfig;
+pub use error::{ConfigError, ForwardError};
+
+use delivery::GrpcDeliverer;
+use metrics::Metrics;
+use subscription::Subscription;
+use worker::Worker;
+
+/// `fjord forward` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ForwardArgs {
+    /// The forwarder's TOML file (clusters, subscriptions; see docs/forwarder.md).
+    #[arg(long, short, env = "FJORD_FORWARD_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// Runs the forwarder until SIGTERM or SIGINT, then drains and commits.
+pub async fn main(args: ForwardArgs) -> Result<(), ForwardError> {
+    let config = ForwarderConfig::load(&args.config)?;
+    let cancel = CancellationToken::new();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ForwardError::Signal)?;
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received: draining");
+        on_signal.cancel();
+    });
+    run(config, cancel).await
+}
+
+/// Runs every subscription of `config` until `cancel`.
+pub async fn run(config: ForwarderConfig, cancel: CancellationToken) -> Result<(), ForwardError> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let metrics_task = match &config.metrics_listen {
+        Some(addr) => {
+            let task = metrics::serve(metrics.clone(), addr, cancel.clone()).await?;
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
+    let workers_cancel = CancellationToken::new();
+    let mut workers = JoinSet::new();
+    for sub_config in &config.subscriptions {
+        let deliverer = GrpcDeliverer::new(sub_config.endpoint.urls()).map_err(|message| {
+            ForwardError::Endpoint {
+                subscription: sub_config.name.clone(),
+                endpoint: sub_config.endpoint.to_string(),
+                message,
+            }
+        })?;
+        let sub = Arc::new(Subscription::new(
+            sub_config.clone(),
+            Arc::new(deliverer),
+            metrics.subscription(&sub_config.name),
+        ));
+        for cluster_name in &sub_config.clusters {
+            let Some(cluster) = config.clusters.get(cluster_name) else {
+                continue; // validate() refused this
+            };
+            let worker = Worker::start(sub.clone(), cluster_name, cluster, metrics.clone()).await?;
+            workers.spawn(worker.run(workers_cancel.clone(), config.shutdown_timeout()));
+        }
+    }
+    let mut failure = None;
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        ended = workers.join_next() => {
+            failure = Some(ForwardError::Task(format!("a worker stopped unexpectedly: {ended:?}")));
+        }
+    }
+    workers_cancel.cancel();
+    while let Some(ended) = workers.join_next().await {
+        if let Err(e) = ended {
+            failure.get_or_insert(ForwardError::Task(format!("worker failed: {e}")));
+        }
+    }
+    cancel.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    tracing::info!("forwarder stopped");
+    failure.map_or(Ok(()), Err)
+}

@@ -1,0 +1,435 @@
+//! Delivering one validated batch: stamp, route, hand over, await, retry elsewhere, answer.
+//!
+//! [`Dispatcher::start`] does the ordering-relevant work synchronously: it reserves the batch's
+//! HLC stamps and hands every message of the first round to its cluster's producer, in request
+//! order, before it returns. Batches started one after another (the messages of one request, the
+//! batches of one stream) therefore reach each cluster in that order, and the producers keep it
+//! per partition. The returned future awaits the outcomes and runs the retry rounds.
+//!
+//! Each round: admit the group's clusters through their breakers (one admission per cluster per
+//! round, recorded with the round's aggregated outcome for that cluster); pick a cluster for
+//! every pending message among the admitted ones it has not tried (rendezvous hashing on the key,
+//! or a weighted pick); hand the messages over; await them until the deadline. Messages that
+//! failed in a way another cluster may fix go to the next round, up to `max_attempts` clusters
+//! per message and never past the deadline. A message keeps its HLC stamp across attempts.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+
+use crate::backend::{ErrorKind, ProduceError, Record, SendFuture, Stored};
+use crate::breaker::{Admission, Outcome};
+use crate::cluster::Cluster;
+use crate::gateway::Snapshot;
+use crate::hlc::Hlc;
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::pb;
+use crate::routing::{mix64, rendezvous, weighted_pick, Group, Member};
+
+/// Header carrying the hybrid logical clock stamp (decimal ASCII).
+pub const HLC_HEADER: &str = "fjord-hlc";
+/// Header carrying the id of the gateway that stored the message.
+pub const GATEWAY_HEADER: &str = "fjord-gateway";
+
+/// Why a message was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No cluster of the group could be tried (breakers open, zero weights).
+    NoHealthyCluster,
+    /// The deadline passed while a cluster still had the message (outcome unknown).
+    Deadline,
+    /// The last cluster tried failed like this.
+    Backend(ErrorKind),
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessageOutcome {
+    Delivered {
+        cluster: Arc<str>,
+        stored: Stored,
+        attempts: u32,
+        hlc: u64,
+    },
+    Failed {
+        kind: FailureKind,
+        detail: String,
+        tried: Vec<Arc<str>>,
+    },
+}
+
+/// A batch that passed validation.
+#[derive(Debug)]
+pub struct Batch {
+    pub topic: String,
+    pub messages: Vec<pb::Message>,
+}
+
+/// Shared by every request of a gateway.
+#[derive(Debug)]
+pub struct Dispatcher {
+    hlc: Hlc,
+    gateway_id: String,
+    metrics: Arc<Metrics>,
+    draws: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct MessageState {
+    tried: Vec<Arc<str>>,
+    last_error: Option<ProduceError>,
+    outcome: Option<MessageOutcome>,
+}
+
+/// One message handed to a cluster in a round.
+struct InFlight {
+    index: usize,
+    cluster: usize,
+    future: SendFuture,
+}
+
+/// An admitted cluster of a round.
+struct Admitted<'a> {
+    member: &'a Member,
+    cluster: Arc<Cluster>,
+    admission: Admission,
+}
+
+impl Dispatcher {
+    pub fn new(hlc: Hlc, gateway_id: String, metrics: Arc<Metrics>) -> Self {
+        Self {
+            hlc,
+            gateway_id,
+            metrics,
+            draws: AtomicU64::new(0),
+        }
+    }
+
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+
+    /// Hands the batch's first round over now and returns the future of its outcomes (one per
+    /// message, in order). See the module documentation.
+    pub fn start(
+        self: &Arc<Self>,
+        snapshot: Arc<Snapshot>,
+        group: Arc<Group>,
+        batch: Batch,
+        deadline: Instant,
+    ) -> impl Future<Output = Vec<MessageOutcome>> + Send + 'static {
+        let n = batch.messages.len();
+        let first_hlc = self.hlc.reserve(n as u64);
+        let mut states: Vec<MessageState> = (0..n).map(|_| MessageState::default()).collect();
+        let pending: Vec<usize> = (0..n).collect();
+        let first = self.send_round(&snapshot, &group, &batch, first_hlc, &pending, &mut states);
+        let this = self.clone();
+        async move {
+            let mut round = first;
+            loop {
+                let retry = this
+                    .await_round(round, &batch, first_hlc, deadline, &snapshot, &mut states)
+                    .await;
+                if retry.is_empty() {
+                    break;
+                }
+                round = this.send_round(&snapshot, &group, &batch, first_hlc, &retry, &mut states);
+            }
+            states
+                .into_iter()
+                .map(|s| {
+                    s.outcome.unwrap_or_else(|| MessageOutcome::Failed {
+                        kind: FailureKind::NoHealthyCluster,
+                        detail: "no cluster was tried".into(),
+                        tried: s.tried,
+                    })
+                })
+                .collect()
+        }
+    }
+
+    /// Picks a cluster for each message of `indices` and hands it over.
+    fn send_round(
+        &self,
+        snapshot: &Snapshot,
+        group: &Group,
+        batch: &Batch,
+        first_hlc: u64,
+        indices: &[usize],
+        states: &mut [MessageState],
+    ) -> Round {
+        let admitted: Vec<Admitted<'_>> = group
+            .members
+            .iter()
+            .filter(|m| m.weight > 0.0)
+            .filter_map(|member| {
+                let cluster = snapshot.clusters.get(&member.cluster)?.clone();
+                let admission = cluster.health.try_admit()?;
+                Some(Admitted {
+                    member,
+                    cluster,
+                    admission,
+                })
+            })
+            .collect();
+        let mut used = vec![false; admitted.len()];
+        let mut in_flight = Vec::with_capacity(indices.len());
+        let mut candidates: Vec<&Member> = Vec::with_capacity(admitted.len());
+        for &i in indices {
+            let message = &batch.messages[i];
+            let state = &mut states[i];
+            candidates.clear();
+            candidates.extend(
+                admitted
+                    .iter()
+                    .filter(|a| !state.tried.contains(&a.member.cluster))
+                    .map(|a| a.member),
+            );
+            let chosen = match &message.key {
+                Some(key) => rendezvous(key, &candidates),
+                None => weighted_pick(
+                    mix64(self.draws.fetch_add(1, Ordering::Relaxed)),
+                    &candidates,
+                ),
+            };
+            let Some(chosen) = chosen else {
+                state.outcome = Some(no_cluster_left(state));
+                continue;
+            };
+            let Some(slot) = admitted
+                .iter()
+                .position(|a| a.member.cluster == chosen.cluster)
+            else {
+                continue; // chosen comes from `admitted`
+            };
+            let cluster = &admitted[slot].cluster;
+            used[slot] = true;
+            state.tried.push(cluster.name.clone());
+            let hlc = (first_hlc + i as u64).to_string();
+            let mut headers: Vec<(&str, Option<&[u8]>)> =
+                Vec::with_capacity(message.headers.len() + 2);
+            headers.extend(
+                message
+                    .headers
+                    .iter()
+                    .map(|h| (h.key.as_str(), h.value.as_deref())),
+            );
+            headers.push((HLC_HEADER, Some(hlc.as_bytes())));
+            headers.push((GATEWAY_HEADER, Some(self.gateway_id.as_bytes())));
+            let future = cluster.producer.send(Record {
+                topic: &batch.topic,
+                key: message.key.as_deref(),
+                value: &message.value,
+                headers: &headers,
+                timestamp_ms: message.timestamp_ms,
+                partition: message.partition,
+            });
+            in_flight.push(InFlight {
+                index: i,
+                cluster: slot,
+                future,
+            });
+        }
+        let mut clusters = Vec::with_capacity(admitted.len());
+        for (a, used) in admitted.into_iter().zip(used) {
+            if used {
+                clusters.push(Some((a.cluster, a.admission)));
+            } else {
+                a.cluster.health.release(a.admission);
+                clusters.push(None);
+            }
+        }
+        Round {
+            clusters,
+            in_flight,
+            started: Instant::now(),
+        }
+    }
+
+    /// Awaits a round; records outcomes; returns the messages to try again elsewhere.
+    async fn await_round(
+        &self,
+        round: Round,
+        batch: &Batch,
+        first_hlc: u64,
+        deadline: Instant,
+        snapshot: &Snapshot,
+        states: &mut [MessageState],
+    ) -> Vec<usize> {
+        let Round {
+            clusters,
+            in_flight,
+            started,
+        } = round;
+        let deadline_tokio = tokio::time::Instant::from_std(deadline);
+        let placement: Vec<(usize, usize)> =
+            in_flight.iter().map(|f| (f.index, f.cluster)).collect();
+        let results = join_all(in_flight.into_iter().map(|f| async move {
+            let r = tokio::time::timeout_at(deadline_tokio, f.future).await;
+            (r, started.elapsed())
+        }))
+        .await;
+        // Per admitted cluster: (any success, any cluster failure, slowest success).
+        let mut verdicts: Vec<(bool, bool, Duration)> =
+            vec![(false, false, Duration::ZERO); clusters.len()];
+        // Per admitted cluster: (messages, bytes) stored, counted once per round.
+        let mut delivered: Vec<(u64, u64)> = vec![(0, 0); clusters.len()];
+        let mut retry = Vec::new();
+        let max_attempts = snapshot.delivery.max_attempts as usize;
+        for ((index, slot), (result, latency)) in placement.into_iter().zip(results) {
+            let Some((cluster, _)) = &clusters[slot] else {
+                continue;
+            };
+            let state = &mut states[index];
+            self.metrics
+                .produce_seconds
+                .get_or_create(&cluster.labels)
+                .observe(latency.as_secs_f64());
+            match result {
+                Ok(Ok(stored)) => {
+                    verdicts[slot].0 = true;
+                    verdicts[slot].2 = verdicts[slot].2.max(latency);
+                    delivered[slot].0 += 1;
+                    delivered[slot].1 += message_bytes(&batch.messages[index]) as u64;
+                    state.outcome = Some(MessageOutcome::Delivered {
+                        cluster: cluster.name.clone(),
+                        stored,
+                        attempts: state.tried.len() as u32,
+                        hlc: first_hlc + index as u64,
+                    });
+                }
+                Ok(Err(error)) => {
+                    if error.kind.is_cluster_failure() {
+                        verdicts[slot].1 = true;
+                    } else {
+                        // The cluster answered: it is alive.
+                        verdicts[slot].0 = true;
+                    }
+                    let again = error.kind.retry_elsewhere()
+                        && state.tried.len() < max_attempts
+                        && Instant::now() < deadline;
+                    tracing::debug!(cluster = %cluster.name, error = %error, again,
+                        "produce attempt failed");
+                    if again {
+                        self.metrics.retries.get_or_create(&cluster.labels).inc();
+                        retry.push(index);
+                        state.last_error = Some(error);
+                    } else {
+                        state.outcome = Some(MessageOutcome::Failed {
+                            kind: FailureKind::Backend(error.kind),
+                            detail: format!("cluster {}: {}", cluster.name, error.detail),
+                            tried: state.tried.clone(),
+                        });
+                    }
+                }
+                Err(_elapsed) => {
+                    state.outcome = Some(MessageOutcome::Failed {
+                        kind: FailureKind::Deadline,
+                        detail: format!(
+                            "the deadline passed while cluster {} had the message; it may \
+                             still be stored there",
+                            cluster.name
+                        ),
+                        tried: state.tried.clone(),
+                    });
+                }
+            }
+        }
+        for (slot, entry) in clusters.into_iter().enumerate() {
+            let Some((cluster, admission)) = entry else {
+                continue;
+            };
+            let (messages, bytes) = delivered[slot];
+            if messages > 0 {
+                self.metrics
+                    .messages_delivered
+                    .get_or_create(&cluster.labels)
+                    .inc_by(messages);
+                self.metrics
+                    .bytes_delivered
+                    .get_or_create(&cluster.labels)
+                    .inc_by(bytes);
+            }
+            match verdicts[slot] {
+                (_, true, _) => cluster.health.record(admission, Outcome::Failure),
+                (true, false, latency) => cluster
+                    .health
+                    .record(admission, Outcome::Success { latency }),
+                (false, false, _) => cluster.health.release(admission),
+            }
+        }
+        // Messages with no cluster left end here, with what the last cluster said.
+        retry.retain(|&i| {
+            if Instant::now() < deadline {
+                return true;
+            }
+            let state = &mut states[i];
+            state.outcome = Some(no_cluster_left(state));
+            false
+        });
+        retry
+    }
+}
+
+/// A round in flight.
+struct Round {
+    /// Indexed like the round's admitted clusters; `None` for those not used.
+    clusters: Vec<Option<(Arc<Cluster>, Admission)>>,
+    in_flight: Vec<InFlight>,
+    started: Instant,
+}
+
+/// The outcome of a message that has no cluster left to try.
+fn no_cluster_left(state: &MessageState) -> MessageOutcome {
+    match &state.last_error {
+        Some(e) => MessageOutcome::Failed {
+            kind: FailureKind::Backend(e.kind),
+            detail: format!(
+                "{} (no other healthy cluster to try)",
+                state
+                    .tried
+                    .last()
+                    .map(|c| format!("cluster {c}: {}", e.detail))
+                    .unwrap_or_else(|| e.detail.clone())
+            ),
+            tried: state.tried.clone(),
+        },
+        None => MessageOutcome::Failed {
+            kind: FailureKind::NoHealthyCluster,
+            detail: "no healthy cluster with a weight above zero in the topic's group".into(),
+            tried: state.tried.clone(),
+        },
+    }
+}
+
+/// Bytes of a message's key, value and headers (what the size limits count).
+pub fn message_bytes(m: &pb::Message) -> usize {
+    m.key.as_ref().map_or(0, Vec::len)
+        + m.value.len()
+        + m.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+}
+
+/// Counts per-message failures by code (one place, so every path is counted once).
+pub fn count_failures(metrics: &Metrics, outcomes: &[MessageOutcome]) {
+    let mut by_code: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for o in outcomes {
+        if let MessageOutcome::Failed { kind, .. } = o {
+            *by_code
+                .entry(crate::status::failure_label(*kind))
+                .or_default() += 1;
+        }
+    }
+    for (code, n) in by_code {
+        metrics
+            .message_errors
+            .get_or_create(&ErrorLabels { code })
+            .inc_by(n);
+    }
+}

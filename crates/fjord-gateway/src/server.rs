@@ -1,0 +1,261 @@
+//! Running a gateway process: the gRPC listener (the Gateway service, health checking, server
+//! reflection), the metrics endpoint, the prober of open clusters, configuration reloads (SIGHUP
+//! and a poll of the file's modification time), and graceful shutdown.
+//!
+//! Every background task takes the same [`CancellationToken`]. On SIGTERM / Ctrl-C: health turns
+//! NOT_SERVING, new requests get UNAVAILABLE, requests in progress are answered, the producers
+//! are flushed, and [`run`] returns.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::backend::Producer;
+use crate::cluster::{probe_loop, Health};
+use crate::config::{ClusterConfig, DeliveryConfig, GatewayConfig};
+use crate::gateway::{Gateway, GatewayError, ProducerFactory};
+use crate::hlc::SystemClock;
+use crate::kafka::{client_config, KafkaProducer};
+use crate::metrics::Metrics;
+use crate::pb;
+use crate::service::GatewayService;
+
+/// How often open breakers are checked for a due probe.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long shutdown waits for the producers to deliver what they hold.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds librdkafka producers.
+#[derive(Debug)]
+pub struct KafkaFactory {
+    gateway_id: String,
+}
+
+impl ProducerFactory for KafkaFactory {
+    fn create(
+        &self,
+        name: &str,
+        config: &ClusterConfig,
+        delivery: &DeliveryConfig,
+        health: Arc<Health>,
+    ) -> Result<Arc<dyn Producer>, GatewayError> {
+        let cc = client_config(name, config, &self.gateway_id, delivery.attempt_timeout())?;
+        Ok(Arc::new(KafkaProducer::new(name, cc, health)?))
+    }
+}
+
+/// `fjord gateway --config FILE`: runs until SIGTERM or Ctrl-C.
+pub async fn run(config_path: &Path) -> Result<(), GatewayError> {
+    let config = GatewayConfig::load(config_path)?;
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(shutdown_on_signal(shutdown.clone()));
+    let metrics = Arc::new(Metrics::default());
+    let factory = KafkaFactory {
+        gateway_id: config.resolved_gateway_id(),
+    };
+    let gateway = Arc::new(Gateway::new(
+        config.clone(),
+        Box::new(factory),
+        metrics.clone(),
+        Arc::new(SystemClock),
+    )?);
+    let listener = bind(&config.listen, "the gRPC listener").await?;
+    let metrics_task = match &config.metrics_listen {
+        Some(addr) => {
+            let l = bind(addr, "the metrics listener").await?;
+            tracing::info!(address = %local(&l), "metrics endpoint listening");
+            Some(tokio::spawn(crate::metrics::serve(
+                l,
+                metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let reloader = tokio::spawn(reload_loop(
+        gateway.clone(),
+        config_path.to_owned(),
+        shutdown.clone(),
+    ));
+    tracing::info!(address = %local(&listener), gateway_id = gateway.gateway_id(),
+        clusters = gateway.clusters().len(), "gateway listening");
+    let served = serve(gateway.clone(), listener, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = reloader.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    signals.abort();
+    flush_all(&gateway).await;
+    tracing::info!("gateway stopped");
+    served
+}
+
+/// Serves the gRPC API on `listener` until `shutdown` is cancelled, with the prober running.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let snapshot = gateway.snapshot();
+    let max_request = snapshot.limits.max_request_bytes;
+    let service = pb::gateway_server::GatewayServer::new(GatewayService::new(
+        gateway.clone(),
+        shutdown.clone(),
+    ))
+    // Room for protobuf framing around the payload bytes the gateway limits itself (and clear
+    // INVALID_ARGUMENT errors from those checks rather than the transport's).
+    .max_decoding_message_size(max_request.saturating_mul(2).saturating_add(1 << 20));
+    let prober = {
+        let g = gateway.clone();
+        let g2 = gateway.clone();
+        tokio::spawn(probe_loop(
+            move || g.clusters(),
+            PROBE_INTERVAL,
+            move || Duration::from_millis(g2.config().breaker.probe_timeout_ms),
+            shutdown.clone(),
+        ))
+    };
+    let stopping = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        async move {
+            shutdown.cancelled().await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_not_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
+                .await;
+        }
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopping,
+        )
+        .await;
+    shutdown.cancel();
+    let _ = prober.await;
+    result.map_err(GatewayError::from)
+}
+
+/// Flushes every producer (shutdown).
+pub async fn flush_all(gateway: &Gateway) {
+    let flushes = gateway
+        .clusters()
+        .into_iter()
+        .map(|c| async move { c.producer.flush(FLUSH_TIMEOUT).await });
+    futures::future::join_all(flushes).await;
+}
+
+async fn bind(addr: &str, what: &str) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| GatewayError::Io {
+            what: format!("binding {what} on {addr}"),
+            error,
+        })
+}
+
+fn local(l: &TcpListener) -> String {
+    l.local_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_default()
+}
+
+async fn shutdown_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// Reloads the file on SIGHUP and whenever its modification time changes (polled every
+/// `reload_poll_ms`, if not 0).
+async fn reload_loop(gateway: Arc<Gateway>, path: PathBuf, shutdown: CancellationToken) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reload by file watch only");
+            None
+        }
+    };
+    let mut seen = modified(&path);
+    loop {
+        let poll_ms = gateway.config().reload_poll_ms;
+        let poll = async {
+            if poll_ms == 0 {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(poll_ms)).await;
+        };
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let why = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hangup => "SIGHUP",
+            _ = poll => {
+                let now = modified(&path);
+                if now == seen {
+                    continue;
+                }
+                "file changed"
+            }
+        };
+        seen = modified(&path);
+        let result = match GatewayConfig::load(&path) {
+            Ok(config) => gateway.reload(config), // counts itself
+            Err(e) => {
+                gateway
+                    .metrics()
+                    .config_reloads
+                    .get_or_create(&crate::metrics::ResultLabels { result: "error" })
+                    .inc();
+                Err(e.into())
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(trigger = why, path = %path.display(), "configuration applied")
+            }
+            Err(e) => tracing::error!(trigger = why, error = %e,
+                "reload failed; the previous configuration stays in force"),
+        }
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}

@@ -1,0 +1,214 @@
+//! The gRPC service `fjord.gateway.v1.Gateway`: turns wire requests into [`Gateway::start`]
+//! calls and outcomes into responses, and counts requests.
+//!
+//! ProduceStream: one task per stream reads batches in order and starts each before reading the
+//! next (so they reach the clusters in order), keeps at most `stream_inflight_batches` in flight,
+//! and answers them in the order they came. A request-level error ends the stream with that
+//! status after the batches before it were answered. Shutdown stops reading and drains.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::gateway::Gateway;
+use crate::metrics::{MethodLabels, RequestLabels};
+use crate::pb;
+use crate::status::{code_label, to_result, RequestError};
+
+/// Metadata key naming the caller for rate limits.
+pub const CALLER_METADATA: &str = "x-fjord-caller";
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct GatewayService {
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+}
+
+impl GatewayService {
+    pub fn new(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Self {
+        Self { gateway, shutdown }
+    }
+
+    fn count(&self, method: &'static str, code: tonic::Code, started: Instant) {
+        let m = self.gateway.metrics();
+        m.requests
+            .get_or_create(&RequestLabels {
+                method,
+                code: code_label(code),
+            })
+            .inc();
+        m.request_seconds
+            .get_or_create(&MethodLabels { method })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Who is calling: the `x-fjord-caller` metadata value, else the peer's IP address.
+fn caller_of<T>(request: &Request<T>) -> String {
+    if let Some(caller) = request
+        .metadata()
+        .get(CALLER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    {
+        return caller.chars().take(128).collect();
+    }
+    request
+        .remote_addr()
+        .map(|a: SocketAddr| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`, units H M S m u n).
+pub fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ProduceStreamResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::gateway_server::Gateway for GatewayService {
+    async fn produce_batch(
+        &self,
+        request: Request<pb::ProduceBatchRequest>,
+    ) -> Result<Response<pb::ProduceBatchResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            if self.shutdown.is_cancelled() {
+                return Err(RequestError::ShuttingDown);
+            }
+            let caller = caller_of(&request);
+            let deadline = grpc_timeout(&request);
+            let outcomes = self
+                .gateway
+                .start(&caller, request.into_inner(), deadline)
+                .await?
+                .await;
+            Ok(pb::ProduceBatchResponse {
+                results: outcomes.into_iter().map(to_result).collect(),
+            })
+        }
+        .await;
+        match result {
+            Ok(response) => {
+                self.count("ProduceBatch", tonic::Code::Ok, started);
+                Ok(Response::new(response))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "ProduceBatch refused");
+                self.count("ProduceBatch", e.code(), started);
+                Err(e.into())
+            }
+        }
+    }
+
+    type ProduceStreamStream = ResponseStream;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<pb::ProduceStreamRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        if self.shutdown.is_cancelled() {
+            return Err(RequestError::ShuttingDown.into());
+        }
+        let caller = caller_of(&request);
+        // The caller's deadline is for the whole stream: each batch gets what is left of it.
+        let deadline = grpc_timeout(&request).map(|t| Instant::now() + t);
+        let inbound = request.into_inner();
+        let limit = self.gateway.snapshot().limits.stream_inflight_batches;
+        let (tx, rx) = mpsc::channel(limit);
+        tokio::spawn(run_stream(
+            self.clone(),
+            caller,
+            deadline,
+            inbound,
+            tx,
+            limit,
+        ));
+        let out = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+async fn run_stream(
+    service: GatewayService,
+    caller: String,
+    deadline: Option<Instant>,
+    mut inbound: Streaming<pb::ProduceStreamRequest>,
+    tx: mpsc::Sender<Result<pb::ProduceStreamResponse, Status>>,
+    limit: usize,
+) {
+    let mut in_flight = FuturesOrdered::new();
+    let mut reading = true;
+    let mut failure: Option<Status> = None;
+    loop {
+        let can_read = reading && in_flight.len() < limit;
+        tokio::select! {
+            _ = service.shutdown.cancelled(), if reading => {
+                reading = false;
+                failure = Some(RequestError::ShuttingDown.into());
+            }
+            next = inbound.next(), if can_read => match next {
+                Some(Ok(req)) => {
+                    let started = Instant::now();
+                    let id = req.request_id;
+                    let batch = req.batch.unwrap_or_default();
+                    let left = deadline.map(|d| d.saturating_duration_since(started));
+                    match service.gateway.start(&caller, batch, left).await {
+                        Ok(outcomes) => in_flight.push_back(async move {
+                            (id, outcomes.await, started)
+                        }),
+                        Err(e) => {
+                            service.count("ProduceStream", e.code(), started);
+                            reading = false;
+                            failure = Some(e.into());
+                        }
+                    }
+                }
+                Some(Err(status)) => {
+                    tracing::debug!(%status, "ProduceStream: the caller's stream failed");
+                    reading = false;
+                }
+                None => reading = false,
+            },
+            Some((id, outcomes, started)) = in_flight.next(), if !in_flight.is_empty() => {
+                service.count("ProduceStream", tonic::Code::Ok, started);
+                let response = pb::ProduceStreamResponse {
+                    request_id: id,
+                    results: outcomes.into_iter().map(to_result).collect(),
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    return; // the caller went away
+                }
+            }
+            else => break,
+        }
+        if !reading && in_flight.is_empty() {
+            break;
+        }
+    }
+    if let Some(status) = failure {
+        let _ = tx.send(Err(status)).await;
+    }
+}

@@ -1,0 +1,185 @@
+//! The one place where errors become wire codes: request-level errors to gRPC status codes, and
+//! per-message failures to `fjord.gateway.v1.ErrorCode` (with whether a retry may succeed).
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::backend::ErrorKind;
+use crate::dispatch::{FailureKind, MessageOutcome};
+use crate::pb;
+
+/// Why a whole request was refused (nothing of it was produced).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("the batch has no messages")]
+    EmptyBatch,
+    #[error("the topic name is empty")]
+    EmptyTopic,
+    #[error("{count} messages in one batch; the limit is {limit}")]
+    TooManyMessages { count: usize, limit: usize },
+    #[error("message {index} has {bytes} bytes (key, value and headers); the limit is {limit}")]
+    MessageTooLarge {
+        index: usize,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("the batch has {bytes} bytes; the limit is {limit}")]
+    RequestTooLarge { bytes: usize, limit: usize },
+    #[error("message {index}: partition {partition} is negative")]
+    BadPartition { index: usize, partition: i32 },
+    #[error("no route for topic {topic:?} and no default route")]
+    NoRoute { topic: String },
+    #[error(
+        "rate limit of caller {caller:?} exceeded ({rate} messages/s); retry in {retry_after:?}"
+    )]
+    RateLimited {
+        caller: String,
+        rate: f64,
+        retry_after: Duration,
+    },
+    #[error("the gateway holds {limit} bytes of requests already; retry shortly")]
+    Overloaded { limit: usize },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl RequestError {
+    pub fn code(&self) -> Code {
+        match self {
+            Self::EmptyBatch
+            | Self::EmptyTopic
+            | Self::TooManyMessages { .. }
+            | Self::MessageTooLarge { .. }
+            | Self::RequestTooLarge { .. }
+            | Self::BadPartition { .. } => Code::InvalidArgument,
+            Self::NoRoute { .. } => Code::NotFound,
+            Self::RateLimited { .. } | Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::ShuttingDown => Code::Unavailable,
+        }
+    }
+}
+
+impl From<RequestError> for Status {
+    fn from(e: RequestError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+/// The `code` label of a gRPC status for metrics.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// The wire code of a per-message failure, and whether sending the message again may succeed.
+pub fn failure_code(kind: FailureKind) -> (pb::ErrorCode, bool) {
+    use pb::ErrorCode as E;
+    match kind {
+        FailureKind::NoHealthyCluster => (E::NoHealthyCluster, true),
+        FailureKind::Deadline => (E::Timeout, true),
+        FailureKind::Backend(k) => match k {
+            ErrorKind::Timeout => (E::Timeout, true),
+            ErrorKind::Unavailable | ErrorKind::QueueFull => (E::BackendUnavailable, true),
+            ErrorKind::TooLarge => (E::MessageTooLarge, false),
+            ErrorKind::UnknownTopicOrPartition => (E::UnknownTopicOrPartition, true),
+            ErrorKind::Rejected => (E::Rejected, false),
+        },
+    }
+}
+
+/// The `code` label of a per-message failure for metrics.
+pub fn failure_label(kind: FailureKind) -> &'static str {
+    use pb::ErrorCode as E;
+    match failure_code(kind).0 {
+        E::Unspecified => "unspecified",
+        E::Timeout => "timeout",
+        E::NoHealthyCluster => "no_healthy_cluster",
+        E::MessageTooLarge => "message_too_large",
+        E::UnknownTopicOrPartition => "unknown_topic_or_partition",
+        E::Rejected => "rejected",
+        E::BackendUnavailable => "backend_unavailable",
+    }
+}
+
+/// A message's outcome as it goes on the wire.
+pub fn to_result(outcome: MessageOutcome) -> pb::MessageResult {
+    use pb::message_result::Outcome as O;
+    let outcome = match outcome {
+        MessageOutcome::Delivered {
+            cluster,
+            stored,
+            attempts,
+            hlc,
+        } => O::Delivered(pb::Delivered {
+            cluster: cluster.to_string(),
+            partition: stored.partition,
+            offset: stored.offset,
+            attempts,
+            hlc,
+        }),
+        MessageOutcome::Failed {
+            kind,
+            detail,
+            tried,
+        } => {
+            let (code, retriable) = failure_code(kind);
+            O::Failure(pb::Failure {
+                code: code as i32,
+                message: detail,
+                retriable,
+                clusters_tried: tried.iter().map(|c| c.to_string()).collect(),
+            })
+        }
+    };
+    pb::MessageResult {
+        outcome: Some(outcome),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_errors_map_to_grpc_codes() {
+        assert_eq!(RequestError::EmptyBatch.code(), Code::InvalidArgument);
+        let s: Status = RequestError::NoRoute { topic: "t".into() }.into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("no route for topic \"t\""));
+        assert_eq!(
+            RequestError::Overloaded { limit: 1 }.code(),
+            Code::ResourceExhausted
+        );
+    }
+
+    #[test]
+    fn failures_map_to_codes_and_retriability() {
+        assert_eq!(
+            failure_code(FailureKind::Backend(ErrorKind::TooLarge)),
+            (pb::ErrorCode::MessageTooLarge, false)
+        );
+        assert_eq!(
+            failure_code(FailureKind::NoHealthyCluster),
+            (pb::ErrorCode::NoHealthyCluster, true)
+        );
+        assert_eq!(failure_label(FailureKind::Deadline), "timeout");
+    }
+}

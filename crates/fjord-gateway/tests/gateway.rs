@@ -1,0 +1,622 @@
+//! The gateway end to end over gRPC, with in-memory clusters whose faults the tests control:
+//! routing, per-key order, failover and the breaker, reloads, limits, the stream, deadlines.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fjord_gateway::backend::{ErrorKind, ProduceError, Producer, Record, SendFuture, Stored};
+use fjord_gateway::breaker::State;
+use fjord_gateway::cluster::Health;
+use fjord_gateway::config::{ClusterConfig, DeliveryConfig, GatewayConfig};
+use fjord_gateway::gateway::{Gateway, GatewayError, ProducerFactory};
+use fjord_gateway::hlc::SystemClock;
+use fjord_gateway::metrics::Metrics;
+use fjord_gateway_client::{pb, ErrorCode, GatewayClient, Message};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Healthy,
+    Failing(ErrorKind),
+    /// Never answers.
+    Hanging,
+}
+
+#[derive(Debug, Clone)]
+struct StoredRecord {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// An in-memory cluster: 4 partitions per topic, records stored on `send`.
+#[derive(Debug)]
+struct FakeCluster {
+    mode: Mutex<Mode>,
+    log: Mutex<HashMap<(String, i32), Vec<StoredRecord>>>,
+    sends: AtomicU64,
+}
+
+impl FakeCluster {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            mode: Mutex::new(Mode::Healthy),
+            log: Mutex::new(HashMap::new()),
+            sends: AtomicU64::new(0),
+        })
+    }
+    fn set(&self, mode: Mode) {
+        *self.mode.lock() = mode;
+    }
+    fn records(&self, topic: &str) -> Vec<(i32, i64, StoredRecord)> {
+        let log = self.log.lock();
+        let mut out = Vec::new();
+        for ((t, p), records) in log.iter() {
+            if t == topic {
+                out.extend(
+                    records
+                        .iter()
+                        .enumerate()
+                        .map(|(o, r)| (*p, o as i64, r.clone())),
+                );
+            }
+        }
+        out.sort_by_key(|(p, o, _)| (*p, *o));
+        out
+    }
+}
+
+#[derive(Debug)]
+struct FakeProducer(Arc<FakeCluster>);
+
+impl Producer for FakeProducer {
+    fn send(&self, r: Record<'_>) -> SendFuture {
+        self.0.sends.fetch_add(1, Ordering::Relaxed);
+        match *self.0.mode.lock() {
+            Mode::Healthy => {}
+            Mode::Failing(kind) => {
+                return async move { Err(ProduceError::new(kind, "injected")) }.boxed()
+            }
+            Mode::Hanging => return futures::future::pending().boxed(),
+        }
+        let partition = r.partition.unwrap_or_else(|| {
+            r.key
+                .map(|k| (k.iter().map(|b| u32::from(*b)).sum::<u32>() % 4) as i32)
+                .unwrap_or(0)
+        });
+        let mut log = self.0.log.lock();
+        let records = log.entry((r.topic.to_owned(), partition)).or_default();
+        records.push(StoredRecord {
+            key: r.key.map(<[u8]>::to_vec),
+            value: r.value.to_vec(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.map(<[u8]>::to_vec)))
+                .collect(),
+        });
+        let stored = Stored {
+            partition,
+            offset: records.len() as i64 - 1,
+        };
+        async move { Ok(stored) }.boxed()
+    }
+
+    fn probe(&self, _timeout: Duration) -> BoxFuture<'static, Result<(), ProduceError>> {
+        let ok = *self.0.mode.lock() == Mode::Healthy;
+        async move {
+            if ok {
+                Ok(())
+            } else {
+                Err(ProduceError::new(ErrorKind::Unavailable, "down"))
+            }
+        }
+        .boxed()
+    }
+
+    fn flush(&self, _timeout: Duration) -> BoxFuture<'static, ()> {
+        async {}.boxed()
+    }
+}
+
+#[derive(Default)]
+struct FakeFactory {
+    clusters: Mutex<BTreeMap<String, Arc<FakeCluster>>>,
+    created: AtomicU64,
+}
+
+impl FakeFactory {
+    fn cluster(&self, name: &str) -> Arc<FakeCluster> {
+        self.clusters
+            .lock()
+            .entry(name.to_owned())
+            .or_insert_with(FakeCluster::new)
+            .clone()
+    }
+}
+
+struct SharedFactory(Arc<FakeFactory>);
+
+impl ProducerFactory for SharedFactory {
+    fn create(
+        &self,
+        name: &str,
+        _config: &ClusterConfig,
+        _delivery: &DeliveryConfig,
+        _health: Arc<Health>,
+    ) -> Result<Arc<dyn Producer>, GatewayError> {
+        self.0.created.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(FakeProducer(self.0.cluster(name))))
+    }
+}
+
+const BASE: &str = r#"
+gateway_id = "gw-test"
+[clusters.a]
+bootstrap_servers = "fake-a:9092"
+[clusters.b]
+bootstrap_servers = "fake-b:9092"
+[groups.main]
+clusters = { a = 1, b = 1 }
+[routes]
+topics = { orders = "main", moving = "main" }
+[delivery]
+attempt_timeout_ms = 1000
+delivery_timeout_ms = 3000
+max_attempts = 2
+[breaker]
+consecutive_failures = 3
+min_calls = 1000
+open_ms = 200
+half_open_max_calls = 1
+half_open_successes = 2
+[limits]
+max_messages_per_request = 1000
+max_message_bytes = 1000
+max_request_bytes = 100000
+max_inflight_bytes = 1000000
+"#;
+
+struct Harness {
+    gateway: Arc<Gateway>,
+    factory: Arc<FakeFactory>,
+    client: GatewayClient,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), GatewayError>>,
+}
+
+impl Harness {
+    async fn start(config: &str) -> Self {
+        let config: GatewayConfig = toml::from_str(config).unwrap();
+        let factory = Arc::new(FakeFactory::default());
+        let gateway = Arc::new(
+            Gateway::new(
+                config,
+                Box::new(SharedFactory(factory.clone())),
+                Arc::new(Metrics::default()),
+                Arc::new(SystemClock),
+            )
+            .unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(fjord_gateway::server::serve(
+            gateway.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        let client = GatewayClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        Self {
+            gateway,
+            factory,
+            client,
+            shutdown,
+            server,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+    }
+
+    fn breaker(&self, cluster: &str) -> State {
+        self.gateway
+            .clusters()
+            .into_iter()
+            .find(|c| &*c.name == cluster)
+            .unwrap()
+            .health
+            .state()
+    }
+}
+
+fn keyed(n: usize, keys: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| Message::new(format!("v{i}")).with_key(format!("key-{}", i % keys)))
+        .collect()
+}
+
+fn header<'a>(r: &'a StoredRecord, name: &str) -> Option<&'a [u8]> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.as_deref())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_stick_to_one_cluster_in_order_with_hlc_headers() {
+    let mut h = Harness::start(BASE).await;
+    let mut placement: HashMap<String, String> = HashMap::new();
+    for round in 0..5 {
+        let msgs: Vec<Message> = (0..200)
+            .map(|i| {
+                Message::new(format!("{round}:{i}"))
+                    .with_key(format!("key-{}", i % 20))
+                    .with_header("trace", Some("t1".into()))
+            })
+            .collect();
+        let results = h.client.produce_batch("orders", msgs).await.unwrap();
+        for (i, r) in results.into_iter().enumerate() {
+            let d = r.unwrap();
+            assert_eq!(d.attempts, 1);
+            let key = format!("key-{}", i % 20);
+            let prev = placement.insert(key.clone(), d.cluster.clone());
+            assert!(prev.is_none_or(|p| p == d.cluster), "{key} moved");
+        }
+    }
+    // Both clusters got keys, and each stored every key's values in send order.
+    let mut total = 0;
+    for name in ["a", "b"] {
+        let records = h.factory.cluster(name).records("orders");
+        assert!(!records.is_empty(), "cluster {name} got nothing");
+        total += records.len();
+        let mut last: HashMap<Vec<u8>, (u64, (usize, usize))> = HashMap::new();
+        for (_, _, r) in &records {
+            let hlc: u64 = std::str::from_utf8(header(r, "fjord-hlc").unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(header(r, "fjord-gateway"), Some(&b"gw-test"[..]));
+            assert_eq!(header(r, "trace"), Some(&b"t1"[..]));
+            let v = String::from_utf8(r.value.clone()).unwrap();
+            let (round, i) = v.split_once(':').unwrap();
+            let seq = (round.parse().unwrap(), i.parse().unwrap());
+            let key = r.key.clone().unwrap();
+            if let Some((prev_hlc, prev_seq)) = last.get(&key) {
+                assert!(
+                    hlc > *prev_hlc && seq > *prev_seq,
+                    "order broken for {key:?}"
+                );
+            }
+            last.insert(key, (hlc, seq));
+        }
+    }
+    assert_eq!(total, 1000);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cluster_is_routed_around_and_probed_back() {
+    let mut h = Harness::start(BASE).await;
+    let a = h.factory.cluster("a");
+    a.set(Mode::Failing(ErrorKind::Unavailable));
+    // Every message is delivered, the ones meant for a on b after one retry.
+    let results = h
+        .client
+        .produce_batch("orders", keyed(100, 50))
+        .await
+        .unwrap();
+    let mut retried = 0;
+    for r in &results {
+        let d = r.as_ref().unwrap();
+        assert_eq!(d.cluster, "b");
+        retried += usize::from(d.attempts == 2);
+    }
+    assert!(retried > 0);
+    // One batch is one call per cluster: three batches open the breaker.
+    for _ in 0..2 {
+        h.client
+            .produce_batch("orders", keyed(10, 10))
+            .await
+            .unwrap();
+    }
+    assert_eq!(h.breaker("a"), State::Open);
+    let sends_while_open = a.sends.load(Ordering::Relaxed);
+    for r in h
+        .client
+        .produce_batch("orders", keyed(50, 50))
+        .await
+        .unwrap()
+    {
+        assert_eq!(r.unwrap().attempts, 1, "no attempt on the open cluster");
+    }
+    assert_eq!(a.sends.load(Ordering::Relaxed), sends_while_open);
+    // Probes keep failing while a is down; once it is back, half-open then closed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(h.breaker("a"), State::Open);
+    a.set(Mode::Healthy);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.breaker("a") != State::Closed {
+        assert!(Instant::now() < deadline, "breaker did not close");
+        h.client
+            .produce_batch("orders", keyed(20, 20))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let results = h
+        .client
+        .produce_batch("orders", keyed(100, 50))
+        .await
+        .unwrap();
+    assert!(results.iter().any(|r| r.as_ref().unwrap().cluster == "a"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_healthy_cluster_and_non_retriable_errors_are_reported_per_message() {
+    let mut h = Harness::start(BASE).await;
+    h.factory
+        .cluster("a")
+        .set(Mode::Failing(ErrorKind::Rejected));
+    h.factory
+        .cluster("b")
+        .set(Mode::Failing(ErrorKind::Unavailable));
+    let results = h
+        .client
+        .produce_batch("orders", keyed(40, 40))
+        .await
+        .unwrap();
+    let mut codes = BTreeMap::new();
+    for r in results {
+        let f = r.unwrap_err();
+        *codes.entry(format!("{:?}", f.code)).or_insert(0) += 1;
+        match f.code {
+            ErrorCode::Rejected => {
+                assert!(!f.retriable && f.clusters_tried.ends_with(&["a".to_owned()]))
+            }
+            ErrorCode::BackendUnavailable => assert!(f.retriable),
+            other => panic!("unexpected {other:?}: {}", f.message),
+        }
+    }
+    assert!(codes.contains_key("Rejected"), "{codes:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_cluster_ends_at_the_deadline() {
+    let mut h =
+        Harness::start(&BASE.replace("delivery_timeout_ms = 3000", "delivery_timeout_ms = 300"))
+            .await;
+    h.factory.cluster("a").set(Mode::Hanging);
+    h.factory.cluster("b").set(Mode::Hanging);
+    let started = Instant::now();
+    let results = h.client.produce_batch("orders", keyed(5, 5)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for r in results {
+        let f = r.unwrap_err();
+        assert_eq!(f.code, ErrorCode::Timeout);
+        assert!(f.message.contains("may still be stored"), "{}", f.message);
+    }
+    // A caller's shorter deadline wins too.
+    h.factory.cluster("a").set(Mode::Healthy);
+    h.factory.cluster("b").set(Mode::Healthy);
+    let mut quick = h.client.clone().with_timeout(Duration::from_millis(500));
+    assert!(quick.publish("orders", Message::new("x")).await.is_ok());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_get_clear_errors_and_the_gateway_stays_up() {
+    let mut h = Harness::start(BASE).await;
+    let err = |e: fjord_gateway_client::ClientError| match e {
+        fjord_gateway_client::ClientError::Status(s) => (s.code(), s.message().to_owned()),
+        other => panic!("{other}"),
+    };
+    let (code, msg) = err(h.client.produce_batch("orders", vec![]).await.unwrap_err());
+    assert_eq!(
+        (code, msg.as_str()),
+        (Code::InvalidArgument, "the batch has no messages")
+    );
+    let (code, msg) = err(h
+        .client
+        .produce_batch("elsewhere", keyed(1, 1))
+        .await
+        .unwrap_err());
+    assert_eq!(code, Code::NotFound);
+    assert!(msg.contains("no route for topic \"elsewhere\""), "{msg}");
+    let big = Message::new(vec![b'x'; 1001]);
+    let (code, msg) = err(h
+        .client
+        .produce_batch("orders", vec![Message::new("ok"), big])
+        .await
+        .unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("message 1 has 1001 bytes"), "{msg}");
+    let (code, _) = err(h
+        .client
+        .produce_batch("orders", keyed(1001, 1))
+        .await
+        .unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    let (code, _) = err(h.client.produce_batch("", keyed(1, 1)).await.unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    // Nothing of the refused requests was produced; the gateway still serves.
+    assert!(h.factory.cluster("a").records("orders").is_empty());
+    assert!(h.factory.cluster("b").records("orders").is_empty());
+    h.client
+        .publish("orders", Message::new("fine"))
+        .await
+        .unwrap();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_are_rate_limited_separately() {
+    let config = BASE.replace(
+        "[limits]",
+        "[limits]\ncaller_messages_per_sec = 10\ncaller_burst_messages = 100",
+    );
+    let h = Harness::start(&config).await;
+    let mut alice = h.client.clone();
+    let results = alice.produce_batch("orders", keyed(100, 5)).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    let err = alice
+        .produce_batch("orders", keyed(50, 5))
+        .await
+        .unwrap_err();
+    assert!(err.is_retriable());
+    match err {
+        fjord_gateway_client::ClientError::Status(s) => {
+            assert_eq!(s.code(), Code::ResourceExhausted);
+            assert!(s.message().contains("rate limit"), "{}", s.message());
+        }
+        other => panic!("{other}"),
+    }
+    // Another caller (x-fjord-caller) has its own budget.
+    let mut req = tonic::Request::new(pb::ProduceBatchRequest {
+        topic: "orders".into(),
+        messages: vec![pb::Message {
+            value: b"bob".to_vec(),
+            ..Default::default()
+        }],
+    });
+    req.metadata_mut()
+        .insert("x-fjord-caller", "bob".parse().unwrap());
+    let mut bob = h.client.clone();
+    assert!(bob.raw().produce_batch(req).await.is_ok());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_changes_move_traffic_without_new_producers() {
+    let config = BASE.replace("clusters = { a = 1, b = 1 }", "clusters = { a = 1, b = 0 }");
+    let mut h = Harness::start(&config).await;
+    for r in h
+        .client
+        .produce_batch("moving", keyed(100, 30))
+        .await
+        .unwrap()
+    {
+        assert_eq!(r.unwrap().cluster, "a");
+    }
+    let mut shifted: GatewayConfig =
+        toml::from_str(&BASE.replace("clusters = { a = 1, b = 1 }", "clusters = { a = 0, b = 1 }"))
+            .unwrap();
+    h.gateway.reload(shifted.clone()).unwrap();
+    for r in h
+        .client
+        .produce_batch("moving", keyed(100, 30))
+        .await
+        .unwrap()
+    {
+        assert_eq!(r.unwrap().cluster, "b");
+    }
+    assert_eq!(
+        h.factory.created.load(Ordering::Relaxed),
+        2,
+        "producers were kept"
+    );
+    // An invalid configuration is refused and the old one stays in force.
+    shifted.routes.default = Some("nope".into());
+    assert!(h.gateway.reload(shifted).is_err());
+    assert!(h.client.produce_batch("moving", keyed(1, 1)).await.is_ok());
+    assert_eq!(h.factory.cluster("a").records("moving").len(), 100);
+    assert_eq!(h.factory.cluster("b").records("moving").len(), 101);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_answers_in_order_and_ends_on_a_request_error() {
+    let mut h = Harness::start(BASE).await;
+    let requests: Vec<pb::ProduceStreamRequest> = (0..20u64)
+        .map(|id| pb::ProduceStreamRequest {
+            request_id: id,
+            batch: Some(pb::ProduceBatchRequest {
+                topic: "orders".into(),
+                messages: (0..10)
+                    .map(|i| pb::Message {
+                        key: Some(format!("k{}", i % 3).into_bytes()),
+                        value: format!("{id}:{i}").into_bytes(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        })
+        .chain(std::iter::once(pb::ProduceStreamRequest {
+            request_id: 99,
+            batch: Some(pb::ProduceBatchRequest {
+                topic: "orders".into(),
+                messages: vec![],
+            }),
+        }))
+        .collect();
+    let mut responses = h
+        .client
+        .raw()
+        .produce_stream(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    let status = loop {
+        match responses.message().await {
+            Ok(Some(r)) => {
+                assert_eq!(r.results.len(), 10);
+                ids.push(r.request_id);
+            }
+            Ok(None) => panic!("the stream should end with the empty batch's error"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(ids, (0..20).collect::<Vec<_>>());
+    assert_eq!(status.code(), Code::InvalidArgument);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bound_gives_backpressure_not_unbounded_queues() {
+    let config = BASE
+        .replace("delivery_timeout_ms = 3000", "delivery_timeout_ms = 1000")
+        .replace(
+            "max_request_bytes = 100000\nmax_inflight_bytes = 1000000",
+            "max_request_bytes = 1500\nmax_inflight_bytes = 2000\nadmission_wait_ms = 50",
+        );
+    let h = Harness::start(&config).await;
+    h.factory.cluster("a").set(Mode::Hanging);
+    h.factory.cluster("b").set(Mode::Hanging);
+    let batch = |n: usize| vec![Message::new(vec![b'x'; 500]); n];
+    let mut first = h.client.clone();
+    let held = tokio::spawn(async move { first.produce_batch("orders", batch(3)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut second = h.client.clone();
+    match second.produce_batch("orders", batch(2)).await.unwrap_err() {
+        fjord_gateway_client::ClientError::Status(s) => {
+            assert_eq!(s.code(), Code::ResourceExhausted);
+            assert!(s.message().contains("holds 2000 bytes"), "{}", s.message());
+        }
+        other => panic!("{other}"),
+    }
+    // The held request ends at its deadline and gives its room back.
+    let results = held.await.unwrap().unwrap();
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().unwrap_err().code == ErrorCode::Timeout));
+    h.factory.cluster("a").set(Mode::Healthy);
+    h.factory.cluster("b").set(Mode::Healthy);
+    let results = second.produce_batch("orders", batch(2)).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    h.stop().await;
+}
