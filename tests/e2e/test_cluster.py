@@ -60,6 +60,32 @@ def coordinator_of(bootstrap, group):
     return future.result(timeout=15).coordinator.id
 
 
+def read_all_with_placement(bootstrap, topic, n, extra=None):
+    """Consume ``topic`` from the start in a new group until ``n`` records are read; return the
+    values and, from librdkafka's statistics, which partitions it fetched from which broker."""
+    stats = []
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4()}",
+                  "auto.offset.reset": "earliest", "statistics.interval.ms": 500,
+                  "stats_cb": stats.append, **(extra or {})})
+    c.subscribe([topic])
+    got = set()
+    deadline = time.monotonic() + 45
+    while len(got) < n and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            got.add(m.value())
+    time.sleep(1.5)  # one more statistics interval, after the last fetch
+    c.poll(0.5)
+    c.close()
+    last = json.loads(stats[-1])
+    fetching = {
+        b["nodeid"]: sorted(tp["partition"] for tp in b.get("toppars", {}).values()
+                            if tp["topic"] == topic)
+        for b in last["brokers"].values() if b.get("nodeid", -1) >= 0 and b.get("state") == "UP"
+    }
+    return got, fetching
+
+
 def bucket_keys(s3):
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET)
     return {o["Key"] for page in pages for o in page.get("Contents", [])}
@@ -102,26 +128,8 @@ def test_placement_zones_and_coordinators(broker_factory, postgres_db, s3, topic
     for i in range(600):
         p.produce(topic, key=b"%d" % i, value=b"v%d" % i)
     assert p.flush(30) == 0
-    stats = []
-    c = Consumer({"bootstrap.servers": brokers[0].bootstrap, "group.id": f"rack-{uuid.uuid4()}",
-                  "client.rack": "b", "auto.offset.reset": "earliest",
-                  "statistics.interval.ms": 500, "stats_cb": stats.append})
-    c.subscribe([topic])
-    got = set()
-    deadline = time.monotonic() + 45
-    while len(got) < 600 and time.monotonic() < deadline:
-        m = c.poll(0.5)
-        if m is not None and not m.error():
-            got.add(m.value())
-    time.sleep(1.5)
-    c.poll(0.5)
-    c.close()
+    got, fetching = read_all_with_placement(brokers[0].bootstrap, topic, 600, {"client.rack": "b"})
     assert len(got) == 600
-    last = json.loads(stats[-1])
-    fetching = {
-        b["nodeid"]: sorted(tp["partition"] for tp in b.get("toppars", {}).values() if tp["topic"] == topic)
-        for b in last["brokers"].values() if b.get("nodeid", -1) >= 0
-    }
     assert fetching.get(2) == list(range(12)), fetching
 
 
@@ -200,27 +208,9 @@ def test_fourth_broker_added_live(broker_factory, postgres_db, s3, topic):
     assert bucket_keys(s3) == before
 
     # A consumer bootstrapped elsewhere reads the new broker's partitions from it.
-    stats = []
-    c = Consumer({"bootstrap.servers": brokers[0].bootstrap, "group.id": f"g-{uuid.uuid4()}",
-                  "auto.offset.reset": "earliest", "statistics.interval.ms": 500,
-                  "stats_cb": stats.append})
-    c.subscribe([topic])
-    got = set()
-    deadline = time.monotonic() + 45
-    while len(got) < 2000 and time.monotonic() < deadline:
-        m = c.poll(0.5)
-        if m is not None and not m.error():
-            got.add(m.value())
-    time.sleep(1.5)
-    c.poll(0.5)
-    c.close()
+    got, fetching = read_all_with_placement(brokers[0].bootstrap, topic, 2000)
     assert len(got) == 2000
-    last = json.loads(stats[-1])
-    on_fourth = [b for b in last["brokers"].values() if b.get("nodeid") == 3]
-    assert on_fourth and on_fourth[0]["state"] == "UP", last["brokers"].keys()
-    parts = sorted(tp["partition"] for tp in on_fourth[0].get("toppars", {}).values()
-                   if tp["topic"] == topic)
-    assert parts == sorted(led), (parts, led)
+    assert fetching.get(3) == sorted(led), (fetching, led)
 
 
 @pytest.mark.timeout(120)
