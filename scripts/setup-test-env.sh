@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need, idempotently (quick when done):
+#   * make, cc, pkg-config, openssl, libssl-dev (Debian packages; only if missing)
 #   * kcat                      (Debian package; only if missing)
 #   * .venv with tests/requirements.txt (pytest, confluent-kafka, kafka-python)
 #   * tests/js/node_modules     (kafkajs, from tests/js/package-lock.json)
@@ -31,6 +32,22 @@ apt_install() {
     say "apt-get install -y $*"
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "$@"
 }
+
+# --- build and test tools ----------------------------------------------------
+# The bundled librdkafka (rdkafka crate: gateway, forwarder, bench) builds with
+# make and a C compiler and links the system OpenSSL (found with pkg-config);
+# scripts/test-postgres.sh makes its TLS certificates with the openssl CLI.
+missing=()
+command -v make >/dev/null || missing+=(make)
+command -v cc >/dev/null || missing+=(gcc)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v openssl >/dev/null || missing+=(openssl)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
+else
+    say "build tools present (make, cc, pkg-config, openssl, libssl-dev)"
+fi
 
 # --- kcat ------------------------------------------------------------------
 if command -v kcat >/dev/null; then
