@@ -47,3 +47,11 @@ def test_metrics_count_object_store_traffic(broker_factory, topic):
     assert put_bytes >= 1000 * 1000
     assert after['fjord_object_store_requests_total{op="get"}'] >= 1
     assert after['fjord_object_store_bytes_total{op="get"}'] >= 1000 * 1000
+    # The write path's stage histograms: every flush was one PUT, measured in each stage.
+    flushes = after["fjord_write_flush_seconds_count"]
+    assert flushes == puts, (flushes, puts)
+    for stage in ("buffered", "upload", "commit_queue", "commit"):
+        assert after[f"fjord_write_{stage}_seconds_count"] == flushes, stage
+        assert after[f"fjord_write_{stage}_seconds_sum"] >= 0
+    assert after["fjord_write_flush_size_bytes_sum"] >= put_bytes * 0.99
+    assert after["fjord_write_failed_flushes_total"] == 0

@@ -135,6 +135,30 @@ impl BrokerProcess {
         })
     }
 
+    /// The write path's stages since the broker started (its `fjord_write_*` histograms): mean and
+    /// p99 (bucket upper bound) per stage, in ms, and the flushes per coordinator commit.
+    pub async fn write_stages(&self) -> anyhow::Result<String> {
+        let m = self.metrics().await?;
+        let mut parts = Vec::new();
+        for stage in ["buffered", "upload", "commit_queue", "commit", "flush"] {
+            let name = format!("fjord_write_{stage}_seconds");
+            let count = m.get(&format!("{name}_count")).copied().unwrap_or(0.0);
+            let sum = m.get(&format!("{name}_sum")).copied().unwrap_or(0.0);
+            if count == 0.0 {
+                continue;
+            }
+            let p99 = bucket_quantile(&m, &name, count, 0.99);
+            parts.push(format!("{stage} {:.1}/{:.1}", sum / count * 1e3, p99 * 1e3));
+        }
+        let name = "fjord_write_flushes_per_commit";
+        let count = m.get(&format!("{name}_count")).copied().unwrap_or(0.0);
+        let sum = m.get(&format!("{name}_sum")).copied().unwrap_or(0.0);
+        if count > 0.0 {
+            parts.push(format!("{:.2} flushes/commit", sum / count));
+        }
+        Ok(format!("broker stages mean/p99 ms: {}", parts.join(", ")))
+    }
+
     /// Resident set size in bytes and CPU time (user + system) in seconds.
     pub fn usage(&self) -> anyhow::Result<(u64, f64)> {
         let pid = self.pid();
@@ -187,6 +211,30 @@ fn spawn(
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` (`+Inf` → the largest finite
+/// bound).
+fn bucket_quantile(m: &BTreeMap<String, f64>, name: &str, count: f64, q: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = m
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            Some((le.parse().ok()?, *v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let finite_max = buckets
+        .iter()
+        .map(|b| b.0)
+        .filter(|b| b.is_finite())
+        .fold(0.0, f64::max);
+    buckets
+        .iter()
+        .find(|(_, cumulative)| *cumulative >= q * count)
+        .map(|(le, _)| if le.is_finite() { *le } else { finite_max })
+        .unwrap_or(finite_max)
 }
 
 /// Object-store traffic of a broker (from its metrics).

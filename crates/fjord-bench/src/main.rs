@@ -316,6 +316,8 @@ async fn latency_row(
     let result = produce::run(&broker.bootstrap, &topic_name("latency"), &spec).await?;
     check_delivery(&result)?;
     let traffic: StoreCounts = broker.store_counts().await? - before;
+    let stages = broker.write_stages().await?;
+    println!("{stages}");
     let q = |s: &samples::Samples| {
         format!(
             "p50 {:.1} / p99 {:.1} / p999 {:.1} ms",

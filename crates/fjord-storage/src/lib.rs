@@ -6,6 +6,7 @@
 //! - [`instrumented`]: a decorator counting requests and bytes (and adding simulated latency).
 //! - [`store`]: building an `Arc<dyn ObjectStore>` from a URL.
 //! - [`writer`]: the shared write buffer, flushes, uploads and ordered coordinator commits.
+//! - [`writer_metrics`]: where the write path spends its time.
 //! - [`reader`]: reading committed batches through a byte-bounded cache.
 
 pub mod batch;
@@ -15,3 +16,4 @@ pub mod object;
 pub mod reader;
 pub mod store;
 pub mod writer;
+pub mod writer_metrics;

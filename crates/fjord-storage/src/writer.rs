@@ -2,9 +2,18 @@
 //!
 //! Produce handlers [`Writer::append`] validated batches and get a receiver for their outcomes.
 //! A single task (the *buffer task*) owns the open buffer. It seals the buffer when it holds
-//! `flush_bytes` or when `flush_interval` has passed since its first batch, provided fewer than
-//! `max_inflight_flushes` flushes are in flight; otherwise it keeps filling (group commit) up
-//! to `max_buffer_bytes`, after which appends wait (backpressure reaches the sockets).
+//! `flush_bytes`, when `flush_interval` has passed since its first batch, or (with
+//! `seal_when_idle`) at once when no other flush is in flight and the store is fast — provided
+//! fewer than `max_inflight_flushes` flushes are in flight; otherwise it keeps filling (group
+//! commit) up to `max_buffer_bytes`, after which appends wait (backpressure reaches the sockets).
+//!
+//! "The store is fast" means recent flushes took (seal to answer, a moving average) less than
+//! `flush_interval`: then waiting for the interval would be most of a request's latency, and
+//! sealing an idle pipeline at once takes it out. That matters most for clients that limit
+//! requests in flight per connection (librdkafka's idempotent producer: five, each carrying one
+//! partition), whose latency multiplies the broker's answer time. With a slow store (S3: tens of
+//! milliseconds per PUT) the rule stays off, so small idle-time objects do not multiply the PUTs
+//! and the ordered commits of many small flushes do not queue behind each other's PUT tails.
 //!
 //! A sealed buffer becomes one object ([`crate::object`]), uploaded by its own task. The
 //! *commit task* takes sealed flushes strictly in seal order: it waits for the flush's upload,
@@ -40,6 +49,7 @@ use tokio::time::Instant;
 use crate::batch::set_log_append_time;
 use crate::object::ObjectBuilder;
 use crate::reader::ReadCache;
+use crate::writer_metrics::{observe, WriterMetrics};
 
 /// Tunables of the write path.
 #[derive(Debug, Clone)]
@@ -50,6 +60,9 @@ pub struct WriterSettings {
     pub flush_interval: Duration,
     /// Flushes uploading or committing at once.
     pub max_inflight_flushes: usize,
+    /// Seal at once, without waiting for `flush_interval`, when no flush is in flight and recent
+    /// flushes took less than `flush_interval`.
+    pub seal_when_idle: bool,
     /// Appends wait once the open buffer holds this many bytes.
     pub max_buffer_bytes: usize,
     /// How long uploads and commits are retried before a flush fails.
@@ -66,6 +79,7 @@ impl Default for WriterSettings {
             flush_bytes: 4 << 20,
             flush_interval: Duration::from_millis(5),
             max_inflight_flushes: 4,
+            seal_when_idle: true,
             max_buffer_bytes: 32 << 20,
             retry_deadline: Duration::from_secs(20),
             upload_hedge_after: None,
@@ -129,6 +143,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Command>,
+    metrics: Arc<WriterMetrics>,
 }
 
 /// Owns the writer's tasks; [`WriterTask::close`] drains them.
@@ -148,15 +163,38 @@ impl Writer {
     ) -> (Writer, WriterTask) {
         let (tx, rx) = mpsc::channel(1024);
         let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(WriterMetrics::default());
+        let pace = Arc::new(FlushPace::default());
         let committer = tokio::spawn(commit_loop(
             sealed_rx,
             coordinator,
             cache,
             commits,
             settings.retry_deadline,
+            metrics.clone(),
+            pace.clone(),
         ));
-        let task = tokio::spawn(buffer_loop(settings, store, rx, sealed_tx, committer));
-        (Writer { tx: tx.clone() }, WriterTask { tx, task })
+        let task = tokio::spawn(buffer_loop(
+            settings,
+            store,
+            rx,
+            sealed_tx,
+            committer,
+            metrics.clone(),
+            pace,
+        ));
+        (
+            Writer {
+                tx: tx.clone(),
+                metrics,
+            },
+            WriterTask { tx, task },
+        )
+    }
+
+    /// Where the write path spends its time (see [`crate::writer_metrics`]).
+    pub fn metrics(&self) -> Arc<WriterMetrics> {
+        self.metrics.clone()
     }
 
     /// Queues batches for the next flush. The receiver yields their outcomes once committed.
@@ -186,6 +224,27 @@ impl WriterTask {
     }
 }
 
+/// A moving average of recent flush times (seal to answer), written by the commit task and read
+/// by the buffer task.
+#[derive(Default)]
+struct FlushPace {
+    micros: std::sync::atomic::AtomicU64,
+}
+
+impl FlushPace {
+    fn record(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.micros.load(Relaxed);
+        // Weight 1/8 per flush: a few slow flushes turn idle sealing off, a few fast ones on.
+        self.micros.store(old - old / 8 + sample / 8, Relaxed);
+    }
+
+    fn recent(&self) -> Duration {
+        Duration::from_micros(self.micros.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 struct Waiter {
     reply: oneshot::Sender<AppendResult>,
     /// Indices into the buffer's batch list.
@@ -208,7 +267,12 @@ struct Sealed {
     /// For each batch of the buffer (arrival order), its index in `commit.batches`.
     placement: Vec<usize>,
     waiters: Vec<Waiter>,
-    upload: JoinHandle<Result<(), WriteError>>,
+    /// Yields when the upload finished.
+    upload: JoinHandle<Result<Instant, WriteError>>,
+    /// When the flush's first batch arrived.
+    opened: Instant,
+    /// When it was sealed.
+    sealed_at: Instant,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -225,8 +289,12 @@ async fn buffer_loop(
     mut rx: mpsc::Receiver<Command>,
     sealed_tx: mpsc::UnboundedSender<Sealed>,
     committer: JoinHandle<()>,
+    metrics: Arc<WriterMetrics>,
+    pace: Arc<FlushPace>,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.max_inflight_flushes.max(1)));
+    let slots = settings.max_inflight_flushes.max(1);
+    let permits = Arc::new(Semaphore::new(slots));
+    let all_slots = u32::try_from(slots).unwrap_or(u32::MAX);
     let mut buffer = Buffer::default();
     let mut due = false;
     let mut closing: Option<oneshot::Sender<()>> = None;
@@ -234,6 +302,10 @@ async fn buffer_loop(
         let full = buffer.bytes >= settings.flush_bytes;
         let deadline = buffer.opened.map(|t| t + settings.flush_interval);
         let want_seal = !buffer.batches.is_empty() && (due || full || closing.is_some());
+        let seal_if_idle = settings.seal_when_idle
+            && !buffer.batches.is_empty()
+            && !want_seal
+            && pace.recent() < settings.flush_interval;
         if closing.is_some() && buffer.batches.is_empty() {
             break;
         }
@@ -241,11 +313,16 @@ async fn buffer_loop(
             biased;
             permit = permits.clone().acquire_owned(), if want_seal => {
                 let Ok(permit) = permit else { break };
-                let sealed = seal(std::mem::take(&mut buffer), &settings, &store, permit);
+                let sealed = seal(std::mem::take(&mut buffer), &settings, &store, permit, &metrics);
                 due = false;
                 if sealed_tx.send(sealed).is_err() {
                     break;
                 }
+            }
+            // Every slot free: nothing is in flight, so waiting would only add latency.
+            idle = permits.clone().acquire_many_owned(all_slots), if seal_if_idle => {
+                drop(idle);
+                due = true;
             }
             () = sleep_until_opt(deadline), if deadline.is_some() && !due => due = true,
             command = rx.recv(), if closing.is_none() && buffer.bytes < settings.max_buffer_bytes => {
@@ -303,8 +380,11 @@ fn seal(
     settings: &WriterSettings,
     store: &Arc<dyn ObjectStore>,
     permit: OwnedSemaphorePermit,
+    metrics: &Arc<WriterMetrics>,
 ) -> Sealed {
     let now = now_ms();
+    let opened = buffer.opened.unwrap_or_else(Instant::now);
+    observe(&metrics.buffered, opened.elapsed());
     // Group batches by partition, keeping arrival order within each (a stable sort).
     let mut order: Vec<usize> = (0..buffer.batches.len()).collect();
     order.sort_by_key(|&i| buffer.batches[i].tp);
@@ -339,6 +419,7 @@ fn seal(
         placement[i] = object_index;
     }
     let object = builder.finish(settings.broker_id, now);
+    metrics.flush_bytes.observe(object.len() as f64);
     let object_key = format!("{}/{}.fjd", crate::gc::OBJECTS_PREFIX, uuid::Uuid::now_v7());
     let upload = tokio::spawn(upload(
         store.clone(),
@@ -346,6 +427,7 @@ fn seal(
         object.clone(),
         settings.retry_deadline,
         settings.upload_hedge_after,
+        metrics.clone(),
     ));
     Sealed {
         commit: FlushCommit {
@@ -359,6 +441,8 @@ fn seal(
         placement,
         waiters: buffer.waiters,
         upload,
+        opened,
+        sealed_at: Instant::now(),
         _permit: permit,
     }
 }
@@ -426,12 +510,17 @@ async fn upload(
     object: Bytes,
     limit: Duration,
     hedge_after: Option<Duration>,
-) -> Result<(), WriteError> {
+    metrics: Arc<WriterMetrics>,
+) -> Result<Instant, WriteError> {
     let location = Path::from(key.as_str());
     let mut backoff = Backoff::new(limit);
+    let started = Instant::now();
     loop {
         match put_hedged(&store, &location, &object, hedge_after).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                observe(&metrics.upload, started.elapsed());
+                return Ok(Instant::now());
+            }
             Err(e) => {
                 tracing::warn!(object = %key, error = %e, "object upload failed");
                 if !backoff.wait().await {
@@ -468,6 +557,8 @@ async fn commit_loop(
     cache: Arc<ReadCache>,
     commits: Arc<watch::Sender<u64>>,
     retry_deadline: Duration,
+    metrics: Arc<WriterMetrics>,
+    pace: Arc<FlushPace>,
 ) {
     while let Some(sealed) = sealed_rx.recv().await {
         let uploaded = match sealed.upload.await {
@@ -476,14 +567,21 @@ async fn commit_loop(
         };
         let log_append_time_ms = sealed.commit.timestamp_ms;
         let result = match uploaded {
-            Ok(()) => {
+            Ok(uploaded_at) => {
+                observe(&metrics.commit_queue, uploaded_at.elapsed());
                 cache.insert_object(&sealed.object_key, sealed.object.clone());
-                commit_with_retry(&coordinator, sealed.commit, retry_deadline).await
+                let started = Instant::now();
+                let result = commit_with_retry(&coordinator, sealed.commit, retry_deadline).await;
+                observe(&metrics.commit, started.elapsed());
+                metrics.flushes_per_commit.observe(1.0);
+                result
             }
             Err(e) => Err(e),
         };
         if result.is_ok() {
             commits.send_modify(|n| *n += 1);
+        } else {
+            metrics.failed_flushes.inc();
         }
         for waiter in sealed.waiters {
             let answer = match &result {
@@ -503,6 +601,8 @@ async fn commit_loop(
             };
             let _ = waiter.reply.send(answer);
         }
+        observe(&metrics.flush, sealed.opened.elapsed());
+        pace.record(sealed.sealed_at.elapsed());
     }
 }
 
@@ -593,5 +693,102 @@ mod tests {
             next = end;
         }
         assert_eq!(next, 50);
+    }
+
+    async fn one_partition_writer(
+        settings: WriterSettings,
+    ) -> (Writer, WriterTask, TopicPartition, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator: Arc<dyn Coordinator> =
+            Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
+        let topic = coordinator
+            .create_topic(TopicSpec {
+                name: "t".into(),
+                partitions: 1,
+                configs: Default::default(),
+            })
+            .await
+            .unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let (writer, task) = Writer::start(
+            settings,
+            store,
+            coordinator,
+            Arc::new(ReadCache::new(1 << 20)),
+            Arc::new(watch::channel(0).0),
+        );
+        let tp = TopicPartition {
+            topic_id: topic.id,
+            partition: 0,
+        };
+        (writer, task, tp, dir)
+    }
+
+    fn batch(tp: TopicPartition) -> AppendBatch {
+        AppendBatch {
+            tp,
+            bytes: sample_batch(1, -1, -1, 0),
+            offset_count: 1,
+            max_timestamp: 0,
+            producer: None,
+            log_append_time: false,
+        }
+    }
+
+    /// Time for one append to be answered.
+    async fn answer_time(writer: &Writer, tp: TopicPartition) -> Duration {
+        let started = Instant::now();
+        let rx = writer.append(vec![batch(tp)]).await.unwrap();
+        rx.await.unwrap().unwrap();
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn an_idle_pipeline_seals_at_once_and_a_busy_one_waits_for_the_interval() {
+        let interval = Duration::from_millis(1500);
+        let settings = WriterSettings {
+            flush_interval: interval,
+            ..Default::default()
+        };
+        let (writer, task, tp, _dir) = one_partition_writer(settings.clone()).await;
+        for _ in 0..3 {
+            let took = answer_time(&writer, tp).await;
+            assert!(took < interval / 2, "idle seal took {took:?}");
+        }
+        task.close().await;
+
+        let (writer, task, tp, _dir) = one_partition_writer(WriterSettings {
+            seal_when_idle: false,
+            ..settings
+        })
+        .await;
+        let took = answer_time(&writer, tp).await;
+        assert!(
+            took >= interval,
+            "without idle sealing the interval applies: {took:?}"
+        );
+        task.close().await;
+    }
+
+    #[test]
+    fn slow_flushes_turn_idle_sealing_off_and_fast_ones_back_on() {
+        let pace = FlushPace::default();
+        assert_eq!(pace.recent(), Duration::ZERO);
+        for _ in 0..20 {
+            pace.record(Duration::from_millis(80));
+        }
+        assert!(
+            pace.recent() > Duration::from_millis(50),
+            "{:?}",
+            pace.recent()
+        );
+        for _ in 0..30 {
+            pace.record(Duration::from_micros(500));
+        }
+        assert!(
+            pace.recent() < Duration::from_millis(5),
+            "{:?}",
+            pace.recent()
+        );
     }
 }

@@ -46,6 +46,9 @@ pub struct ServeConfig {
     pub flush_interval_ms: u64,
     /// Flushes uploading or committing at once.
     pub max_inflight_flushes: usize,
+    /// Seal the write buffer at once when no flush is in flight (instead of waiting for the
+    /// flush interval).
+    pub flush_when_idle: bool,
     /// Produce requests wait once this many bytes are buffered.
     pub max_buffer_bytes: usize,
     /// Bytes of object data cached for reads.
@@ -106,6 +109,7 @@ impl Default for ServeConfig {
             flush_bytes: 4 << 20,
             flush_interval_ms: 5,
             max_inflight_flushes: 4,
+            flush_when_idle: true,
             max_buffer_bytes: 32 << 20,
             read_cache_bytes: 256 << 20,
             message_max_bytes: 1_048_588,
@@ -212,6 +216,10 @@ pub struct ServeArgs {
     /// Flushes uploading or committing at once [default: 4].
     #[arg(long, env = "FJORD_MAX_INFLIGHT_FLUSHES")]
     pub max_inflight_flushes: Option<usize>,
+    /// Seal the write buffer at once when no flush is in flight; `false` always waits for the
+    /// flush interval (fewer, larger objects at low load) [default: true].
+    #[arg(long, env = "FJORD_FLUSH_WHEN_IDLE")]
+    pub flush_when_idle: Option<bool>,
     /// Bytes of object data cached for reads [default: 256 MiB].
     #[arg(long, env = "FJORD_READ_CACHE_BYTES")]
     pub read_cache_bytes: Option<usize>,
@@ -249,6 +257,7 @@ impl ServeArgs {
             flush_bytes,
             flush_interval_ms,
             max_inflight_flushes,
+            flush_when_idle,
             read_cache_bytes,
             message_max_bytes,
             group_initial_rebalance_delay_ms,

@@ -2,8 +2,8 @@
 //! format, built with `prometheus-client` and served with `axum`.
 //!
 //! Values are read at scrape time from the components that own them (the object store's request
-//! counts, the cluster view); this module owns no counters of its own, so nothing is counted
-//! twice and nothing can drift.
+//! counts, the write path's stage histograms, the cluster view); this module owns no counters of
+//! its own, so nothing is counted twice and nothing can drift.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use fjord_broker::cluster::ClusterView;
 use fjord_storage::instrumented::StoreStats;
+use fjord_storage::writer_metrics::WriterMetrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -80,11 +81,13 @@ impl Collector for BrokerCollector {
 pub async fn serve(
     listener: TcpListener,
     store: Arc<StoreStats>,
+    writer: Arc<WriterMetrics>,
     cluster: watch::Receiver<Arc<ClusterView>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BrokerCollector { store, cluster }));
+    writer.register(&mut registry);
     let registry = Arc::new(registry);
     let app = Router::new().route(
         "/metrics",

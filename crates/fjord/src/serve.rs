@@ -109,6 +109,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             flush_bytes: config.flush_bytes,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             max_inflight_flushes: config.max_inflight_flushes,
+            seal_when_idle: config.flush_when_idle,
             max_buffer_bytes: config.max_buffer_bytes,
             broker_id: node_id,
             upload_hedge_after: (config.upload_hedge_ms > 0)
@@ -186,6 +187,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             Some(tokio::spawn(crate::metrics::serve(
                 listener,
                 store_stats,
+                broker.writer.metrics(),
                 cluster.clone(),
                 shutdown.clone(),
             )))
