@@ -1,5 +1,6 @@
 //! A `fjord serve` process for one benchmark run: temp data dir, free ports, the Prometheus
-//! endpoint scraped for object-store request counts, and RSS/CPU read from /proc.
+//! endpoint scraped for object-store request counts, and RSS/CPU read from /proc (also for other
+//! processes: [`cpu_seconds`]).
 //!
 //! The process is stopped (SIGTERM, then SIGKILL after 20 s) when the value is dropped.
 
@@ -169,17 +170,23 @@ impl BrokerProcess {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .context("no VmRSS in /proc/PID/status")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name (which may contain spaces) start after the last ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
-        // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the command.
-        let cpu = (ticks(11) + ticks(12)) / 100.0;
-        Ok((rss_kib * 1024, cpu))
+        Ok((rss_kib * 1024, cpu_seconds(pid)?))
     }
+}
+
+/// CPU time (user + system) of process `pid` so far, in seconds (from /proc/PID/stat, in clock
+/// ticks of 10 ms).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the command.
+    Ok((ticks(11) + ticks(12)) / 100.0)
 }
 
 impl Drop for BrokerProcess {

@@ -6,13 +6,16 @@
 //!
 //! Scenarios: `produce` (throughput), `latency` (acknowledgement and end-to-end latency at a
 //! fixed offered rate), `fanout` (several consumer groups reading one topic from cold caches),
-//! `connections` (many idle clients), `all` (the standard matrix), `smoke` (seconds, for CI).
+//! `connections` (many idle clients), `forward` (`fjord forward` pushing a topic to a gRPC handler
+//! in this process), `all` (the standard matrix), `smoke` (seconds, for CI).
 //! `--store sim-s3` runs the broker on the local store behind a simulated S3 latency
-//! (`--simulated-store-latency s3`).
+//! (`--simulated-store-latency s3`). `--json` also prints every row as a JSON line with its
+//! figures by name, for tests.
 
 mod broker;
 mod connections;
 mod fanout;
+mod forward;
 mod produce;
 mod report;
 mod samples;
@@ -45,6 +48,9 @@ struct Cli {
     /// librdkafka producer property KEY=VALUE overriding the scenario's (repeatable).
     #[arg(long = "producer-set", global = true)]
     producer_set: Vec<String>,
+    /// After the table, print each row as one JSON line (figures by name under "values").
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,6 +120,26 @@ enum Scenario {
         /// Connections to open (capped by this process's open-file limit).
         #[arg(long, default_value_t = 50_000)]
         count: usize,
+    },
+    /// `fjord forward` pushing a topic to a gRPC handler (in this process) that takes a fixed
+    /// time per record: delivery rate, duplicates, the forwarder's CPU per record.
+    Forward {
+        #[arg(long, default_value_t = forward::DEFAULT_PARTITIONS)]
+        partitions: i32,
+        /// Records to produce (100-byte values) and deliver.
+        #[arg(long, default_value_t = forward::DEFAULT_RECORDS)]
+        records: u64,
+        /// Milliseconds the handler takes per record (tokio::time::sleep).
+        #[arg(long, default_value_t = forward::DEFAULT_HANDLER_DELAY_MS)]
+        handler_delay_ms: u64,
+        /// The subscription's concurrency (deliveries in flight).
+        #[arg(long, default_value_t = forward::DEFAULT_CONCURRENCY)]
+        concurrency: usize,
+        #[arg(long, value_enum, default_value_t = forward::Ordering::None)]
+        ordering: forward::Ordering,
+        /// The subscription's max_pending_records_per_partition.
+        #[arg(long, default_value_t = forward::DEFAULT_MAX_PENDING_RECORDS)]
+        max_pending_records: usize,
     },
     /// The standard matrix (minutes).
     All,
@@ -194,6 +220,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fanout_row(b, &mut table, groups, mb, store).await?
         }
         Scenario::Connections { count } => connections_row(b, &mut table, count).await?,
+        Scenario::Forward {
+            partitions,
+            records,
+            handler_delay_ms,
+            concurrency,
+            ordering,
+            max_pending_records,
+        } => {
+            let spec = forward::ForwardSpec {
+                partitions,
+                records,
+                handler_delay: Duration::from_millis(handler_delay_ms),
+                concurrency,
+                ordering,
+                max_pending_records,
+                ..forward::ForwardSpec::default()
+            };
+            forward_row(b, &mut table, &spec).await?
+        }
         Scenario::All => {
             for (size, partitions, compression) in [
                 (100, 1, "none"),
@@ -221,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             latency_row(b, &mut table, 20.0, 1024, 12, 20, Store::SimS3).await?;
             fanout_row(b, &mut table, 8, 256, Store::Local).await?;
             connections_row(b, &mut table, 50_000).await?;
+            forward_row(b, &mut table, &forward::ForwardSpec::default()).await?;
         }
         Scenario::Smoke => {
             produce_row(b, &mut table, 1024, 3, "lz4", 20_000, Store::Local).await?;
@@ -230,6 +276,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     print!("{}", table.render());
+    if cli.json {
+        print!("{}", table.json_lines());
+    }
     if let Some(path) = &cli.results {
         report::append(path, &table).with_context(|| format!("appending to {}", path.display()))?;
         println!("appended to {}", path.display());
@@ -289,6 +338,7 @@ async fn produce_row(
             result.acked,
             per_gib(traffic.puts, traffic.put_bytes),
         ),
+        values: Vec::new(),
     });
     Ok(())
 }
@@ -338,6 +388,7 @@ async fn latency_row(
             per_gib(traffic.puts, traffic.put_bytes),
             per_gib(traffic.gets, traffic.put_bytes),
         ),
+        values: Vec::new(),
     });
     Ok(())
 }
@@ -371,6 +422,7 @@ async fn fanout_row(
             r.seconds,
             r.written_bytes * groups as f64 / r.seconds.max(1e-9) / 1e6,
         ),
+        values: Vec::new(),
     });
     let _ = r.records;
     Ok(())
@@ -422,6 +474,56 @@ async fn connections_row(
             result.ack_latency.quantile_ms(0.5),
             result.ack_latency.quantile_ms(0.99),
         ),
+        values: Vec::new(),
+    });
+    Ok(())
+}
+
+async fn forward_row(
+    binary: &std::path::Path,
+    table: &mut Table,
+    spec: &forward::ForwardSpec,
+) -> anyhow::Result<()> {
+    let mut args = Store::Local.args();
+    // The forwarder's group forms at once instead of after the default 3 s.
+    args.extend(["--group-initial-rebalance-delay-ms".into(), "0".into()]);
+    let broker = BrokerProcess::start(binary, &args)?;
+    let r = forward::run(&broker, binary, &topic_name("forward"), spec).await?;
+    table.push(Row {
+        scenario: "forward".into(),
+        setup: format!(
+            "{} records of {} B, {} partitions, handler {} ms per record, concurrency {}, ordering {}, max {} pending records per partition",
+            r.records,
+            spec.record_size,
+            spec.partitions,
+            spec.handler_delay.as_millis(),
+            spec.concurrency,
+            spec.ordering,
+            spec.max_pending_records,
+        ),
+        figures: format!(
+            "{:.0} records/s steady (all in {:.1} s); {} handler calls, {} duplicates, {} redeliveries; \
+             forwarder CPU {:.1} s, {:.0} us/record; handler CPU {:.0} us/record",
+            r.steady_rate,
+            r.seconds,
+            r.calls,
+            r.duplicates,
+            r.redeliveries,
+            r.forwarder_cpu,
+            r.forwarder_us_per_record,
+            r.handler_us_per_record,
+        ),
+        values: vec![
+            ("records", r.records as f64),
+            ("records_per_second", r.steady_rate),
+            ("seconds", r.seconds),
+            ("calls", r.calls as f64),
+            ("duplicates", r.duplicates as f64),
+            ("redeliveries", r.redeliveries as f64),
+            ("forwarder_cpu_seconds", r.forwarder_cpu),
+            ("forwarder_cpu_us_per_record", r.forwarder_us_per_record),
+            ("handler_cpu_us_per_record", r.handler_us_per_record),
+        ],
     });
     Ok(())
 }

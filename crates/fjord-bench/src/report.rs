@@ -1,4 +1,5 @@
-//! The result table, printed and appended to a Markdown file with the git revision and machine.
+//! The result table, printed and appended to a Markdown file with the git revision and machine,
+//! and optionally printed as JSON lines (`--json`) for tests that read figures.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,6 +14,8 @@ pub struct Row {
     pub setup: String,
     /// What it measured.
     pub figures: String,
+    /// Some of the figures by name, for `--json` (scenarios may leave this empty).
+    pub values: Vec<(&'static str, f64)>,
 }
 
 /// Rows of one run.
@@ -36,6 +39,27 @@ impl Table {
                 "| {} | {} | {} |\n",
                 r.scenario, r.setup, r.figures
             ));
+        }
+        out
+    }
+
+    /// One JSON object per row: `{"scenario", "setup", "figures", "values": {name: number}}`.
+    pub fn json_lines(&self) -> String {
+        let mut out = String::new();
+        for r in &self.rows {
+            let values: serde_json::Map<String, serde_json::Value> = r
+                .values
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                .collect();
+            let row = serde_json::json!({
+                "scenario": r.scenario,
+                "setup": r.setup,
+                "figures": r.figures,
+                "values": values,
+            });
+            out.push_str(&row.to_string());
+            out.push('\n');
         }
         out
     }
