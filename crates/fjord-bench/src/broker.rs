@@ -137,24 +137,7 @@ impl BrokerProcess {
 
     /// Resident set size in bytes and CPU time (user + system) in seconds.
     pub fn usage(&self) -> anyhow::Result<(u64, f64)> {
-        let pid = self.pid();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS in /proc/PID/status")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name (which may contain spaces) start after the last ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
-        // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the command.
-        let cpu = (ticks(11) + ticks(12)) / 100.0;
-        Ok((rss_kib * 1024, cpu))
+        process_usage(self.pid())
     }
 }
 
@@ -162,6 +145,27 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Resident set size in bytes and CPU time (user + system) in seconds of process `pid`.
+pub fn process_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the command.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    Ok((rss_kib * 1024, cpu))
 }
 
 fn spawn(

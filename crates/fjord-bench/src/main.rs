@@ -6,13 +6,15 @@
 //!
 //! Scenarios: `produce` (throughput), `latency` (acknowledgement and end-to-end latency at a
 //! fixed offered rate), `fanout` (several consumer groups reading one topic from cold caches),
-//! `connections` (many idle clients), `all` (the standard matrix), `smoke` (seconds, for CI).
+//! `connections` (many idle clients), `gateway` (through `fjord gateway` vs. direct), `all` (the
+//! standard matrix), `smoke` (seconds, for CI).
 //! `--store sim-s3` runs the broker on the local store behind a simulated S3 latency
 //! (`--simulated-store-latency s3`).
 
 mod broker;
 mod connections;
 mod fanout;
+mod gateway;
 mod produce;
 mod report;
 mod samples;
@@ -115,6 +117,8 @@ enum Scenario {
         #[arg(long, default_value_t = 50_000)]
         count: usize,
     },
+    /// Produce through `fjord gateway` (gRPC) vs. directly with librdkafka, one broker.
+    Gateway(gateway::GatewaySpec),
     /// The standard matrix (minutes).
     All,
     /// A few seconds of each kind, for CI.
@@ -194,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fanout_row(b, &mut table, groups, mb, store).await?
         }
         Scenario::Connections { count } => connections_row(b, &mut table, count).await?,
+        Scenario::Gateway(spec) => gateway::rows(b, &mut table, &spec).await?,
         Scenario::All => {
             for (size, partitions, compression) in [
                 (100, 1, "none"),
@@ -221,6 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             latency_row(b, &mut table, 20.0, 1024, 12, 20, Store::SimS3).await?;
             fanout_row(b, &mut table, 8, 256, Store::Local).await?;
             connections_row(b, &mut table, 50_000).await?;
+            gateway::rows(b, &mut table, &gateway::GatewaySpec::defaults()?).await?;
         }
         Scenario::Smoke => {
             produce_row(b, &mut table, 1024, 3, "lz4", 20_000, Store::Local).await?;
