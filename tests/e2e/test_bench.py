@@ -25,3 +25,24 @@ def test_bench_smoke(fjord_bin: Path):
     assert scenarios == ["produce throughput", "produce latency", "fan-out reads",
                          "idle connections"], out.stdout
     assert "NaN" not in out.stdout, out.stdout
+
+
+@pytest.mark.timeout(180)
+def test_bench_gateway_short_run(fjord_bin: Path):
+    """``fjord-bench gateway`` with tiny counts (and no results file) finishes and reports both
+    paths and the comparison; the performance targets are bench/run's business, not asserted."""
+    bench = Path(os.environ.get("FJORD_BENCH_BIN", REPO_ROOT / "target" / "release" / "fjord-bench"))
+    assert bench.exists(), f"{bench} missing: cargo build --release -p fjord-bench"
+    out = subprocess.run(
+        [str(bench), "--fjord", str(fjord_bin), "gateway", "--messages", "4000", "--batch", "200",
+         "--callers", "4", "--rate", "500", "--seconds", "2"],
+        capture_output=True, text=True, timeout=170,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    scenarios = [row.split("|")[1].strip() for row in rows[1:]]
+    assert scenarios == ["gateway: direct", "gateway: via gateway", "gateway: vs direct"], out.stdout
+    for row in rows[1:3]:
+        assert "msgs/s" in row and "p99" in row, row
+    assert "% of direct" in rows[3] and "added p99" in rows[3], rows[3]
+    assert "NaN" not in out.stdout, out.stdout

@@ -162,15 +162,7 @@ impl BrokerProcess {
 
     /// Resident set size in bytes and CPU time (user + system) in seconds.
     pub fn usage(&self) -> anyhow::Result<(u64, f64)> {
-        let pid = self.pid();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS in /proc/PID/status")?;
-        Ok((rss_kib * 1024, cpu_seconds(pid)?))
+        process_usage(self.pid())
     }
 }
 
@@ -193,6 +185,18 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Resident set size in bytes and CPU time (user + system) in seconds of process `pid`.
+pub fn process_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok((rss_kib * 1024, cpu_seconds(pid)?))
 }
 
 fn spawn(

@@ -7,7 +7,8 @@
 //! Scenarios: `produce` (throughput), `latency` (acknowledgement and end-to-end latency at a
 //! fixed offered rate), `fanout` (several consumer groups reading one topic from cold caches),
 //! `connections` (many idle clients), `forward` (`fjord forward` pushing a topic to a gRPC handler
-//! in this process), `all` (the standard matrix), `smoke` (seconds, for CI).
+//! in this process), `gateway` (through `fjord gateway` vs. direct), `all` (the standard matrix),
+//! `smoke` (seconds, for CI).
 //! `--store sim-s3` runs the broker on the local store behind a simulated S3 latency
 //! (`--simulated-store-latency s3`). `--json` also prints every row as a JSON line with its
 //! figures by name, for tests.
@@ -16,6 +17,7 @@ mod broker;
 mod connections;
 mod fanout;
 mod forward;
+mod gateway;
 mod produce;
 mod report;
 mod samples;
@@ -141,6 +143,8 @@ enum Scenario {
         #[arg(long, default_value_t = forward::DEFAULT_MAX_PENDING_RECORDS)]
         max_pending_records: usize,
     },
+    /// Produce through `fjord gateway` (gRPC) vs. directly with librdkafka, one broker.
+    Gateway(gateway::GatewaySpec),
     /// The standard matrix (minutes).
     All,
     /// A few seconds of each kind, for CI.
@@ -239,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             forward_row(b, &mut table, &spec).await?
         }
+        Scenario::Gateway(spec) => gateway::rows(b, &mut table, &spec).await?,
         Scenario::All => {
             for (size, partitions, compression) in [
                 (100, 1, "none"),
@@ -267,6 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fanout_row(b, &mut table, 8, 256, Store::Local).await?;
             connections_row(b, &mut table, 50_000).await?;
             forward_row(b, &mut table, &forward::ForwardSpec::default()).await?;
+            gateway::rows(b, &mut table, &gateway::GatewaySpec::defaults()?).await?;
         }
         Scenario::Smoke => {
             produce_row(b, &mut table, 1024, 3, "lz4", 20_000, Store::Local).await?;

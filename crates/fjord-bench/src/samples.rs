@@ -20,6 +20,14 @@ impl Samples {
         self.0.lock().map(|v| v.len()).unwrap_or(0)
     }
 
+    /// Adds a copy of `other`'s samples.
+    pub fn append(&self, other: &Samples) {
+        let theirs = other.0.lock().map(|v| v.clone()).unwrap_or_default();
+        if let Ok(mut v) = self.0.lock() {
+            v.extend(theirs);
+        }
+    }
+
     /// Moves the samples into a new, unshared `Samples`.
     pub fn take(&self) -> Samples {
         let taken = self

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use smallvec::SmallVec;
 
-use crate::backend::{ErrorKind, ProduceError, Record, SendFuture, Stored};
+use crate::backend::{Deliveries, Delivery, ErrorKind, ProduceError, Record, Stored};
 use crate::breaker::{Admission, Outcome};
 use crate::cluster::Cluster;
 use crate::gateway::Snapshot;
@@ -34,6 +34,9 @@ use crate::routing::{mix64, rendezvous, weighted_pick, Group, Member};
 pub const HLC_HEADER: &str = "fjord-hlc";
 /// Header carrying the id of the gateway that stored the message.
 pub const GATEWAY_HEADER: &str = "fjord-gateway";
+
+/// A header as handed to a producer: key and (nullable) value.
+type RecordHeader<'a> = (&'a str, Option<&'a [u8]>);
 
 /// Why a message was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,16 +83,10 @@ pub struct Dispatcher {
 
 #[derive(Debug, Default)]
 struct MessageState {
-    tried: Vec<Arc<str>>,
+    /// Inline up to the default `max_attempts`: no allocation per message on the hot path.
+    tried: SmallVec<[Arc<str>; 3]>,
     last_error: Option<ProduceError>,
     outcome: Option<MessageOutcome>,
-}
-
-/// One message handed to a cluster in a round.
-struct InFlight {
-    index: usize,
-    cluster: usize,
-    future: SendFuture,
 }
 
 /// An admitted cluster of a round.
@@ -145,7 +142,7 @@ impl Dispatcher {
                     s.outcome.unwrap_or_else(|| MessageOutcome::Failed {
                         kind: FailureKind::NoHealthyCluster,
                         detail: "no cluster was tried".into(),
-                        tried: s.tried,
+                        tried: s.tried.to_vec(),
                     })
                 })
                 .collect()
@@ -177,7 +174,11 @@ impl Dispatcher {
             })
             .collect();
         let mut used = vec![false; admitted.len()];
-        let mut in_flight = Vec::with_capacity(indices.len());
+        // Per report slot of `deliveries`: (message index, admitted cluster).
+        let mut placement = Vec::with_capacity(indices.len());
+        let deliveries = Deliveries::new(indices.len());
+        let started = Instant::now();
+        let mut hlc = itoa::Buffer::new();
         let mut candidates: Vec<&Member> = Vec::with_capacity(admitted.len());
         for &i in indices {
             let message = &batch.messages[i];
@@ -209,9 +210,10 @@ impl Dispatcher {
             let cluster = &admitted[slot].cluster;
             used[slot] = true;
             state.tried.push(cluster.name.clone());
-            let hlc = (first_hlc + i as u64).to_string();
-            let mut headers: Vec<(&str, Option<&[u8]>)> =
-                Vec::with_capacity(message.headers.len() + 2);
+            let hlc = hlc.format(first_hlc + i as u64);
+            // Inline for up to two caller headers: no allocation per message.
+            let mut headers: SmallVec<[RecordHeader<'_>; 4]> =
+                SmallVec::with_capacity(message.headers.len() + 2);
             headers.extend(
                 message
                     .headers
@@ -220,20 +222,21 @@ impl Dispatcher {
             );
             headers.push((HLC_HEADER, Some(hlc.as_bytes())));
             headers.push((GATEWAY_HEADER, Some(self.gateway_id.as_bytes())));
-            let future = cluster.producer.send(Record {
-                topic: &batch.topic,
-                key: message.key.as_deref(),
-                value: &message.value,
-                headers: &headers,
-                timestamp_ms: message.timestamp_ms,
-                partition: message.partition,
-            });
-            in_flight.push(InFlight {
-                index: i,
-                cluster: slot,
-                future,
-            });
+            let report = deliveries.report(placement.len());
+            placement.push((i, slot));
+            cluster.producer.send(
+                Record {
+                    topic: &batch.topic,
+                    key: message.key.as_deref(),
+                    value: &message.value,
+                    headers: &headers,
+                    timestamp_ms: message.timestamp_ms,
+                    partition: message.partition,
+                },
+                report,
+            );
         }
+        deliveries.seal();
         let mut clusters = Vec::with_capacity(admitted.len());
         for (a, used) in admitted.into_iter().zip(used) {
             if used {
@@ -245,8 +248,9 @@ impl Dispatcher {
         }
         Round {
             clusters,
-            in_flight,
-            started: Instant::now(),
+            placement,
+            deliveries,
+            started,
         }
     }
 
@@ -262,17 +266,26 @@ impl Dispatcher {
     ) -> Vec<usize> {
         let Round {
             clusters,
-            in_flight,
+            placement,
+            deliveries,
             started,
         } = round;
-        let deadline_tokio = tokio::time::Instant::from_std(deadline);
-        let placement: Vec<(usize, usize)> =
-            in_flight.iter().map(|f| (f.index, f.cluster)).collect();
-        let results = join_all(in_flight.into_iter().map(|f| async move {
-            let r = tokio::time::timeout_at(deadline_tokio, f.future).await;
-            (r, started.elapsed())
-        }))
-        .await;
+        deliveries
+            .wait(tokio::time::Instant::from_std(deadline))
+            .await;
+        let results = deliveries.take();
+        // Looked up once per round, not per message.
+        let histograms: Vec<_> = clusters
+            .iter()
+            .map(|c| {
+                c.as_ref().map(|(cluster, _)| {
+                    self.metrics
+                        .produce_seconds
+                        .get_or_create(&cluster.labels)
+                        .clone()
+                })
+            })
+            .collect();
         // Per admitted cluster: (any success, any cluster failure, slowest success).
         let mut verdicts: Vec<(bool, bool, Duration)> =
             vec![(false, false, Duration::ZERO); clusters.len()];
@@ -280,17 +293,23 @@ impl Dispatcher {
         let mut delivered: Vec<(u64, u64)> = vec![(0, 0); clusters.len()];
         let mut retry = Vec::new();
         let max_attempts = snapshot.delivery.max_attempts as usize;
-        for ((index, slot), (result, latency)) in placement.into_iter().zip(results) {
+        for ((index, slot), answer) in placement.into_iter().zip(results) {
             let Some((cluster, _)) = &clusters[slot] else {
                 continue;
             };
             let state = &mut states[index];
-            self.metrics
-                .produce_seconds
-                .get_or_create(&cluster.labels)
-                .observe(latency.as_secs_f64());
+            // Unanswered by the deadline: `None`.
+            let (result, latency) = match answer {
+                Some(Delivery { result, at }) => {
+                    (Some(result), at.saturating_duration_since(started))
+                }
+                None => (None, started.elapsed()),
+            };
+            if let Some(h) = &histograms[slot] {
+                h.observe(latency.as_secs_f64());
+            }
             match result {
-                Ok(Ok(stored)) => {
+                Some(Ok(stored)) => {
                     verdicts[slot].0 = true;
                     verdicts[slot].2 = verdicts[slot].2.max(latency);
                     delivered[slot].0 += 1;
@@ -302,7 +321,7 @@ impl Dispatcher {
                         hlc: first_hlc + index as u64,
                     });
                 }
-                Ok(Err(error)) => {
+                Some(Err(error)) => {
                     if error.kind.is_cluster_failure() {
                         verdicts[slot].1 = true;
                     } else {
@@ -322,11 +341,11 @@ impl Dispatcher {
                         state.outcome = Some(MessageOutcome::Failed {
                             kind: FailureKind::Backend(error.kind),
                             detail: format!("cluster {}: {}", cluster.name, error.detail),
-                            tried: state.tried.clone(),
+                            tried: state.tried.to_vec(),
                         });
                     }
                 }
-                Err(_elapsed) => {
+                None => {
                     state.outcome = Some(MessageOutcome::Failed {
                         kind: FailureKind::Deadline,
                         detail: format!(
@@ -334,7 +353,7 @@ impl Dispatcher {
                              still be stored there",
                             cluster.name
                         ),
-                        tried: state.tried.clone(),
+                        tried: state.tried.to_vec(),
                     });
                 }
             }
@@ -379,7 +398,9 @@ impl Dispatcher {
 struct Round {
     /// Indexed like the round's admitted clusters; `None` for those not used.
     clusters: Vec<Option<(Arc<Cluster>, Admission)>>,
-    in_flight: Vec<InFlight>,
+    /// Per slot of `deliveries`: (message index, index into `clusters`).
+    placement: Vec<(usize, usize)>,
+    deliveries: Arc<Deliveries>,
     started: Instant,
 }
 
@@ -396,23 +417,23 @@ fn no_cluster_left(state: &MessageState) -> MessageOutcome {
                     .map(|c| format!("cluster {c}: {}", e.detail))
                     .unwrap_or_else(|| e.detail.clone())
             ),
-            tried: state.tried.clone(),
+            tried: state.tried.to_vec(),
         },
         None => MessageOutcome::Failed {
             kind: FailureKind::NoHealthyCluster,
             detail: "no healthy cluster with a weight above zero in the topic's group".into(),
-            tried: state.tried.clone(),
+            tried: state.tried.to_vec(),
         },
     }
 }
 
 /// Bytes of a message's key, value and headers (what the size limits count).
 pub fn message_bytes(m: &pb::Message) -> usize {
-    m.key.as_ref().map_or(0, Vec::len)
+    m.key.as_ref().map_or(0, |k| k.len())
         + m.value.len()
         + m.headers
             .iter()
-            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
             .sum::<usize>()
 }
 

@@ -10,6 +10,9 @@
 //! The client's callbacks feed the cluster's health: "all brokers down" opens its breaker at once;
 //! a fatal error (the idempotent producer lost its guarantees) makes the next `send` replace the
 //! client with a fresh one. librdkafka's log lines go to `tracing`.
+//!
+//! Delivery reports arrive on the client's polling thread and complete the record's
+//! [`Report`] (its opaque): one small allocation per record, no future or channel.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,11 +23,13 @@ use futures::FutureExt;
 use parking_lot::RwLock;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
 use rdkafka::ClientContext;
 
-use crate::backend::{ErrorKind, ProduceError, Producer, Record, SendFuture, Stored};
+use crate::backend::{ErrorKind, ProduceError, Producer, Record, Report, Stored};
 use crate::cluster::Health;
 use crate::config::{ClusterConfig, SecurityProtocol};
 
@@ -80,6 +85,21 @@ impl ClientContext for GatewayContext {
     }
 }
 
+impl ProducerContext for GatewayContext {
+    type DeliveryOpaque = Box<Report>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, report: Box<Report>) {
+        let answer = match result {
+            Ok(m) => Ok(Stored {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err((e, _)) => Err(produce_error(e)),
+        };
+        (*report).complete(answer);
+    }
+}
+
 /// Whether an "all brokers down" event really says so. librdkafka formats the counts when it
 /// reports the event, and a broker may have reconnected in between ("0/2 brokers are down"):
 /// such a report must not open the breaker of a healthy cluster. Unparsable reasons are trusted.
@@ -94,7 +114,7 @@ fn all_down(reason: &str) -> bool {
     }
 }
 
-type Client = FutureProducer<GatewayContext>;
+type Client = ThreadedProducer<GatewayContext>;
 
 /// A cluster's producer, replaced when it turns fatal.
 pub struct KafkaProducer {
@@ -216,7 +236,15 @@ impl KafkaProducer {
 
     /// The current client, replacing it first if it went fatal.
     fn client(&self) -> Client {
-        if self.fatal.swap(false, Ordering::AcqRel) {
+        self.renew_if_fatal();
+        self.client.read().clone()
+    }
+
+    /// Replaces the client if it went fatal.
+    fn renew_if_fatal(&self) {
+        // A plain load first: the flag is read for every record, and a swap would write the
+        // cache line every time.
+        if self.fatal.load(Ordering::Acquire) && self.fatal.swap(false, Ordering::AcqRel) {
             match Self::create(
                 &self.cluster,
                 &self.client_config,
@@ -233,7 +261,6 @@ impl KafkaProducer {
                 }
             }
         }
-        self.client.read().clone()
     }
 }
 
@@ -266,42 +293,28 @@ fn produce_error(error: &KafkaError) -> ProduceError {
 }
 
 impl Producer for KafkaProducer {
-    fn send(&self, record: Record<'_>) -> SendFuture {
+    fn send(&self, record: Record<'_>, report: Report) {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in record.headers {
             headers = headers.insert(Header { key, value: *value });
         }
-        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(record.topic)
-            .payload(record.value)
-            .headers(headers);
+        let mut br: BaseRecord<'_, [u8], [u8], Box<Report>> =
+            BaseRecord::with_opaque_to(record.topic, Box::new(report))
+                .payload(record.value)
+                .headers(headers);
         if let Some(key) = record.key {
-            fr = fr.key(key);
+            br = br.key(key);
         }
         if let Some(ts) = record.timestamp_ms {
-            fr = fr.timestamp(ts);
+            br = br.timestamp(ts);
         }
         if let Some(p) = record.partition {
-            fr = fr.partition(p);
+            br = br.partition(p);
         }
-        match self.client().send_result(fr) {
-            Ok(delivery) => async move {
-                match delivery.await {
-                    Ok(Ok(d)) => Ok(Stored {
-                        partition: d.partition,
-                        offset: d.offset,
-                    }),
-                    Ok(Err((e, _))) => Err(produce_error(&e)),
-                    Err(_canceled) => Err(ProduceError::new(
-                        ErrorKind::Unavailable,
-                        "the producer was closed",
-                    )),
-                }
-            }
-            .boxed(),
-            Err((e, _)) => {
-                let err = produce_error(&e);
-                async move { Err(err) }.boxed()
-            }
+        self.renew_if_fatal();
+        let refused = self.client.read().send(br).err();
+        if let Some((e, br)) = refused {
+            (*br.delivery_opaque).complete(Err(produce_error(&e)));
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fjord_gateway::backend::{ErrorKind, ProduceError, Producer, Record, SendFuture, Stored};
+use fjord_gateway::backend::{ErrorKind, ProduceError, Producer, Record, Report, Stored};
 use fjord_gateway::breaker::State;
 use fjord_gateway::cluster::Health;
 use fjord_gateway::config::{ClusterConfig, DeliveryConfig, GatewayConfig};
@@ -43,6 +43,8 @@ struct FakeCluster {
     mode: Mutex<Mode>,
     log: Mutex<HashMap<(String, i32), Vec<StoredRecord>>>,
     sends: AtomicU64,
+    /// Reports of records sent while hanging: kept, never answered.
+    hung: Mutex<Vec<Report>>,
 }
 
 impl FakeCluster {
@@ -51,6 +53,7 @@ impl FakeCluster {
             mode: Mutex::new(Mode::Healthy),
             log: Mutex::new(HashMap::new()),
             sends: AtomicU64::new(0),
+            hung: Mutex::new(Vec::new()),
         })
     }
     fn set(&self, mode: Mode) {
@@ -78,14 +81,15 @@ impl FakeCluster {
 struct FakeProducer(Arc<FakeCluster>);
 
 impl Producer for FakeProducer {
-    fn send(&self, r: Record<'_>) -> SendFuture {
+    fn send(&self, r: Record<'_>, report: Report) {
         self.0.sends.fetch_add(1, Ordering::Relaxed);
-        match *self.0.mode.lock() {
+        let mode = *self.0.mode.lock();
+        match mode {
             Mode::Healthy => {}
             Mode::Failing(kind) => {
-                return async move { Err(ProduceError::new(kind, "injected")) }.boxed()
+                return report.complete(Err(ProduceError::new(kind, "injected")))
             }
-            Mode::Hanging => return futures::future::pending().boxed(),
+            Mode::Hanging => return self.0.hung.lock().push(report),
         }
         let partition = r.partition.unwrap_or_else(|| {
             r.key
@@ -107,7 +111,8 @@ impl Producer for FakeProducer {
             partition,
             offset: records.len() as i64 - 1,
         };
-        async move { Ok(stored) }.boxed()
+        drop(log);
+        report.complete(Ok(stored));
     }
 
     fn probe(&self, _timeout: Duration) -> BoxFuture<'static, Result<(), ProduceError>> {
