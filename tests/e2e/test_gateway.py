@@ -255,6 +255,56 @@ def test_health_and_reflection(broker_factory, gateway_factory):
     gw.stop()
 
 
+def _health(address: str, service: bytes = b"fjord.gateway.v1.Gateway") -> int:
+    """grpc.health.v1.Health/Check for `service`: 1 SERVING, 2 NOT_SERVING."""
+    request = b"\x0a" + bytes([len(service)]) + service if service else b""
+    answer = _grpc_raw(address, "/grpc.health.v1.Health/Check", request)
+    assert answer[:1] == b"\x08", answer
+    return answer[1]
+
+
+def test_health_follows_the_breakers(broker_factory, gateway_factory, topic):
+    """With its only cluster down and its breaker open, the gateway reports NOT_SERVING (so a load
+    balancer sends callers elsewhere); once the cluster is back and the prober closes the breaker,
+    SERVING again."""
+    a = broker_factory(name="cluster-a")
+    create_topic(a.bootstrap, topic, 1)
+    gw = gateway_factory()
+    gw.start(
+        gw.config(
+            clusters={"a": a.bootstrap},
+            groups={"g": {"a": 1.0}},
+            default_group="g",
+            sections={
+                "delivery": {"attempt_timeout_ms": 1000, "delivery_timeout_ms": 3000, "max_attempts": 1},
+                "breaker": {"consecutive_failures": 2, "open_ms": 500, "probe_timeout_ms": 500,
+                            "half_open_successes": 1},
+            },
+        )
+    )
+    assert _health(gw.address) == 1 and _health(gw.address, b"") == 1
+    a.kill()
+    deadline = time.monotonic() + 30
+    with fjord.Publisher(gw.address, retries=0, timeout=10) as pub:
+        while _health(gw.address) == 1:
+            assert time.monotonic() < deadline, "health still SERVING 30 s after the cluster died"
+            try:
+                pub.publish(topic, b"while-down")
+            except fjord.FjordError:
+                pass
+    assert _health(gw.address, b"") == 2
+    assert gw.metric("fjord_gateway_breaker_state", cluster="a") != 0
+    a.start()
+    deadline = time.monotonic() + 30
+    while _health(gw.address) != 1:
+        assert time.monotonic() < deadline, "health not SERVING 30 s after the cluster came back"
+        time.sleep(0.2)
+    assert _health(gw.address, b"") == 1
+    with fjord.Publisher(gw.address, retries=0) as pub:
+        pub.publish(topic, b"after")
+    gw.stop()
+
+
 def test_checked_in_python_protobuf_code_is_current(tmp_path):
     proto_root = REPO_ROOT / "proto"
     subprocess.run(

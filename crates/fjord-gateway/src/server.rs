@@ -2,6 +2,11 @@
 //! reflection), the metrics endpoint, the prober of open clusters, configuration reloads (SIGHUP
 //! and a poll of the file's modification time), and graceful shutdown.
 //!
+//! Health (`grpc.health.v1`, for the whole server and for `fjord.gateway.v1.Gateway`) is
+//! SERVING while at least one backend cluster's breaker is not open, and NOT_SERVING when every
+//! cluster's is (a load balancer then sends callers to another gateway; the prober keeps testing
+//! the clusters and health returns with the first one that recovers).
+//!
 //! Every background task takes the same [`CancellationToken`]. On SIGTERM / Ctrl-C: health turns
 //! NOT_SERVING, new requests get UNAVAILABLE, requests in progress are answered, the producers
 //! are flushed, and [`run`] returns.
@@ -130,11 +135,19 @@ pub async fn serve(
             shutdown.clone(),
         ))
     };
+    let watcher = tokio::spawn(health_loop(
+        gateway.clone(),
+        health.clone(),
+        PROBE_INTERVAL,
+        shutdown.clone(),
+    ));
     let stopping = {
         let shutdown = shutdown.clone();
         let health = health.clone();
         async move {
             shutdown.cancelled().await;
+            // The watcher has stopped before health turns NOT_SERVING for good.
+            let _ = watcher.await;
             health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
@@ -155,6 +168,54 @@ pub async fn serve(
     shutdown.cancel();
     let _ = prober.await;
     result.map_err(GatewayError::from)
+}
+
+/// Whether any backend cluster can take messages (its breaker is not open).
+fn any_cluster_usable(gateway: &Gateway) -> bool {
+    gateway
+        .clusters()
+        .iter()
+        .any(|c| c.health.state() != crate::breaker::State::Open)
+}
+
+/// Keeps the health status in step with the clusters' breakers until `shutdown`.
+async fn health_loop(
+    gateway: Arc<Gateway>,
+    health: tonic_health::server::HealthReporter,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut serving = true;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let usable = any_cluster_usable(&gateway);
+        if usable == serving {
+            continue;
+        }
+        serving = usable;
+        let status = if usable {
+            tracing::info!("a backend cluster is usable again: health SERVING");
+            ServingStatus::Serving
+        } else {
+            tracing::warn!("every backend cluster's breaker is open: health NOT_SERVING");
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        if usable {
+            health
+                .set_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
+                .await;
+        } else {
+            health
+                .set_not_serving::<pb::gateway_server::GatewayServer<GatewayService>>()
+                .await;
+        }
+    }
 }
 
 /// Flushes every producer (shutdown).
