@@ -20,6 +20,7 @@ mod forward;
 mod gateway;
 mod produce;
 mod report;
+mod s3server;
 mod samples;
 
 use std::path::PathBuf;
@@ -53,6 +54,10 @@ struct Cli {
     /// After the table, print each row as one JSON line (figures by name under "values").
     #[arg(long, global = true)]
     json: bool,
+    /// The S3-compatible server for `--store s3` (e.g. http://127.0.0.1:9000, bucket
+    /// `fjord-bench`, path-style); without it the bench starts `s3s-fs` from PATH.
+    #[arg(long, global = true)]
+    s3_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,6 +66,9 @@ enum Store {
     Local,
     /// The local store behind simulated S3 Standard latency.
     SimS3,
+    /// An S3-compatible server on loopback, through the real S3 client: `--s3-endpoint`, or an
+    /// `s3s-fs` the bench starts.
+    S3,
 }
 
 impl Store {
@@ -68,11 +76,15 @@ impl Store {
         let mut args: Vec<String> = match self {
             Store::Local => Vec::new(),
             Store::SimS3 => vec!["--simulated-store-latency".into(), "s3".into()],
+            Store::S3 => s3server::broker_args(S3_ENDPOINT.get().map_or("", String::as_str)),
         };
         args.extend(EXTRA_BROKER_ARGS.get().cloned().unwrap_or_default());
         args
     }
 }
+
+/// The S3 endpoint of `--store s3`, set once at startup.
+static S3_ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// `--broker-arg`s, set once at startup.
 static EXTRA_BROKER_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -180,6 +192,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         overrides.push((k.to_string(), v.to_string()));
     }
     let _ = produce::PRODUCER_OVERRIDES.set(overrides);
+    // `all` measures against s3s-fs when it is installed; the single scenarios when asked to.
+    let wants_s3 = match &cli.scenario {
+        Scenario::Produce { store, .. }
+        | Scenario::Latency { store, .. }
+        | Scenario::Fanout { store, .. } => *store == Store::S3,
+        Scenario::All => true,
+        _ => false,
+    };
+    let mut _s3_server = None;
+    if wants_s3 {
+        match &cli.s3_endpoint {
+            Some(endpoint) => {
+                let _ = S3_ENDPOINT.set(endpoint.clone());
+            }
+            None => match s3server::S3Server::start() {
+                Ok(server) => {
+                    let _ = S3_ENDPOINT.set(server.endpoint.clone());
+                    _s3_server = Some(server);
+                }
+                Err(e) if matches!(cli.scenario, Scenario::All) => {
+                    eprintln!("note: skipping the S3-compatible server rows: {e:#}");
+                }
+                Err(e) => return Err(e),
+            },
+        }
+    }
     let mut table = Table::default();
     let b = &binary;
     match cli.scenario {
@@ -267,8 +305,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             }
             produce_row(b, &mut table, 1024, 12, "none", 1 << 19, Store::SimS3).await?;
+            if S3_ENDPOINT.get().is_some() {
+                produce_row(b, &mut table, 1024, 12, "none", 1 << 20, Store::S3).await?;
+            }
             latency_row(b, &mut table, 20.0, 1024, 12, 20, Store::Local).await?;
             latency_row(b, &mut table, 20.0, 1024, 12, 20, Store::SimS3).await?;
+            if S3_ENDPOINT.get().is_some() {
+                latency_row(b, &mut table, 20.0, 1024, 12, 20, Store::S3).await?;
+            }
             fanout_row(b, &mut table, 8, 256, Store::Local).await?;
             connections_row(b, &mut table, 50_000).await?;
             forward_row(b, &mut table, &forward::ForwardSpec::default()).await?;
