@@ -517,3 +517,15 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(
             (f"{b.name} ({b.bootstrap}) stderr [{report.when}]", _tail(b.stderr_path))
         )
+
+
+@pytest.fixture
+def procs():
+    """Collects handler and forwarder processes (forward_helpers); at teardown kills leftovers
+    and prints their logs (pytest shows them for failed tests)."""
+    started: list = []
+    yield started
+    for p in started:
+        print(p.logs())
+        # A Forwarder's close() kills it if still running; a HandlerProcess has stop().
+        getattr(p, "close", p.stop)()

@@ -36,20 +36,6 @@ from kafka_helpers import create_topic
 BROKER_ARGS = ("--group-initial-rebalance-delay-ms", "0")
 
 
-@pytest.fixture
-def procs():
-    """Collects handler and forwarder processes; at teardown kills leftovers and prints their
-    logs (pytest shows them for failed tests)."""
-    started: list = []
-    yield started
-    for p in started:
-        print(p.logs())
-        if isinstance(p, Forwarder):
-            p.close()
-        else:
-            p.stop()
-
-
 def subscription(topic: str, endpoint: str, **overrides) -> dict:
     sub = {
         "name": "test",

@@ -70,20 +70,6 @@ PHASE_SECONDS = (2.5, 2.5, 3.0)
 DRAIN_TIMEOUT_S = 45.0
 
 
-@pytest.fixture
-def procs():
-    """Handler and forwarder processes; at teardown leftovers are killed and their logs printed
-    (pytest shows them for failed tests)."""
-    started: list = []
-    yield started
-    for p in started:
-        print(p.logs())
-        if isinstance(p, Forwarder):
-            p.close()
-        else:
-            p.stop()
-
-
 @dataclass
 class Batch:
     """One gateway call of the publisher: when it ran and what the gateway answered."""

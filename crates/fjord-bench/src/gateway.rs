@@ -50,7 +50,7 @@ use fjord_gateway_client::pb;
 use fjord_gateway_client::GatewayClient;
 use tokio::sync::mpsc;
 
-use crate::broker::{free_port, process_usage, BrokerProcess};
+use crate::broker::{free_port, process_usage, terminate, BrokerProcess};
 use crate::produce::{self, ProduceSpec};
 use crate::report::{Row, Table};
 use crate::samples::Samples;
@@ -214,18 +214,7 @@ impl GatewayProcess {
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 

@@ -15,10 +15,12 @@
 //! | `sink` | writing to retry / dead-letter topics; creating them |
 //! | `ratelimit` | the per-subscription rate limit |
 //! | `partition` | one assigned partition's unfinished records and backpressure state |
+//! | `assignment` | a worker's assigned partitions and the rebalance callbacks (commit on revocation) |
 //! | `subscription` | what the workers of a subscription share (limits, client, metrics) |
 //! | `worker` | one consumer-group member per (subscription, cluster): the event loop |
 //! | `metrics` | Prometheus metrics and their HTTP endpoint |
 
+pub mod assignment;
 pub mod config;
 pub mod delivery;
 pub mod envelope;

@@ -2,7 +2,7 @@
 //! records, schedules their delivery, acts on verdicts and commits offsets.
 //!
 //! Owns the rdkafka consumer and producer of its cluster, the assigned partitions' work (shared
-//! with the rebalance callbacks in [`Context`]), the ready queue and the event loop. Every
+//! with the rebalance callbacks in [`crate::assignment::Context`]), the ready queue and the event loop. Every
 //! asynchronous step (an attempt, a backoff, a write to the retry or dead-letter topic) runs in
 //! its own task and reports back as an [`Event`] tagged with the partition's generation.
 //! Invariants:
@@ -16,7 +16,7 @@
 //!   rebalances are served while paused;
 //! - the state lock is never held across an `.await`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,28 +25,24 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::KafkaResult;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterConfig, OrderingMode};
+use crate::config::ClusterConfig;
 use crate::envelope::{self, Origin, Record};
 use crate::error::ForwardError;
-use crate::metrics::{Metrics, PartitionLabels};
+use crate::metrics::Metrics;
 use crate::outcome::Verdict;
 use crate::partition::{Admitted, Job, PartitionWork, Stage};
 use crate::retry::Next;
 use crate::sink::{self, KafkaSink, Sink};
 use crate::subscription::Subscription;
 
-/// A topic partition.
-type Tp = (String, i32);
+use crate::assignment::{Context, State, Tp};
 
 /// Where a parked record went.
 #[derive(Debug, Clone, Copy)]
@@ -85,116 +81,6 @@ struct Ticket {
     tp: Tp,
     generation: u64,
     offset: i64,
-}
-
-/// The assigned partitions; shared by the event loop and the rebalance callbacks.
-#[derive(Default)]
-struct State {
-    partitions: HashMap<Tp, PartitionWork>,
-    next_generation: u64,
-}
-
-/// The consumer's context: rebalance callbacks that keep [`State`] in step with the assignment.
-pub struct Context {
-    state: Arc<Mutex<State>>,
-    sub: Arc<Subscription>,
-    cluster: String,
-    metrics: Arc<Metrics>,
-    /// Parent of every partition's token; cancelled when the worker has finished draining.
-    abort: CancellationToken,
-}
-
-impl ClientContext for Context {}
-
-impl ConsumerContext for Context {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(tpl) => self.revoke(consumer, tpl),
-            Rebalance::Error(e) => {
-                tracing::warn!(subscription = %self.sub.name(), cluster = %self.cluster, error = %e, "rebalance error")
-            }
-            Rebalance::Assign(_) => {}
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            self.assign(tpl);
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::warn!(subscription = %self.sub.name(), cluster = %self.cluster, error = %e,
-                partitions = offsets.count(), "offset commit failed");
-        }
-    }
-}
-
-impl Context {
-    fn assign(&self, tpl: &TopicPartitionList) {
-        let mut st = self.state.lock();
-        let mut added = Vec::new();
-        for el in tpl.elements() {
-            let tp = (el.topic().to_string(), el.partition());
-            if st.partitions.contains_key(&tp) {
-                continue;
-            }
-            let generation = st.next_generation;
-            st.next_generation += 1;
-            let ordering = if self.sub.is_retry_topic(&tp.0) {
-                OrderingMode::None
-            } else {
-                self.sub.config.ordering
-            };
-            let metrics = self.metrics.partition(PartitionLabels {
-                subscription: self.sub.name().to_string(),
-                cluster: self.cluster.clone(),
-                topic: tp.0.clone(),
-                partition: tp.1,
-            });
-            let work = PartitionWork::new(generation, ordering, self.abort.child_token(), metrics);
-            added.push(format!("{}/{}", tp.0, tp.1));
-            st.partitions.insert(tp, work);
-        }
-        tracing::info!(subscription = %self.sub.name(), cluster = %self.cluster,
-            partitions = ?added, "partitions assigned");
-    }
-
-    /// Commits the revoked partitions' commit points and drops their work.
-    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let mut commit = TopicPartitionList::new();
-        let mut abandoned = 0;
-        let mut revoked = Vec::new();
-        {
-            let mut st = self.state.lock();
-            for el in tpl.elements() {
-                let tp = (el.topic().to_string(), el.partition());
-                let Some(work) = st.partitions.remove(&tp) else {
-                    continue;
-                };
-                work.cancel.cancel();
-                if let Some(point) = work.commit_point() {
-                    if let Err(e) = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(point))
-                    {
-                        tracing::warn!(error = %e, "building the revocation commit");
-                    }
-                }
-                abandoned += work.pending();
-                self.sub.remove_pending(work.bytes(), work.pending() as i64);
-                self.metrics.remove_partition(&work.metrics.labels);
-                revoked.push(format!("{}/{}", tp.0, tp.1));
-            }
-        }
-        if commit.count() > 0 {
-            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
-                tracing::warn!(subscription = %self.sub.name(), cluster = %self.cluster, error = %e,
-                    "commit on revocation failed (the records after the last commit will be redelivered)");
-            }
-        }
-        tracing::info!(subscription = %self.sub.name(), cluster = %self.cluster,
-            partitions = ?revoked, abandoned, "partitions revoked");
-    }
 }
 
 /// See the module docs.
