@@ -126,7 +126,7 @@ impl BrokerProcess {
     }
 
     /// The write path's stages since the broker started (its `fjord_write_*` histograms): mean and
-    /// p99 (bucket upper bound) per stage, in ms, and the flushes per coordinator commit.
+    /// p99 (bucket upper bound) per stage, in ms.
     pub async fn write_stages(&self) -> anyhow::Result<String> {
         let m = self.metrics().await?;
         let mut parts = Vec::new();
@@ -139,12 +139,6 @@ impl BrokerProcess {
             }
             let p99 = bucket_quantile(&m, &name, count, 0.99);
             parts.push(format!("{stage} {:.1}/{:.1}", sum / count * 1e3, p99 * 1e3));
-        }
-        let name = "fjord_write_flushes_per_commit";
-        let count = m.get(&format!("{name}_count")).copied().unwrap_or(0.0);
-        let sum = m.get(&format!("{name}_sum")).copied().unwrap_or(0.0);
-        if count > 0.0 {
-            parts.push(format!("{:.2} flushes/commit", sum / count));
         }
         Ok(format!("broker stages mean/p99 ms: {}", parts.join(", ")))
     }

@@ -573,7 +573,6 @@ async fn commit_loop(
                 let started = Instant::now();
                 let result = commit_with_retry(&coordinator, sealed.commit, retry_deadline).await;
                 observe(&metrics.commit, started.elapsed());
-                metrics.flushes_per_commit.observe(1.0);
                 result
             }
             Err(e) => Err(e),
@@ -614,39 +613,74 @@ mod tests {
     use fjord_coordinator::embedded::EmbeddedCoordinator;
     use fjord_coordinator::TopicSpec;
 
+    /// A writer over an in-memory store and an embedded coordinator with one topic.
+    struct Harness {
+        writer: Writer,
+        task: WriterTask,
+        coordinator: Arc<dyn Coordinator>,
+        store: Arc<dyn ObjectStore>,
+        commits: Arc<watch::Sender<u64>>,
+        topic_id: uuid::Uuid,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        async fn start(settings: WriterSettings, partitions: i32) -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let coordinator: Arc<dyn Coordinator> =
+                Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
+            let topic = coordinator
+                .create_topic(TopicSpec {
+                    name: "t".into(),
+                    partitions,
+                    configs: Default::default(),
+                })
+                .await
+                .unwrap();
+            let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+            let commits = Arc::new(watch::channel(0).0);
+            let (writer, task) = Writer::start(
+                settings,
+                store.clone(),
+                coordinator.clone(),
+                Arc::new(ReadCache::new(1 << 20)),
+                commits.clone(),
+            );
+            Harness {
+                writer,
+                task,
+                coordinator,
+                store,
+                commits,
+                topic_id: topic.id,
+                _dir: dir,
+            }
+        }
+
+        fn tp(&self, partition: i32) -> TopicPartition {
+            TopicPartition {
+                topic_id: self.topic_id,
+                partition,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn appends_are_committed_in_order_and_readable() {
-        let dir = tempfile::tempdir().unwrap();
-        let coordinator: Arc<dyn Coordinator> =
-            Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
-        let topic = coordinator
-            .create_topic(TopicSpec {
-                name: "t".into(),
-                partitions: 2,
-                configs: Default::default(),
-            })
-            .await
-            .unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let cache = Arc::new(ReadCache::new(1 << 20));
-        let commits = Arc::new(watch::channel(0).0);
         let settings = WriterSettings {
             flush_bytes: 200,
             ..Default::default()
         };
-        let (writer, task) = Writer::start(
-            settings,
-            store.clone(),
-            coordinator.clone(),
-            cache,
-            commits.clone(),
+        let h = Harness::start(settings, 2).await;
+        let (writer, coordinator, store, commits) = (
+            h.writer.clone(),
+            h.coordinator.clone(),
+            h.store.clone(),
+            h.commits.clone(),
         );
         let mut receivers = Vec::new();
         for i in 0..50 {
-            let tp = TopicPartition {
-                topic_id: topic.id,
-                partition: i % 2,
-            };
+            let tp = h.tp(i % 2);
             let batch = AppendBatch {
                 tp,
                 bytes: sample_batch(2, -1, -1, i64::from(i)),
@@ -672,16 +706,13 @@ mod tests {
             *commits.borrow() > 1,
             "small flush_bytes forces several flushes"
         );
-        task.close().await;
+        let read_tp = h.tp(1);
+        h.task.close().await;
         assert!(writer.append(vec![]).await.is_err());
 
         // Read back through a cold cache: every offset present, in order.
         let reader = Reader::new(store, Arc::new(ReadCache::new(0)));
-        let tp = TopicPartition {
-            topic_id: topic.id,
-            partition: 1,
-        };
-        let rows = coordinator.index_rows(tp, 0, u64::MAX).await.unwrap();
+        let rows = coordinator.index_rows(read_tp, 0, u64::MAX).await.unwrap();
         let mut next = 0;
         for row in rows {
             let raw = reader.read_row(&row).await.unwrap();
@@ -693,35 +724,6 @@ mod tests {
             next = end;
         }
         assert_eq!(next, 50);
-    }
-
-    async fn one_partition_writer(
-        settings: WriterSettings,
-    ) -> (Writer, WriterTask, TopicPartition, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let coordinator: Arc<dyn Coordinator> =
-            Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
-        let topic = coordinator
-            .create_topic(TopicSpec {
-                name: "t".into(),
-                partitions: 1,
-                configs: Default::default(),
-            })
-            .await
-            .unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let (writer, task) = Writer::start(
-            settings,
-            store,
-            coordinator,
-            Arc::new(ReadCache::new(1 << 20)),
-            Arc::new(watch::channel(0).0),
-        );
-        let tp = TopicPartition {
-            topic_id: topic.id,
-            partition: 0,
-        };
-        (writer, task, tp, dir)
     }
 
     fn batch(tp: TopicPartition) -> AppendBatch {
@@ -750,24 +752,27 @@ mod tests {
             flush_interval: interval,
             ..Default::default()
         };
-        let (writer, task, tp, _dir) = one_partition_writer(settings.clone()).await;
+        let h = Harness::start(settings.clone(), 1).await;
         for _ in 0..3 {
-            let took = answer_time(&writer, tp).await;
+            let took = answer_time(&h.writer, h.tp(0)).await;
             assert!(took < interval / 2, "idle seal took {took:?}");
         }
-        task.close().await;
+        h.task.close().await;
 
-        let (writer, task, tp, _dir) = one_partition_writer(WriterSettings {
-            seal_when_idle: false,
-            ..settings
-        })
+        let h = Harness::start(
+            WriterSettings {
+                seal_when_idle: false,
+                ..settings
+            },
+            1,
+        )
         .await;
-        let took = answer_time(&writer, tp).await;
+        let took = answer_time(&h.writer, h.tp(0)).await;
         assert!(
             took >= interval,
             "without idle sealing the interval applies: {took:?}"
         );
-        task.close().await;
+        h.task.close().await;
     }
 
     #[test]

@@ -8,8 +8,7 @@
 //! - `upload`: the PUT of the sealed object, retries and hedges included;
 //! - `commit_queue`: from the end of the upload to the start of the commit (waiting for earlier
 //!   flushes, which commit first);
-//! - `commit`: the coordinator call (one per coordinator round trip, which may carry several
-//!   flushes);
+//! - `commit`: the flush's coordinator call;
 //! - `flush`: from the first batch to the answer, the sum of the above.
 //!
 //! The writer owns one [`WriterMetrics`]; the binary registers it with its registry. Recording
@@ -36,8 +35,6 @@ pub struct WriterMetrics {
     pub flush: Histogram,
     /// Object size per flush.
     pub flush_bytes: Histogram,
-    /// Flushes carried by one coordinator commit call.
-    pub flushes_per_commit: Histogram,
     /// Flushes whose upload or commit failed (their requests were answered with an error).
     pub failed_flushes: Counter,
 }
@@ -56,7 +53,6 @@ impl Default for WriterMetrics {
             commit: seconds(),
             flush: seconds(),
             flush_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 10)),
-            flushes_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
             failed_flushes: Counter::default(),
         }
     }
@@ -96,11 +92,6 @@ impl WriterMetrics {
             "Object size per flush",
             Unit::Bytes,
             self.flush_bytes.clone(),
-        );
-        sub.register(
-            "flushes_per_commit",
-            "Flushes carried by one coordinator commit call",
-            self.flushes_per_commit.clone(),
         );
         sub.register(
             "failed_flushes",
