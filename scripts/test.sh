@@ -28,7 +28,13 @@ while [ $# -gt 0 ]; do
 done
 
 step() { echo; echo "==> $*"; }
-run() { step "$*"; "$@"; }
+# Runs a step and says how long it took (CI has a time budget; keep an eye on the slow steps).
+run() {
+    step "$*"
+    local start=$SECONDS
+    "$@"
+    echo "==> took $((SECONDS - start)) s: $*"
+}
 
 if [ "${FJORD_SKIP_SETUP:-0}" != 1 ]; then
     if [ ! -x .venv/bin/python ]; then
@@ -48,13 +54,17 @@ trap 'scripts/test-postgres.sh stop "$FJORD_PG_DIR"' EXIT
 
 if [ "$e2e_only" -eq 0 ]; then
     run cargo fmt --all -- --check
-    run cargo clippy --workspace --all-targets -- -D warnings
-    run cargo build --release -p fjord -p fjord-bench
+    # One profile and one feature set for everything: clippy checks in the release profile (so
+    # build scripts and proc macros, librdkafka's C build among them, are compiled once), and the
+    # binaries are built together with the test targets, so that dev-dependency features (tokio's
+    # test-util) do not make `cargo test` rebuild half the dependency graph.
+    run cargo clippy --workspace --all-targets --release -- -D warnings
+    run cargo build --workspace --all-targets --release
     run cargo test --workspace --release
     run scripts/fuzz.sh "${FJORD_FUZZ_SECONDS:-60}"
 fi
 
-run .venv/bin/python -m pytest tests/e2e -v "${pytest_args[@]}"
+run .venv/bin/python -m pytest tests/e2e -v --durations=15 "${pytest_args[@]}"
 
 echo
-echo "==> all checks passed"
+echo "==> all checks passed in $((SECONDS / 60)) min $((SECONDS % 60)) s"
