@@ -68,6 +68,19 @@ pub trait Coordinator: Send + Sync + 'static {
     /// transaction. Returns one outcome per batch, in the order given.
     async fn commit(&self, flush: FlushCommit) -> Result<Vec<BatchOutcome>>;
 
+    /// Commits flushes in order, with the result of committing them one after another, as one
+    /// unit of durability where the backend can (group commit: the embedded journal syncs once,
+    /// PostgreSQL runs one transaction). Outcomes per flush, in order. After an error any prefix
+    /// of them may be committed; commits are idempotent per object key, so retrying the same
+    /// list is safe.
+    async fn commit_many(&self, flushes: Vec<FlushCommit>) -> Result<Vec<Vec<BatchOutcome>>> {
+        let mut all = Vec::with_capacity(flushes.len());
+        for flush in flushes {
+            all.push(self.commit(flush).await?);
+        }
+        Ok(all)
+    }
+
     /// Log start offset and high watermark of a partition.
     async fn partition_offsets(&self, tp: TopicPartition) -> Result<PartitionOffsets>;
 

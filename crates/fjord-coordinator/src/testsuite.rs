@@ -23,6 +23,7 @@ where
     commit_assigns_dense_offsets(fresh().await).await;
     idempotent_producers(fresh().await).await;
     commit_is_idempotent_per_object(fresh().await).await;
+    group_commit_is_commits_in_order(fresh().await).await;
     index_lookups(fresh().await).await;
     producer_ids(fresh().await).await;
     deleted_topics_release_objects(fresh().await).await;
@@ -343,6 +344,95 @@ async fn commit_is_idempotent_per_object(c: Arc<dyn Coordinator>) {
     let again = c.commit(f).await.unwrap();
     assert_eq!(first, again);
     assert_eq!(c.partition_offsets(p).await.unwrap().high_watermark, 4);
+}
+
+/// `commit_many` gives what committing its flushes one after another gives: each flush sees the
+/// earlier ones (offsets, producer sequences), a key committed before or earlier in the group
+/// gets its recorded outcomes, and the index has one row per appended run.
+async fn group_commit_is_commits_in_order(c: Arc<dyn Coordinator>) {
+    let t = c.create_topic(spec("t", 2)).await.unwrap();
+    let (p0, p1) = (tp(&t, 0), tp(&t, 1));
+    let pid = c
+        .init_producer_id(InitProducer { existing: None })
+        .await
+        .unwrap()
+        .producer_id;
+    let before = c
+        .commit(flush("g0", vec![batch(p0, 0, 2, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(before, vec![BatchOutcome::Appended { base_offset: 0 }]);
+
+    let out = c
+        .commit_many(vec![
+            flush(
+                "g1",
+                vec![batch(p0, 0, 3, 2), idem(batch(p1, 100, 2, 2), pid, 0, 0)],
+            ),
+            // Already committed before the group: recorded outcomes, nothing appended.
+            flush("g0", vec![batch(p0, 0, 2, 1)]),
+            flush(
+                "g2",
+                vec![idem(batch(p1, 0, 1, 3), pid, 0, 2), batch(p0, 100, 1, 3)],
+            ),
+            // A retry of g1's idempotent batch under a new key: a duplicate.
+            flush("g3", vec![idem(batch(p1, 0, 2, 4), pid, 0, 0)]),
+            // The same key twice in one group: the second gets the first's outcomes.
+            flush(
+                "g2",
+                vec![idem(batch(p1, 0, 1, 3), pid, 0, 2), batch(p0, 100, 1, 3)],
+            ),
+            // A gap in the producer's sequence, seeing g2's batch.
+            flush("g4", vec![idem(batch(p1, 0, 1, 5), pid, 0, 9)]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            vec![
+                BatchOutcome::Appended { base_offset: 2 },
+                BatchOutcome::Appended { base_offset: 0 },
+            ],
+            before,
+            vec![
+                BatchOutcome::Appended { base_offset: 2 },
+                BatchOutcome::Appended { base_offset: 5 },
+            ],
+            vec![BatchOutcome::Duplicate { base_offset: 0 }],
+            vec![
+                BatchOutcome::Appended { base_offset: 2 },
+                BatchOutcome::Appended { base_offset: 5 },
+            ],
+            vec![BatchOutcome::Rejected(BatchRejection::OutOfOrderSequence)],
+        ]
+    );
+    assert_eq!(c.partition_offsets(p0).await.unwrap().high_watermark, 6);
+    assert_eq!(c.partition_offsets(p1).await.unwrap().high_watermark, 3);
+    let rows = c.index_rows(p0, 0, u64::MAX).await.unwrap();
+    let keys: Vec<_> = rows
+        .iter()
+        .map(|r| (r.object_key.as_str(), r.base_offset, r.last_offset))
+        .collect();
+    assert_eq!(keys, vec![("g0", 0, 1), ("g1", 2, 4), ("g2", 5, 5)]);
+
+    // The whole group again (a retry after an unknown result): the same answers, no change.
+    let again = c
+        .commit_many(vec![
+            flush(
+                "g1",
+                vec![batch(p0, 0, 3, 2), idem(batch(p1, 100, 2, 2), pid, 0, 0)],
+            ),
+            flush(
+                "g2",
+                vec![idem(batch(p1, 0, 1, 3), pid, 0, 2), batch(p0, 100, 1, 3)],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![out[0].clone(), out[2].clone()]);
+    assert_eq!(c.partition_offsets(p0).await.unwrap().high_watermark, 6);
+    assert!(c.commit_many(vec![]).await.unwrap().is_empty());
 }
 
 async fn index_lookups(c: Arc<dyn Coordinator>) {

@@ -16,10 +16,12 @@
 //! and the ordered commits of many small flushes do not queue behind each other's PUT tails.
 //!
 //! A sealed buffer becomes one object ([`crate::object`]), uploaded by its own task. The
-//! *commit task* takes sealed flushes strictly in seal order: it waits for the flush's upload,
-//! then commits it in one coordinator call, then answers its waiters. So flush N is committed
-//! before flush N+1 even if N+1's upload finishes first, and per-partition arrival order
-//! survives. Only after the commit are produce requests answered.
+//! *commit task* takes sealed flushes strictly in seal order: it waits for the next flush's
+//! upload, then commits it, together with the flushes after it whose uploads have already
+//! finished, in one coordinator call ([`Coordinator::commit_many`]: one journal sync or one
+//! transaction), then answers their waiters. So flush N is committed before flush N+1 even if
+//! N+1's upload finishes first, and per-partition arrival order survives. Only after the commit
+//! are produce requests answered.
 //!
 //! An upload still running after `upload_hedge_after` gets a second, identical PUT of the same
 //! key (a hedged request): whichever succeeds first wins. Object-store latency has a long tail,
@@ -531,23 +533,79 @@ async fn upload(
     }
 }
 
+/// Commits `flushes` in one coordinator call, retrying storage errors until `limit`. If the
+/// coordinator refuses the group for another reason, its flushes are committed one by one, so
+/// that one flush it refuses does not fail the others.
 async fn commit_with_retry(
     coordinator: &Arc<dyn Coordinator>,
-    flush: FlushCommit,
+    flushes: Vec<FlushCommit>,
     limit: Duration,
-) -> Result<Vec<BatchOutcome>, WriteError> {
+) -> Vec<Result<Vec<BatchOutcome>, WriteError>> {
+    match commit_group(coordinator, flushes.clone(), limit).await {
+        Ok(outcomes) if outcomes.len() == flushes.len() => outcomes.into_iter().map(Ok).collect(),
+        Ok(_) => {
+            let e =
+                WriteError::Commit("the coordinator answered a different number of flushes".into());
+            flushes.iter().map(|_| Err(e.clone())).collect()
+        }
+        Err(Failed { error, refused }) if !refused || flushes.len() == 1 => {
+            flushes.iter().map(|_| Err(error.clone())).collect()
+        }
+        Err(_) => {
+            let mut results = Vec::with_capacity(flushes.len());
+            for flush in flushes {
+                results.push(
+                    commit_group(coordinator, vec![flush], limit)
+                        .await
+                        .map_err(|f| f.error)
+                        .and_then(|mut o| {
+                            o.pop().ok_or_else(|| {
+                                WriteError::Commit("the coordinator answered no flush".into())
+                            })
+                        }),
+                );
+            }
+            results
+        }
+    }
+}
+
+/// Why a group commit failed.
+struct Failed {
+    error: WriteError,
+    /// The coordinator refused it (not a storage error that outlasted the retries).
+    refused: bool,
+}
+
+async fn commit_group(
+    coordinator: &Arc<dyn Coordinator>,
+    flushes: Vec<FlushCommit>,
+    limit: Duration,
+) -> Result<Vec<Vec<BatchOutcome>>, Failed> {
     let mut backoff = Backoff::new(limit);
     loop {
-        match coordinator.commit(flush.clone()).await {
+        match coordinator.commit_many(flushes.clone()).await {
             Ok(outcomes) => return Ok(outcomes),
             Err(e) => {
-                tracing::warn!(object = %flush.object_key, error = %e, "commit failed");
+                let first = flushes.first().map(|f| f.object_key.as_str()).unwrap_or("");
+                tracing::warn!(object = %first, flushes = flushes.len(), error = %e, "commit failed");
                 let retriable = matches!(e, CoordinatorError::Storage(_));
                 if !retriable || !backoff.wait().await {
-                    return Err(WriteError::Commit(e.to_string()));
+                    return Err(Failed {
+                        error: WriteError::Commit(e.to_string()),
+                        refused: !retriable,
+                    });
                 }
             }
         }
+    }
+}
+
+/// Waits for a sealed flush's upload.
+async fn uploaded(sealed: &mut Sealed) -> Result<Instant, WriteError> {
+    match (&mut sealed.upload).await {
+        Ok(result) => result,
+        Err(e) => Err(WriteError::Upload(format!("upload task failed: {e}"))),
     }
 }
 
@@ -560,49 +618,97 @@ async fn commit_loop(
     metrics: Arc<WriterMetrics>,
     pace: Arc<FlushPace>,
 ) {
-    while let Some(sealed) = sealed_rx.recv().await {
-        let uploaded = match sealed.upload.await {
-            Ok(result) => result,
-            Err(e) => Err(WriteError::Upload(format!("upload task failed: {e}"))),
+    // Sealed flushes in seal order whose turn has not come. At most `max_inflight_flushes` exist
+    // (each holds a permit), so this stays short.
+    let mut queue: std::collections::VecDeque<Sealed> = std::collections::VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match sealed_rx.recv().await {
+                Some(sealed) => queue.push_back(sealed),
+                None => break,
+            }
+        }
+        let Some(mut first) = queue.pop_front() else {
+            continue;
         };
-        let log_append_time_ms = sealed.commit.timestamp_ms;
-        let result = match uploaded {
-            Ok(uploaded_at) => {
+        // The next flush in order: wait for its upload; then take along the flushes after it
+        // whose uploads have finished meanwhile (group commit).
+        let result = uploaded(&mut first).await;
+        let mut group = vec![(first, result)];
+        while let Ok(sealed) = sealed_rx.try_recv() {
+            queue.push_back(sealed);
+        }
+        while queue.front().is_some_and(|s| s.upload.is_finished()) {
+            if let Some(mut next) = queue.pop_front() {
+                let result = uploaded(&mut next).await;
+                group.push((next, result));
+            }
+        }
+
+        let mut to_commit = Vec::with_capacity(group.len());
+        for (sealed, result) in &group {
+            if let Ok(uploaded_at) = result {
                 observe(&metrics.commit_queue, uploaded_at.elapsed());
                 cache.insert_object(&sealed.object_key, sealed.object.clone());
-                let started = Instant::now();
-                let result = commit_with_retry(&coordinator, sealed.commit, retry_deadline).await;
-                observe(&metrics.commit, started.elapsed());
-                result
+                to_commit.push(sealed.commit.clone());
             }
-            Err(e) => Err(e),
-        };
-        if result.is_ok() {
-            commits.send_modify(|n| *n += 1);
+        }
+        let mut committed = if to_commit.is_empty() {
+            Vec::new()
         } else {
-            metrics.failed_flushes.inc();
+            metrics.flushes_per_commit.observe(to_commit.len() as f64);
+            let started = Instant::now();
+            let results = commit_with_retry(&coordinator, to_commit, retry_deadline).await;
+            observe(&metrics.commit, started.elapsed());
+            results
         }
-        for waiter in sealed.waiters {
-            let answer = match &result {
-                Ok(outcomes) => Ok(Committed {
-                    outcomes: (waiter.first..waiter.first + waiter.count)
-                        .map(|i| {
-                            outcomes.get(sealed.placement[i]).copied().unwrap_or(
-                                BatchOutcome::Rejected(
-                                    fjord_coordinator::BatchRejection::UnknownTopicOrPartition,
-                                ),
-                            )
-                        })
-                        .collect(),
-                    log_append_time_ms,
+        .into_iter();
+        for (sealed, uploaded) in group {
+            let result = match uploaded {
+                Ok(_) => committed.next().unwrap_or_else(|| {
+                    Err(WriteError::Commit("no commit result for a flush".into()))
                 }),
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(e),
             };
-            let _ = waiter.reply.send(answer);
+            answer(sealed, result, &commits, &metrics, &pace);
         }
-        observe(&metrics.flush, sealed.opened.elapsed());
-        pace.record(sealed.sealed_at.elapsed());
     }
+}
+
+/// Answers a flush's waiters with its commit result.
+fn answer(
+    sealed: Sealed,
+    result: Result<Vec<BatchOutcome>, WriteError>,
+    commits: &watch::Sender<u64>,
+    metrics: &WriterMetrics,
+    pace: &FlushPace,
+) {
+    let log_append_time_ms = sealed.commit.timestamp_ms;
+    if result.is_ok() {
+        commits.send_modify(|n| *n += 1);
+    } else {
+        metrics.failed_flushes.inc();
+    }
+    for waiter in sealed.waiters {
+        let answer = match &result {
+            Ok(outcomes) => Ok(Committed {
+                outcomes: (waiter.first..waiter.first + waiter.count)
+                    .map(|i| {
+                        outcomes.get(sealed.placement[i]).copied().unwrap_or(
+                            BatchOutcome::Rejected(
+                                fjord_coordinator::BatchRejection::UnknownTopicOrPartition,
+                            ),
+                        )
+                    })
+                    .collect(),
+                log_append_time_ms,
+            }),
+            Err(e) => Err(e.clone()),
+        };
+        let _ = waiter.reply.send(answer);
+    }
+    observe(&metrics.flush, sealed.opened.elapsed());
+    pace.record(sealed.sealed_at.elapsed());
 }
 
 #[cfg(test)]
@@ -626,6 +732,15 @@ mod tests {
 
     impl Harness {
         async fn start(settings: WriterSettings, partitions: i32) -> Harness {
+            let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+            Harness::start_on(settings, partitions, store).await
+        }
+
+        async fn start_on(
+            settings: WriterSettings,
+            partitions: i32,
+            store: Arc<dyn ObjectStore>,
+        ) -> Harness {
             let dir = tempfile::tempdir().unwrap();
             let coordinator: Arc<dyn Coordinator> =
                 Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
@@ -637,7 +752,6 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
             let commits = Arc::new(watch::channel(0).0);
             let (writer, task) = Writer::start(
                 settings,
@@ -724,6 +838,62 @@ mod tests {
             next = end;
         }
         assert_eq!(next, 50);
+    }
+
+    /// Uploads with a long latency tail finish out of order; the flushes uploaded behind a slow
+    /// one are committed together with it (group commit), still in seal order.
+    #[tokio::test]
+    async fn flushes_uploaded_behind_a_slow_one_commit_with_it_in_order() {
+        let slow_tail = crate::instrumented::LatencyModel::parse("put=5/200").unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::instrumented::InstrumentedStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            Some(slow_tail),
+        ));
+        let settings = WriterSettings {
+            flush_bytes: 1,
+            seal_when_idle: false,
+            ..Default::default()
+        };
+        let h = Harness::start_on(settings, 2, store).await;
+        let mut receivers = Vec::new();
+        for i in 0..120 {
+            receivers.push(h.writer.append(vec![batch(h.tp(i % 2))]).await.unwrap());
+            // Spread the appends over many flushes.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut expected = [0i64, 0];
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let outcomes = rx.await.unwrap().unwrap().outcomes;
+            assert_eq!(
+                outcomes,
+                vec![BatchOutcome::Appended {
+                    base_offset: expected[i % 2]
+                }],
+                "append {i}"
+            );
+            expected[i % 2] += 1;
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        h.writer.metrics().register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        let flushes = value("fjord_write_flushes_per_commit_sum ");
+        let calls = value("fjord_write_flushes_per_commit_count ");
+        assert_eq!(
+            flushes,
+            *h.commits.borrow() as f64,
+            "every flush committed once"
+        );
+        assert!(
+            calls < flushes,
+            "some commits carried several flushes: {calls} calls for {flushes} flushes"
+        );
+        h.task.close().await;
     }
 
     fn batch(tp: TopicPartition) -> AppendBatch {

@@ -8,7 +8,8 @@
 //! - `upload`: the PUT of the sealed object, retries and hedges included;
 //! - `commit_queue`: from the end of the upload to the start of the commit (waiting for earlier
 //!   flushes, which commit first);
-//! - `commit`: the flush's coordinator call;
+//! - `commit`: the coordinator call that committed the flush (one call commits every uploaded
+//!   flush that is next in order: group commit; `flushes_per_commit` counts them);
 //! - `flush`: from the first batch to the answer, the sum of the above.
 //!
 //! The writer owns one [`WriterMetrics`]; the binary registers it with its registry. Recording
@@ -31,6 +32,8 @@ pub struct WriterMetrics {
     pub commit_queue: Histogram,
     /// One coordinator commit call.
     pub commit: Histogram,
+    /// Flushes committed by one coordinator call.
+    pub flushes_per_commit: Histogram,
     /// First batch → waiters answered.
     pub flush: Histogram,
     /// Object size per flush.
@@ -51,6 +54,7 @@ impl Default for WriterMetrics {
             upload: seconds(),
             commit_queue: seconds(),
             commit: seconds(),
+            flushes_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
             flush: seconds(),
             flush_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 10)),
             failed_flushes: Counter::default(),
@@ -92,6 +96,11 @@ impl WriterMetrics {
             "Object size per flush",
             Unit::Bytes,
             self.flush_bytes.clone(),
+        );
+        sub.register(
+            "flushes_per_commit",
+            "Flushes committed by one coordinator call (group commit)",
+            self.flushes_per_commit.clone(),
         );
         sub.register(
             "failed_flushes",

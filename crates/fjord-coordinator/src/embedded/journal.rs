@@ -125,33 +125,46 @@ impl Journal {
     /// Appends one entry and makes it durable. An entry too large to replay is refused with
     /// [`CoordinatorError::Invalid`] before anything is written.
     pub fn append(&mut self, entry: &Entry) -> Result<()> {
-        let json = serde_json::to_vec(entry)
-            .map_err(|e| CoordinatorError::Storage(format!("encoding journal entry: {e}")))?;
-        if json.len() + 8 > MAX_ENTRY_BYTES {
-            // Recovery would take a longer frame for a torn tail and cut it off, with everything
-            // after it: refuse it before writing anything.
-            return Err(CoordinatorError::Invalid(format!(
-                "a change of {} bytes is too large for the journal (at most {MAX_ENTRY_BYTES})",
-                json.len()
-            )));
+        self.append_all(std::slice::from_ref(entry))
+    }
+
+    /// Appends entries in order and makes them durable with one sync (group commit). If any
+    /// entry is too large to replay, none is written ([`CoordinatorError::Invalid`]).
+    pub fn append_all(&mut self, entries: &[Entry]) -> Result<()> {
+        let mut frames = Vec::new();
+        let mut seq = self.seq;
+        for entry in entries {
+            let json = serde_json::to_vec(entry)
+                .map_err(|e| CoordinatorError::Storage(format!("encoding journal entry: {e}")))?;
+            if json.len() + 8 > MAX_ENTRY_BYTES {
+                // Recovery would take a longer frame for a torn tail and cut it off, with
+                // everything after it: refuse it before writing anything.
+                return Err(CoordinatorError::Invalid(format!(
+                    "a change of {} bytes is too large for the journal (at most {MAX_ENTRY_BYTES})",
+                    json.len()
+                )));
+            }
+            seq += 1;
+            frames.reserve(FRAME_HEADER + json.len());
+            frames.extend_from_slice(&((json.len() + 8) as u32).to_be_bytes());
+            let mut crc = crc32c::crc32c(&seq.to_be_bytes());
+            crc = crc32c::crc32c_append(crc, &json);
+            frames.extend_from_slice(&crc.to_be_bytes());
+            frames.extend_from_slice(&seq.to_be_bytes());
+            frames.extend_from_slice(&json);
         }
-        let seq = self.seq + 1;
-        let mut frame = Vec::with_capacity(FRAME_HEADER + json.len());
-        frame.extend_from_slice(&((json.len() + 8) as u32).to_be_bytes());
-        let mut crc = crc32c::crc32c(&seq.to_be_bytes());
-        crc = crc32c::crc32c_append(crc, &json);
-        frame.extend_from_slice(&crc.to_be_bytes());
-        frame.extend_from_slice(&seq.to_be_bytes());
-        frame.extend_from_slice(&json);
+        if frames.is_empty() {
+            return Ok(());
+        }
         let path = self.dir.join(JOURNAL);
         self.file
-            .write_all(&frame)
+            .write_all(&frames)
             .map_err(|e| io_err("appending to", &path, e))?;
         self.file
             .sync_data()
             .map_err(|e| io_err("syncing", &path, e))?;
         self.seq = seq;
-        self.len += frame.len() as u64;
+        self.len += frames.len() as u64;
         Ok(())
     }
 

@@ -16,6 +16,7 @@
 
 mod brokers;
 mod journal;
+mod overlay;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,10 +46,15 @@ struct Writer {
 impl Writer {
     /// Makes `entry` durable, then applies it.
     fn write(&mut self, entry: Entry) -> Result<()> {
+        self.write_all(vec![entry])
+    }
+
+    /// Makes `entries` durable with one journal sync, then applies them in order.
+    fn write_all(&mut self, entries: Vec<Entry>) -> Result<()> {
         if let Some(reason) = &self.failed {
             return Err(CoordinatorError::Unavailable(reason.clone()));
         }
-        if let Err(e) = self.journal.append(&entry) {
+        if let Err(e) = self.journal.append_all(&entries) {
             if matches!(e, CoordinatorError::Invalid(_)) {
                 // Refused before anything was written (an entry too large to replay).
                 return Err(e);
@@ -58,7 +64,12 @@ impl Writer {
             self.failed = Some(reason);
             return Err(e);
         }
-        self.state.write().apply(&entry);
+        {
+            let mut state = self.state.write();
+            for entry in &entries {
+                state.apply(entry);
+            }
+        }
         if self.journal.size_bytes() > SNAPSHOT_AFTER_BYTES {
             let state = self.state.read();
             if let Err(e) = self.journal.snapshot(&state) {
@@ -223,15 +234,19 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     async fn commit(&self, flush: FlushCommit) -> Result<Vec<BatchOutcome>> {
+        let mut outcomes = self.commit_many(vec![flush]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| CoordinatorError::Storage("a commit decided nothing".into()))
+    }
+
+    async fn commit_many(&self, flushes: Vec<FlushCommit>) -> Result<Vec<Vec<BatchOutcome>>> {
         self.on_writer(move |w| {
-            if let Some(outcomes) = w.state.read().recent_commit(&flush.object_key) {
-                return Ok(outcomes.clone());
-            }
-            let outcomes = w.state.read().decide_commit(&flush);
-            w.write(Entry::Commit {
-                flush,
-                outcomes: outcomes.clone(),
-            })?;
+            let (entries, outcomes) = {
+                let state = w.state.read();
+                overlay::decide_in_order(&state, flushes)
+            };
+            w.write_all(entries)?;
             Ok(outcomes)
         })
         .await

@@ -1,26 +1,29 @@
-//! [`Coordinator::commit`](crate::Coordinator::commit) on PostgreSQL: one transaction per flush.
+//! [`Coordinator::commit_many`](crate::Coordinator::commit_many) on PostgreSQL: one transaction
+//! per group of flushes (a single commit is a group of one).
 //!
-//! The transaction, in order (statements of one step are pipelined on the connection):
-//! 1. *Claim* the object key by inserting its `fjord_commits` row. A concurrent commit of the same
-//!    key waits here for the first to finish; if the row already exists, the recorded outcomes are
-//!    returned and nothing changes (idempotent re-commit).
-//! 2. *Lock* the touched partition rows with `SELECT ... FOR UPDATE`, ordered by
-//!    `(topic_id, partition)`: every broker locks in the same order, so commits cannot deadlock
-//!    each other, and a partition's high watermark and producer state cannot change until this
-//!    transaction ends. Then *load* the producer state of the touched (partition, producer) pairs.
-//! 3. *Decide* with the pure rules in [`crate::state`] ([`decide_commit`], [`commit_effects`]),
-//!    the same code the embedded coordinator runs.
-//! 4. *Write*: index rows, high watermarks, producer state, the object's row count and the
-//!    outcomes, each as one statement over arrays (`UNNEST`); when anything was appended, a
-//!    notification on the commits channel (the `listen` module), delivered to listening brokers
-//!    only once the transaction commits; then commit. A commit that appends nothing (duplicates,
-//!    rejections, a re-commit) does not notify.
+//! The transaction, in order:
+//! 1. *Claim* the object keys by inserting their `fjord_commits` rows; *lock* the partition rows
+//!    the group touches with `SELECT ... FOR UPDATE`, ordered by `(topic_id, partition)`; *load*
+//!    the producer state of the touched (partition, producer) pairs. The three statements are
+//!    pipelined, claim first: a concurrent commit of the same key waits at the claim, not while
+//!    holding partition locks, and every broker locks partitions in the same order, so commits
+//!    cannot deadlock each other. A partition's high watermark and producer state cannot change
+//!    until this transaction ends. A key that was already claimed gets its recorded outcomes and
+//!    changes nothing (idempotent re-commit).
+//! 2. *Decide* each flush in order with the pure rules in [`crate::state`] ([`decide_commit`],
+//!    [`commit_effects`]), the same code the embedded coordinator runs, against the locked state
+//!    as the earlier flushes of the group leave it.
+//! 3. *Write*, pipelined: per flush its index rows, high watermarks, producer state, the object's
+//!    row count and the outcomes, each as one statement over arrays (`UNNEST`); when anything was
+//!    appended, a notification on the commits channel (the `listen` module), delivered to
+//!    listening brokers only once the transaction commits; then commit. A flush that appends
+//!    nothing (duplicates, rejections, a re-commit) does not notify.
 //!
 //! Partitions that do not exist (or were deleted before the lock was granted) return no row from
 //! the lock and their batches are rejected with `UnknownTopicOrPartition`. Topic deletion locks
 //! the same partition rows first, so it never interleaves with a commit to them.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use deadpool_postgres::Pool;
 use tokio_postgres::types::{Json, ToSql};
@@ -32,9 +35,11 @@ use crate::model::*;
 use crate::state::{commit_effects, decide_commit, CommitView, ProducerPartitionState};
 use crate::{CoordinatorError, Result};
 
-const CLAIM: &str = "INSERT INTO fjord_commits (object_key) VALUES ($1) ON CONFLICT DO NOTHING";
+const CLAIM: &str = "INSERT INTO fjord_commits (object_key) SELECT * FROM UNNEST($1::text[])
+    ON CONFLICT DO NOTHING RETURNING object_key";
 
-const RECORDED: &str = "SELECT outcomes FROM fjord_commits WHERE object_key = $1";
+const RECORDED: &str =
+    "SELECT object_key, outcomes FROM fjord_commits WHERE object_key = ANY($1::text[])";
 
 const LOCK_PARTITIONS: &str = "SELECT topic_id, partition, high_watermark FROM fjord_partitions
     WHERE (topic_id, partition) IN (SELECT * FROM UNNEST($1::uuid[], $2::int4[]))
@@ -95,19 +100,27 @@ impl CommitView for Locked {
     }
 }
 
-/// Runs one flush's commit transaction.
-pub(super) async fn commit(pool: &Pool, flush: &FlushCommit) -> Result<Vec<BatchOutcome>> {
+/// Runs one transaction committing `flushes` in order; outcomes per flush.
+pub(super) async fn commit(pool: &Pool, flushes: &[FlushCommit]) -> Result<Vec<Vec<BatchOutcome>>> {
+    if flushes.is_empty() {
+        return Ok(Vec::new());
+    }
     // Refuse what cannot be stored before touching the database.
-    for batch in &flush.batches {
+    for batch in flushes.iter().flat_map(|f| &f.batches) {
         to_db(batch.position, "batch position")?;
         to_db(batch.length, "batch length")?;
     }
-    let tps: BTreeSet<TopicPartition> = flush.batches.iter().map(|b| b.tp).collect();
+    let keys: Vec<&str> = flushes.iter().map(|f| f.object_key.as_str()).collect();
+    let tps: BTreeSet<TopicPartition> = flushes
+        .iter()
+        .flat_map(|f| &f.batches)
+        .map(|b| b.tp)
+        .collect();
     let (tp_topics, tp_partitions): (Vec<Uuid>, Vec<i32>) =
         tps.iter().map(|tp| (tp.topic_id, tp.partition)).unzip();
-    let producer_keys: BTreeSet<(TopicPartition, i64)> = flush
-        .batches
+    let producer_keys: BTreeSet<(TopicPartition, i64)> = flushes
         .iter()
+        .flat_map(|f| &f.batches)
         .filter_map(|b| b.producer.map(|p| (b.tp, p.producer_id)))
         .collect();
     let mut pk_topics = Vec::with_capacity(producer_keys.len());
@@ -136,12 +149,11 @@ pub(super) async fn commit(pool: &Pool, flush: &FlushCommit) -> Result<Vec<Batch
     )
     .map_err(db("preparing commit statements"))?;
 
-    // 1 and 2: claim, lock, load, pipelined. The driver sends requests in the order their
-    // futures are first polled, which `try_join!` does in the order written, and the server runs
-    // them in that order. Claiming before locking matters: two commits of one key must meet at
-    // the claim, not while holding partition locks.
-    let (claimed, locked_rows, producer_rows) = futures::try_join!(
-        async { tx.execute(&claim, &[&flush.object_key]).await },
+    // 1: claim, lock, load, pipelined. The driver sends requests in the order their futures
+    // are first polled, which `try_join!` does in the order written, and the server runs them in
+    // that order.
+    let (claimed_rows, locked_rows, producer_rows) = futures::try_join!(
+        async { tx.query(&claim, &[&keys]).await },
         async { tx.query(&lock, &[&tp_topics, &tp_partitions]).await },
         async {
             if producer_keys.is_empty() {
@@ -153,21 +165,33 @@ pub(super) async fn commit(pool: &Pool, flush: &FlushCommit) -> Result<Vec<Batch
         },
     )
     .map_err(db("locking partitions for a commit"))?;
+    let claimed = claimed_rows
+        .iter()
+        .map(|row| get::<String>(row, 0))
+        .collect::<Result<HashSet<String>>>()?;
 
-    if claimed == 0 {
-        let row = tx
-            .query_one(RECORDED, &[&flush.object_key])
+    // Outcomes decided earlier: by an earlier transaction (re-commits), or in this group.
+    let mut decided: HashMap<String, Vec<BatchOutcome>> = HashMap::new();
+    let unclaimed: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !claimed.contains(*k))
+        .collect();
+    if !unclaimed.is_empty() {
+        for row in tx
+            .query(RECORDED, &[&unclaimed])
             .await
-            .map_err(db("reading recorded commit outcomes"))?;
-        let recorded: Option<Json<Vec<BatchOutcome>>> = get(&row, 0)?;
-        // Ending the transaction releases the locks at once.
-        tx.rollback().await.map_err(db("ending a re-commit"))?;
-        return recorded.map(|Json(outcomes)| outcomes).ok_or_else(|| {
-            CoordinatorError::Corrupt(format!(
-                "commit of object '{}' is recorded without outcomes",
-                flush.object_key
-            ))
-        });
+            .map_err(db("reading recorded commit outcomes"))?
+        {
+            let key: String = get(&row, 0)?;
+            let recorded: Option<Json<Vec<BatchOutcome>>> = get(&row, 1)?;
+            let Json(outcomes) = recorded.ok_or_else(|| {
+                CoordinatorError::Corrupt(format!(
+                    "commit of object '{key}' is recorded without outcomes"
+                ))
+            })?;
+            decided.insert(key, outcomes);
+        }
     }
 
     let mut locked = Locked::default();
@@ -193,42 +217,31 @@ pub(super) async fn commit(pool: &Pool, flush: &FlushCommit) -> Result<Vec<Batch
         );
     }
 
-    // 3: decide, with the rules the embedded coordinator uses.
-    let outcomes = decide_commit(&locked, flush);
-    let effects = commit_effects(&locked, flush, &outcomes);
-
-    // 4: write.
-    let rows_added = i64::try_from(effects.rows.len()).unwrap_or(i64::MAX);
-    let mut rows = RowColumns::default();
-    for (tp, row) in &effects.rows {
-        rows.topics.push(tp.topic_id);
-        rows.partitions.push(tp.partition);
-        rows.base_offsets.push(row.base_offset);
-        rows.last_offsets.push(row.last_offset);
-        rows.positions.push(to_db(row.position, "row position")?);
-        rows.lengths.push(to_db(row.length, "row length")?);
-        rows.max_timestamps.push(row.max_timestamp);
+    // 2: decide, with the rules the embedded coordinator uses, each flush seeing the earlier ones.
+    let mut all = Vec::with_capacity(flushes.len());
+    let mut writes = Vec::new();
+    for flush in flushes {
+        if let Some(outcomes) = decided.get(&flush.object_key) {
+            all.push(outcomes.clone());
+            continue;
+        }
+        let outcomes = decide_commit(&locked, flush);
+        let effects = commit_effects(&locked, flush, &outcomes);
+        writes.push(FlushWrites::new(flush, &effects, &outcomes)?);
+        locked
+            .high_watermarks
+            .extend(effects.high_watermarks.iter().map(|(tp, hw)| (*tp, *hw)));
+        locked.producers.extend(effects.producers);
+        decided.insert(flush.object_key.clone(), outcomes.clone());
+        all.push(outcomes);
     }
-    let (hw_topics, hw_partitions, hw_values) = effects.high_watermarks.iter().fold(
-        (Vec::new(), Vec::new(), Vec::new()),
-        |(mut t, mut p, mut v), (tp, hw)| {
-            t.push(tp.topic_id);
-            p.push(tp.partition);
-            v.push(*hw);
-            (t, p, v)
-        },
-    );
-    let mut producers = ProducerColumns::default();
-    for ((tp, producer_id), state) in &effects.producers {
-        producers.topics.push(tp.topic_id);
-        producers.partitions.push(tp.partition);
-        producers.ids.push(*producer_id);
-        producers.epochs.push(state.epoch);
-        producers.batches.push(Json(state.batches.clone()));
+    if writes.is_empty() {
+        // Only re-commits: nothing to write; ending the transaction releases the locks.
+        tx.rollback().await.map_err(db("ending a re-commit"))?;
+        return Ok(all);
     }
-    let outcomes_json = Json(&outcomes);
-    let notify_payload = listen::notify_payload(&flush.object_key);
 
+    // 3: write, every statement of every flush pipelined.
     let (insert_rows, set_hws, upsert_producers, upsert_object, record, notify) =
         futures::try_join!(
             tx.prepare_cached(INSERT_ROWS),
@@ -239,50 +252,110 @@ pub(super) async fn commit(pool: &Pool, flush: &FlushCommit) -> Result<Vec<Batch
             tx.prepare_cached(NOTIFY),
         )
         .map_err(db("preparing commit statements"))?;
-    let mut writes: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
-    if !rows.topics.is_empty() {
-        writes.push((
-            &insert_rows,
-            vec![
-                &rows.topics,
-                &rows.partitions,
-                &rows.base_offsets,
-                &rows.last_offsets,
-                &flush.object_key,
-                &rows.positions,
-                &rows.lengths,
-                &rows.max_timestamps,
-            ],
+    let mut statements: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
+    for w in &writes {
+        if !w.rows.topics.is_empty() {
+            statements.push((
+                &insert_rows,
+                vec![
+                    &w.rows.topics,
+                    &w.rows.partitions,
+                    &w.rows.base_offsets,
+                    &w.rows.last_offsets,
+                    &w.object_key,
+                    &w.rows.positions,
+                    &w.rows.lengths,
+                    &w.rows.max_timestamps,
+                ],
+            ));
+            statements.push((&set_hws, vec![&w.hw_topics, &w.hw_partitions, &w.hw_values]));
+            statements.push((&notify, vec![&listen::CHANNEL, &w.notify_payload]));
+        }
+        if !w.producers.topics.is_empty() {
+            statements.push((
+                &upsert_producers,
+                vec![
+                    &w.producers.topics,
+                    &w.producers.partitions,
+                    &w.producers.ids,
+                    &w.producers.epochs,
+                    &w.producers.batches,
+                ],
+            ));
+        }
+        statements.push((
+            &upsert_object,
+            vec![&w.object_key, &w.rows_added, &w.timestamp_ms],
         ));
-        writes.push((&set_hws, vec![&hw_topics, &hw_partitions, &hw_values]));
-        writes.push((&notify, vec![&listen::CHANNEL, &notify_payload]));
+        statements.push((&record, vec![&w.object_key, &w.outcomes]));
     }
-    if !producers.topics.is_empty() {
-        writes.push((
-            &upsert_producers,
-            vec![
-                &producers.topics,
-                &producers.partitions,
-                &producers.ids,
-                &producers.epochs,
-                &producers.batches,
-            ],
-        ));
-    }
-    writes.push((
-        &upsert_object,
-        vec![&flush.object_key, &rows_added, &flush.timestamp_ms],
-    ));
-    writes.push((&record, vec![&flush.object_key, &outcomes_json]));
     futures::future::try_join_all(
-        writes
+        statements
             .iter()
             .map(|(statement, params)| tx.execute(*statement, params)),
     )
     .await
     .map_err(db("writing a commit"))?;
     tx.commit().await.map_err(db("committing a flush"))?;
-    Ok(outcomes)
+    Ok(all)
+}
+
+/// The statement parameters of one flush's writes.
+struct FlushWrites {
+    object_key: String,
+    timestamp_ms: i64,
+    rows_added: i64,
+    rows: RowColumns,
+    hw_topics: Vec<Uuid>,
+    hw_partitions: Vec<i32>,
+    hw_values: Vec<i64>,
+    producers: ProducerColumns,
+    outcomes: Json<Vec<BatchOutcome>>,
+    notify_payload: String,
+}
+
+impl FlushWrites {
+    fn new(
+        flush: &FlushCommit,
+        effects: &crate::state::CommitEffects,
+        outcomes: &[BatchOutcome],
+    ) -> Result<FlushWrites> {
+        let mut rows = RowColumns::default();
+        for (tp, row) in &effects.rows {
+            rows.topics.push(tp.topic_id);
+            rows.partitions.push(tp.partition);
+            rows.base_offsets.push(row.base_offset);
+            rows.last_offsets.push(row.last_offset);
+            rows.positions.push(to_db(row.position, "row position")?);
+            rows.lengths.push(to_db(row.length, "row length")?);
+            rows.max_timestamps.push(row.max_timestamp);
+        }
+        let mut w = FlushWrites {
+            object_key: flush.object_key.clone(),
+            timestamp_ms: flush.timestamp_ms,
+            rows_added: i64::try_from(effects.rows.len()).unwrap_or(i64::MAX),
+            rows,
+            hw_topics: Vec::new(),
+            hw_partitions: Vec::new(),
+            hw_values: Vec::new(),
+            producers: ProducerColumns::default(),
+            outcomes: Json(outcomes.to_vec()),
+            notify_payload: listen::notify_payload(&flush.object_key).to_string(),
+        };
+        for (tp, hw) in &effects.high_watermarks {
+            w.hw_topics.push(tp.topic_id);
+            w.hw_partitions.push(tp.partition);
+            w.hw_values.push(*hw);
+        }
+        for ((tp, producer_id), state) in &effects.producers {
+            w.producers.topics.push(tp.topic_id);
+            w.producers.partitions.push(tp.partition);
+            w.producers.ids.push(*producer_id);
+            w.producers.epochs.push(state.epoch);
+            w.producers.batches.push(Json(state.batches.clone()));
+        }
+        Ok(w)
+    }
 }
 
 #[derive(Default)]

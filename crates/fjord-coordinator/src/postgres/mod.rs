@@ -401,7 +401,14 @@ impl Coordinator for PostgresCoordinator {
     }
 
     async fn commit(&self, flush: FlushCommit) -> Result<Vec<BatchOutcome>> {
-        let outcomes = commit::commit(&self.pool, &flush).await?;
+        let mut outcomes = self.commit_many(vec![flush]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| CoordinatorError::Storage("a commit decided nothing".into()))
+    }
+
+    async fn commit_many(&self, flushes: Vec<FlushCommit>) -> Result<Vec<Vec<BatchOutcome>>> {
+        let outcomes = commit::commit(&self.pool, &flushes).await?;
         self.maybe_prune_commits().await;
         Ok(outcomes)
     }
