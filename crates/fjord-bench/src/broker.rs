@@ -140,6 +140,12 @@ impl BrokerProcess {
             let p99 = bucket_quantile(&m, &name, count, 0.99);
             parts.push(format!("{stage} {:.1}/{:.1}", sum / count * 1e3, p99 * 1e3));
         }
+        let name = "fjord_write_flushes_per_commit";
+        let calls = m.get(&format!("{name}_count")).copied().unwrap_or(0.0);
+        if calls > 0.0 {
+            let flushes = m.get(&format!("{name}_sum")).copied().unwrap_or(0.0);
+            parts.push(format!("{:.2} flushes per commit", flushes / calls));
+        }
         Ok(format!("broker stages mean/p99 ms: {}", parts.join(", ")))
     }
 
