@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the broker's request path (fuzz/fuzz_targets/request.rs) for a bounded time:
 #   scripts/fuzz.sh [SECONDS]      default 60
+#   scripts/fuzz.sh --build-only   only build the fuzz target (scripts/test.sh does this in the
+#                                  background while the end-to-end tests run)
 # Replays fuzz/regressions/ (inputs that once crashed the broker) and the seeds first. Installs
 # cargo-fuzz if missing. The machine has only a stable toolchain, so RUSTC_BOOTSTRAP=1 lets
 # cargo-fuzz pass its -Z flags, and the sanitizer is off (libFuzzer still catches panics,
@@ -15,6 +17,9 @@ if ! command -v cargo-fuzz >/dev/null; then
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
 export RUSTC_BOOTSTRAP=1
+if [ "$seconds" = "--build-only" ]; then
+    exec cargo fuzz build request -s none
+fi
 corpus=$(mktemp -d "${TMPDIR:-/tmp}/fjord-fuzz.XXXXXX")
 trap 'rm -rf "$corpus"' EXIT
 log=$corpus.log
