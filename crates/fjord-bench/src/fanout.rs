@@ -43,6 +43,7 @@ pub async fn run(
         records,
         rate: None,
         end_to_end: false,
+        producer: Vec::new(),
     };
     let written = produce::run(&broker.bootstrap, topic, &spec).await?;
     broker

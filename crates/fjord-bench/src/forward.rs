@@ -267,6 +267,7 @@ pub async fn run(
             records: spec.records,
             rate: None,
             end_to_end: false,
+            producer: Vec::new(),
         },
     )
     .await?;

@@ -345,6 +345,7 @@ pub async fn rows(binary: &Path, table: &mut Table, spec: &GatewaySpec) -> anyho
         records: spec.rate * spec.seconds,
         rate: Some(spec.rate),
         end_to_end: false,
+        producer: Vec::new(),
     };
     let warm_up = spec.batch.min(spec.messages as usize) as u64;
 

@@ -118,6 +118,10 @@ enum Scenario {
         seconds: u64,
         #[arg(long, value_enum, default_value_t = Store::Local)]
         store: Store,
+        /// Tune for latency on a slow store: a producer without idempotence (librdkafka's
+        /// default) and a broker with `--max-inflight-flushes=8 --upload-hedge-ms=100`.
+        #[arg(long)]
+        slow_store_tuning: bool,
     },
     /// Several consumer groups read one topic from cold caches.
     Fanout {
@@ -246,7 +250,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             partitions,
             seconds,
             store,
+            slow_store_tuning,
         } => {
+            let tuning = if slow_store_tuning {
+                Tuning::SlowStoreLatency
+            } else {
+                Tuning::Defaults
+            };
             latency_row(
                 b,
                 &mut table,
@@ -255,6 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 partitions,
                 seconds,
                 store,
+                tuning,
             )
             .await?
         }
@@ -308,10 +319,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if S3_ENDPOINT.get().is_some() {
                 produce_row(b, &mut table, 1024, 12, "none", 1 << 20, Store::S3).await?;
             }
-            latency_row(b, &mut table, 20.0, 1024, 12, 20, Store::Local).await?;
-            latency_row(b, &mut table, 20.0, 1024, 12, 20, Store::SimS3).await?;
+            latency_row(
+                b,
+                &mut table,
+                20.0,
+                1024,
+                12,
+                20,
+                Store::Local,
+                Tuning::Defaults,
+            )
+            .await?;
+            latency_row(
+                b,
+                &mut table,
+                20.0,
+                1024,
+                12,
+                20,
+                Store::SimS3,
+                Tuning::Defaults,
+            )
+            .await?;
+            latency_row(
+                b,
+                &mut table,
+                20.0,
+                1024,
+                12,
+                20,
+                Store::SimS3,
+                Tuning::SlowStoreLatency,
+            )
+            .await?;
             if S3_ENDPOINT.get().is_some() {
-                latency_row(b, &mut table, 20.0, 1024, 12, 20, Store::S3).await?;
+                latency_row(
+                    b,
+                    &mut table,
+                    20.0,
+                    1024,
+                    12,
+                    20,
+                    Store::S3,
+                    Tuning::Defaults,
+                )
+                .await?;
             }
             fanout_row(b, &mut table, 8, 256, Store::Local).await?;
             connections_row(b, &mut table, 50_000).await?;
@@ -320,7 +372,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Scenario::Smoke => {
             produce_row(b, &mut table, 1024, 3, "lz4", 20_000, Store::Local).await?;
-            latency_row(b, &mut table, 2.0, 1024, 3, 3, Store::SimS3).await?;
+            latency_row(
+                b,
+                &mut table,
+                2.0,
+                1024,
+                3,
+                3,
+                Store::SimS3,
+                Tuning::Defaults,
+            )
+            .await?;
             fanout_row(b, &mut table, 2, 8, Store::Local).await?;
             connections_row(b, &mut table, 200).await?;
         }
@@ -371,6 +433,7 @@ async fn produce_row(
         records,
         rate: None,
         end_to_end: false,
+        producer: Vec::new(),
     };
     let before = broker.store_counts().await?;
     let result = produce::run(&broker.bootstrap, &topic_name("produce"), &spec).await?;
@@ -393,6 +456,46 @@ async fn produce_row(
     Ok(())
 }
 
+/// Settings of a latency row beyond the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tuning {
+    /// The scenario's producer (idempotent) and the broker's defaults.
+    Defaults,
+    /// Latency on a slow store: librdkafka's default producer (no idempotence, so no limit of
+    /// five requests in flight, each of one partition), and a broker with eight flushes in
+    /// flight that hedges uploads after 100 ms (more PUTs for a shorter tail).
+    SlowStoreLatency,
+}
+
+impl Tuning {
+    fn producer(self) -> Vec<(String, String)> {
+        match self {
+            Tuning::Defaults => Vec::new(),
+            Tuning::SlowStoreLatency => vec![("enable.idempotence".into(), "false".into())],
+        }
+    }
+
+    fn broker_args(self) -> Vec<String> {
+        match self {
+            Tuning::Defaults => Vec::new(),
+            Tuning::SlowStoreLatency => vec![
+                "--max-inflight-flushes=8".into(),
+                "--upload-hedge-ms=100".into(),
+            ],
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Tuning::Defaults => "",
+            Tuning::SlowStoreLatency => {
+                ", producer without idempotence, broker --max-inflight-flushes=8 --upload-hedge-ms=100"
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn latency_row(
     binary: &std::path::Path,
     table: &mut Table,
@@ -401,8 +504,11 @@ async fn latency_row(
     partitions: i32,
     seconds: u64,
     store: Store,
+    tuning: Tuning,
 ) -> anyhow::Result<()> {
-    let broker = BrokerProcess::start(binary, &store.args())?;
+    let mut args = store.args();
+    args.extend(tuning.broker_args());
+    let broker = BrokerProcess::start(binary, &args)?;
     let rate = ((rate_mb * 1e6) / record_size as f64).max(1.0) as u64;
     let spec = ProduceSpec {
         record_size,
@@ -411,6 +517,7 @@ async fn latency_row(
         records: rate * seconds,
         rate: Some(rate),
         end_to_end: true,
+        producer: tuning.producer(),
     };
     let before = broker.store_counts().await?;
     let result = produce::run(&broker.bootstrap, &topic_name("latency"), &spec).await?;
@@ -429,7 +536,8 @@ async fn latency_row(
     table.push(Row {
         scenario: "produce latency".into(),
         setup: format!(
-            "{rate_mb} MB/s offered ({rate} records/s of {record_size} B), {partitions} partitions, {seconds} s, {store:?} store"
+            "{rate_mb} MB/s offered ({rate} records/s of {record_size} B), {partitions} partitions, {seconds} s, {store:?} store{}",
+            tuning.describe()
         ),
         figures: format!(
             "ack {}; end-to-end {}; {:.0} PUTs/GiB, {:.0} GETs/GiB",
@@ -499,6 +607,7 @@ async fn connections_row(
         records: 5_000 * 5,
         rate: Some(5_000),
         end_to_end: false,
+        producer: Vec::new(),
     };
     let result = produce::run(&broker.bootstrap, &topic_name("conn"), &spec).await?;
     check_delivery(&result)?;

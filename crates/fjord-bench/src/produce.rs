@@ -37,6 +37,8 @@ pub struct ProduceSpec {
     pub rate: Option<u64>,
     /// Also measure end-to-end latency with a consumer.
     pub end_to_end: bool,
+    /// librdkafka properties over the scenario's (`--producer-set` still wins).
+    pub producer: Vec<(String, String)>,
 }
 
 /// What one run measured.
@@ -146,6 +148,9 @@ pub async fn run(
         .set("compression.type", &spec.compression)
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000");
+    for (k, v) in &spec.producer {
+        config.set(k, v);
+    }
     for (k, v) in PRODUCER_OVERRIDES
         .get()
         .map(Vec::as_slice)

@@ -30,7 +30,9 @@ fn corpus() -> Vec<PathBuf> {
 async fn fuzz_regressions_and_seeds_are_answered_without_a_panic() {
     let files = corpus();
     assert!(
-        files.iter().any(|f| f.to_string_lossy().contains("regressions")),
+        files
+            .iter()
+            .any(|f| f.to_string_lossy().contains("regressions")),
         "no regression inputs found: {files:?}"
     );
     let dir = tempfile::tempdir().unwrap();
