@@ -75,7 +75,13 @@ impl Store {
     fn args(self) -> Vec<String> {
         let mut args: Vec<String> = match self {
             Store::Local => Vec::new(),
-            Store::SimS3 => vec!["--simulated-store-latency".into(), "s3".into()],
+            // The simulated latency stands for S3's whole PUT, durability included: the local
+            // directory under it does not fsync as well.
+            Store::SimS3 => vec![
+                "--simulated-store-latency".into(),
+                "s3".into(),
+                "--object-store-option=fsync=false".into(),
+            ],
             Store::S3 => s3server::broker_args(S3_ENDPOINT.get().map_or("", String::as_str)),
         };
         args.extend(EXTRA_BROKER_ARGS.get().cloned().unwrap_or_default());
@@ -122,6 +128,9 @@ enum Scenario {
         /// default) and a broker with `--max-inflight-flushes=8 --upload-hedge-ms=100`.
         #[arg(long)]
         slow_store_tuning: bool,
+        /// Local store without fsync of objects (`--object-store-option fsync=false`).
+        #[arg(long, conflicts_with = "slow_store_tuning")]
+        no_fsync: bool,
     },
     /// Several consumer groups read one topic from cold caches.
     Fanout {
@@ -251,9 +260,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             seconds,
             store,
             slow_store_tuning,
+            no_fsync,
         } => {
             let tuning = if slow_store_tuning {
                 Tuning::SlowStoreLatency
+            } else if no_fsync {
+                Tuning::NoFsync
             } else {
                 Tuning::Defaults
             };
@@ -465,6 +477,9 @@ enum Tuning {
     /// five requests in flight, each of one partition), and a broker with eight flushes in
     /// flight that hedges uploads after 100 ms (more PUTs for a shorter tail).
     SlowStoreLatency,
+    /// A local store that does not fsync objects (`--object-store-option fsync=false`): the
+    /// latency of the local write path without the disk's sync time.
+    NoFsync,
 }
 
 impl Tuning {
@@ -472,6 +487,7 @@ impl Tuning {
         match self {
             Tuning::Defaults => Vec::new(),
             Tuning::SlowStoreLatency => vec![("enable.idempotence".into(), "false".into())],
+            Tuning::NoFsync => Vec::new(),
         }
     }
 
@@ -482,6 +498,7 @@ impl Tuning {
                 "--max-inflight-flushes=8".into(),
                 "--upload-hedge-ms=100".into(),
             ],
+            Tuning::NoFsync => vec!["--object-store-option=fsync=false".into()],
         }
     }
 
@@ -491,6 +508,7 @@ impl Tuning {
             Tuning::SlowStoreLatency => {
                 ", producer without idempotence, broker --max-inflight-flushes=8 --upload-hedge-ms=100"
             }
+            Tuning::NoFsync => ", objects not fsynced (fsync=false)",
         }
     }
 }

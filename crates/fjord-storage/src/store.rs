@@ -1,6 +1,11 @@
 //! Building the object store from a URL.
 //!
-//! - `file:///abs/dir` or a plain path: the local filesystem (the directory is created).
+//! - `file:///abs/dir` or a plain path: the local filesystem (the directory is created). Every
+//!   object is fsynced, with its directory entry, before the PUT returns, as S3 makes a PUT
+//!   durable before answering: the embedded coordinator fsyncs the commit that references it,
+//!   and a machine crash must not leave an acknowledged record in an object the disk never got.
+//!   Option `fsync=false` turns that off (faster on slow disks; a power loss can then lose
+//!   acknowledged records).
 //! - `memory://`: in memory, for tests (lost on exit).
 //! - `s3://bucket/optional/prefix`: S3 or a compatible server. Credentials, region and endpoint
 //!   come from the standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
@@ -60,7 +65,8 @@ pub fn from_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreUrlError> {
     from_url_with_options(url, &[])
 }
 
-/// Builds the store `url` names, with `options` (key, value) for S3 (an error for other stores).
+/// Builds the store `url` names, with `options` (key, value): S3's for `s3://`, `fsync` for a
+/// local directory, none for `memory://`.
 pub fn from_url_with_options(
     url: &str,
     options: &[(String, String)],
@@ -69,14 +75,12 @@ pub fn from_url_with_options(
         url: url.to_string(),
         reason,
     };
-    if !url.starts_with("s3://") {
+    if url == "memory://" || url == "memory:" {
         if let Some((key, _)) = options.first() {
             return Err(invalid(format!(
-                "option '{key}' given, but only s3:// stores take options"
+                "option '{key}' given, but memory:// stores take none"
             )));
         }
-    }
-    if url == "memory://" || url == "memory:" {
         return Ok(Arc::new(InMemory::new()));
     }
     if let Some(rest) = url.strip_prefix("s3://") {
@@ -114,7 +118,22 @@ pub fn from_url_with_options(
         }
         None => url,
     };
-    local(Path::new(path)).map_err(invalid)
+    let mut fsync = true;
+    for (key, value) in options {
+        match (key.as_str(), value.trim()) {
+            ("fsync", "true") => fsync = true,
+            ("fsync", "false") => fsync = false,
+            ("fsync", other) => {
+                return Err(invalid(format!("fsync={other}: expected true or false")))
+            }
+            (other, _) => {
+                return Err(invalid(format!(
+                    "unknown option '{other}' for a local directory (it takes fsync=true|false)"
+                )))
+            }
+        }
+    }
+    local(Path::new(path), fsync).map_err(invalid)
 }
 
 /// Whether requests go over TLS: AWS's own endpoints, or an `https://` endpoint.
@@ -124,10 +143,13 @@ fn over_tls(builder: &AmazonS3Builder) -> bool {
         .is_none_or(|e| e.trim().to_ascii_lowercase().starts_with("https://"))
 }
 
-/// A local-filesystem store rooted at `dir` (created if missing).
-pub fn local(dir: &Path) -> Result<Arc<dyn ObjectStore>, String> {
+/// A local-filesystem store rooted at `dir` (created if missing); with `fsync`, a PUT returns only
+/// once the object and its directory entry are on disk.
+pub fn local(dir: &Path, fsync: bool) -> Result<Arc<dyn ObjectStore>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| e.to_string())?;
+    let fs = LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| e.to_string())?
+        .with_fsync(fsync);
     Ok(Arc::new(fs))
 }
 
@@ -150,6 +172,10 @@ mod tests {
         let err = from_url_with_options("s3://b", &opt("no_such_key", "1")).unwrap_err();
         assert!(err.to_string().contains("unknown S3 option"), "{err}");
         assert!(from_url_with_options("memory://", &opt("timeout", "2s")).is_err());
+        let local = format!("file://{}", p.display());
+        assert!(from_url_with_options(&local, &opt("fsync", "false")).is_ok());
+        assert!(from_url_with_options(&local, &opt("fsync", "maybe")).is_err());
+        assert!(from_url_with_options(&local, &opt("timeout", "2s")).is_err());
     }
 
     #[test]
