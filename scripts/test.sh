@@ -51,7 +51,9 @@ fi
 step "scripts/test-postgres.sh start"
 eval "$(scripts/test-postgres.sh start)"
 fuzz_build=""
+fuzz_log=""
 cleanup() {
+    if [ -n "$fuzz_log" ]; then rm -f "$fuzz_log"; fi
     # The build runs in its own session (setsid): stop all of it.
     if [ -n "$fuzz_build" ]; then kill -- -"$fuzz_build" 2>/dev/null || true; fi
     scripts/test-postgres.sh stop "$FJORD_PG_DIR"
@@ -89,7 +91,6 @@ if [ "$e2e_only" -eq 0 ]; then
     fi
     fuzz_build=""
     echo "==> took $((SECONDS - start)) s more: the fuzz target build"
-    rm -f "$fuzz_log"
     run scripts/fuzz.sh "${FJORD_FUZZ_SECONDS:-60}"
 fi
 

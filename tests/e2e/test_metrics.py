@@ -47,11 +47,16 @@ def test_metrics_count_object_store_traffic(broker_factory, topic):
     assert put_bytes >= 1000 * 1000
     assert after['fjord_object_store_requests_total{op="get"}'] >= 1
     assert after['fjord_object_store_bytes_total{op="get"}'] >= 1000 * 1000
-    # The write path's stage histograms: every flush was one PUT, measured in each stage.
+    # The write path's stage histograms: every flush was one PUT, measured in each stage but
+    # the commit, where one coordinator call can commit several flushes (group commit).
     flushes = after["fjord_write_flush_seconds_count"]
     assert flushes == puts, (flushes, puts)
-    for stage in ("buffered", "upload", "commit_queue", "commit"):
+    for stage in ("buffered", "upload", "commit_queue"):
         assert after[f"fjord_write_{stage}_seconds_count"] == flushes, stage
         assert after[f"fjord_write_{stage}_seconds_sum"] >= 0
+    commits = after["fjord_write_commit_seconds_count"]
+    assert 1 <= commits <= flushes, (commits, flushes)
+    assert after["fjord_write_flushes_per_commit_count"] == commits
+    assert after["fjord_write_flushes_per_commit_sum"] == flushes
     assert after["fjord_write_flush_size_bytes_sum"] >= put_bytes * 0.99
     assert after["fjord_write_failed_flushes_total"] == 0

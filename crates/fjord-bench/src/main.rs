@@ -331,51 +331,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if S3_ENDPOINT.get().is_some() {
                 produce_row(b, &mut table, 1024, 12, "none", 1 << 20, Store::S3).await?;
             }
-            latency_row(
-                b,
-                &mut table,
-                20.0,
-                1024,
-                12,
-                20,
-                Store::Local,
-                Tuning::Defaults,
-            )
-            .await?;
-            latency_row(
-                b,
-                &mut table,
-                20.0,
-                1024,
-                12,
-                20,
-                Store::SimS3,
-                Tuning::Defaults,
-            )
-            .await?;
-            latency_row(
-                b,
-                &mut table,
-                20.0,
-                1024,
-                12,
-                20,
-                Store::SimS3,
-                Tuning::SlowStoreLatency,
-            )
-            .await?;
+            let mut latency_runs = vec![
+                (Store::Local, Tuning::Defaults),
+                (Store::Local, Tuning::NoFsync),
+                (Store::SimS3, Tuning::Defaults),
+                (Store::SimS3, Tuning::SlowStoreLatency),
+            ];
             if S3_ENDPOINT.get().is_some() {
-                latency_row(
-                    b,
-                    &mut table,
-                    20.0,
-                    1024,
-                    12,
-                    20,
-                    Store::S3,
-                    Tuning::Defaults,
-                )
-                .await?;
+                latency_runs.push((Store::S3, Tuning::Defaults));
+            }
+            for (store, tuning) in latency_runs {
+                latency_row(b, &mut table, 20.0, 1024, 12, 20, store, tuning).await?;
             }
             fanout_row(b, &mut table, 8, 256, Store::Local).await?;
             connections_row(b, &mut table, 50_000).await?;

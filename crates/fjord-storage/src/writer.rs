@@ -779,6 +779,23 @@ mod tests {
         }
     }
 
+    /// Append `i` went to partition `i % 2` with `records` records: each partition's appends got
+    /// consecutive offsets in append order.
+    async fn assert_dense_in_order(receivers: Vec<oneshot::Receiver<AppendResult>>, records: i64) {
+        let mut expected = [0i64, 0];
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let outcomes = rx.await.unwrap().unwrap().outcomes;
+            assert_eq!(
+                outcomes,
+                vec![BatchOutcome::Appended {
+                    base_offset: expected[i % 2]
+                }],
+                "append {i}"
+            );
+            expected[i % 2] += records;
+        }
+    }
+
     #[tokio::test]
     async fn appends_are_committed_in_order_and_readable() {
         let settings = WriterSettings {
@@ -805,17 +822,7 @@ mod tests {
             };
             receivers.push(writer.append(vec![batch]).await.unwrap());
         }
-        let mut expected = [0i64, 0];
-        for (i, rx) in receivers.into_iter().enumerate() {
-            let outcomes = rx.await.unwrap().unwrap().outcomes;
-            assert_eq!(
-                outcomes,
-                vec![BatchOutcome::Appended {
-                    base_offset: expected[i % 2]
-                }]
-            );
-            expected[i % 2] += 2;
-        }
+        assert_dense_in_order(receivers, 2).await;
         assert!(
             *commits.borrow() > 1,
             "small flush_bytes forces several flushes"
@@ -861,18 +868,7 @@ mod tests {
             // Spread the appends over many flushes.
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let mut expected = [0i64, 0];
-        for (i, rx) in receivers.into_iter().enumerate() {
-            let outcomes = rx.await.unwrap().unwrap().outcomes;
-            assert_eq!(
-                outcomes,
-                vec![BatchOutcome::Appended {
-                    base_offset: expected[i % 2]
-                }],
-                "append {i}"
-            );
-            expected[i % 2] += 1;
-        }
+        assert_dense_in_order(receivers, 1).await;
         let mut registry = prometheus_client::registry::Registry::default();
         h.writer.metrics().register(&mut registry);
         let mut text = String::new();
