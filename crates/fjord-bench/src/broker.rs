@@ -25,16 +25,28 @@ pub struct BrokerProcess {
 
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?.port())
+    let [port] = free_ports::<1>()?;
+    Ok(port)
+}
+
+/// `N` distinct free ports: all are held at once while they are picked, so that two calls in a
+/// row cannot return the same port.
+pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let mut listeners = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+        *port = l.local_addr()?.port();
+        listeners.push(l);
+    }
+    Ok(ports)
 }
 
 impl BrokerProcess {
     /// Starts `binary serve` with `extra` arguments and waits until it accepts connections.
     pub fn start(binary: &Path, extra: &[String]) -> anyhow::Result<BrokerProcess> {
         let dir = tempfile::tempdir().context("creating a data dir")?;
-        let port = free_port()?;
-        let metrics_port = free_port()?;
+        let [port, metrics_port] = free_ports()?;
         let bootstrap = format!("127.0.0.1:{port}");
         let child = spawn(binary, extra, dir.path(), &bootstrap, metrics_port)?;
         let mut broker = BrokerProcess {

@@ -50,7 +50,7 @@ use fjord_gateway_client::pb;
 use fjord_gateway_client::GatewayClient;
 use tokio::sync::mpsc;
 
-use crate::broker::{free_port, process_usage, terminate, BrokerProcess};
+use crate::broker::{free_ports, process_usage, terminate, BrokerProcess};
 use crate::produce::{self, ProduceSpec};
 use crate::report::{Row, Table};
 use crate::samples::Samples;
@@ -137,9 +137,9 @@ impl GatewayProcess {
         stream_window: usize,
     ) -> anyhow::Result<GatewayProcess> {
         let dir = tempfile::tempdir().context("creating the gateway's dir")?;
-        let port = free_port()?;
+        let [port, metrics_port] = free_ports()?;
         let listen = format!("127.0.0.1:{port}");
-        let metrics_listen = format!("127.0.0.1:{}", free_port()?);
+        let metrics_listen = format!("127.0.0.1:{metrics_port}");
         let overrides = overrides
             .iter()
             .map(|(k, v)| format!("{k:?} = {v:?}"))
