@@ -538,10 +538,10 @@ async fn upload(
 /// that one flush it refuses does not fail the others.
 async fn commit_with_retry(
     coordinator: &Arc<dyn Coordinator>,
-    flushes: Vec<FlushCommit>,
+    flushes: &[&FlushCommit],
     limit: Duration,
 ) -> Vec<Result<Vec<BatchOutcome>, WriteError>> {
-    match commit_group(coordinator, flushes.clone(), limit).await {
+    match commit_group(coordinator, flushes, limit).await {
         Ok(outcomes) if outcomes.len() == flushes.len() => outcomes.into_iter().map(Ok).collect(),
         Ok(_) => {
             let e =
@@ -555,7 +555,7 @@ async fn commit_with_retry(
             let mut results = Vec::with_capacity(flushes.len());
             for flush in flushes {
                 results.push(
-                    commit_group(coordinator, vec![flush], limit)
+                    commit_group(coordinator, std::slice::from_ref(flush), limit)
                         .await
                         .map_err(|f| f.error)
                         .and_then(|mut o| {
@@ -579,12 +579,14 @@ struct Failed {
 
 async fn commit_group(
     coordinator: &Arc<dyn Coordinator>,
-    flushes: Vec<FlushCommit>,
+    flushes: &[&FlushCommit],
     limit: Duration,
 ) -> Result<Vec<Vec<BatchOutcome>>, Failed> {
     let mut backoff = Backoff::new(limit);
     loop {
-        match coordinator.commit_many(flushes.clone()).await {
+        // The coordinator takes the flushes by value: one copy per attempt.
+        let attempt = flushes.iter().map(|f| (*f).clone()).collect();
+        match coordinator.commit_many(attempt).await {
             Ok(outcomes) => return Ok(outcomes),
             Err(e) => {
                 let first = flushes.first().map(|f| f.object_key.as_str()).unwrap_or("");
@@ -650,7 +652,7 @@ async fn commit_loop(
             if let Ok(uploaded_at) = result {
                 observe(&metrics.commit_queue, uploaded_at.elapsed());
                 cache.insert_object(&sealed.object_key, sealed.object.clone());
-                to_commit.push(sealed.commit.clone());
+                to_commit.push(&sealed.commit);
             }
         }
         let mut committed = if to_commit.is_empty() {
@@ -658,7 +660,7 @@ async fn commit_loop(
         } else {
             metrics.flushes_per_commit.observe(to_commit.len() as f64);
             let started = Instant::now();
-            let results = commit_with_retry(&coordinator, to_commit, retry_deadline).await;
+            let results = commit_with_retry(&coordinator, &to_commit, retry_deadline).await;
             observe(&metrics.commit, started.elapsed());
             results
         }
