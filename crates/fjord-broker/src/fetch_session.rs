@@ -17,7 +17,7 @@
 //! evicts the least recently used session.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use indexmap::IndexMap;
 use kafka_protocol::messages::FetchRequest;

@@ -1266,3 +1266,42 @@ async fn consumer_group_apis_at_every_version() {
     let r = call(&h, cg_join("classic", "m", "cg"), 1).await;
     assert_eq!(r.error_code, ResponseError::GroupIdNotFound.code());
 }
+
+/// Group deadlines (sessions, rebalance timeouts) run on the runtime's clock, the one its timers
+/// use: with the clock paused, a member that never heartbeats again is expired and the rebalance
+/// goes on without it once virtual time passes its session. (On the wall clock, the fuzz
+/// target's paused runtime spun its 100 ms group tick until real time caught up, and libFuzzer
+/// reported a hang.) Virtual time also jumps while the store does blocking I/O, so the test
+/// bounds the wait by a virtual timeout rather than checking when exactly the session ended.
+#[tokio::test(start_paused = true)]
+async fn group_deadlines_follow_the_runtime_clock() {
+    let h = harness();
+    let (first, generation) = join_and_sync(&h, "clocked", 5, 5).await;
+    let join = |member: StrBytes| {
+        JoinGroupRequest::default()
+            .with_group_id(gid("clocked"))
+            .with_session_timeout_ms(60_000)
+            .with_rebalance_timeout_ms(60_000)
+            .with_member_id(member)
+            .with_protocol_type(sb("consumer"))
+            .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+            )
+            .with_name(sb("range"))
+            .with_metadata(Bytes::from_static(b"meta"))])
+    };
+    let r = call(&h, join(sb("")), 5).await;
+    assert_eq!(r.error_code, ResponseError::MemberIdRequired.code());
+    // The first member neither heartbeats nor rejoins: its 10 s session (join_and_sync) ends
+    // and the second member's join completes without it.
+    let r = tokio::time::timeout(
+        Duration::from_secs(600),
+        call(&h, join(r.member_id.clone()), 5),
+    )
+    .await
+    .expect("the join never completed on the paused clock");
+    assert_eq!(r.error_code, 0);
+    assert!(r.generation_id > generation);
+    assert_eq!(r.leader, r.member_id);
+    assert_eq!(r.members.len(), 1);
+    assert_ne!(r.member_id, first);
+}

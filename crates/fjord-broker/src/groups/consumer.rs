@@ -31,7 +31,8 @@
 //! INVALID_REQUEST.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
@@ -779,6 +780,11 @@ impl ConsumerGroup {
             self.remove_member(id);
         }
         !expired.is_empty()
+    }
+
+    /// Whether the group has no members and so nothing for a tick to expire.
+    pub fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.sessions.is_empty() && self.revocation_deadlines.is_empty()
     }
 
     /// Whether OffsetCommit from this member at this epoch is accepted. A negative epoch with

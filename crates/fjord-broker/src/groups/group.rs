@@ -14,7 +14,8 @@
 //!   and assignment without a rebalance; the member id it had before is fenced.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use indexmap::IndexMap;
@@ -65,6 +66,9 @@ pub struct GroupSettings {
     /// Heartbeat interval told to consumer-protocol members
     /// (`group.consumer.heartbeat.interval.ms`).
     pub consumer_heartbeat_interval: Duration,
+    /// How long a group without members stays in memory after its last request. Its durable
+    /// state stays in the store, and the next request loads it again.
+    pub idle_eviction: Duration,
 }
 
 impl Default for GroupSettings {
@@ -75,6 +79,7 @@ impl Default for GroupSettings {
             max_session_timeout: Duration::from_secs(1800),
             consumer_session_timeout: Duration::from_secs(45),
             consumer_heartbeat_interval: Duration::from_secs(5),
+            idle_eviction: Duration::from_secs(600),
         }
     }
 }
@@ -863,6 +868,14 @@ impl Group {
         let before = self.state;
         self.maybe_complete_join(now);
         changed || (before != self.state && self.state == GroupState::Empty)
+    }
+
+    /// Whether the group has nothing in memory that the store lacks or that a tick would act on:
+    /// Empty (or Dead), without members and without member ids handed out for a first join.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, GroupState::Empty | GroupState::Dead)
+            && self.members.is_empty()
+            && self.pending.is_empty()
     }
 
     /// Whether OffsetCommit from this member and generation is accepted. `generation < 0` with an

@@ -18,7 +18,12 @@
 //!
 //! A group is loaded from the store the first time a request names it, so a broker that takes
 //! over a group (after a restart, or in cluster mode when groups move between brokers) resumes it
-//! from durable state: a Stable group keeps its members, whose sessions start at load time.
+//! from durable state: a Stable group keeps its members, whose sessions start at load time. A
+//! group without members that no request named for `idle_eviction` (10 minutes) leaves memory
+//! the same way, so memory and the tick hold the groups in use, not every id ever named.
+//!
+//! Deadlines use Tokio's clock (`tokio::time::Instant`), the one the tick's timer runs on, so
+//! that a paused test clock moves sessions and rebalances too.
 //!
 //! In a cluster each group has one coordinator, chosen by
 //! [`ClusterView::group_coordinator`](crate::cluster::ClusterView::group_coordinator) over the
@@ -31,7 +36,8 @@ pub mod group;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use fjord_coordinator::Coordinator;
 use kafka_protocol::ResponseError;
@@ -51,6 +57,27 @@ pub struct Slot {
     /// The consumer-protocol state machine (taken after `group` when both are needed).
     pub consumer: Mutex<ConsumerGroup>,
     persist: tokio::sync::Mutex<()>,
+    /// When a request last named the group.
+    touched: Mutex<Instant>,
+}
+
+impl Slot {
+    fn new(group: Group, consumer: ConsumerGroup, now: Instant) -> Slot {
+        Slot {
+            group: Mutex::new(group),
+            consumer: Mutex::new(consumer),
+            persist: tokio::sync::Mutex::new(()),
+            touched: Mutex::new(now),
+        }
+    }
+
+    /// Whether the slot can leave memory at `now`: no members, nothing pending, and no request
+    /// for `idle_eviction`.
+    fn evictable(&self, now: Instant, idle_eviction: Duration) -> bool {
+        now.duration_since(*self.touched.lock()) >= idle_eviction
+            && self.group.lock().is_idle()
+            && self.consumer.lock().is_idle()
+    }
 }
 
 /// The stored form of a group.
@@ -60,7 +87,7 @@ pub enum Stored {
     /// A consumer-protocol group.
     Consumer {
         /// The group.
-        consumer: ConsumerGroup,
+        consumer: Box<ConsumerGroup>,
     },
     /// A classic group.
     Classic(Snapshot),
@@ -146,7 +173,7 @@ impl GroupCoordinator {
             ),
             Some(Stored::Consumer { consumer }) => (
                 Group::new(id, self.settings.clone()),
-                consumer.restored(self.settings.clone(), now),
+                (*consumer).restored(self.settings.clone(), now),
             ),
             None => (
                 Group::new(id, self.settings.clone()),
@@ -155,13 +182,10 @@ impl GroupCoordinator {
         };
         let mut groups = self.groups.lock();
         // Another request may have loaded it meanwhile; the first one wins.
-        let slot = groups.entry(id.to_string()).or_insert_with(|| {
-            Arc::new(Slot {
-                group: Mutex::new(group),
-                consumer: Mutex::new(consumer),
-                persist: tokio::sync::Mutex::new(()),
-            })
-        });
+        let slot = groups
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(Slot::new(group, consumer, now)));
+        *slot.touched.lock() = now;
         Ok(slot.clone())
     }
 
@@ -172,6 +196,7 @@ impl GroupCoordinator {
             groups.remove(id);
             return None;
         }
+        *slot.touched.lock() = Instant::now();
         Some(slot)
     }
 
@@ -332,14 +357,20 @@ impl GroupCoordinator {
     fn tick(self: &Arc<Self>, now: Instant) {
         let slots: Vec<Arc<Slot>> = {
             let view = self.cluster.borrow().clone();
+            let idle_eviction = self.settings.idle_eviction;
             let mut groups = self.groups.lock();
             // Groups that moved to another broker: forget them (their durable state stays).
-            groups.retain(|id, _| {
+            // Idle groups leave memory too, so that it holds the groups in use rather than every
+            // id ever named; the next request loads them again. Only a slot no request or
+            // persist task holds is dropped: references are taken under this lock, so none can
+            // appear meanwhile, and one group never has two live slots.
+            groups.retain(|id, slot| {
                 let ours = view.coordinates(id);
                 if !ours {
                     tracing::info!(group = %id, "group moved to another broker; dropping it here");
+                    return false;
                 }
-                ours
+                !(Arc::strong_count(slot) == 1 && slot.evictable(now, idle_eviction))
             });
             groups.values().cloned().collect()
         };
@@ -367,3 +398,6 @@ async fn tick_loop(coordinator: Weak<GroupCoordinator>) {
         coordinator.tick(Instant::now());
     }
 }
+
+#[cfg(test)]
+mod tests;
