@@ -1305,3 +1305,58 @@ async fn group_deadlines_follow_the_runtime_clock() {
     assert_eq!(r.members.len(), 1);
     assert_ne!(r.member_id, first);
 }
+
+/// A fetch's max_bytes is shared in partition order (partitions are read concurrently, then cut
+/// to whole batches within what their turn left); each partition keeps its own limit.
+#[tokio::test]
+async fn fetch_shares_max_bytes_in_partition_order() {
+    let h = harness();
+    create(&h, "m", 4).await;
+    let batch = records(5, 0);
+    let size = batch.len();
+    for p in 0..4 {
+        for _ in 0..3 {
+            let r = call(&h, produce_request("m", p, batch.clone()), 9).await;
+            assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        }
+    }
+    let fetch_all = |max_bytes: usize, partition_max: usize| {
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(10)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes as i32)
+            .with_session_epoch(-1)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(sb("m")))
+                .with_partitions(
+                    (0..4)
+                        .map(|p| {
+                            fetch_request::FetchPartition::default()
+                                .with_partition(p)
+                                .with_partition_max_bytes(partition_max as i32)
+                        })
+                        .collect(),
+                )])
+    };
+    let batches = |r: &FetchResponse| -> Vec<(i32, usize)> {
+        listed(r).into_iter().map(|(p, n)| (p, n / size)).collect()
+    };
+    let r = call(&h, fetch_all(1 << 20, 1 << 20), 12).await;
+    assert_eq!(batches(&r), [(0, 3), (1, 3), (2, 3), (3, 3)]);
+    // The response limit binds: whole batches in order; a partition with room left for less
+    // than a batch still gets one; after that, nothing.
+    let r = call(&h, fetch_all(5 * size + 1, 1 << 20), 12).await;
+    assert_eq!(batches(&r), [(0, 3), (1, 2), (2, 1), (3, 0)]);
+    // Partition limits too: the first two partitions are read together, the rest after them.
+    let r = call(&h, fetch_all(5 * size, 2 * size + 1), 12).await;
+    assert_eq!(batches(&r), [(0, 2), (1, 2), (2, 1), (3, 0)]);
+    // The first batch comes even past both limits.
+    let r = call(&h, fetch_all(1, 1), 12).await;
+    assert_eq!(batches(&r), [(0, 1), (1, 0), (2, 0), (3, 0)]);
+    for p in r.responses[0].partitions.iter() {
+        if let Some(records) = &p.records {
+            assert_eq!(records.len() % size, 0, "whole batches only");
+        }
+    }
+}

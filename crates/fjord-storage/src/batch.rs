@@ -229,6 +229,26 @@ pub fn materialize(
     Ok((out.freeze(), offset))
 }
 
+/// The leading whole batches of `records` (batches as [`materialize`] returns them) that fit in
+/// `max_bytes`, keeping at least one batch unless `max_bytes` is 0. A zero-copy slice; framing
+/// that does not parse ends the slice there.
+pub fn truncate_batches(records: &Bytes, max_bytes: usize) -> Bytes {
+    if max_bytes == 0 {
+        return Bytes::new();
+    }
+    let mut end = 0;
+    while end < records.len() {
+        let Ok(header) = peek_header(&records[end..]) else {
+            break;
+        };
+        if end > 0 && end + header.size > max_bytes {
+            break;
+        }
+        end += header.size;
+    }
+    records.slice(..end)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -327,5 +347,29 @@ pub(crate) mod tests {
         let h = validate_produced(&b).unwrap();
         assert_eq!(h.max_timestamp, 999);
         assert_ne!(h.attributes & ATTR_TIMESTAMP_TYPE, 0);
+    }
+
+    #[test]
+    fn truncate_keeps_whole_batches_and_at_least_one() {
+        let a = sample_batch(2, -1, -1, 1);
+        let b = sample_batch(3, -1, -1, 2);
+        let mut joined = BytesMut::new();
+        joined.extend_from_slice(&a);
+        joined.extend_from_slice(&b);
+        let joined = joined.freeze();
+        assert!(truncate_batches(&joined, 0).is_empty());
+        assert_eq!(
+            truncate_batches(&joined, 1),
+            a,
+            "the first batch even past the limit"
+        );
+        assert_eq!(truncate_batches(&joined, a.len() + b.len() - 1), a);
+        assert_eq!(truncate_batches(&joined, a.len() + b.len()), joined);
+        assert_eq!(truncate_batches(&joined, usize::MAX), joined);
+        // Framing that does not parse ends the slice.
+        assert_eq!(
+            truncate_batches(&joined.slice(..a.len() + 10), usize::MAX),
+            a
+        );
     }
 }

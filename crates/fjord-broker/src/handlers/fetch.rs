@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fjord_coordinator::{PartitionOffsets, TopicMeta, TopicPartition};
-use fjord_storage::batch::materialize;
+use fjord_storage::batch::{materialize, truncate_batches};
 use futures::StreamExt;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
@@ -34,6 +34,9 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// Object reads one partition of a fetch has in flight at once.
 const PARALLEL_READS: usize = 16;
+
+/// Partitions one fetch reads at once.
+const PARALLEL_PARTITIONS: usize = 8;
 
 /// Answers a Fetch request.
 pub async fn handle(
@@ -185,6 +188,12 @@ impl Redirect<'_> {
 
 /// Reads every wanted partition once. Returns one entry per partition, the record bytes
 /// included, and whether any partition needs an answer at once (an error or a redirect).
+///
+/// Partitions are read concurrently (up to [`PARALLEL_PARTITIONS`]), so a fetch of cold data
+/// on S3 waits about one GET, not one per partition. The response's `max_bytes` is shared in
+/// partition order: partitions are read in waves whose partition limits together fit in what
+/// is left of it (with usual client settings, 1 MiB per partition and 50 MiB per fetch, one
+/// wave of 50 partitions), then each result is cut to whole batches within what its turn left.
 async fn read_all(
     broker: &Broker,
     wanted: &[Wanted],
@@ -196,76 +205,118 @@ async fn read_all(
     let mut total = 0usize;
     let mut errors = false;
     let mut out = Vec::with_capacity(wanted.len());
-    for w in wanted {
-        let mut data = PartitionData::default()
-            .with_partition_index(w.partition)
-            .with_high_watermark(-1)
-            .with_last_stable_offset(-1)
-            .with_log_start_offset(-1)
-            .with_preferred_read_replica(BrokerId(-1));
-        let meta = match topics.get(&w.topic) {
-            Some(Ok(meta)) if w.partition >= 0 && w.partition < meta.partitions => meta,
-            Some(Err(code)) => {
-                data.error_code = code.code();
-                errors = true;
-                out.push(data);
-                continue;
+    let limit = |w: &Wanted| w.max_bytes.max(0) as usize;
+    let mut start = 0;
+    while start < wanted.len() {
+        let left = max_bytes.saturating_sub(total);
+        let mut end = start;
+        let mut planned = 0usize;
+        while end < wanted.len() {
+            let budget = limit(&wanted[end]).min(left);
+            if end > start && planned.saturating_add(budget) > left {
+                break;
             }
-            _ => {
-                data.error_code = ResponseError::UnknownTopicOrPartition.code();
-                errors = true;
-                out.push(data);
-                continue;
-            }
-        };
-        let tp = TopicPartition {
-            topic_id: meta.id,
-            partition: w.partition,
-        };
-        if let Some(target) = redirect.target(tp) {
-            data.preferred_read_replica = BrokerId(target);
-            match broker
-                .offsets_cache
-                .get(&broker.coordinator, tp, generation)
-                .await
-            {
-                Ok(o) => {
-                    data.high_watermark = o.high_watermark;
-                    data.last_stable_offset = o.high_watermark;
-                    data.log_start_offset = o.log_start;
-                    data.records = Some(Bytes::new());
-                }
-                Err(code) => data.error_code = code.code(),
-            }
-            errors = true;
-            out.push(data);
-            continue;
+            planned = planned.saturating_add(budget);
+            end += 1;
         }
-        let budget = (w.max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
-        // The first non-empty partition returns at least one batch even beyond max_bytes.
-        let budget = if total == 0 { budget.max(1) } else { budget };
-        match read_partition(broker, tp, generation, w.fetch_offset, budget).await {
-            Ok((offsets, records)) => {
+        // The first non-empty partition returns at least one batch even beyond max_bytes; while
+        // nothing is read yet, any partition of the wave may be that one.
+        let at_least_one = total == 0;
+        let wave: Vec<(PartitionData, bool)> = futures::stream::iter(start..end)
+            .map(|k| {
+                let w = &wanted[k];
+                let budget = limit(w).min(left);
+                let budget = if at_least_one { budget.max(1) } else { budget };
+                read_one(broker, w, topics, redirect, generation, budget)
+            })
+            .buffered(PARALLEL_PARTITIONS)
+            .collect()
+            .await;
+        for (w, (mut data, error)) in wanted[start..end].iter().zip(wave) {
+            errors |= error;
+            if let Some(records) = &mut data.records {
+                if total > 0 {
+                    let turn = limit(w).min(max_bytes.saturating_sub(total));
+                    if records.len() > turn {
+                        *records = truncate_batches(records, turn);
+                    }
+                }
                 total += records.len();
-                data.high_watermark = offsets.high_watermark;
-                data.last_stable_offset = offsets.high_watermark;
-                data.log_start_offset = offsets.log_start;
-                data.aborted_transactions = Some(Vec::new());
-                data.records = Some(records);
             }
-            Err((code, offsets)) => {
-                errors = true;
-                data.error_code = code.code();
-                if let Some(o) = offsets {
-                    data.high_watermark = o.high_watermark;
-                    data.last_stable_offset = o.high_watermark;
-                    data.log_start_offset = o.log_start;
-                }
-            }
+            out.push(data);
         }
-        out.push(data);
+        start = end;
     }
     (out, total, errors)
+}
+
+/// Reads one wanted partition with `budget` bytes; returns its entry and whether it needs an
+/// answer at once (an error or a redirect).
+async fn read_one(
+    broker: &Broker,
+    w: &Wanted,
+    topics: &HashMap<TopicKey, Result<TopicMeta, ResponseError>>,
+    redirect: &Redirect<'_>,
+    generation: u64,
+    budget: usize,
+) -> (PartitionData, bool) {
+    let mut data = PartitionData::default()
+        .with_partition_index(w.partition)
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+        .with_preferred_read_replica(BrokerId(-1));
+    let meta = match topics.get(&w.topic) {
+        Some(Ok(meta)) if w.partition >= 0 && w.partition < meta.partitions => meta,
+        Some(Err(code)) => {
+            data.error_code = code.code();
+            return (data, true);
+        }
+        _ => {
+            data.error_code = ResponseError::UnknownTopicOrPartition.code();
+            return (data, true);
+        }
+    };
+    let tp = TopicPartition {
+        topic_id: meta.id,
+        partition: w.partition,
+    };
+    if let Some(target) = redirect.target(tp) {
+        data.preferred_read_replica = BrokerId(target);
+        match broker
+            .offsets_cache
+            .get(&broker.coordinator, tp, generation)
+            .await
+        {
+            Ok(o) => {
+                data.high_watermark = o.high_watermark;
+                data.last_stable_offset = o.high_watermark;
+                data.log_start_offset = o.log_start;
+                data.records = Some(Bytes::new());
+            }
+            Err(code) => data.error_code = code.code(),
+        }
+        return (data, true);
+    }
+    match read_partition(broker, tp, generation, w.fetch_offset, budget).await {
+        Ok((offsets, records)) => {
+            data.high_watermark = offsets.high_watermark;
+            data.last_stable_offset = offsets.high_watermark;
+            data.log_start_offset = offsets.log_start;
+            data.aborted_transactions = Some(Vec::new());
+            data.records = Some(records);
+            (data, false)
+        }
+        Err((code, offsets)) => {
+            data.error_code = code.code();
+            if let Some(o) = offsets {
+                data.high_watermark = o.high_watermark;
+                data.last_stable_offset = o.high_watermark;
+                data.log_start_offset = o.log_start;
+            }
+            (data, true)
+        }
+    }
 }
 
 type PartitionError = (ResponseError, Option<PartitionOffsets>);
