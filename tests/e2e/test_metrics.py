@@ -60,3 +60,6 @@ def test_metrics_count_object_store_traffic(broker_factory, topic):
     assert after["fjord_write_flushes_per_commit_sum"] == flushes
     assert after["fjord_write_flush_size_bytes_sum"] >= put_bytes * 0.99
     assert after["fjord_write_failed_flushes_total"] == 0
+    # Hedged requests are counted (the local store answers long before a hedge would start).
+    assert after["fjord_write_hedged_uploads_total"] >= 0
+    assert after["fjord_read_hedged_gets_total"] >= 0

@@ -23,8 +23,9 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from confluent_kafka import Producer
 
 from checker import Recorder, assert_clean, longest_pause
-from conftest import S3_BUCKET, FaultyS3, _port_accepts, use_s3
+from conftest import S3_BUCKET, FaultyS3, _port_accepts, free_port, use_s3
 from kafka_helpers import consume_partitions, create_topic, produce_with_backpressure
+from test_metrics import scrape
 
 PARTITIONS = 3
 RATE = 500           # records per second
@@ -74,8 +75,9 @@ def s3_broker(broker_factory, monkeypatch, faulty_s3: FaultyS3, *args: str):
     return broker_factory("--object-store", f"s3://{S3_BUCKET}/faults", *args)
 
 
-def check_history(broker, topic: str, rec: Recorder, stream: Stream, faulty_s3: FaultyS3) -> None:
-    """Read the topic back and assert a clean delivery history.
+def check_history(broker, topic: str, rec: Recorder, stream: Stream, faulty_s3: FaultyS3) -> float:
+    """Read the topic back and assert a clean delivery history; returns how
+    long the read-back took (s).
 
     The broker is restarted first, so that the reads come from S3 (through
     the proxy and whatever faults are on) rather than from its cache of the
@@ -84,7 +86,9 @@ def check_history(broker, topic: str, rec: Recorder, stream: Stream, faulty_s3: 
     assert not fatal, f"producer hit fatal error(s): {fatal}"
     assert stream.remaining == 0, f"{stream.remaining} records undelivered after {FLUSH_TIMEOUT_S}s flush"
     broker.restart()
+    reading = time.monotonic()
     got = consume_partitions(broker.bootstrap, topic, range(PARTITIONS))
+    read_seconds = time.monotonic() - reading
     for messages in got.values():
         for m in messages:
             rec.read(m, session="readback")
@@ -92,11 +96,12 @@ def check_history(broker, topic: str, rec: Recorder, stream: Stream, faulty_s3: 
     pause = longest_pause([stream.started] + [a.at for a in acks])
     print(f"\nproduced {stream.produced}, acked {len(acks)}, failed {len(rec.failed)}, "
           f"client errors {len(stream.errors)}; longest pause in acks {pause:.2f}s; "
-          f"proxy {faulty_s3.proxy.stats()}")
+          f"read back in {read_seconds:.2f}s; proxy {faulty_s3.proxy.stats()}")
     report = rec.check(seq_of=seq_of)
     print(report.summary())
     assert_clean(report)
     assert len(acks) == stream.produced, report.summary()
+    return read_seconds
     assert stream.produced >= RATE * STREAM_SECONDS * 0.9, f"only {stream.produced} produced"
 
 
@@ -125,19 +130,26 @@ def test_s3_errors(broker_factory, topic, faulty_s3, monkeypatch):
 @pytest.mark.timeout(120)
 def test_s3_slow_responses(broker_factory, topic, faulty_s3, monkeypatch):
     """b) 10% of responses are held 5 s, longer than the broker's S3 request
-    timeout (2 s): the client times out and retries."""
-    broker = s3_broker(broker_factory, monkeypatch, faulty_s3, "--object-store-option", "timeout=2s")
+    timeout (2 s): the client times out and retries. Reads are hedged: a GET
+    still running after 100 ms gets a second one, so a held response does not
+    hold up the read-back for its timeout."""
+    metrics_port = free_port()
+    broker = s3_broker(broker_factory, monkeypatch, faulty_s3, "--object-store-option", "timeout=2s",
+                       "--read-hedge-ms", "100", "--metrics-listen", f"127.0.0.1:{metrics_port}")
     create_topic(broker.bootstrap, topic, PARTITIONS)
     faulty_s3.proxy.delay_fraction(0.1, 5.0)
 
     rec = Recorder()
     stream = produce_stream(broker.bootstrap, topic, rec)
-    # The broker reads a fetch's batches one GET after another, so each held
-    # GET stalls the whole read-back for the 2 s timeout: hold fewer of them.
-    faulty_s3.proxy.clear()
-    faulty_s3.proxy.delay_fraction(0.03, 5.0)
-    check_history(broker, topic, rec, stream, faulty_s3)
-    assert faulty_s3.proxy.stats().get("delayed", 0) >= 3, faulty_s3.proxy.stats()
+    held_while_producing = faulty_s3.proxy.stats().get("delayed", 0)
+    # The broker restarts before reading back, so its counters cover the read-back only.
+    read_seconds = check_history(broker, topic, rec, stream, faulty_s3)
+    held_reads = faulty_s3.proxy.stats().get("delayed", 0) - held_while_producing
+    hedged = scrape(metrics_port)["fjord_read_hedged_gets_total"]
+    print(f"read-back: {held_reads} responses held, {hedged:.0f} GETs hedged, {read_seconds:.1f}s")
+    assert held_reads >= 3, faulty_s3.proxy.stats()
+    # Every held GET is hedged after 100 ms (some hedges are held too, and are not hedged again).
+    assert hedged >= held_reads / 2, (hedged, held_reads)
 
 
 @pytest.mark.timeout(120)

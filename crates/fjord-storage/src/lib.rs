@@ -3,6 +3,7 @@
 //! - [`batch`]: views over Kafka v2 record batch headers (validation, base-offset rewrite).
 //! - [`object`]: the immutable object format (batches grouped by partition, self-describing
 //!   footer).
+//! - [`hedge`]: hedged requests (a second identical request when the first is slow).
 //! - [`instrumented`]: a decorator counting requests and bytes (and adding simulated latency).
 //! - [`store`]: building an `Arc<dyn ObjectStore>` from a URL.
 //! - [`writer`]: the shared write buffer, flushes, uploads and ordered coordinator commits.
@@ -11,6 +12,7 @@
 
 pub mod batch;
 pub mod gc;
+pub mod hedge;
 pub mod instrumented;
 pub mod object;
 pub mod reader;

@@ -6,10 +6,14 @@
 //! Objects are immutable, so entries never go stale; they only age out.
 //!
 //! Concurrent misses for the same range share one GET (single flight): when several consumer
-//! groups read the same cold data at once, the store serves it once, not once per group.
+//! groups read the same cold data at once, the store serves it once, not once per group. A GET
+//! still running after `hedge_after` gets a second, identical GET ([`crate::hedge`]), so one
+//! slow response does not hold up a fetch that needs the rows behind it; at most a fifth of
+//! GETs are hedged, so that an overloaded store does not get twice the reads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use fjord_coordinator::IndexRow;
@@ -18,6 +22,9 @@ use lru::LruCache;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::hedge::{hedged, HedgeBudget};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -118,16 +125,38 @@ pub struct Reader {
     store: Arc<dyn ObjectStore>,
     cache: Arc<ReadCache>,
     in_flight: Arc<Mutex<HashMap<Key, Flight>>>,
+    hedge_after: Option<Duration>,
+    hedge_budget: Arc<HedgeBudget>,
+    hedged: Counter,
 }
 
+/// Hedged GETs allowed, as a fraction of GETs (a burst of [`HEDGE_BURST`] aside).
+const HEDGE_FRACTION: f64 = 0.2;
+/// Hedged GETs allowed at once before the fraction applies.
+const HEDGE_BURST: u32 = 20;
+
 impl Reader {
-    /// A reader over `store` sharing `cache` with the writer.
+    /// A reader over `store` sharing `cache` with the writer, without hedged GETs.
     pub fn new(store: Arc<dyn ObjectStore>, cache: Arc<ReadCache>) -> Self {
         Reader {
             store,
             cache,
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            hedge_after: None,
+            hedge_budget: Arc::new(HedgeBudget::new(HEDGE_FRACTION, HEDGE_BURST)),
+            hedged: Counter::default(),
         }
+    }
+
+    /// GETs that got a second, hedged GET (shared: it counts on as the reader reads).
+    pub fn hedged_gets(&self) -> Counter {
+        self.hedged.clone()
+    }
+
+    /// Hedges a GET with a second one once it has run for `after` (`None`: never).
+    pub fn with_hedge_after(mut self, after: Option<Duration>) -> Self {
+        self.hedge_after = after;
+        self
     }
 
     /// The raw bytes of a row (batches as stored, placeholder base offsets).
@@ -147,6 +176,11 @@ impl Reader {
                         self.in_flight.clone(),
                         key.clone(),
                         row.clone(),
+                        Hedging {
+                            after: self.hedge_after,
+                            budget: self.hedge_budget.clone(),
+                            count: self.hedged.clone(),
+                        },
                     )
                     .boxed()
                     .shared();
@@ -159,6 +193,13 @@ impl Reader {
     }
 }
 
+/// How a GET is hedged.
+struct Hedging {
+    after: Option<Duration>,
+    budget: Arc<HedgeBudget>,
+    count: Counter,
+}
+
 /// GETs a row's range, caches it, and retires its flight (whatever the outcome, so a failed GET
 /// is retried by the next reader).
 async fn fetch(
@@ -167,24 +208,37 @@ async fn fetch(
     in_flight: Arc<Mutex<HashMap<Key, Flight>>>,
     key: Key,
     row: IndexRow,
+    hedging: Hedging,
 ) -> Result<Bytes, ReadError> {
     let location = Path::from(row.object_key.as_str());
-    let result = store
-        .get_range(&location, row.position..row.position + row.length)
-        .await
-        .map_err(|source| ReadError::Store {
-            key: row.object_key.clone(),
-            source: Arc::new(source),
-        })
-        .and_then(|bytes| {
-            if bytes.len() as u64 == row.length {
-                Ok(bytes)
-            } else {
-                Err(ReadError::Short {
-                    key: row.object_key.clone(),
-                })
+    let range = row.position..row.position + row.length;
+    hedging.budget.earn();
+    let result = hedged(
+        hedging.after,
+        || store.get_range(&location, range.clone()),
+        || {
+            if !hedging.budget.spend() {
+                return false;
             }
-        });
+            hedging.count.inc();
+            tracing::debug!(object = %location, "read slow; hedging with a second GET");
+            true
+        },
+    )
+    .await
+    .map_err(|source| ReadError::Store {
+        key: row.object_key.clone(),
+        source: Arc::new(source),
+    })
+    .and_then(|bytes| {
+        if bytes.len() as u64 == row.length {
+            Ok(bytes)
+        } else {
+            Err(ReadError::Short {
+                key: row.object_key.clone(),
+            })
+        }
+    });
     if let Ok(bytes) = &result {
         cache.insert(key.clone(), bytes.clone());
     }
@@ -253,5 +307,34 @@ mod tests {
         assert!(reader.read_row(&missing).await.is_err());
         assert_eq!(stats.snapshot().gets, 3);
         assert!(reader.in_flight.lock().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_get_is_hedged_once_for_all_its_readers() {
+        use crate::instrumented::{InstrumentedStore, LatencyModel};
+        let model = LatencyModel::parse("put=0/0,get=300/300").unwrap();
+        let instrumented =
+            InstrumentedStore::new(Arc::new(object_store::memory::InMemory::new()), Some(model));
+        let stats = instrumented.stats();
+        let store: Arc<dyn ObjectStore> = Arc::new(instrumented);
+        store
+            .put(&Path::from("a"), Bytes::from_static(b"0123456789").into())
+            .await
+            .unwrap();
+        let cache = Arc::new(ReadCache::new(1 << 20));
+        let hedging = Reader::new(store.clone(), cache.clone())
+            .with_hedge_after(Some(Duration::from_millis(100)));
+        let r = row("a", 1, 4);
+        let reads = futures::future::join_all((0..8).map(|_| hedging.read_row(&r))).await;
+        for got in reads {
+            assert_eq!(got.unwrap(), &b"1234"[..]);
+        }
+        assert_eq!(stats.snapshot().gets, 2, "one GET and its hedge");
+        assert_eq!(hedging.hedged_gets().get(), 1);
+        // A GET faster than the hedge delay is sent once.
+        let plain = Reader::new(store, Arc::new(ReadCache::new(1 << 20)))
+            .with_hedge_after(Some(Duration::from_millis(400)));
+        assert_eq!(plain.read_row(&r).await.unwrap(), &b"1234"[..]);
+        assert_eq!(stats.snapshot().gets, 3);
     }
 }

@@ -44,11 +44,13 @@ use fjord_coordinator::{
 };
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::batch::set_log_append_time;
+use crate::hedge::hedged;
 use crate::object::ObjectBuilder;
 use crate::reader::ReadCache;
 use crate::writer_metrics::{observe, WriterMetrics};
@@ -474,36 +476,25 @@ impl Backoff {
     }
 }
 
-/// One PUT of `object`, hedged with a second one after `hedge_after`: the first success wins;
-/// an error counts only once both attempts have ended (or when no hedge was started).
+/// One PUT of `object`, hedged with a second one after `hedge_after` ([`hedged`]).
 async fn put_hedged(
     store: &Arc<dyn ObjectStore>,
     location: &Path,
     object: &Bytes,
     hedge_after: Option<Duration>,
+    hedges: &Counter,
 ) -> object_store::Result<()> {
-    let first = store.put(location, object.clone().into());
-    let Some(after) = hedge_after else {
-        return first.await.map(|_| ());
-    };
-    tokio::pin!(first);
-    tokio::select! {
-        result = &mut first => return result.map(|_| ()),
-        () = tokio::time::sleep(after) => {}
-    }
-    tracing::debug!(object = %location, "upload slow; hedging with a second PUT");
-    let second = store.put(location, object.clone().into());
-    tokio::pin!(second);
-    tokio::select! {
-        result = &mut first => match result {
-            Ok(_) => Ok(()),
-            Err(_) => second.await.map(|_| ()),
+    hedged(
+        hedge_after,
+        || store.put(location, object.clone().into()),
+        || {
+            hedges.inc();
+            tracing::debug!(object = %location, "upload slow; hedging with a second PUT");
+            true
         },
-        result = &mut second => match result {
-            Ok(_) => Ok(()),
-            Err(_) => first.await.map(|_| ()),
-        },
-    }
+    )
+    .await
+    .map(|_| ())
 }
 
 async fn upload(
@@ -518,7 +509,15 @@ async fn upload(
     let mut backoff = Backoff::new(limit);
     let started = Instant::now();
     loop {
-        match put_hedged(&store, &location, &object, hedge_after).await {
+        match put_hedged(
+            &store,
+            &location,
+            &object,
+            hedge_after,
+            &metrics.hedged_uploads,
+        )
+        .await
+        {
             Ok(_) => {
                 observe(&metrics.upload, started.elapsed());
                 return Ok(Instant::now());

@@ -40,6 +40,8 @@ pub struct WriterMetrics {
     pub flush_bytes: Histogram,
     /// Flushes whose upload or commit failed (their requests were answered with an error).
     pub failed_flushes: Counter,
+    /// Uploads that got a second, hedged PUT.
+    pub hedged_uploads: Counter,
 }
 
 fn seconds() -> Histogram {
@@ -58,6 +60,7 @@ impl Default for WriterMetrics {
             flush: seconds(),
             flush_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 10)),
             failed_flushes: Counter::default(),
+            hedged_uploads: Counter::default(),
         }
     }
 }
@@ -106,6 +109,11 @@ impl WriterMetrics {
             "failed_flushes",
             "Flushes whose upload or commit failed",
             self.failed_flushes.clone(),
+        );
+        sub.register(
+            "hedged_uploads",
+            "Uploads still running after upload_hedge_ms that got a second, identical PUT",
+            self.hedged_uploads.clone(),
         );
     }
 }

@@ -79,6 +79,9 @@ pub struct ServeConfig {
     pub postgres_pool_size: usize,
     /// Start a second, identical PUT when an upload takes longer than this (ms); 0 = never.
     pub upload_hedge_ms: u64,
+    /// Start a second, identical GET when a read of object storage takes longer than this (ms);
+    /// 0 = never.
+    pub read_hedge_ms: u64,
     /// PEM file of CA certificates trusted for TLS to PostgreSQL (`sslmode=require` in the URL),
     /// besides the system's.
     pub postgres_ca_file: Option<PathBuf>,
@@ -126,6 +129,7 @@ impl Default for ServeConfig {
             metrics_listen: None,
             simulated_store_latency: None,
             upload_hedge_ms: 200,
+            read_hedge_ms: 100,
             postgres_ca_file: None,
         }
     }
@@ -162,6 +166,10 @@ pub struct ServeArgs {
     /// Hedge an upload with a second identical PUT after this many ms; 0 = never [default: 200].
     #[arg(long, env = "FJORD_UPLOAD_HEDGE_MS")]
     pub upload_hedge_ms: Option<u64>,
+    /// Hedge a read of object storage with a second identical GET after this many ms; 0 = never
+    /// [default: 100].
+    #[arg(long, env = "FJORD_READ_HEDGE_MS")]
+    pub read_hedge_ms: Option<u64>,
     /// Address for the Prometheus endpoint, GET /metrics (e.g. 0.0.0.0:9093) [default: none].
     #[arg(long, env = "FJORD_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -271,7 +279,8 @@ impl ServeArgs {
             shutdown_timeout_secs,
             gc_interval_secs,
             gc_grace_secs,
-            upload_hedge_ms
+            upload_hedge_ms,
+            read_hedge_ms
         );
         c.object_store_options
             .extend(self.object_store_options.iter().cloned());

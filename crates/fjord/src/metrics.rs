@@ -16,7 +16,7 @@ use fjord_storage::instrumented::StoreStats;
 use fjord_storage::writer_metrics::WriterMetrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -82,12 +82,18 @@ pub async fn serve(
     listener: TcpListener,
     store: Arc<StoreStats>,
     writer: Arc<WriterMetrics>,
+    hedged_gets: Counter,
     cluster: watch::Receiver<Arc<ClusterView>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BrokerCollector { store, cluster }));
     writer.register(&mut registry);
+    registry.register(
+        "fjord_read_hedged_gets",
+        "Object-store reads still running after read_hedge_ms that got a second, identical GET",
+        hedged_gets,
+    );
     let registry = Arc::new(registry);
     let app = Router::new().route(
         "/metrics",

@@ -150,7 +150,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         },
         coordinator,
         writer,
-        reader: Reader::new(store.clone(), cache),
+        reader: Reader::new(store.clone(), cache).with_hedge_after(
+            (config.read_hedge_ms > 0).then(|| Duration::from_millis(config.read_hedge_ms)),
+        ),
         commits,
         fetch_sessions: fjord_broker::fetch_session::FetchSessions::new(10_000),
         cluster: cluster.clone(),
@@ -188,6 +190,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
                 listener,
                 store_stats,
                 broker.writer.metrics(),
+                broker.reader.hedged_gets(),
                 cluster.clone(),
                 shutdown.clone(),
             )))
