@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -115,6 +116,7 @@ class Broker:
         extra_args: Sequence[str] = (),
         port: int | None = None,
         name: str = "fjord",
+        nofile: tuple[int, int] | None = None,
     ) -> None:
         self.binary = Path(binary)
         self.data_dir = Path(data_dir)
@@ -122,6 +124,8 @@ class Broker:
         self.extra_args = list(extra_args)
         self.port = port if port is not None else free_port()
         self.name = name
+        #: ``(soft, hard)`` open-file limit the process starts with (default: inherited).
+        self.nofile = nofile
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -181,6 +185,12 @@ class Broker:
                 f.write(marker)
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
+        nofile = self.nofile
+
+        def limits() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
                 cmd,
@@ -189,6 +199,7 @@ class Broker:
                 stderr=err,
                 env=env,
                 cwd=self.log_dir,
+                preexec_fn=limits if nofile is not None else None,
             )
         self._wait_ready(timeout)
         return self
@@ -293,6 +304,8 @@ def fjord_bin() -> Path:
 def broker_factory(fjord_bin: Path, tmp_path: Path, request: pytest.FixtureRequest):
     """Factory for started brokers: ``broker_factory(*extra_args)``.
 
+    ``nofile=(soft, hard)`` starts the broker under that open-file limit.
+
     Each broker gets its own free port, ``tmp_path/<name>/data`` as data dir
     and ``tmp_path/<name>/`` for its logs.  At teardown every broker that is
     still running is stopped with SIGTERM and must exit with code 0.
@@ -300,10 +313,12 @@ def broker_factory(fjord_bin: Path, tmp_path: Path, request: pytest.FixtureReque
     brokers: list[Broker] = []
     request.node._fjord_brokers = brokers  # read by pytest_runtest_makereport
 
-    def make(*extra_args: str, name: str | None = None) -> Broker:
+    def make(
+        *extra_args: str, name: str | None = None, nofile: tuple[int, int] | None = None
+    ) -> Broker:
         name = name or f"fjord{len(brokers)}"
         base = tmp_path / name
-        b = Broker(fjord_bin, base / "data", base, extra_args=extra_args, name=name)
+        b = Broker(fjord_bin, base / "data", base, extra_args=extra_args, name=name, nofile=nofile)
         brokers.append(b)
         return b.start()
 

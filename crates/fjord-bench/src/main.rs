@@ -178,6 +178,11 @@ enum Scenario {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The connections scenario holds one descriptor per client connection, and the brokers it
+    // starts inherit the limit: raise the soft limit to the hard one, as `fjord` itself does.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("warning: could not raise the open-file limit: {e}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -556,7 +561,10 @@ async fn fanout_row(
     .await?;
     table.push(Row {
         scenario: "fan-out reads".into(),
-        setup: format!("{mb} MB written, then {groups} groups read it from cold caches, {store:?} store"),
+        setup: format!(
+            "{mb} MB written, then {groups} group{} read it from cold caches, {store:?} store",
+            if groups == 1 { "" } else { "s" }
+        ),
         figures: format!(
             "{:.1}x bytes written fetched from the store ({:.0} GETs/GiB written); all groups done in {:.1} s ({:.0} MB/s served)",
             r.reads.get_bytes / r.written_bytes.max(1.0),
@@ -575,10 +583,16 @@ async fn connections_row(
     table: &mut Table,
     count: usize,
 ) -> anyhow::Result<()> {
-    // Each connection needs a descriptor here and one in the broker.
-    let limit = connections::fd_limit().saturating_sub(500);
+    // Each connection needs a descriptor here and one in the broker (which inherits this
+    // process's limit), and the broker keeps a tenth of its limit, at least 256, for its own
+    // files (`fjord serve` caps its connections so); leave room for the producer on top too.
+    let limit = connections::fd_limit();
     let wanted = count;
-    let count = count.min(limit);
+    let count = count.min(
+        limit
+            .saturating_sub((limit / 10).max(256).min(limit / 2))
+            .saturating_sub(100),
+    );
     let broker = BrokerProcess::start(binary, &Store::Local.args())?;
     let (rss_before, cpu_before) = broker.usage()?;
     let (streams, took) = connections::open_idle(&broker.bootstrap, count).await?;
@@ -599,8 +613,7 @@ async fn connections_row(
     drop(streams);
     let capped = if count < wanted {
         format!(
-            " (asked {wanted}; capped by the open-file limit {})",
-            limit + 500
+            " (asked {wanted}; capped by the open-file limit {limit}, a tenth of it kept for the broker's own files)"
         )
     } else {
         String::new()

@@ -185,7 +185,8 @@ pub struct ServeArgs {
     /// Largest request frame a client may send [default: 100 MiB].
     #[arg(long, env = "FJORD_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
-    /// Client connections served at once [default: 100000].
+    /// Client connections served at once [default: 100000, lowered to leave a tenth of the
+    /// open-file limit to the broker itself].
     #[arg(long, env = "FJORD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Seconds that shutdown waits for requests in flight [default: 30].

@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod fdlimit;
 mod metrics;
 mod serve;
 
@@ -68,6 +69,8 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // Before the runtime's threads exist, so every thread and child process sees it.
+    let open_files = fdlimit::raise();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,7 +83,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args.resolve()?).await,
+            Command::Serve(args) => serve::run(args.resolve()?, open_files).await,
             Command::Topic { bootstrap, command } => {
                 admin::topic::run(&bootstrap.bootstrap, command).await
             }

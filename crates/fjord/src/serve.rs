@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
 
-/// Runs a broker until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+/// Runs a broker until SIGTERM or SIGINT, then shuts down gracefully. `open_files` is the
+/// process's open-file limit (see [`crate::fdlimit`]), which bounds the connections served.
+pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let mut postgres = None;
@@ -197,12 +198,20 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let max_connections = crate::fdlimit::connection_cap(config.max_connections, open_files);
+    if max_connections < config.max_connections {
+        tracing::info!(
+            max_connections,
+            open_file_limit = open_files,
+            "client connections capped below --max-connections to fit the open-file limit"
+        );
+    }
     let server = tokio::spawn(fjord_server::serve(
         listener,
         broker.clone(),
         ServerSettings {
             max_request_bytes: config.max_request_bytes,
-            max_connections: config.max_connections,
+            max_connections,
             drain_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             ..ServerSettings::default()
         },
