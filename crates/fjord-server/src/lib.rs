@@ -63,6 +63,34 @@ impl Default for ServerSettings {
     }
 }
 
+/// Binds a listener on `address` (`host:port`, the first address it resolves to) with room for
+/// `backlog` connections that the kernel has completed but the broker not yet accepted.
+/// `TcpListener::bind` would queue only 128: when thousands of clients reconnect at once after a
+/// restart, or wait while the broker is at its connection cap, the kernel drops the SYNs beyond
+/// that and those clients retry after one, three, seven seconds. Like std, sets `SO_REUSEADDR`
+/// so a restarted broker can bind while old connections linger in TIME_WAIT.
+pub async fn bind(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(backlog.max(1)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{address} resolves to no address"),
+        )
+    }))
+}
+
 /// Serves Kafka clients on `listener` until `shutdown` is cancelled and connections drained.
 pub async fn serve(
     listener: TcpListener,
@@ -244,4 +272,28 @@ async fn write_replies(
         }
     }
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bind_listens_on_the_address_it_resolves() {
+        let listener = bind("localhost:0", 16).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        assert!(address.ip().is_loopback());
+        let client = TcpStream::connect(address).await.unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn bind_reports_an_address_in_use_or_unresolvable_as_an_error() {
+        let first = bind("127.0.0.1:0", 16).await.unwrap();
+        let taken = first.local_addr().unwrap().to_string();
+        assert!(bind(&taken, 16).await.is_err());
+        assert!(bind("no-such-host.invalid:9092", 16).await.is_err());
+        assert!(bind("no port", 16).await.is_err());
+    }
 }

@@ -59,6 +59,9 @@ pub struct ServeConfig {
     pub max_request_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections the kernel queues for the listener before it accepts them (Kafka's
+    /// `socket.listen.backlog.size`; the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Seconds that shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
     /// Seconds between object garbage-collection passes.
@@ -118,6 +121,7 @@ impl Default for ServeConfig {
             message_max_bytes: 1_048_588,
             max_request_bytes: 100 << 20,
             max_connections: 100_000,
+            listen_backlog: 1024,
             shutdown_timeout_secs: 30,
             gc_interval_secs: 60,
             group_initial_rebalance_delay_ms: 3000,
@@ -189,6 +193,11 @@ pub struct ServeArgs {
     /// open-file limit to the broker itself].
     #[arg(long, env = "FJORD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Connections queued by the kernel before the broker accepts them, e.g. when thousands of
+    /// clients reconnect after a restart or wait at the connection cap [default: 1024; capped
+    /// by net.core.somaxconn].
+    #[arg(long, env = "FJORD_LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
     /// Seconds that shutdown waits for requests in flight [default: 30].
     #[arg(long, env = "FJORD_SHUTDOWN_TIMEOUT_SECS")]
     pub shutdown_timeout_secs: Option<u64>,
@@ -277,6 +286,7 @@ impl ServeArgs {
             max_buffer_bytes,
             max_request_bytes,
             max_connections,
+            listen_backlog,
             shutdown_timeout_secs,
             gc_interval_secs,
             gc_grace_secs,

@@ -78,7 +78,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
 
     let (advertised_host, advertised_port) = config.advertised()?;
     // Listen before registering: once registered, other brokers send clients here.
-    let listener = TcpListener::bind(&config.listen)
+    let listener = fjord_server::bind(&config.listen, config.listen_backlog)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let embedded = config.coordinator == "embedded";

@@ -1,11 +1,13 @@
-"""The broker and the process's open-file limit.
+"""Connection limits: the open-file limit, the connection cap, the listen backlog.
 
 ``fjord`` raises its soft ``RLIMIT_NOFILE`` to the hard limit at start-up (most
 distributions default the soft limit to 1,024), and ``fjord serve`` keeps a
 tenth of the limit (at least 256) away from client connections, so that a
 broker flooded with connections still opens the object files, directories and
 database connections its write path needs.  Clients beyond the cap wait in the
-listen queue until a connection closes.
+listen queue until a connection closes; that queue holds ``--listen-backlog``
+connections (1,024 by default, where std's ``bind`` gives 128), so a storm of
+reconnecting clients waits there instead of having its SYNs dropped.
 """
 
 from __future__ import annotations
@@ -139,3 +141,35 @@ def test_idle_connections_beyond_the_limit_leave_room_for_the_write_path(
     )
     assert values == want
     assert "client connections capped" in broker.logs()
+
+
+def test_clients_beyond_the_cap_wait_in_the_listen_backlog(broker_factory, topic):
+    # 10 connections served, 600 more queued: with std's backlog of 128 the kernel would drop
+    # the SYNs of all but about 140 and connecting would time out.
+    broker = broker_factory("--max-connections", "10", "--listen-backlog", "1024")
+    waiting = []
+    try:
+        for i in range(600):
+            try:
+                s = socket.create_connection(("127.0.0.1", broker.port), timeout=3.0)
+            except (socket.timeout, TimeoutError):
+                pytest.fail(f"connection {i} timed out: the listen backlog is full")
+            waiting.append(s)
+        # Each queued client is served once those ahead of it leave: the first ten are being
+        # served (answered at once); the 600th is answered after the others close.
+        last = waiting[-1]
+        last.settimeout(TIMEOUT_S)
+        last.sendall(api_versions_request(600))
+        for s in waiting[:-1]:
+            s.close()
+        correlation, body = read_response(last)
+        assert correlation == 600 and body[:2] == b"\x00\x00"
+    finally:
+        for s in waiting:
+            s.close()
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "message.timeout.ms": 20000})
+    tracker = DeliveryTracker()
+    producer.produce(topic, value=b"after the storm", on_delivery=tracker.callback(0))
+    flush_all(producer, timeout=30)
+    assert tracker.failed == []
