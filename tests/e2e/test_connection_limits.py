@@ -61,6 +61,17 @@ def read_response(s: socket.socket) -> tuple[int, bytes]:
     return struct.unpack(">i", body[:4])[0], body[4:]
 
 
+def connect_until_queue_full(port: int, count: int, into: list[socket.socket]) -> None:
+    """Open up to ``count`` connections, appended to ``into``; stop at the first whose connect
+    times out (the broker's listen queue is full and the kernel drops the SYN)."""
+    for _ in range(count):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=3.0)
+        except (socket.timeout, TimeoutError):
+            return
+        into.append(s)
+
+
 def soft_open_file_limit(pid: int) -> int:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
@@ -110,14 +121,9 @@ def test_idle_connections_beyond_the_limit_leave_room_for_the_write_path(
 
     # Up to 600 idle clients: more than the cap, more than the whole limit. Those beyond the
     # cap wait in the listen queue; once that is full too, connecting times out.
-    idle = []
+    idle: list[socket.socket] = []
     try:
-        for _ in range(600):
-            try:
-                s = socket.create_connection(("127.0.0.1", broker.port), timeout=3.0)
-            except (socket.timeout, TimeoutError):
-                break
-            idle.append(s)
+        connect_until_queue_full(broker.port, 600, idle)
         assert len(idle) > 300, f"only {len(idle)} connections: the cap was never reached"
         time.sleep(1.0)  # the broker accepts up to its cap meanwhile
         assert broker.running, "the broker died under the connection flood"
@@ -147,14 +153,10 @@ def test_clients_beyond_the_cap_wait_in_the_listen_backlog(broker_factory, topic
     # 10 connections served, 600 more queued: with std's backlog of 128 the kernel would drop
     # the SYNs of all but about 140 and connecting would time out.
     broker = broker_factory("--max-connections", "10", "--listen-backlog", "1024")
-    waiting = []
+    waiting: list[socket.socket] = []
     try:
-        for i in range(600):
-            try:
-                s = socket.create_connection(("127.0.0.1", broker.port), timeout=3.0)
-            except (socket.timeout, TimeoutError):
-                pytest.fail(f"connection {i} timed out: the listen backlog is full")
-            waiting.append(s)
+        connect_until_queue_full(broker.port, 600, waiting)
+        assert len(waiting) == 600, f"connection {len(waiting)} timed out: the backlog is full"
         # Each queued client is served once those ahead of it leave: the first ten are being
         # served (answered at once); the 600th is answered after the others close.
         last = waiting[-1]

@@ -282,10 +282,12 @@ mod tests {
         assert!(reader.read_row(&row("missing", 0, 1)).await.is_err());
     }
 
-    #[tokio::test]
-    async fn concurrent_misses_share_one_get() {
+    /// An in-memory store whose GETs take `get_ms`, holding object "a" = "0123456789".
+    async fn slow_store(
+        get_ms: u32,
+    ) -> (Arc<dyn ObjectStore>, Arc<crate::instrumented::StoreStats>) {
         use crate::instrumented::{InstrumentedStore, LatencyModel};
-        let model = LatencyModel::parse("put=0/0,get=50/50").unwrap();
+        let model = LatencyModel::parse(&format!("put=0/0,get={get_ms}/{get_ms}")).unwrap();
         let instrumented =
             InstrumentedStore::new(Arc::new(object_store::memory::InMemory::new()), Some(model));
         let stats = instrumented.stats();
@@ -294,6 +296,12 @@ mod tests {
             .put(&Path::from("a"), Bytes::from_static(b"0123456789").into())
             .await
             .unwrap();
+        (store, stats)
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_get() {
+        let (store, stats) = slow_store(50).await;
         let reader = Reader::new(store, Arc::new(ReadCache::new(1 << 20)));
         let r = row("a", 1, 4);
         let reads = futures::future::join_all((0..8).map(|_| reader.read_row(&r))).await;
@@ -311,16 +319,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_get_is_hedged_once_for_all_its_readers() {
-        use crate::instrumented::{InstrumentedStore, LatencyModel};
-        let model = LatencyModel::parse("put=0/0,get=300/300").unwrap();
-        let instrumented =
-            InstrumentedStore::new(Arc::new(object_store::memory::InMemory::new()), Some(model));
-        let stats = instrumented.stats();
-        let store: Arc<dyn ObjectStore> = Arc::new(instrumented);
-        store
-            .put(&Path::from("a"), Bytes::from_static(b"0123456789").into())
-            .await
-            .unwrap();
+        let (store, stats) = slow_store(300).await;
         let cache = Arc::new(ReadCache::new(1 << 20));
         let hedging = Reader::new(store.clone(), cache.clone())
             .with_hedge_after(Some(Duration::from_millis(100)));
