@@ -188,8 +188,7 @@ class Broker:
         nofile = self.nofile
 
         def limits() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(

@@ -180,9 +180,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The connections scenario holds one descriptor per client connection, and the brokers it
     // starts inherit the limit: raise the soft limit to the hard one, as `fjord` itself does.
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("warning: could not raise the open-file limit: {e}");
-    }
+    let _ = fjord_server::fdlimit::raise();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -583,15 +581,12 @@ async fn connections_row(
     table: &mut Table,
     count: usize,
 ) -> anyhow::Result<()> {
-    // Each connection needs a descriptor here and one in the broker (which inherits this
-    // process's limit), and the broker keeps a tenth of its limit, at least 256, for its own
-    // files (`fjord serve` caps its connections so); leave room for the producer on top too.
+    // Each connection needs a descriptor here and one in the broker, which inherits this
+    // process's limit and caps its connections below it; leave room for the producer on top.
     let limit = connections::fd_limit();
     let wanted = count;
     let count = count.min(
-        limit
-            .saturating_sub((limit / 10).max(256).min(limit / 2))
-            .saturating_sub(100),
+        fjord_server::fdlimit::connection_cap(usize::MAX, Some(limit as u64)).saturating_sub(100),
     );
     let broker = BrokerProcess::start(binary, &Store::Local.args())?;
     let (rss_before, cpu_before) = broker.usage()?;

@@ -15,6 +15,8 @@
 //! every request already read; [`serve`] returns when all connections are done or when
 //! `drain_timeout` has passed.
 
+pub mod fdlimit;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,6 @@
 
 mod admin;
 mod config;
-mod fdlimit;
 mod metrics;
 mod serve;
 
@@ -70,7 +69,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     // Before the runtime's threads exist, so every thread and child process sees it.
-    let open_files = fdlimit::raise();
+    let open_files = fjord_server::fdlimit::raise();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

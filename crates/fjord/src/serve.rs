@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServeConfig;
 
 /// Runs a broker until SIGTERM or SIGINT, then shuts down gracefully. `open_files` is the
-/// process's open-file limit (see [`crate::fdlimit`]), which bounds the connections served.
+/// process's open-file limit (see [`fjord_server::fdlimit`]), which bounds the connections served.
 pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -198,7 +198,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         }
         None => None,
     };
-    let max_connections = crate::fdlimit::connection_cap(config.max_connections, open_files);
+    let max_connections = fjord_server::fdlimit::connection_cap(config.max_connections, open_files);
     if max_connections < config.max_connections {
         tracing::info!(
             max_connections,

@@ -5,7 +5,7 @@
 //! allowing far more, and a broker stuck at 1,024 descriptors refuses clients long before its
 //! memory or CPU is the limit.
 //!
-//! `fjord serve` then caps the client connections it accepts below that limit, keeping a
+//! `fjord serve` then caps the client connections it accepts below that limit ([`connection_cap`]), keeping a
 //! reserve for what the broker itself opens: object files on the local store and the directory
 //! fsyncs after them, the journal, PostgreSQL and S3 connections, the metrics endpoint.
 //! Invariant: a broker at its connection cap still uploads and commits; clients beyond the cap
