@@ -14,6 +14,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable};
 
 use crate::handlers;
+use crate::memory::Reservation;
 use crate::versions;
 use crate::Broker;
 
@@ -152,9 +153,16 @@ pub async fn start_from(
             });
             Ok(Started { key, reply })
         }
-        ApiKey::Fetch => run(ctx, frame, move |r| {
-            handlers::fetch::handle(b, r, version, client)
-        }),
+        ApiKey::Fetch => {
+            let request: FetchRequest = decode(ctx, &mut frame)?;
+            let reply: Reply = Box::pin(async move {
+                let (response, reservation) =
+                    handlers::fetch::handle(b, request, version, client).await;
+                encode(key, version, correlation_id, &response)
+                    .map(|frame| Some(held_until_sent(frame, reservation)))
+            });
+            Ok(Started { key, reply })
+        }
         ApiKey::ListOffsets => run(ctx, frame, move |r| {
             handlers::list_offsets::handle(b, r, version)
         }),
@@ -248,6 +256,27 @@ where
     Ok(Started {
         key: ctx.key,
         reply,
+    })
+}
+
+/// A response frame that keeps `reservation` (its records' share of the fetch memory budget)
+/// until the connection has written it and dropped it.
+fn held_until_sent(frame: Bytes, reservation: Reservation) -> Bytes {
+    struct Held {
+        frame: Bytes,
+        _reservation: Reservation,
+    }
+    impl AsRef<[u8]> for Held {
+        fn as_ref(&self) -> &[u8] {
+            &self.frame
+        }
+    }
+    if reservation.bytes() == 0 {
+        return frame;
+    }
+    Bytes::from_owner(Held {
+        frame,
+        _reservation: reservation,
     })
 }
 

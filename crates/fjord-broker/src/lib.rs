@@ -11,6 +11,7 @@ pub mod error;
 pub mod fetch_session;
 pub mod groups;
 mod handlers;
+pub mod memory;
 pub mod offsets_cache;
 pub mod testkit;
 pub mod topic_config;
@@ -45,7 +46,15 @@ pub struct BrokerSettings {
     pub rack: Option<String>,
     /// Largest partition count a topic may have (CreateTopics, CreatePartitions).
     pub max_partitions_per_topic: i32,
+    /// Most record bytes one fetch response carries, whatever the client asks for (Kafka's
+    /// `fetch.max.bytes`; the first batch may exceed it so that no consumer gets stuck).
+    pub fetch_max_bytes: i32,
+    /// Most record bytes all fetch responses being built or sent hold at once.
+    pub fetch_memory_bytes: usize,
 }
+
+/// Kafka's default `fetch.max.bytes`: 55 MiB.
+pub const DEFAULT_FETCH_MAX_BYTES: i32 = 55 << 20;
 
 impl Default for BrokerSettings {
     fn default() -> Self {
@@ -59,6 +68,8 @@ impl Default for BrokerSettings {
             message_max_bytes: 1_048_588,
             rack: None,
             max_partitions_per_topic: 10_000,
+            fetch_max_bytes: DEFAULT_FETCH_MAX_BYTES,
+            fetch_memory_bytes: 512 << 20,
         }
     }
 }
@@ -83,6 +94,8 @@ pub struct Broker {
     pub cluster: watch::Receiver<Arc<cluster::ClusterView>>,
     /// Partition offsets for fetches, by commit generation.
     pub offsets_cache: offsets_cache::OffsetsCache,
+    /// Memory for the record data of fetch responses (`settings.fetch_memory_bytes`).
+    pub fetch_memory: memory::MemoryBudget,
 }
 
 impl Broker {

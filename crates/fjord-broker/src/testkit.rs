@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fjord_coordinator::embedded::EmbeddedCoordinator;
-use fjord_coordinator::CoordinatorError;
+use fjord_coordinator::{Coordinator, CoordinatorError};
 use fjord_storage::reader::{ReadCache, Reader};
 use fjord_storage::writer::{Writer, WriterSettings, WriterTask};
+use object_store::ObjectStore;
 
-use crate::fetch_session::FetchSessions;
+use crate::fetch_session::{FetchSessions, SessionLimits};
 use crate::groups::group::GroupSettings;
 use crate::groups::GroupCoordinator;
 use crate::{Broker, BrokerSettings};
@@ -20,8 +21,42 @@ pub fn in_memory_broker(
     dir: &Path,
     settings: BrokerSettings,
 ) -> Result<(Arc<Broker>, WriterTask), CoordinatorError> {
-    let coordinator = Arc::new(EmbeddedCoordinator::open(dir)?);
-    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let coordinator: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::open(dir)?);
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    Ok(broker_on(coordinator, store, settings))
+}
+
+/// `n` brokers (node ids 0 to n-1) sharing one embedded coordinator in `dir` and one in-memory
+/// object store, as the brokers of a cluster share a database and a bucket. Each has its own
+/// write path, caches, fetch sessions and group coordinator, and none hears of the others'
+/// commits: like brokers whose commit notifications are not arriving. Each sees a cluster of
+/// itself alone, so every one of them believes it coordinates every group (a view-change race
+/// that lasts).
+pub fn in_memory_cluster(
+    dir: &Path,
+    n: i32,
+    settings: BrokerSettings,
+) -> Result<Vec<(Arc<Broker>, WriterTask)>, CoordinatorError> {
+    let coordinator: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::open(dir)?);
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    Ok((0..n)
+        .map(|node_id| {
+            let settings = BrokerSettings {
+                node_id,
+                advertised_port: settings.advertised_port + node_id,
+                ..settings.clone()
+            };
+            broker_on(coordinator.clone(), store.clone(), settings)
+        })
+        .collect())
+}
+
+/// A broker over `coordinator` and `store`.
+pub fn broker_on(
+    coordinator: Arc<dyn Coordinator>,
+    store: Arc<dyn ObjectStore>,
+    settings: BrokerSettings,
+) -> (Arc<Broker>, WriterTask) {
     let cache = Arc::new(ReadCache::new(64 << 20));
     let (tx, commits) = tokio::sync::watch::channel(0);
     let (writer, task) = Writer::start(
@@ -51,15 +86,19 @@ pub fn in_memory_broker(
         cluster.clone(),
     );
     let broker = Arc::new(Broker {
+        fetch_memory: crate::memory::MemoryBudget::new(settings.fetch_memory_bytes),
         settings,
         coordinator,
         groups,
         writer,
         reader: Reader::new(store, cache),
         commits,
-        fetch_sessions: FetchSessions::new(16),
+        fetch_sessions: FetchSessions::new(SessionLimits {
+            max_sessions: 16,
+            ..SessionLimits::default()
+        }),
         cluster,
         offsets_cache: Default::default(),
     });
-    Ok((broker, task))
+    (broker, task)
 }

@@ -2,18 +2,17 @@
 //! requests are encoded and responses decoded with `kafka-protocol`, as a client would.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fjord_broker::dispatch;
 use fjord_broker::{Broker, BrokerSettings};
-use indexmap::IndexMap;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::protocol::{Decodable, Request, StrBytes};
+use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
 use kafka_protocol::ResponseError;
 
 struct Harness {
@@ -36,92 +35,27 @@ fn harness() -> Harness {
     }
 }
 
+mod common;
+
 fn sb(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
+    common::sb(s)
 }
 
 fn frame<R: Request>(request: &R, version: i16) -> Bytes {
-    let header = RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(42)
-        .with_client_id(Some(sb("test")));
-    let mut buf = BytesMut::new();
-    header.encode(&mut buf, R::header_version(version)).unwrap();
-    request.encode(&mut buf, version).unwrap();
-    buf.freeze()
+    common::frame(request, version)
 }
 
 async fn call<R: Request>(h: &Harness, request: R, version: i16) -> R::Response {
-    let started = dispatch::start(&h.broker, frame(&request, version))
-        .await
-        .unwrap_or_else(|e| panic!("key {} v{version}: {e}", R::KEY));
-    let mut bytes = started.reply.await.unwrap().unwrap();
-    let len = i32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
-    assert_eq!(len, bytes.len() - 4);
-    let _ = bytes.split_to(4);
-    let header = ResponseHeader::decode(
-        &mut bytes,
-        <R::Response as HeaderVersion>::header_version(version),
-    )
-    .unwrap();
-    assert_eq!(header.correlation_id, 42);
-    let response = R::Response::decode(&mut bytes, version).unwrap();
-    assert!(
-        bytes.is_empty(),
-        "key {} v{version}: {} trailing bytes",
-        R::KEY,
-        bytes.len()
-    );
-    response
+    common::call(&h.broker, request, version).await
 }
 
 fn records(n: usize, ts: i64) -> Bytes {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: ts + i as i64,
-            key: Some(Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from(format!("v{i}"))),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    common::records(n, ts)
 }
 
 async fn create(h: &Harness, name: &str, partitions: i32) -> uuid::Uuid {
-    let r = call(
-        h,
-        CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
-            .with_name(TopicName(sb(name)))
-            .with_num_partitions(partitions)
-            .with_replication_factor(-1)]),
-        7,
-    )
-    .await;
-    assert_eq!(r.topics[0].error_code, 0);
-    r.topics[0].topic_id
+    common::create(&h.broker, name, partitions).await
 }
-
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 
 #[tokio::test]
 async fn api_versions_at_every_version() {
@@ -194,18 +128,7 @@ async fn metadata_at_every_version() {
     );
 }
 
-fn produce_request(name: &str, partition: i32, data: Bytes) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(TopicName(sb(name)))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(data)),
-            ])])
-}
+use common::produce_request;
 
 #[tokio::test]
 async fn produce_fetch_list_offsets_at_every_version() {
@@ -1345,9 +1268,10 @@ async fn fetch_shares_max_bytes_in_partition_order() {
     let r = call(&h, fetch_all(1 << 20, 1 << 20), 12).await;
     assert_eq!(batches(&r), [(0, 3), (1, 3), (2, 3), (3, 3)]);
     // The response limit binds: whole batches in order; a partition with room left for less
-    // than a batch still gets one; after that, nothing.
+    // than a batch gets none (only the first partition's first batch may exceed a limit), and
+    // nothing comes after.
     let r = call(&h, fetch_all(5 * size + 1, 1 << 20), 12).await;
-    assert_eq!(batches(&r), [(0, 3), (1, 2), (2, 1), (3, 0)]);
+    assert_eq!(batches(&r), [(0, 3), (1, 2), (2, 0), (3, 0)]);
     // Partition limits too: the first two partitions are read together, the rest after them.
     let r = call(&h, fetch_all(5 * size, 2 * size + 1), 12).await;
     assert_eq!(batches(&r), [(0, 2), (1, 2), (2, 1), (3, 0)]);

@@ -64,6 +64,11 @@ pub struct CommitBatch {
     pub max_timestamp: i64,
     /// Present for batches of idempotent producers.
     pub producer: Option<ProducerBatchInfo>,
+    /// Which append of the flush (one produce request) the batch came from. A partition's
+    /// consecutive batches of one append are one unit, as Kafka appends a partition's record set:
+    /// all of them are appended, or all are rejected.
+    #[serde(default)]
+    pub append: u32,
 }
 
 /// Everything one flush commits: one object and its batches, grouped by partition in object order.

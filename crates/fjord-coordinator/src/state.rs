@@ -255,21 +255,35 @@ impl State {
         })
     }
 
-    /// Decides an InitProducerId.
-    pub fn decide_producer(&self, request: InitProducer) -> Result<Entry> {
+    /// Decides an InitProducerId: the identity to answer, and the entry to write (`None` when a
+    /// retried bump is answered again and nothing changes).
+    pub fn decide_producer(
+        &self,
+        request: InitProducer,
+    ) -> Result<(ProducerIdentity, Option<Entry>)> {
         let current = bump_target(request).and_then(|id| self.producer_epochs.get(&id).copied());
         Ok(match producer_decision(request, current)? {
-            ProducerDecision::Bump(identity) => Entry::Producer {
+            ProducerDecision::Again(identity) => (identity, None),
+            ProducerDecision::Bump(identity) => (
                 identity,
-                next_producer_id: self.next_producer_id,
-            },
-            ProducerDecision::Fresh => Entry::Producer {
-                identity: ProducerIdentity {
+                Some(Entry::Producer {
+                    identity,
+                    next_producer_id: self.next_producer_id,
+                }),
+            ),
+            ProducerDecision::Fresh => {
+                let identity = ProducerIdentity {
                     producer_id: self.next_producer_id,
                     producer_epoch: 0,
-                },
-                next_producer_id: self.next_producer_id + 1,
-            },
+                };
+                (
+                    identity,
+                    Some(Entry::Producer {
+                        identity,
+                        next_producer_id: self.next_producer_id + 1,
+                    }),
+                )
+            }
         })
     }
 
@@ -616,41 +630,75 @@ pub trait CommitView {
 /// Decides the outcome of every batch of a flush, in order: rejections, idempotent duplicates, and
 /// the base offset of every appended batch. Pure; later batches of the flush see what earlier ones
 /// would change (offsets, producer sequences).
+///
+/// A partition's consecutive batches of one append ([`CommitBatch::append`]) are decided as a
+/// unit: if any of them is rejected, all of them are, with the first rejection, and they change
+/// nothing. A client that sent several batches for a partition in one request gets one answer
+/// for the partition, so a retry after an error must not find some of them appended already.
 pub fn decide_commit(view: &impl CommitView, flush: &FlushCommit) -> Vec<BatchOutcome> {
-    // Overlays of what earlier batches of this same flush change.
-    let mut next_offsets: HashMap<TopicPartition, i64> = HashMap::new();
-    let mut producers: HashMap<(TopicPartition, i64), ProducerPartitionState> = HashMap::new();
+    let mut overlay = Overlay::default();
     let mut outcomes = Vec::with_capacity(flush.batches.len());
-    for batch in &flush.batches {
-        let Some(high_watermark) = view.high_watermark(batch.tp) else {
-            outcomes.push(BatchOutcome::Rejected(
-                BatchRejection::UnknownTopicOrPartition,
-            ));
+    let mut start = 0;
+    while let Some(first) = flush.batches.get(start) {
+        let len = flush.batches[start..]
+            .iter()
+            .take_while(|b| b.tp == first.tp && b.append == first.append)
+            .count();
+        let unit = &flush.batches[start..start + len];
+        start += len;
+        if let [batch] = unit {
+            outcomes.push(overlay.decide(view, batch));
             continue;
+        }
+        let before = overlay.clone();
+        let decided: Vec<BatchOutcome> = unit.iter().map(|b| overlay.decide(view, b)).collect();
+        match decided.iter().find_map(|o| match o {
+            BatchOutcome::Rejected(r) => Some(*r),
+            _ => None,
+        }) {
+            Some(rejection) => {
+                overlay = before;
+                outcomes.extend(std::iter::repeat_n(
+                    BatchOutcome::Rejected(rejection),
+                    unit.len(),
+                ));
+            }
+            None => outcomes.extend(decided),
+        }
+    }
+    outcomes
+}
+
+/// What earlier batches of the flush being decided change: next offsets and producer states.
+#[derive(Clone, Default)]
+struct Overlay {
+    next_offsets: HashMap<TopicPartition, i64>,
+    producers: HashMap<(TopicPartition, i64), ProducerPartitionState>,
+}
+
+impl Overlay {
+    fn decide(&mut self, view: &impl CommitView, batch: &CommitBatch) -> BatchOutcome {
+        let Some(high_watermark) = view.high_watermark(batch.tp) else {
+            return BatchOutcome::Rejected(BatchRejection::UnknownTopicOrPartition);
         };
-        let next = next_offsets.entry(batch.tp).or_insert(high_watermark);
+        let next = self.next_offsets.entry(batch.tp).or_insert(high_watermark);
         if let Some(info) = batch.producer {
             let stored = view.producer(batch.tp, info.producer_id);
-            let current = producers
+            let current = self
+                .producers
                 .entry((batch.tp, info.producer_id))
                 .or_insert_with(|| stored.cloned().unwrap_or_default());
             let known = !current.batches.is_empty() || stored.is_some();
             match check_sequence(current, known, info, batch.offset_count) {
-                Err(rejection) => {
-                    outcomes.push(BatchOutcome::Rejected(rejection));
-                    continue;
-                }
-                Ok(Some(base_offset)) => {
-                    outcomes.push(BatchOutcome::Duplicate { base_offset });
-                    continue;
-                }
+                Err(rejection) => return BatchOutcome::Rejected(rejection),
+                Ok(Some(base_offset)) => return BatchOutcome::Duplicate { base_offset },
                 Ok(None) => remember_batch(current, info, batch.offset_count, *next),
             }
         }
-        outcomes.push(BatchOutcome::Appended { base_offset: *next });
+        let base_offset = *next;
         *next += batch.offset_count;
+        BatchOutcome::Appended { base_offset }
     }
-    outcomes
 }
 
 /// What a decided flush writes, besides its outcomes.
@@ -730,6 +778,9 @@ pub enum ProducerDecision {
     Fresh,
     /// Keep the id, with this bumped epoch.
     Bump(ProducerIdentity),
+    /// A retry of the bump that produced this (current) identity, whose answer was lost: answer
+    /// it again and change nothing (KIP-360).
+    Again(ProducerIdentity),
 }
 
 /// The producer id whose current epoch [`producer_decision`] needs, if any.
@@ -753,6 +804,15 @@ pub fn producer_decision(
             producer_id: id,
             producer_epoch: epoch + 1,
         })),
+        // The bump from `epoch` already happened: its answer was lost and the client retries.
+        // Bumps are always by one, so this is exactly Kafka's "the request names the last
+        // epoch" check.
+        Some(current) if epoch >= 0 && i32::from(current) == i32::from(epoch) + 1 => {
+            Ok(ProducerDecision::Again(ProducerIdentity {
+                producer_id: id,
+                producer_epoch: current,
+            }))
+        }
         // An unknown id (e.g. from before a topic deletion): start over.
         None => Ok(ProducerDecision::Fresh),
         Some(current) => Err(CoordinatorError::ProducerFenced(format!(
@@ -1098,6 +1158,7 @@ mod tests {
             offset_count,
             max_timestamp: position as i64,
             producer: None,
+            append: position as u32,
         }
     }
 

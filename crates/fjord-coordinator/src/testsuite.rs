@@ -26,6 +26,7 @@ where
     group_commit_is_commits_in_order(fresh().await).await;
     index_lookups(fresh().await).await;
     producer_ids(fresh().await).await;
+    producer_epoch_bump_retry_is_answered_again(fresh().await).await;
     deleted_topics_release_objects(fresh().await).await;
     group_offsets(fresh().await).await;
     group_ids_and_topics_are_validated(fresh().await).await;
@@ -62,6 +63,8 @@ fn batch(tp: TopicPartition, position: u64, count: i64, ts: i64) -> CommitBatch 
         offset_count: count,
         max_timestamp: ts,
         producer: None,
+        // Each batch its own append unless a test says otherwise.
+        append: position as u32,
     }
 }
 
@@ -483,12 +486,37 @@ async fn producer_ids(c: Arc<dyn Coordinator>) {
         .await
         .unwrap();
     assert_eq!((a1.producer_id, a1.producer_epoch), (a.producer_id, 1));
-    // A stale epoch is fenced.
-    assert!(matches!(
+}
+
+/// KIP-360: a bump whose response was lost is retried with the same (id, epoch); it is answered
+/// with the epoch it already got, as Kafka does, not fenced. Epochs older than that are fenced.
+async fn producer_epoch_bump_retry_is_answered_again(c: Arc<dyn Coordinator>) {
+    let bump = |id: i64, epoch: i16| {
         c.init_producer_id(InitProducer {
-            existing: Some((a.producer_id, 0)),
+            existing: Some((id, epoch)),
         })
-        .await,
+    };
+    let a = c
+        .init_producer_id(InitProducer { existing: None })
+        .await
+        .unwrap();
+    let id = a.producer_id;
+    let first = bump(id, 0).await.unwrap();
+    assert_eq!((first.producer_id, first.producer_epoch), (id, 1));
+    // The response was lost; the client asks again with what it had.
+    let retried = bump(id, 0).await.unwrap();
+    assert_eq!(retried, first, "a retried bump gets the same answer");
+    // Still at epoch 1: the retry did not bump again.
+    let second = bump(id, 1).await.unwrap();
+    assert_eq!(second.producer_epoch, 2);
+    // Epoch 0 is now two bumps old: fenced.
+    assert!(matches!(
+        bump(id, 0).await,
+        Err(CoordinatorError::ProducerFenced(_))
+    ));
+    // An epoch from the future (never handed out) is fenced too.
+    assert!(matches!(
+        bump(id, 7).await,
         Err(CoordinatorError::ProducerFenced(_))
     ));
 }

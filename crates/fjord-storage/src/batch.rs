@@ -87,6 +87,11 @@ impl BatchHeader {
     pub fn compression(&self) -> i16 {
         self.attributes & 0x07
     }
+
+    /// Whether the batch's records carry the log-append time (its max timestamp).
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & ATTR_TIMESTAMP_TYPE != 0
+    }
 }
 
 fn i16_at(b: &[u8], at: usize) -> i16 {
@@ -168,6 +173,7 @@ pub fn validate_produced(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
             "control batches may not be produced by clients".into(),
         ));
     }
+    crate::records::check_uncompressed_framing(&bytes[..header.size])?;
     Ok(header)
 }
 

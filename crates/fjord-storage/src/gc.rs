@@ -161,6 +161,7 @@ mod tests {
                         offset_count: 1,
                         max_timestamp: 0,
                         producer: None,
+                        append: 0,
                     }],
                 })
                 .await

@@ -13,7 +13,10 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
 
 /// Hedges allowed per request, in thousandths of a hedge, up to a burst. Each request earns
 /// `per_request` tokens (thousandths), each hedge spends 1,000.
@@ -52,6 +55,62 @@ impl HedgeBudget {
                 t.checked_sub(1000)
             })
             .is_ok()
+    }
+}
+
+/// The hedging policy of one kind of request (the reader's GETs, the writer's PUTs): the delay
+/// after which a request is hedged, the budget every request of the kind shares, and a counter
+/// of hedges sent. Cheap to clone; clones share the budget and the counter.
+#[derive(Debug, Clone)]
+pub struct Hedger {
+    after: Option<Duration>,
+    budget: Arc<HedgeBudget>,
+    hedges: Counter,
+}
+
+impl Hedger {
+    /// Hedges after `after` (`None`: never), at most `fraction` of requests over time with a
+    /// burst of `burst`, counting hedges in `hedges`.
+    pub fn new(after: Option<Duration>, fraction: f64, burst: u32, hedges: Counter) -> Self {
+        Hedger {
+            after,
+            budget: Arc::new(HedgeBudget::new(fraction, burst)),
+            hedges,
+        }
+    }
+
+    /// The same budget and counter with another delay.
+    pub fn with_after(mut self, after: Option<Duration>) -> Self {
+        self.after = after;
+        self
+    }
+
+    /// Hedges sent so far (shared with every clone).
+    pub fn hedges(&self) -> Counter {
+        self.hedges.clone()
+    }
+
+    /// Runs one request for `object` with [`hedged`]: it earns its share of the budget, and a
+    /// hedge is sent only if the budget has one.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        object: &object_store::path::Path,
+        attempt: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.budget.earn();
+        hedged(self.after, attempt, || {
+            if !self.budget.spend() {
+                return false;
+            }
+            self.hedges.inc();
+            tracing::debug!(%object, "request slow; hedging with a second, identical one");
+            true
+        })
+        .await
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`writer`]: the shared write buffer, flushes, uploads and ordered coordinator commits.
 //! - [`writer_metrics`]: where the write path spends its time.
 //! - [`reader`]: reading committed batches through a byte-bounded cache.
+//! - [`records`]: the records inside a batch, scanned with bounded decompression.
 
 pub mod batch;
 pub mod gc;
@@ -16,6 +17,7 @@ pub mod hedge;
 pub mod instrumented;
 pub mod object;
 pub mod reader;
+pub mod records;
 pub mod store;
 pub mod writer;
 pub mod writer_metrics;

@@ -24,7 +24,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::hedge::{hedged, HedgeBudget};
+use crate::hedge::Hedger;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -125,9 +125,7 @@ pub struct Reader {
     store: Arc<dyn ObjectStore>,
     cache: Arc<ReadCache>,
     in_flight: Arc<Mutex<HashMap<Key, Flight>>>,
-    hedge_after: Option<Duration>,
-    hedge_budget: Arc<HedgeBudget>,
-    hedged: Counter,
+    hedger: Hedger,
 }
 
 /// Hedged GETs allowed, as a fraction of GETs (a burst of [`HEDGE_BURST`] aside).
@@ -142,20 +140,18 @@ impl Reader {
             store,
             cache,
             in_flight: Arc::new(Mutex::new(HashMap::new())),
-            hedge_after: None,
-            hedge_budget: Arc::new(HedgeBudget::new(HEDGE_FRACTION, HEDGE_BURST)),
-            hedged: Counter::default(),
+            hedger: Hedger::new(None, HEDGE_FRACTION, HEDGE_BURST, Counter::default()),
         }
     }
 
     /// GETs that got a second, hedged GET (shared: it counts on as the reader reads).
     pub fn hedged_gets(&self) -> Counter {
-        self.hedged.clone()
+        self.hedger.hedges()
     }
 
     /// Hedges a GET with a second one once it has run for `after` (`None`: never).
     pub fn with_hedge_after(mut self, after: Option<Duration>) -> Self {
-        self.hedge_after = after;
+        self.hedger = self.hedger.with_after(after);
         self
     }
 
@@ -176,11 +172,7 @@ impl Reader {
                         self.in_flight.clone(),
                         key.clone(),
                         row.clone(),
-                        Hedging {
-                            after: self.hedge_after,
-                            budget: self.hedge_budget.clone(),
-                            count: self.hedged.clone(),
-                        },
+                        self.hedger.clone(),
                     )
                     .boxed()
                     .shared();
@@ -193,13 +185,6 @@ impl Reader {
     }
 }
 
-/// How a GET is hedged.
-struct Hedging {
-    after: Option<Duration>,
-    budget: Arc<HedgeBudget>,
-    count: Counter,
-}
-
 /// GETs a row's range, caches it, and retires its flight (whatever the outcome, so a failed GET
 /// is retried by the next reader).
 async fn fetch(
@@ -208,37 +193,26 @@ async fn fetch(
     in_flight: Arc<Mutex<HashMap<Key, Flight>>>,
     key: Key,
     row: IndexRow,
-    hedging: Hedging,
+    hedger: Hedger,
 ) -> Result<Bytes, ReadError> {
     let location = Path::from(row.object_key.as_str());
     let range = row.position..row.position + row.length;
-    hedging.budget.earn();
-    let result = hedged(
-        hedging.after,
-        || store.get_range(&location, range.clone()),
-        || {
-            if !hedging.budget.spend() {
-                return false;
+    let result = hedger
+        .run(&location, || store.get_range(&location, range.clone()))
+        .await
+        .map_err(|source| ReadError::Store {
+            key: row.object_key.clone(),
+            source: Arc::new(source),
+        })
+        .and_then(|bytes| {
+            if bytes.len() as u64 == row.length {
+                Ok(bytes)
+            } else {
+                Err(ReadError::Short {
+                    key: row.object_key.clone(),
+                })
             }
-            hedging.count.inc();
-            tracing::debug!(object = %location, "read slow; hedging with a second GET");
-            true
-        },
-    )
-    .await
-    .map_err(|source| ReadError::Store {
-        key: row.object_key.clone(),
-        source: Arc::new(source),
-    })
-    .and_then(|bytes| {
-        if bytes.len() as u64 == row.length {
-            Ok(bytes)
-        } else {
-            Err(ReadError::Short {
-                key: row.object_key.clone(),
-            })
-        }
-    });
+        });
     if let Ok(bytes) = &result {
         cache.insert(key.clone(), bytes.clone());
     }

@@ -27,7 +27,8 @@
 //! key (a hedged request): whichever succeeds first wins. Object-store latency has a long tail,
 //! and because commits are in seal order one slow PUT delays every flush behind it; hedging cuts
 //! that tail for a few percent more PUTs. Identical content under one key makes the duplicate
-//! harmless.
+//! harmless. Hedges share a budget ([`crate::hedge::HedgeBudget`]): at most a fifth of uploads
+//! are hedged, so a store slow from overload does not get twice the PUTs.
 //!
 //! Uploads and commits are retried with backoff until `retry_deadline`; a flush that still
 //! fails answers its waiters with an error (clients retry; idempotent producers are
@@ -44,16 +45,18 @@ use fjord_coordinator::{
 };
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::batch::set_log_append_time;
-use crate::hedge::hedged;
+use crate::hedge::Hedger;
 use crate::object::ObjectBuilder;
 use crate::reader::ReadCache;
 use crate::writer_metrics::{observe, WriterMetrics};
+
+/// Hedged PUTs allowed, as a fraction of uploads (after a burst of one per upload slot).
+const UPLOAD_HEDGE_FRACTION: f64 = 0.2;
 
 /// Tunables of the write path.
 #[derive(Debug, Clone)]
@@ -298,6 +301,14 @@ async fn buffer_loop(
 ) {
     let slots = settings.max_inflight_flushes.max(1);
     let permits = Arc::new(Semaphore::new(slots));
+    // Uploads share one hedge budget: when the store is slow because it is overloaded, every PUT
+    // is slow, and hedging them all would double its load.
+    let hedger = Hedger::new(
+        settings.upload_hedge_after,
+        UPLOAD_HEDGE_FRACTION,
+        u32::try_from(slots).unwrap_or(u32::MAX),
+        metrics.hedged_uploads.clone(),
+    );
     let all_slots = u32::try_from(slots).unwrap_or(u32::MAX);
     let mut buffer = Buffer::default();
     let mut due = false;
@@ -317,7 +328,14 @@ async fn buffer_loop(
             biased;
             permit = permits.clone().acquire_owned(), if want_seal => {
                 let Ok(permit) = permit else { break };
-                let sealed = seal(std::mem::take(&mut buffer), &settings, &store, permit, &metrics);
+                let sealed = seal(
+                    std::mem::take(&mut buffer),
+                    &settings,
+                    &store,
+                    &hedger,
+                    permit,
+                    &metrics,
+                );
                 due = false;
                 if sealed_tx.send(sealed).is_err() {
                     break;
@@ -383,12 +401,22 @@ fn seal(
     buffer: Buffer,
     settings: &WriterSettings,
     store: &Arc<dyn ObjectStore>,
+    hedger: &Hedger,
     permit: OwnedSemaphorePermit,
     metrics: &Arc<WriterMetrics>,
 ) -> Sealed {
     let now = now_ms();
     let opened = buffer.opened.unwrap_or_else(Instant::now);
     observe(&metrics.buffered, opened.elapsed());
+    // Which append (waiter) each batch came from: a partition's batches of one append are
+    // committed as a unit.
+    let mut append_of = vec![0u32; buffer.batches.len()];
+    for (n, waiter) in buffer.waiters.iter().enumerate() {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        for slot in append_of.iter_mut().skip(waiter.first).take(waiter.count) {
+            *slot = n;
+        }
+    }
     // Group batches by partition, keeping arrival order within each (a stable sort).
     let mut order: Vec<usize> = (0..buffer.batches.len()).collect();
     order.sort_by_key(|&i| buffer.batches[i].tp);
@@ -419,6 +447,7 @@ fn seal(
             offset_count: b.offset_count,
             max_timestamp,
             producer: b.producer,
+            append: append_of[i],
         });
         placement[i] = object_index;
     }
@@ -430,7 +459,7 @@ fn seal(
         object_key.clone(),
         object.clone(),
         settings.retry_deadline,
-        settings.upload_hedge_after,
+        hedger.clone(),
         metrics.clone(),
     ));
     Sealed {
@@ -476,47 +505,21 @@ impl Backoff {
     }
 }
 
-/// One PUT of `object`, hedged with a second one after `hedge_after` ([`hedged`]).
-async fn put_hedged(
-    store: &Arc<dyn ObjectStore>,
-    location: &Path,
-    object: &Bytes,
-    hedge_after: Option<Duration>,
-    hedges: &Counter,
-) -> object_store::Result<()> {
-    hedged(
-        hedge_after,
-        || store.put(location, object.clone().into()),
-        || {
-            hedges.inc();
-            tracing::debug!(object = %location, "upload slow; hedging with a second PUT");
-            true
-        },
-    )
-    .await
-    .map(|_| ())
-}
-
 async fn upload(
     store: Arc<dyn ObjectStore>,
     key: String,
     object: Bytes,
     limit: Duration,
-    hedge_after: Option<Duration>,
+    hedger: Hedger,
     metrics: Arc<WriterMetrics>,
 ) -> Result<Instant, WriteError> {
     let location = Path::from(key.as_str());
     let mut backoff = Backoff::new(limit);
     let started = Instant::now();
     loop {
-        match put_hedged(
-            &store,
-            &location,
-            &object,
-            hedge_after,
-            &metrics.hedged_uploads,
-        )
-        .await
+        match hedger
+            .run(&location, || store.put(&location, object.clone().into()))
+            .await
         {
             Ok(_) => {
                 observe(&metrics.upload, started.elapsed());
@@ -891,6 +894,48 @@ mod tests {
             "some commits carried several flushes: {calls} calls for {flushes} flushes"
         );
         h.task.close().await;
+    }
+
+    /// When every PUT is slow (an overloaded store), hedging them all would double the load: a
+    /// budget lets at most a fifth of uploads (after a burst of one per upload slot) be hedged.
+    #[tokio::test]
+    async fn upload_hedges_stay_within_their_budget_when_every_put_is_slow() {
+        let slow = crate::instrumented::LatencyModel::parse("put=40/40").unwrap();
+        let instrumented = Arc::new(crate::instrumented::InstrumentedStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            Some(slow),
+        ));
+        let stats = instrumented.stats();
+        let settings = WriterSettings {
+            flush_bytes: 1,
+            seal_when_idle: false,
+            upload_hedge_after: Some(Duration::from_millis(5)),
+            ..Default::default()
+        };
+        let slots = settings.max_inflight_flushes;
+        let h = Harness::start_on(settings, 1, instrumented).await;
+        let flushes = 60;
+        for _ in 0..flushes {
+            let rx = h.writer.append(vec![batch(h.tp(0))]).await.unwrap();
+            rx.await.unwrap().unwrap();
+        }
+        h.task.close().await;
+        let hedged = h.writer.metrics().hedged_uploads.get();
+        let puts = stats.snapshot().puts;
+        let allowed = (flushes as f64 * UPLOAD_HEDGE_FRACTION) as u64 + slots as u64;
+        assert!(
+            hedged <= allowed,
+            "{hedged} of {flushes} uploads hedged, at most {allowed} allowed"
+        );
+        assert!(
+            hedged > 0,
+            "slow uploads are still hedged within the budget"
+        );
+        assert_eq!(
+            puts,
+            flushes as u64 + hedged,
+            "one PUT per upload plus its hedge"
+        );
     }
 
     fn batch(tp: TopicPartition) -> AppendBatch {

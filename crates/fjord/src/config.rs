@@ -57,6 +57,11 @@ pub struct ServeConfig {
     pub message_max_bytes: i32,
     /// Largest request frame.
     pub max_request_bytes: usize,
+    /// Most record bytes in one fetch response, whatever the client asks for (Kafka's
+    /// `fetch.max.bytes`).
+    pub fetch_max_bytes: i32,
+    /// Most record bytes all fetch responses hold at once; a fetch waits for its share.
+    pub fetch_memory_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,
     /// Connections the kernel queues for the listener before it accepts them (Kafka's
@@ -120,6 +125,8 @@ impl Default for ServeConfig {
             read_cache_bytes: 256 << 20,
             message_max_bytes: 1_048_588,
             max_request_bytes: 100 << 20,
+            fetch_max_bytes: fjord_broker::DEFAULT_FETCH_MAX_BYTES,
+            fetch_memory_bytes: 512 << 20,
             max_connections: 100_000,
             listen_backlog: 1024,
             shutdown_timeout_secs: 30,
@@ -189,6 +196,14 @@ pub struct ServeArgs {
     /// Largest request frame a client may send [default: 100 MiB].
     #[arg(long, env = "FJORD_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Most record bytes in one fetch response, whatever the client asks for (Kafka's
+    /// fetch.max.bytes) [default: 57671680, 55 MiB].
+    #[arg(long, env = "FJORD_FETCH_MAX_BYTES")]
+    pub fetch_max_bytes: Option<i32>,
+    /// Most record bytes all fetch responses hold at once; fetches wait for their share
+    /// [default: 512 MiB].
+    #[arg(long, env = "FJORD_FETCH_MEMORY_BYTES")]
+    pub fetch_memory_bytes: Option<usize>,
     /// Client connections served at once [default: 100000, lowered to leave a tenth of the
     /// open-file limit to the broker itself].
     #[arg(long, env = "FJORD_MAX_CONNECTIONS")]
@@ -285,6 +300,8 @@ impl ServeArgs {
             postgres_pool_size,
             max_buffer_bytes,
             max_request_bytes,
+            fetch_max_bytes,
+            fetch_memory_bytes,
             max_connections,
             listen_backlog,
             shutdown_timeout_secs,
@@ -378,6 +395,18 @@ impl ServeConfig {
         }
         if self.message_max_bytes <= 0 {
             bail!("message_max_bytes must be positive");
+        }
+        if self.fetch_max_bytes <= 0 {
+            bail!("fetch_max_bytes must be positive");
+        }
+        // One response (its limit plus the one batch that may exceed it) must fit the budget.
+        let one_response = self.fetch_max_bytes as usize + self.message_max_bytes as usize;
+        if self.fetch_memory_bytes < one_response {
+            bail!(
+                "fetch_memory_bytes ({}) must hold at least one response: fetch_max_bytes + \
+                 message_max_bytes = {one_response}",
+                self.fetch_memory_bytes
+            );
         }
         Ok(())
     }

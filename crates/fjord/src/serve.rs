@@ -147,15 +147,20 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             default_partitions: config.default_partitions,
             message_max_bytes: config.message_max_bytes,
             rack: config.zone.clone(),
+            fetch_max_bytes: config.fetch_max_bytes,
+            fetch_memory_bytes: config.fetch_memory_bytes,
             ..BrokerSettings::default()
         },
+        fetch_memory: fjord_broker::memory::MemoryBudget::new(config.fetch_memory_bytes),
         coordinator,
         writer,
         reader: Reader::new(store.clone(), cache).with_hedge_after(
             (config.read_hedge_ms > 0).then(|| Duration::from_millis(config.read_hedge_ms)),
         ),
         commits,
-        fetch_sessions: fjord_broker::fetch_session::FetchSessions::new(10_000),
+        fetch_sessions: fjord_broker::fetch_session::FetchSessions::new(
+            fjord_broker::fetch_session::SessionLimits::default(),
+        ),
         cluster: cluster.clone(),
         offsets_cache: Default::default(),
     });

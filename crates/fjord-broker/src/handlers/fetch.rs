@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fjord_coordinator::{PartitionOffsets, TopicMeta, TopicPartition};
-use fjord_storage::batch::{materialize, truncate_batches};
+use fjord_coordinator::{IndexRow, PartitionOffsets, TopicMeta, TopicPartition};
+use fjord_storage::batch::{materialize, peek_header};
 use futures::StreamExt;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
@@ -26,6 +26,7 @@ use crate::cluster::{zone_hint, ClusterView};
 use crate::dispatch::Client;
 use crate::error::{coordinator_code, read_code};
 use crate::fetch_session::{Sent, TopicKey, Wanted};
+use crate::memory::Reservation;
 use crate::Broker;
 
 /// Longest a fetch long-polls, whatever it asks for: a response slot of the connection is held
@@ -38,13 +39,14 @@ const PARALLEL_READS: usize = 16;
 /// Partitions one fetch reads at once.
 const PARALLEL_PARTITIONS: usize = 8;
 
-/// Answers a Fetch request.
+/// Answers a Fetch request. The reservation covers the response's record bytes in the broker's
+/// fetch memory budget; it must live until the response has been written.
 pub async fn handle(
     broker: Arc<Broker>,
     request: FetchRequest,
     version: i16,
     client: Client,
-) -> FetchResponse {
+) -> (FetchResponse, Reservation) {
     let by_id = version >= 13;
     let view = broker.view();
     let zone = if version >= 11 && !request.rack_id.is_empty() {
@@ -57,63 +59,67 @@ pub async fn handle(
         view: &view,
         zone: zone.filter(|z| version >= 11 && view.has_zone(z)),
     };
-    let plan = match broker.fetch_sessions.plan(&request, by_id) {
+    // Resolve each topic once; a topic deleted meanwhile shows up as an error next time. The
+    // request's topics first, so that only partitions that exist enter the session.
+    let named = request.topics.iter().map(|t| {
+        if by_id {
+            TopicKey::Id(t.topic_id)
+        } else {
+            TopicKey::Name(t.topic.0.as_str().to_string())
+        }
+    });
+    let mut topics = resolve_all(&broker, named.collect()).await;
+    let exists = |topic: &TopicKey, partition: i32| matches!(topics.get(topic), Some(Ok(meta)) if (0..meta.partitions).contains(&partition));
+    let plan = match broker.fetch_sessions.plan(&request, by_id, exists) {
         Ok(plan) => plan,
         Err(code) => {
-            return FetchResponse::default()
+            let response = FetchResponse::default()
                 .with_error_code(code.code())
-                .with_session_id(0)
+                .with_session_id(0);
+            return (response, Reservation::none());
         }
     };
-    // Resolve each topic once; a topic deleted meanwhile shows up as an error next time.
-    let mut topics: HashMap<TopicKey, Result<TopicMeta, ResponseError>> = HashMap::new();
-    for w in &plan.wanted {
-        if !topics.contains_key(&w.topic) {
-            let meta = resolve(&broker, &w.topic).await;
-            topics.insert(w.topic.clone(), meta);
-        }
+    // Then the session's other topics.
+    let others: Vec<TopicKey> = plan
+        .wanted
+        .iter()
+        .filter(|w| !topics.contains_key(&w.topic))
+        .map(|w| w.topic.clone())
+        .collect();
+    if !others.is_empty() {
+        topics.extend(resolve_all(&broker, others).await);
     }
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(0) as usize;
-    let max_bytes = if request.max_bytes <= 0 {
-        usize::MAX
-    } else {
-        request.max_bytes as usize
+    let max_bytes = response_limit(request.max_bytes, broker.settings.fetch_max_bytes);
+    let ctx = ReadCtx {
+        broker: &broker,
+        wanted: &plan.wanted,
+        topics: &topics,
+        max_bytes,
+        redirect: &redirect,
     };
     let mut commits = broker.commits.clone();
-    let data = loop {
+    let read = loop {
         // Mark the current commit count as seen before reading, so a commit that lands during
         // the read wakes the wait below.
         let generation = *commits.borrow_and_update();
-        let (data, bytes, errors) = read_all(
-            &broker,
-            &plan.wanted,
-            &topics,
-            max_bytes,
-            &redirect,
-            generation,
-        )
-        .await;
-        if bytes >= min_bytes || errors || Instant::now() >= deadline {
-            break data;
+        let read = read_all(&ctx, generation).await;
+        if read.bytes >= min_bytes || read.urgent || Instant::now() >= deadline {
+            break read;
         }
+        drop(read);
         let woke = tokio::time::timeout_at(deadline, commits.changed()).await;
         if !matches!(woke, Ok(Ok(()))) {
             // Deadline reached (or the writer stopped): answer with what there is.
             let generation = *commits.borrow_and_update();
-            break read_all(
-                &broker,
-                &plan.wanted,
-                &topics,
-                max_bytes,
-                &redirect,
-                generation,
-            )
-            .await
-            .0;
+            break read_all(&ctx, generation).await;
         }
     };
+    let Read {
+        data, reservation, ..
+    } = read;
     let sent: Vec<(Sent, bool)> = data
         .iter()
         .map(|d| {
@@ -151,9 +157,65 @@ pub async fn handle(
             r.partitions.push(d);
         }
     }
-    FetchResponse::default()
+    let response = FetchResponse::default()
         .with_session_id(plan.session_id)
-        .with_responses(responses)
+        .with_responses(responses);
+    (response, reservation)
+}
+
+/// The most record bytes a response may carry: what the client asks for, never more than the
+/// broker's `fetch.max.bytes` (a client's 0 or negative limit means the broker's). Only the first
+/// batch of the first non-empty partition may go beyond it, so that no consumer gets stuck
+/// behind a batch larger than its limits (as in Kafka).
+fn response_limit(requested: i32, broker_max: i32) -> usize {
+    let broker_max = usize::try_from(broker_max).unwrap_or(0);
+    match usize::try_from(requested) {
+        Ok(requested) if requested > 0 => requested.min(broker_max),
+        _ => broker_max,
+    }
+}
+
+/// Distinct topics a fetch resolves one by one; beyond this, the topic list is read once (a
+/// request naming many made-up topics costs one coordinator query, not one per name).
+const RESOLVE_ONE_BY_ONE: usize = 16;
+
+/// Each distinct topic of `keys`, resolved.
+async fn resolve_all(
+    broker: &Broker,
+    keys: Vec<TopicKey>,
+) -> HashMap<TopicKey, Result<TopicMeta, ResponseError>> {
+    let keys: std::collections::HashSet<TopicKey> = keys.into_iter().collect();
+    let mut out = HashMap::with_capacity(keys.len());
+    if keys.len() <= RESOLVE_ONE_BY_ONE {
+        for key in keys {
+            let meta = resolve(broker, &key).await;
+            out.insert(key, meta);
+        }
+        return out;
+    }
+    let all = match broker.coordinator.list_topics().await {
+        Ok(all) => all,
+        Err(e) => {
+            let code = coordinator_code(&e);
+            return keys.into_iter().map(|k| (k, Err(code))).collect();
+        }
+    };
+    let by_name: HashMap<&str, &TopicMeta> = all.iter().map(|t| (t.name.as_str(), t)).collect();
+    let by_id: HashMap<uuid::Uuid, &TopicMeta> = all.iter().map(|t| (t.id, t)).collect();
+    for key in keys {
+        let meta = match &key {
+            TopicKey::Id(id) => by_id
+                .get(id)
+                .map(|m| (*m).clone())
+                .ok_or(ResponseError::UnknownTopicId),
+            TopicKey::Name(name) => by_name
+                .get(name.as_str())
+                .map(|m| (*m).clone())
+                .ok_or(ResponseError::UnknownTopicOrPartition),
+        };
+        out.insert(key, meta);
+    }
+    out
 }
 
 async fn resolve(broker: &Broker, topic: &TopicKey) -> Result<TopicMeta, ResponseError> {
@@ -186,102 +248,203 @@ impl Redirect<'_> {
     }
 }
 
-/// Reads every wanted partition once. Returns one entry per partition, the record bytes
-/// included, and whether any partition needs an answer at once (an error or a redirect).
-///
-/// Partitions are read concurrently (up to [`PARALLEL_PARTITIONS`]), so a fetch of cold data
-/// on S3 waits about one GET, not one per partition. The response's `max_bytes` is shared in
-/// partition order: partitions are read in waves whose partition limits together fit in what
-/// is left of it (with usual client settings, 1 MiB per partition and 50 MiB per fetch, one
-/// wave of 50 partitions), then each result is cut to whole batches within what its turn left.
-async fn read_all(
-    broker: &Broker,
-    wanted: &[Wanted],
-    topics: &HashMap<TopicKey, Result<TopicMeta, ResponseError>>,
+/// What one read of a fetch's partitions needs.
+struct ReadCtx<'a> {
+    broker: &'a Broker,
+    wanted: &'a [Wanted],
+    topics: &'a HashMap<TopicKey, Result<TopicMeta, ResponseError>>,
+    /// The response's limit ([`response_limit`]).
     max_bytes: usize,
-    redirect: &Redirect<'_>,
-    generation: u64,
-) -> (Vec<PartitionData>, usize, bool) {
-    let mut total = 0usize;
-    let mut errors = false;
-    let mut out = Vec::with_capacity(wanted.len());
-    let limit = |w: &Wanted| w.max_bytes.max(0) as usize;
-    let mut start = 0;
-    while start < wanted.len() {
-        let left = max_bytes.saturating_sub(total);
-        let mut end = start;
-        let mut planned = 0usize;
-        while end < wanted.len() {
-            let budget = limit(&wanted[end]).min(left);
-            if end > start && planned.saturating_add(budget) > left {
+    redirect: &'a Redirect<'a>,
+}
+
+impl ReadCtx<'_> {
+    /// A partition's own limit, within the response's.
+    fn limit(&self, w: &Wanted) -> usize {
+        usize::try_from(w.max_bytes)
+            .unwrap_or(0)
+            .min(self.max_bytes)
+    }
+}
+
+/// One read of every wanted partition.
+struct Read {
+    /// One entry per wanted partition, in order, with its records.
+    data: Vec<PartitionData>,
+    /// Record bytes in `data`.
+    bytes: usize,
+    /// Whether some partition needs an answer at once (an error or a redirect).
+    urgent: bool,
+    /// The part of the fetch memory budget holding `data`'s records.
+    reservation: Reservation,
+}
+
+/// A partition after looking up what to read.
+enum Planned {
+    /// Answered without reading (an error, a redirect, nothing new).
+    Done(PartitionData, bool),
+    /// These index rows hold its next records.
+    Rows {
+        data: PartitionData,
+        fetch_offset: i64,
+        rows: Vec<IndexRow>,
+    },
+}
+
+/// Reads every wanted partition once, in three steps, so that memory is reserved before it is
+/// allocated and never while any is held:
+/// 1. *plan*, concurrently (up to [`PARALLEL_PARTITIONS`]): offsets and the index rows holding
+///    each partition's next records, up to its limit;
+/// 2. *reserve* in the broker's fetch memory budget the bytes of the rows that will be read,
+///    sharing the response's limit in partition order (the first partition with records gets at
+///    least one batch);
+/// 3. *read* those rows, concurrently, and cut the result to Kafka's rule: only the first batch
+///    of the first non-empty partition may go beyond the response's or its partition's limit;
+///    after it, only whole batches that fit.
+async fn read_all(ctx: &ReadCtx<'_>, generation: u64) -> Read {
+    // (Streams over indices: a closure taking a reference would make the future not `Send`.)
+    let planned: Vec<Planned> = futures::stream::iter(0..ctx.wanted.len())
+        .map(|k| plan_one(ctx, &ctx.wanted[k], generation))
+        .buffered(PARALLEL_PARTITIONS)
+        .collect()
+        .await;
+
+    // Which rows to read for each partition, and how many bytes that takes.
+    let mut left = ctx.max_bytes;
+    let mut first = true;
+    let mut need = 0usize;
+    let mut budgets = Vec::with_capacity(planned.len());
+    for (w, p) in ctx.wanted.iter().zip(&planned) {
+        let Planned::Rows { rows, .. } = p else {
+            budgets.push((0, 0));
+            continue;
+        };
+        let mut budget = ctx.limit(w).min(left);
+        if first {
+            budget = budget.max(1);
+        }
+        let mut take = 0;
+        let mut bytes = 0usize;
+        for row in rows {
+            if bytes >= budget {
                 break;
             }
-            planned = planned.saturating_add(budget);
-            end += 1;
+            bytes = bytes.saturating_add(usize::try_from(row.length).unwrap_or(usize::MAX));
+            take += 1;
         }
-        // The first non-empty partition returns at least one batch even beyond max_bytes; while
-        // nothing is read yet, any partition of the wave may be that one.
-        let at_least_one = total == 0;
-        let wave: Vec<(PartitionData, bool)> = futures::stream::iter(start..end)
-            .map(|k| {
-                let w = &wanted[k];
-                let budget = limit(w).min(left);
-                let budget = if at_least_one { budget.max(1) } else { budget };
-                read_one(broker, w, topics, redirect, generation, budget)
-            })
+        if take > 0 {
+            first = false;
+            need = need.saturating_add(bytes);
+            left = left.saturating_sub(bytes.min(budget));
+        }
+        budgets.push((budget, take));
+    }
+    let mut reservation = ctx.broker.fetch_memory.reserve(need).await;
+
+    let results: Vec<(PartitionData, bool)> =
+        futures::stream::iter(planned.into_iter().zip(budgets))
+            .map(|(p, (budget, take))| finish_one(ctx.broker, p, budget, take))
             .buffered(PARALLEL_PARTITIONS)
             .collect()
             .await;
-        for (w, (mut data, error)) in wanted[start..end].iter().zip(wave) {
-            errors |= error;
-            if let Some(records) = &mut data.records {
-                if total > 0 {
-                    let turn = limit(w).min(max_bytes.saturating_sub(total));
-                    if records.len() > turn {
-                        *records = truncate_batches(records, turn);
-                    }
+
+    let mut total = 0usize;
+    let mut urgent = false;
+    let mut data = Vec::with_capacity(results.len());
+    for (w, (mut d, u)) in ctx.wanted.iter().zip(results) {
+        urgent |= u;
+        if let Some(records) = &mut d.records {
+            if total > 0 {
+                let turn = ctx.limit(w).min(ctx.max_bytes.saturating_sub(total));
+                if records.len() > turn {
+                    *records = whole_batches_within(records, turn);
                 }
-                total += records.len();
             }
-            out.push(data);
+            total += records.len();
         }
-        start = end;
+        data.push(d);
     }
-    (out, total, errors)
+    reservation.shrink_to(total);
+    Read {
+        data,
+        bytes: total,
+        urgent,
+        reservation,
+    }
 }
 
-/// Reads one wanted partition with `budget` bytes; returns its entry and whether it needs an
-/// answer at once (an error or a redirect).
-async fn read_one(
+/// Reads the first `take` rows of a planned partition within `budget`; its entry, and whether
+/// it needs an answer at once (an error).
+async fn finish_one(
     broker: &Broker,
-    w: &Wanted,
-    topics: &HashMap<TopicKey, Result<TopicMeta, ResponseError>>,
-    redirect: &Redirect<'_>,
-    generation: u64,
+    planned: Planned,
     budget: usize,
+    take: usize,
 ) -> (PartitionData, bool) {
+    match planned {
+        Planned::Done(data, urgent) => (data, urgent),
+        Planned::Rows {
+            mut data,
+            fetch_offset,
+            rows,
+        } => {
+            let rows = rows.get(..take).unwrap_or(&rows);
+            match read_rows(broker, rows, fetch_offset, budget).await {
+                Ok(records) => {
+                    data.records = Some(records);
+                    (data, false)
+                }
+                Err(code) => {
+                    data.error_code = code.code();
+                    (data, true)
+                }
+            }
+        }
+    }
+}
+
+/// The leading whole batches of `records` that fit in `max_bytes` (possibly none).
+fn whole_batches_within(records: &Bytes, max_bytes: usize) -> Bytes {
+    let mut end = 0;
+    while end < records.len() {
+        match peek_header(&records[end..]) {
+            Ok(header) if end + header.size <= max_bytes => end += header.size,
+            _ => break,
+        }
+    }
+    records.slice(..end)
+}
+
+/// Looks up what to read for one wanted partition.
+async fn plan_one(ctx: &ReadCtx<'_>, w: &Wanted, generation: u64) -> Planned {
+    let broker = ctx.broker;
     let mut data = PartitionData::default()
         .with_partition_index(w.partition)
         .with_high_watermark(-1)
         .with_last_stable_offset(-1)
         .with_log_start_offset(-1)
         .with_preferred_read_replica(BrokerId(-1));
-    let meta = match topics.get(&w.topic) {
+    let meta = match ctx.topics.get(&w.topic) {
         Some(Ok(meta)) if w.partition >= 0 && w.partition < meta.partitions => meta,
         Some(Err(code)) => {
             data.error_code = code.code();
-            return (data, true);
+            return Planned::Done(data, true);
         }
         _ => {
             data.error_code = ResponseError::UnknownTopicOrPartition.code();
-            return (data, true);
+            return Planned::Done(data, true);
         }
     };
     let tp = TopicPartition {
         topic_id: meta.id,
         partition: w.partition,
     };
-    if let Some(target) = redirect.target(tp) {
+    let set_offsets = |data: &mut PartitionData, o: PartitionOffsets| {
+        data.high_watermark = o.high_watermark;
+        data.last_stable_offset = o.high_watermark;
+        data.log_start_offset = o.log_start;
+    };
+    if let Some(target) = ctx.redirect.target(tp) {
         data.preferred_read_replica = BrokerId(target);
         match broker
             .offsets_cache
@@ -289,69 +452,89 @@ async fn read_one(
             .await
         {
             Ok(o) => {
-                data.high_watermark = o.high_watermark;
-                data.last_stable_offset = o.high_watermark;
-                data.log_start_offset = o.log_start;
+                set_offsets(&mut data, o);
                 data.records = Some(Bytes::new());
             }
             Err(code) => data.error_code = code.code(),
         }
-        return (data, true);
+        return Planned::Done(data, true);
     }
-    match read_partition(broker, tp, generation, w.fetch_offset, budget).await {
-        Ok((offsets, records)) => {
-            data.high_watermark = offsets.high_watermark;
-            data.last_stable_offset = offsets.high_watermark;
-            data.log_start_offset = offsets.log_start;
-            data.aborted_transactions = Some(Vec::new());
-            data.records = Some(records);
-            (data, false)
-        }
-        Err((code, offsets)) => {
+    let offsets = match partition_offsets(broker, tp, generation, w.fetch_offset).await {
+        Ok(o) => o,
+        Err(code) => {
             data.error_code = code.code();
-            if let Some(o) = offsets {
-                data.high_watermark = o.high_watermark;
-                data.last_stable_offset = o.high_watermark;
-                data.log_start_offset = o.log_start;
-            }
-            (data, true)
+            return Planned::Done(data, true);
+        }
+    };
+    set_offsets(&mut data, offsets);
+    if w.fetch_offset < offsets.log_start || w.fetch_offset > offsets.high_watermark {
+        data.error_code = ResponseError::OffsetOutOfRange.code();
+        return Planned::Done(data, true);
+    }
+    data.aborted_transactions = Some(Vec::new());
+    data.records = Some(Bytes::new());
+    if w.fetch_offset == offsets.high_watermark {
+        return Planned::Done(data, false);
+    }
+    let limit = ctx.limit(w).max(1) as u64;
+    match broker
+        .coordinator
+        .index_rows(tp, w.fetch_offset, limit)
+        .await
+    {
+        Ok(rows) if rows.is_empty() => Planned::Done(data, false),
+        Ok(rows) => Planned::Rows {
+            data,
+            fetch_offset: w.fetch_offset,
+            rows,
+        },
+        Err(e) => {
+            data.error_code = coordinator_code(&e).code();
+            data.records = None;
+            Planned::Done(data, true)
         }
     }
 }
 
-type PartitionError = (ResponseError, Option<PartitionOffsets>);
-
-async fn read_partition(
+/// A partition's offsets for a fetch at `fetch_offset`: from the cache, or from the store when
+/// the cache says the offset is beyond the end.
+async fn partition_offsets(
     broker: &Broker,
     tp: TopicPartition,
     generation: u64,
     fetch_offset: i64,
-    budget: usize,
-) -> Result<(PartitionOffsets, Bytes), PartitionError> {
+) -> Result<PartitionOffsets, ResponseError> {
     let offsets = broker
         .offsets_cache
         .get(&broker.coordinator, tp, generation)
-        .await
-        .map_err(|code| (code, None))?;
-    if fetch_offset < offsets.log_start || fetch_offset > offsets.high_watermark {
-        return Err((ResponseError::OffsetOutOfRange, Some(offsets)));
+        .await?;
+    if fetch_offset <= offsets.high_watermark {
+        return Ok(offsets);
     }
-    if fetch_offset == offsets.high_watermark || budget == 0 {
-        return Ok((offsets, Bytes::new()));
-    }
-    let rows = broker
+    // The cache may lag the store: commits by other brokers arrive as notifications, which stop
+    // while the notification connection reconnects. OFFSET_OUT_OF_RANGE makes clients reset
+    // (skip data or replay all of it), so it is only answered on the store's word.
+    broker
         .coordinator
-        .index_rows(tp, fetch_offset, budget as u64)
+        .partition_offsets(tp)
         .await
-        .map_err(|e| (coordinator_code(&e), Some(offsets)))?;
-    // The rows are read concurrently (a cold partition may span hundreds of objects) and used in
-    // order; reads past the budget are skipped.
+        .map_err(|e| coordinator_code(&e))
+}
+
+/// Reads `rows` of one partition (concurrently, used in order) and materializes their batches
+/// from `fetch_offset` on, within `budget` bytes (the first batch even beyond it).
+async fn read_rows(
+    broker: &Broker,
+    rows: &[IndexRow],
+    fetch_offset: i64,
+    budget: usize,
+) -> Result<Bytes, ResponseError> {
     let reader = &broker.reader;
-    let mut reads = futures::stream::iter(rows.clone())
-        .map(move |row| async move { reader.read_row(&row).await })
+    let mut reads = futures::stream::iter(0..rows.len())
+        .map(move |k| reader.read_row(&rows[k]))
         .buffered(PARALLEL_READS);
     let mut out = bytes::BytesMut::new();
-    for row in &rows {
+    for row in rows {
         if out.len() >= budget {
             break;
         }
@@ -360,17 +543,13 @@ async fn read_partition(
         };
         let raw = raw.map_err(|e| {
             tracing::warn!(error = %e, "fetch read failed");
-            (read_code(&e), Some(offsets))
+            read_code(&e)
         })?;
-        let remaining = if out.is_empty() {
-            budget
-        } else {
-            budget - out.len()
-        };
+        let remaining = budget - out.len();
         let (bytes, _) =
             materialize(&raw, row.base_offset, fetch_offset, remaining).map_err(|e| {
                 tracing::error!(error = %e, object = %row.object_key, "stored batch is unreadable");
-                (ResponseError::CorruptMessage, Some(offsets))
+                ResponseError::CorruptMessage
             })?;
         // `materialize` keeps one batch even past `remaining`; only the first row may do that.
         if !out.is_empty() && out.len() + bytes.len() > budget {
@@ -378,5 +557,5 @@ async fn read_partition(
         }
         out.extend_from_slice(&bytes);
     }
-    Ok((offsets, out.freeze()))
+    Ok(out.freeze())
 }

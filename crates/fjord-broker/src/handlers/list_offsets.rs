@@ -1,18 +1,21 @@
 //! ListOffsets: earliest, latest, max timestamp, and the first offset at or after a timestamp.
 //!
 //! Timestamp lookups find the index row through the coordinator (rows carry their max
-//! timestamp), then decode that row's batches with `kafka-protocol`'s record decoder to find the
-//! exact record.
+//! timestamp), then the batch within the row from batch headers, and open a batch only when its
+//! headers cannot tell: then its records are scanned with bounded decompression
+//! ([`fjord_storage::records`]), so that a small batch claiming gigabytes (a decompression bomb)
+//! costs a capped amount of work and a few buffers of memory.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use fjord_coordinator::{IndexRow, TopicPartition};
-use fjord_storage::batch::materialize;
+use fjord_storage::batch::{peek_header, BatchHeader};
+use fjord_storage::records::{scan_records, MAX_SCANNED_BYTES};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 
 use crate::error::{coordinator_code, read_code};
@@ -100,15 +103,8 @@ async fn lookup(
             match row {
                 None => Ok((-1, -1)),
                 Some(row) => {
-                    let records = decode_row(broker, &row).await?;
-                    // The first record carrying the largest timestamp.
-                    let mut best: Option<(i64, i64)> = None;
-                    for (offset, ts) in records {
-                        if best.is_none_or(|(_, b)| ts > b) {
-                            best = Some((offset, ts));
-                        }
-                    }
-                    Ok(best.unwrap_or((-1, -1)))
+                    let raw = read(broker, &row).await?;
+                    Ok(record_with_max_timestamp(&raw, &row).unwrap_or((-1, -1)))
                 }
             }
         }
@@ -121,11 +117,8 @@ async fn lookup(
             match row {
                 None => Ok((-1, -1)),
                 Some(row) => {
-                    let records = decode_row(broker, &row).await?;
-                    Ok(records
-                        .into_iter()
-                        .find(|(_, ts)| *ts >= t)
-                        .unwrap_or((-1, -1)))
+                    let raw = read(broker, &row).await?;
+                    Ok(first_record_at_or_after(&raw, &row, t).unwrap_or((-1, -1)))
                 }
             }
         }
@@ -133,22 +126,98 @@ async fn lookup(
     }
 }
 
-/// (offset, timestamp) of every record of a row.
-async fn decode_row(broker: &Broker, row: &IndexRow) -> Result<Vec<(i64, i64)>, ResponseError> {
-    let raw = broker
-        .reader
-        .read_row(row)
-        .await
-        .map_err(|e| read_code(&e))?;
-    let (bytes, _) = materialize(&raw, row.base_offset, row.base_offset, usize::MAX)
-        .map_err(|_| ResponseError::CorruptMessage)?;
-    let mut buf = bytes;
-    let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| {
-        tracing::error!(error = %e, object = %row.object_key, "stored batch does not decode");
-        ResponseError::CorruptMessage
-    })?;
-    Ok(sets
-        .into_iter()
-        .flat_map(|set| set.records.into_iter().map(|r| (r.offset, r.timestamp)))
-        .collect())
+async fn read(broker: &Broker, row: &IndexRow) -> Result<Bytes, ResponseError> {
+    broker.reader.read_row(row).await.map_err(|e| read_code(&e))
+}
+
+/// The batches of a row as stored: each with its header and its real base offset.
+fn batches<'a>(
+    raw: &'a [u8],
+    row: &'a IndexRow,
+) -> impl Iterator<Item = (i64, BatchHeader, &'a [u8])> + 'a {
+    let mut pos = 0usize;
+    let mut offset = row.base_offset;
+    std::iter::from_fn(move || {
+        let rest = raw.get(pos..)?;
+        let header = match peek_header(rest) {
+            Ok(h) => h,
+            Err(e) => {
+                if !rest.is_empty() {
+                    tracing::error!(error = %e, object = %row.object_key, "stored batch is unreadable");
+                }
+                return None;
+            }
+        };
+        let item = (offset, header, &rest[..header.size]);
+        pos += header.size;
+        offset += header.offset_count();
+        Some(item)
+    })
+}
+
+/// The first record of the first batch in `batch` (based at `offset`) whose timestamp
+/// satisfies `wanted`, scanning its records within the decompression cap. A batch that cannot be
+/// scanned (a decompression bomb, a malformed one) answers with its base offset and max
+/// timestamp: a consumer seeking there reads a few records more, never fewer.
+fn scan_for(
+    batch: &[u8],
+    offset: i64,
+    header: &BatchHeader,
+    object: &str,
+    mut wanted: impl FnMut(i64) -> bool,
+) -> Option<(i64, i64)> {
+    let mut found = None;
+    let scanned = scan_records(batch, MAX_SCANNED_BYTES, |r| {
+        if wanted(r.timestamp) {
+            found = Some((offset + r.offset_delta, r.timestamp));
+            return false;
+        }
+        true
+    });
+    match scanned {
+        Ok(()) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, object, "cannot scan a stored batch's records; answering with the batch's first offset");
+            Some((offset, header.max_timestamp))
+        }
+    }
+}
+
+/// (offset, timestamp) of the first record at or after `target` in a row. Batch headers answer
+/// without decompressing whenever they can: a batch whose max timestamp is earlier is skipped,
+/// a `LogAppendTime` batch's records all carry its max timestamp, and a batch whose first
+/// record is late enough starts with the answer. Only a batch whose first record is early and
+/// whose max is late is opened.
+fn first_record_at_or_after(raw: &[u8], row: &IndexRow, target: i64) -> Option<(i64, i64)> {
+    for (offset, header, batch) in batches(raw, row) {
+        if header.max_timestamp < target {
+            continue;
+        }
+        if header.is_log_append_time() {
+            return Some((offset, header.max_timestamp));
+        }
+        if header.base_timestamp >= target {
+            return Some((offset, header.base_timestamp));
+        }
+        if let Some(found) = scan_for(batch, offset, &header, &row.object_key, |ts| ts >= target) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// (offset, timestamp) of the first record holding the row's largest timestamp.
+fn record_with_max_timestamp(raw: &[u8], row: &IndexRow) -> Option<(i64, i64)> {
+    let mut best: Option<(i64, BatchHeader, &[u8])> = None;
+    for (offset, header, batch) in batches(raw, row) {
+        if best.is_none_or(|(_, b, _)| header.max_timestamp > b.max_timestamp) {
+            best = Some((offset, header, batch));
+        }
+    }
+    let (offset, header, batch) = best?;
+    if header.is_log_append_time() {
+        return Some((offset, header.max_timestamp));
+    }
+    let max = header.max_timestamp;
+    scan_for(batch, offset, &header, &row.object_key, |ts| ts == max).or(Some((offset, max)))
 }

@@ -50,7 +50,7 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> CoordinatorError {
 impl Journal {
     /// Opens (creating if needed) the journal in `dir` and rebuilds the state it records.
     pub fn open(dir: &Path) -> Result<(Journal, State)> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+        create_dir_durably(dir)?;
         let snapshot_path = dir.join(SNAPSHOT);
         let (mut seq, mut state) = match File::open(&snapshot_path) {
             Ok(file) => {
@@ -72,12 +72,18 @@ impl Journal {
         };
 
         let journal_path = dir.join(JOURNAL);
+        let existed = journal_path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&journal_path)
             .map_err(|e| io_err("opening", &journal_path, e))?;
+        if !existed {
+            // The new file's directory entry must be on disk before any entry appended to it is
+            // acknowledged: fsyncing the file alone does not persist its name.
+            sync_dir(dir)?;
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| io_err("reading", &journal_path, e))?;
@@ -204,7 +210,30 @@ impl Journal {
     }
 }
 
+/// Creates `dir` and any missing parents, fsyncing the parent of each directory created, so that
+/// the directories survive a power loss once this returns.
+fn create_dir_durably(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.as_os_str().is_empty() && !at.exists() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(test)]
+    tests::SYNCED_DIRS.with(|synced| synced.borrow_mut().push(dir.to_path_buf()));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_err("syncing directory", dir, e))
@@ -266,6 +295,40 @@ fn read_frame(bytes: &[u8], pos: usize) -> Result<Frame> {
 mod tests {
     use super::*;
     use crate::TopicMeta;
+
+    thread_local! {
+        /// Directories this thread fsynced, in order (a test can see what reached the disk).
+        pub(super) static SYNCED_DIRS: std::cell::RefCell<Vec<PathBuf>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// A new journal's directory entry (and its new directories) are made durable before the
+    /// first entry is acknowledged: fsyncing the file alone does not persist its name.
+    #[test]
+    fn creating_a_journal_syncs_its_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data").join("coordinator");
+        SYNCED_DIRS.with(|s| s.borrow_mut().clear());
+        let (mut journal, _) = Journal::open(&dir).unwrap();
+        journal.append(&topic("a")).unwrap();
+        let synced = SYNCED_DIRS.with(|s| s.borrow().clone());
+        for expected in [
+            root.path().to_path_buf(),
+            root.path().join("data"),
+            dir.clone(),
+        ] {
+            assert!(
+                synced.contains(&expected),
+                "{} not synced; synced: {synced:?}",
+                expected.display()
+            );
+        }
+        drop(journal);
+        // Reopening an existing journal creates nothing.
+        SYNCED_DIRS.with(|s| s.borrow_mut().clear());
+        Journal::open(&dir).unwrap();
+        assert!(SYNCED_DIRS.with(|s| s.borrow().is_empty()));
+    }
 
     fn topic(name: &str) -> Entry {
         Entry::CreateTopic(TopicMeta {

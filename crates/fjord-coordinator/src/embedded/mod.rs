@@ -278,15 +278,14 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     async fn init_producer_id(&self, request: InitProducer) -> Result<ProducerIdentity> {
-        let entry = self
-            .on_writer(move |w| w.decide_and_write(|s| s.decide_producer(request)))
-            .await?;
-        match entry {
-            Entry::Producer { identity, .. } => Ok(identity),
-            other => Err(CoordinatorError::Corrupt(format!(
-                "unexpected entry {other:?}"
-            ))),
-        }
+        self.on_writer(move |w| {
+            let (identity, entry) = w.state.read().decide_producer(request)?;
+            if let Some(entry) = entry {
+                w.write(entry)?;
+            }
+            Ok(identity)
+        })
+        .await
     }
 
     async fn object_references(&self) -> Result<ObjectReferences> {

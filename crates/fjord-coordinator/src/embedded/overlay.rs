@@ -102,6 +102,7 @@ mod tests {
                     producer_epoch: 0,
                     base_sequence: sequence,
                 }),
+                append: 0,
             }],
         }
     }

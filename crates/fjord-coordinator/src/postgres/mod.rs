@@ -541,6 +541,7 @@ impl Coordinator for PostgresCoordinator {
             None => None,
         };
         let identity = match producer_decision(request, current)? {
+            ProducerDecision::Again(identity) => identity,
             ProducerDecision::Bump(identity) => {
                 tx.execute(
                     "UPDATE fjord_producers SET epoch = $2 WHERE producer_id = $1",

@@ -277,6 +277,7 @@ async fn concurrent_brokers_assign_dense_offsets() {
                             offset_count: count,
                             max_timestamp: i as i64,
                             producer,
+                            append: position as u32,
                         });
                         position += 10;
                     }
@@ -406,6 +407,7 @@ async fn topic_deletion_races_commits() {
                         offset_count: 1,
                         max_timestamp: 0,
                         producer: None,
+                        append: 0,
                     },
                     CommitBatch {
                         tp: d0,
@@ -414,6 +416,7 @@ async fn topic_deletion_races_commits() {
                         offset_count: 2,
                         max_timestamp: 0,
                         producer: None,
+                        append: 0,
                     },
                 ];
                 if i % 3 != 0 {
@@ -424,6 +427,7 @@ async fn topic_deletion_races_commits() {
                         offset_count: 1,
                         max_timestamp: 0,
                         producer: None,
+                        append: 0,
                     });
                 }
                 let key = format!("r{n}-{i}");
@@ -677,6 +681,7 @@ fn one_batch(tp: TopicPartition, producer: Option<ProducerBatchInfo>) -> Vec<Com
         offset_count: 2,
         max_timestamp: 1,
         producer,
+        append: 0,
     }]
 }
 

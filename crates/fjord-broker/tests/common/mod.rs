@@ -1,0 +1,183 @@
+//! Helpers shared by the broker's integration tests: requests are encoded and responses decoded
+//! with `kafka-protocol`, as a client would, and go through the dispatcher as in-memory bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use fjord_broker::dispatch;
+use fjord_broker::Broker;
+use indexmap::IndexMap;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+pub fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// A request frame (without the length prefix) as a client sends it.
+pub fn frame<R: Request>(request: &R, version: i16) -> Bytes {
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(42)
+        .with_client_id(Some(sb("test")));
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf, R::header_version(version)).unwrap();
+    request.encode(&mut buf, version).unwrap();
+    buf.freeze()
+}
+
+/// Sends `request` to `broker` and decodes its response, checking the framing on the way.
+pub async fn call<R: Request>(broker: &Arc<Broker>, request: R, version: i16) -> R::Response {
+    let started = dispatch::start(broker, frame(&request, version))
+        .await
+        .unwrap_or_else(|e| panic!("key {} v{version}: {e}", R::KEY));
+    let mut bytes = started.reply.await.unwrap().unwrap();
+    let len = i32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+    assert_eq!(len, bytes.len() - 4);
+    let _ = bytes.split_to(4);
+    let header = ResponseHeader::decode(
+        &mut bytes,
+        <R::Response as HeaderVersion>::header_version(version),
+    )
+    .unwrap();
+    assert_eq!(header.correlation_id, 42);
+    let response = R::Response::decode(&mut bytes, version).unwrap();
+    assert!(
+        bytes.is_empty(),
+        "key {} v{version}: {} trailing bytes",
+        R::KEY,
+        bytes.len()
+    );
+    response
+}
+
+/// One uncompressed batch of `n` records (keys `k<i>`, values `v<i>`, timestamps from `ts`).
+pub fn records(n: usize, ts: i64) -> Bytes {
+    batch_of(n, ts, -1, -1, -1, Compression::None)
+}
+
+/// One batch of `n` records from producer `producer_id` at `epoch`, sequences from `sequence`.
+pub fn batch_of(
+    n: usize,
+    ts: i64,
+    producer_id: i64,
+    epoch: i16,
+    sequence: i32,
+    compression: Compression,
+) -> Bytes {
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: if sequence < 0 {
+                i as i32
+            } else {
+                sequence + i as i32
+            },
+            timestamp: ts + i as i64,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(format!("v{i}"))),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// Creates a topic; returns its id.
+pub async fn create(broker: &Arc<Broker>, name: &str, partitions: i32) -> uuid::Uuid {
+    let r = call(
+        broker,
+        CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(sb(name)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)]),
+        7,
+    )
+    .await;
+    assert_eq!(r.topics[0].error_code, 0);
+    r.topics[0].topic_id
+}
+
+/// A Produce request (acks=all) of one record set to one partition.
+pub fn produce_request(name: &str, partition: i32, data: Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(sb(name)))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(data)),
+            ])])
+}
+
+/// A sessionless Fetch of `partitions` (index, offset) of topic `name`, 1 MiB per partition.
+pub fn fetch_request(name: &str, partitions: &[(i32, i64)], max_bytes: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(10)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_session_epoch(-1)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(TopicName(sb(name)))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|(p, offset)| {
+                        fetch_request::FetchPartition::default()
+                            .with_partition(*p)
+                            .with_fetch_offset(*offset)
+                            .with_partition_max_bytes(1 << 20)
+                    })
+                    .collect(),
+            )])
+}
+
+/// ListOffsets of one partition at `timestamp` (-1 latest, -2 earliest); (error, offset).
+pub async fn list_offset(
+    broker: &Arc<Broker>,
+    name: &str,
+    partition: i32,
+    timestamp: i64,
+) -> (i16, i64) {
+    let r = call(
+        broker,
+        ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(sb(name)))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(partition)
+                        .with_timestamp(timestamp),
+                ])]),
+        7,
+    )
+    .await;
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.offset)
+}
