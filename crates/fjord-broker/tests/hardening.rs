@@ -4,34 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use fjord_broker::{Broker, BrokerSettings};
-use fjord_storage::writer::WriterTask;
 use kafka_protocol::ResponseError;
 
 use common::*;
-
-/// Brokers sharing one coordinator and one bucket (see `testkit::in_memory_cluster`).
-struct Cluster {
-    brokers: Vec<Arc<Broker>>,
-    _writers: Vec<WriterTask>,
-    _dir: tempfile::TempDir,
-}
-
-fn cluster(n: i32) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let (brokers, writers) =
-        fjord_broker::testkit::in_memory_cluster(dir.path(), n, BrokerSettings::default())
-            .unwrap()
-            .into_iter()
-            .unzip();
-    Cluster {
-        brokers,
-        _writers: writers,
-        _dir: dir,
-    }
-}
 
 /// Item 4: a broker whose cached high watermark lags the store (it has not heard of another
 /// broker's commits, as while its notification connection reconnects) must not answer

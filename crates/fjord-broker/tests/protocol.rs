@@ -1195,11 +1195,15 @@ async fn consumer_group_apis_at_every_version() {
 /// goes on without it once virtual time passes its session. (On the wall clock, the fuzz
 /// target's paused runtime spun its 100 ms group tick until real time caught up, and libFuzzer
 /// reported a hang.) Virtual time also jumps while the store does blocking I/O, so the test
-/// bounds the wait by a virtual timeout rather than checking when exactly the session ended.
-#[tokio::test(start_paused = true)]
+/// bounds the wait by a virtual timeout rather than checking when exactly the session ended; and
+/// it pauses the clock only once the first member is in the group, since a join now waits for
+/// the store before it is answered, and virtual time running meanwhile would end the member's
+/// session before it could sync.
+#[tokio::test]
 async fn group_deadlines_follow_the_runtime_clock() {
     let h = harness();
     let (first, generation) = join_and_sync(&h, "clocked", 5, 5).await;
+    tokio::time::pause();
     let join = |member: StrBytes| {
         JoinGroupRequest::default()
             .with_group_id(gid("clocked"))

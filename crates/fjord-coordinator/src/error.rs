@@ -27,6 +27,10 @@ pub enum CoordinatorError {
     /// The coordinator is shutting down or failed earlier and refuses further writes.
     #[error("coordinator is unavailable: {0}")]
     Unavailable(String),
+    /// A conditional write found the state changed since the caller read it (another broker
+    /// wrote it); nothing was written.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl CoordinatorError {

@@ -18,25 +18,35 @@
 //! - A batch from an idempotent producer is appended at most once (retries are answered with the
 //!   offsets of the first append).
 //! - Consumer group offsets and metadata blobs are stored apart from topics: deleting a topic
-//!   leaves groups' offsets for it in place.
+//!   leaves groups' offsets for it in place. A group's blob is written by compare-and-set on a
+//!   version that never repeats, and offset commits can be made conditional on it
+//!   ([`GroupStore`]): two brokers that both believe they coordinate a group cannot both write it.
 //! - At most one incarnation of a broker node id holds a live lease at any time.
 
+mod broker_registry;
 pub mod embedded;
 mod error;
+pub mod faults;
+mod group_store;
 mod model;
 pub mod postgres;
 pub mod state;
 pub mod testsuite;
 
+pub use broker_registry::BrokerRegistry;
 pub use error::{CoordinatorError, Result};
+pub use group_store::GroupStore;
 pub use model::*;
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
-/// The metadata store behind a broker. Implementations are cheap to share (`Arc<dyn Coordinator>`).
+/// The metadata store behind a broker: topics, the log index and producer ids here; consumer
+/// groups ([`GroupStore`]) and the live-broker registry ([`BrokerRegistry`]) in traits of their
+/// own, each with its conformance tests in [`testsuite`]. Implementations are cheap to share
+/// (`Arc<dyn Coordinator>`).
 #[async_trait]
-pub trait Coordinator: Send + Sync + 'static {
+pub trait Coordinator: GroupStore + BrokerRegistry + Send + Sync + 'static {
     /// Creates a topic. Fails with [`CoordinatorError::TopicExists`] if the name is taken.
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicMeta>;
 
@@ -112,67 +122,4 @@ pub trait Coordinator: Send + Sync + 'static {
 
     /// Forgets objects after they were deleted from object storage.
     async fn forget_objects(&self, keys: Vec<String>) -> Result<()>;
-
-    // Consumer groups. A group id is any string of 1 to 32 KiB
-    // ([`state::MAX_GROUP_ID_BYTES`]); every call below refuses another with
-    // [`CoordinatorError::Invalid`]. A group exists while it has a saved blob or at least one
-    // committed offset. Offsets are keyed by topic *name* and outlive the topic's deletion.
-
-    /// Stores offsets for a group (upsert per (topic, partition)); all or nothing. When one
-    /// partition appears more than once, the last one wins. An empty `offsets` is a no-op.
-    /// Topic names must be 1 to 249 bytes ([`state::MAX_OFFSET_TOPIC_BYTES`]), else the whole
-    /// commit is [`CoordinatorError::Invalid`].
-    async fn commit_offsets(&self, group: &str, offsets: Vec<CommittedOffset>) -> Result<()>;
-
-    /// All offsets of a group, sorted by (topic, partition); empty when none.
-    async fn fetch_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>>;
-
-    /// Removes these partitions' offsets of a group (absent ones are ignored).
-    async fn delete_offsets(&self, group: &str, partitions: Vec<(String, i32)>) -> Result<()>;
-
-    /// Replaces the group's metadata blob (membership, generation, assignments, encoded by the
-    /// broker). Any bytes, empty included, up to 16 MiB ([`state::MAX_GROUP_STATE_BYTES`]; a
-    /// larger one is [`CoordinatorError::Invalid`]).
-    async fn save_group(&self, group: &str, state: Vec<u8>) -> Result<()>;
-
-    /// The group's metadata blob, if saved.
-    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>>;
-
-    /// Every group that has a saved blob or committed offsets, sorted (bytewise).
-    async fn list_groups(&self) -> Result<Vec<String>>;
-
-    /// Removes a group's blob and all its offsets; false if the group had neither.
-    async fn delete_group(&self, group: &str) -> Result<bool>;
-
-    // Live brokers. A broker registers with a lease and renews it before it ends; a broker whose
-    // lease ended is not live. Leases are measured by the coordinator's clock (the database's for
-    // PostgreSQL), so brokers with skewed clocks agree on who is live. A lease is 1 ms to a day
-    // ([`state::MAX_BROKER_LEASE_MS`]); anything else, or a registration that
-    // [`state::check_broker_registration`] refuses, is [`CoordinatorError::Invalid`].
-
-    /// Registers (or re-registers) a broker with a lease of `lease_ms`. Fails with
-    /// [`CoordinatorError::Invalid`] if another live incarnation holds the node id. The same
-    /// incarnation registering again replaces its host, port and rack and restarts its lease.
-    async fn register_broker(
-        &self,
-        registration: BrokerRegistration,
-        lease_ms: i64,
-    ) -> Result<LiveBroker>;
-
-    /// Extends the lease of this incarnation to `lease_ms` from now;
-    /// [`CoordinatorError::Invalid`] ("lease lost") if its lease already lapsed or another
-    /// incarnation took the node id: the broker must then register again.
-    async fn renew_broker(
-        &self,
-        node_id: i32,
-        incarnation: Uuid,
-        lease_ms: i64,
-    ) -> Result<LiveBroker>;
-
-    /// Removes the broker at once (graceful shutdown). Unknown or already-replaced incarnations
-    /// are a no-op.
-    async fn deregister_broker(&self, node_id: i32, incarnation: Uuid) -> Result<()>;
-
-    /// Brokers whose lease has not expired, sorted by node id.
-    async fn live_brokers(&self) -> Result<Vec<LiveBroker>>;
 }

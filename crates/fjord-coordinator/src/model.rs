@@ -185,6 +185,16 @@ pub struct CommittedOffset {
     pub commit_timestamp_ms: i64,
 }
 
+/// A consumer group's metadata blob as stored, with the version that fences writes to it (see
+/// [`crate::GroupStore`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredGroup {
+    /// The blob, as the broker encoded it.
+    pub state: Vec<u8>,
+    /// Its version: positive, and new on every save.
+    pub version: i64,
+}
+
 /// A broker announcing itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerRegistration {

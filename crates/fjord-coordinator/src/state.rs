@@ -126,6 +126,9 @@ pub struct GroupState {
         skip_serializing_if = "Option::is_none"
     )]
     pub state: Option<Vec<u8>>,
+    /// The blob's version (0 while there is none; see [`crate::GroupStore`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: i64,
     /// Committed offsets by topic name, then partition (never an empty inner map).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub offsets: BTreeMap<String, BTreeMap<i32, StoredOffset>>,
@@ -206,6 +209,13 @@ pub struct State {
     /// Consumer groups by id (absent from snapshots written before groups existed).
     #[serde(default)]
     pub groups: BTreeMap<String, GroupState>,
+    /// The last group blob version handed out (versions never repeat, across groups too).
+    #[serde(default)]
+    pub group_versions: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// How many commits' outcomes are remembered for idempotent re-commits.
@@ -300,14 +310,28 @@ impl State {
         decide_commit(self, flush)
     }
 
+    /// The version of a group's blob (0 when it has none).
+    pub fn group_version(&self, group: &str) -> i64 {
+        self.groups.get(group).map_or(0, |g| g.version)
+    }
+
+    fn check_group_fence(&self, group: &str, fence: Option<i64>) -> Result<()> {
+        match fence {
+            Some(expected) => check_group_version(group, expected, self.group_version(group)),
+            None => Ok(()),
+        }
+    }
+
     /// Decides an offset commit; `None` when there is nothing to commit.
     pub fn decide_commit_offsets(
         &self,
         group: &str,
         offsets: Vec<CommittedOffset>,
+        fence: Option<i64>,
     ) -> Result<Option<Entry>> {
         check_group_id(group)?;
         let offsets = normalize_offsets(offsets)?;
+        self.check_group_fence(group, fence)?;
         Ok((!offsets.is_empty()).then(|| Entry::CommitOffsets {
             group: group.to_string(),
             offsets,
@@ -319,8 +343,10 @@ impl State {
         &self,
         group: &str,
         partitions: Vec<(String, i32)>,
+        fence: Option<i64>,
     ) -> Result<Option<Entry>> {
         check_group_id(group)?;
+        self.check_group_fence(group, fence)?;
         let Some(stored) = self.groups.get(group) else {
             return Ok(None);
         };
@@ -341,19 +367,30 @@ impl State {
         }))
     }
 
-    /// Decides saving a group's blob.
-    pub fn decide_save_group(&self, group: &str, state: Vec<u8>) -> Result<Entry> {
+    /// Decides saving a group's blob over version `expected`; the entry and the version the blob
+    /// gets.
+    pub fn decide_save_group(
+        &self,
+        group: &str,
+        expected: i64,
+        state: Vec<u8>,
+    ) -> Result<(Entry, i64)> {
         check_group_id(group)?;
         check_group_state(&state)?;
-        Ok(Entry::SaveGroup {
-            group: group.to_string(),
-            state,
-        })
+        check_group_version(group, expected, self.group_version(group))?;
+        Ok((
+            Entry::SaveGroup {
+                group: group.to_string(),
+                state,
+            },
+            self.group_versions + 1,
+        ))
     }
 
     /// Decides a group deletion; `None` when the group has neither a blob nor offsets.
-    pub fn decide_delete_group(&self, group: &str) -> Result<Option<Entry>> {
+    pub fn decide_delete_group(&self, group: &str, fence: Option<i64>) -> Result<Option<Entry>> {
         check_group_id(group)?;
+        self.check_group_fence(group, fence)?;
         Ok(self.groups.contains_key(group).then(|| Entry::DeleteGroup {
             group: group.to_string(),
         }))
@@ -460,7 +497,10 @@ impl State {
                 self.drop_group_if_empty(group);
             }
             Entry::SaveGroup { group, state } => {
-                self.groups.entry(group.clone()).or_default().state = Some(state.clone());
+                self.group_versions += 1;
+                let stored = self.groups.entry(group.clone()).or_default();
+                stored.state = Some(state.clone());
+                stored.version = self.group_versions;
             }
             Entry::DeleteGroup { group } => {
                 self.groups.remove(group);
@@ -876,6 +916,22 @@ pub fn check_group_id(group: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Checks a conditional group write: the group's blob version must be `expected`.
+pub fn check_group_version(group: &str, expected: i64, current: i64) -> Result<()> {
+    if expected == current {
+        return Ok(());
+    }
+    Err(group_fenced(group, expected, current))
+}
+
+/// The error for a group write whose expected version is not the stored one.
+pub fn group_fenced(group: &str, expected: i64, current: i64) -> CoordinatorError {
+    CoordinatorError::Fenced(format!(
+        "group '{group}' is at version {current}, the write expected {expected}: another broker \
+         wrote it"
+    ))
 }
 
 /// Checks a group's metadata blob: at most [`MAX_GROUP_STATE_BYTES`] bytes.

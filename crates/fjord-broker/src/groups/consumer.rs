@@ -193,6 +193,10 @@ pub struct ConsumerGroup {
     revocation_deadlines: HashMap<String, Instant>,
     #[serde(skip)]
     settings: GroupSettings,
+    /// Grows with every change to the durable state (never stored: the coordinator compares it
+    /// with what it has saved, see [`crate::groups::Slot`]).
+    #[serde(skip)]
+    pub version: u64,
 }
 
 fn add(to: &mut Assignment, from: &Assignment) {
@@ -304,6 +308,7 @@ impl ConsumerGroup {
             sessions: HashMap::new(),
             revocation_deadlines: HashMap::new(),
             settings,
+            version: 0,
         }
     }
 
@@ -378,8 +383,22 @@ impl ConsumerGroup {
         }
     }
 
-    /// Handles a ConsumerGroupHeartbeat. The bool says whether the durable state changed.
+    /// Handles a ConsumerGroupHeartbeat. The bool says whether the durable state changed (then
+    /// [`version`](Self::version) grew).
     pub fn heartbeat(
+        &mut self,
+        req: HeartbeatRequest,
+        lookup: &TopicLookup,
+        now: Instant,
+    ) -> (HeartbeatResult, bool) {
+        let (result, changed) = self.handle_heartbeat(req, lookup, now);
+        if changed {
+            self.version += 1;
+        }
+        (result, changed)
+    }
+
+    fn handle_heartbeat(
         &mut self,
         req: HeartbeatRequest,
         lookup: &TopicLookup,
@@ -778,6 +797,9 @@ impl ConsumerGroup {
         for id in &expired {
             tracing::info!(group = %self.id, member = %id, "consumer group member removed");
             self.remove_member(id);
+        }
+        if !expired.is_empty() {
+            self.version += 1;
         }
         !expired.is_empty()
     }

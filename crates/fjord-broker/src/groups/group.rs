@@ -267,6 +267,10 @@ pub struct Group {
     /// Whether the current rebalance started from an empty group (waits the initial delay).
     initial: bool,
     settings: GroupSettings,
+    /// Grows with every change to what [`Group::snapshot`] holds, before any member is told of
+    /// it (never stored: the coordinator compares it with what it has saved, see
+    /// [`crate::groups::Slot`]).
+    pub version: u64,
 }
 
 fn new_member_id(client_id: &str) -> String {
@@ -294,6 +298,7 @@ impl Group {
             rebalance_deadline: None,
             initial: false,
             settings,
+            version: 0,
         }
     }
 
@@ -373,6 +378,11 @@ impl Group {
             },
             members,
         }
+    }
+
+    /// Marks a change to the durable state.
+    fn touch(&mut self) {
+        self.version += 1;
     }
 
     fn fenced(&self, member_id: &str, instance_id: Option<&str>) -> Option<ResponseError> {
@@ -517,6 +527,7 @@ impl Group {
             let id = new_member_id(&req.client_id);
             return (self.add_member(id, req, now), false);
         };
+        self.touch();
         let new_id = new_member_id(&req.client_id);
         let unchanged = old.protocols == req.protocols;
         // The old incarnation's pending requests are fenced.
@@ -577,6 +588,7 @@ impl Group {
     }
 
     fn prepare_rebalance(&mut self, now: Instant) {
+        self.touch();
         // Members waiting for an assignment must rejoin.
         for m in self.members.values_mut() {
             if let Some(tx) = m.awaiting_sync.take() {
@@ -613,6 +625,8 @@ impl Group {
     }
 
     fn complete_join(&mut self) {
+        // The new generation is a change to the durable state before anyone is told of it.
+        self.touch();
         // Members that did not rejoin in time are out.
         let gone: Vec<String> = self
             .members
@@ -686,6 +700,7 @@ impl Group {
 
     fn remove_member(&mut self, id: &str) {
         if let Some(mut m) = self.members.shift_remove(id) {
+            self.touch();
             if let Some(tx) = m.awaiting_join.take() {
                 let _ = tx.send(JoinResult::error(ResponseError::UnknownMemberId, id));
             }
@@ -741,6 +756,7 @@ impl Group {
                     return (Reply::Later(rx), false);
                 }
                 let mut assignments: HashMap<String, Bytes> = assignments.into_iter().collect();
+                self.touch();
                 self.state = GroupState::Stable;
                 let ids: Vec<String> = self.members.keys().cloned().collect();
                 for id in ids {
@@ -832,6 +848,7 @@ impl Group {
             GroupState::PreparingRebalance => self.maybe_complete_join(now),
             GroupState::Dead => {}
             _ if self.members.is_empty() => {
+                self.touch();
                 self.generation += 1;
                 self.state = GroupState::Empty;
                 self.protocol_name = None;
@@ -878,35 +895,41 @@ impl Group {
             && self.pending.is_empty()
     }
 
-    /// Whether OffsetCommit from this member and generation is accepted. `generation < 0` with an
-    /// empty member id is a commit from outside the group (simple consumers, admin tools).
+    /// Whether OffsetCommit from this member and generation is accepted, as Kafka's classic
+    /// coordinator decides it: a commit from outside the group (generation < 0, no member id) only
+    /// while the group is Empty; a member's commit with the current generation while the group is
+    /// Stable or *preparing* a rebalance (members keep committing what they still own, KIP-429),
+    /// but REBALANCE_IN_PROGRESS while the rebalance completes (the new generation's assignment is
+    /// not known yet); ILLEGAL_GENERATION for any other generation.
     pub fn check_commit(
         &self,
         member_id: &str,
         instance_id: Option<&str>,
         generation: i32,
     ) -> Option<ResponseError> {
-        if generation < 0 && member_id.is_empty() {
-            return match self.state {
-                GroupState::Empty | GroupState::Dead => None,
-                _ => Some(ResponseError::UnknownMemberId),
-            };
+        if self.state == GroupState::Dead {
+            return Some(ResponseError::CoordinatorNotAvailable);
         }
-        if let Some(e) = self.fenced(member_id, instance_id) {
-            return Some(e);
+        if generation < 0 && self.state == GroupState::Empty {
+            return None;
         }
-        if !self.members.contains_key(member_id) {
+        if generation >= 0 || !member_id.is_empty() || instance_id.is_some() {
+            if let Some(e) = self.fenced(member_id, instance_id) {
+                return Some(e);
+            }
+            if !self.members.contains_key(member_id) {
+                return Some(ResponseError::UnknownMemberId);
+            }
+            if generation != self.generation {
+                return Some(ResponseError::IllegalGeneration);
+            }
+        } else {
             return Some(ResponseError::UnknownMemberId);
         }
-        if generation != self.generation {
-            return Some(ResponseError::IllegalGeneration);
+        if self.state == GroupState::CompletingRebalance {
+            return Some(ResponseError::RebalanceInProgress);
         }
-        match self.state {
-            GroupState::PreparingRebalance | GroupState::CompletingRebalance => {
-                Some(ResponseError::RebalanceInProgress)
-            }
-            _ => None,
-        }
+        None
     }
 
     /// Marks the group deleted; pending requests are told to find the coordinator again.
@@ -914,6 +937,22 @@ impl Group {
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             self.remove_member(&id);
+        }
+        self.touch();
+        self.state = GroupState::Dead;
+    }
+
+    /// Takes the group out of service because another broker coordinates it now: members
+    /// waiting for a join or sync are told NOT_COORDINATOR (they find the coordinator again) and
+    /// every later call is refused. Nothing durable changes.
+    pub fn retire(&mut self) {
+        for m in self.members.values_mut() {
+            if let Some(tx) = m.awaiting_join.take() {
+                let _ = tx.send(JoinResult::error(ResponseError::NotCoordinator, &m.id));
+            }
+            if let Some(tx) = m.awaiting_sync.take() {
+                let _ = tx.send(SyncResult::error(ResponseError::NotCoordinator));
+            }
         }
         self.state = GroupState::Dead;
     }

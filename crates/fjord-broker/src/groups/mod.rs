@@ -12,15 +12,20 @@
 //! by the other protocol (its committed offsets stay).
 //!
 //! The stored blob of a group is JSON: the classic [`Snapshot`] as before, or
-//! `{"consumer": <ConsumerGroup>}` for a consumer-protocol group ([`Stored`]). Durable writes go through the slot's `persist` lock so
-//! that snapshots of one group reach the store in the order they were taken. A background tick
-//! (every 100 ms) expires sessions and completes rebalances whose deadline passed.
+//! `{"consumer": <ConsumerGroup>}` for a consumer-protocol group ([`Stored`]). How state reaches
+//! the store is the [`slot`] module's: nothing is told to a member before it is durable, saves are
+//! compare-and-set on the store's group version, and a broker whose save or fenced offset commit
+//! is refused (another broker coordinated the group meanwhile) hands the group over. A background
+//! tick (every 100 ms) expires sessions and completes rebalances whose deadline passed, and saves
+//! what they changed.
 //!
-//! A group is loaded from the store the first time a request names it, so a broker that takes
-//! over a group (after a restart, or in cluster mode when groups move between brokers) resumes it
-//! from durable state: a Stable group keeps its members, whose sessions start at load time. A
-//! group without members that no request named for `idle_eviction` (10 minutes) leaves memory
-//! the same way, so memory and the tick hold the groups in use, not every id ever named.
+//! A group is loaded from the store the first time a request that may create it (JoinGroup, a
+//! first ConsumerGroupHeartbeat) or that concerns an existing group names it, so a broker that
+//! takes over a group (after a restart, or in cluster mode when groups move between brokers)
+//! resumes it from durable state: a Stable group keeps its members, whose sessions start at load
+//! time. Requests naming a group that exists nowhere are answered without keeping anything in
+//! memory. A group without members that no request named for `idle_eviction` (10 minutes) leaves
+//! memory the same way, so memory and the tick hold the groups in use, not every id ever named.
 //!
 //! Deadlines use Tokio's clock (`tokio::time::Instant`), the one the tick's timer runs on, so
 //! that a paused test clock moves sessions and rebalances too.
@@ -33,13 +38,14 @@
 
 pub mod consumer;
 pub mod group;
+pub mod slot;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use fjord_coordinator::Coordinator;
+use fjord_coordinator::{Coordinator, StoredGroup};
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -49,28 +55,9 @@ use crate::cluster::ClusterView;
 
 use self::consumer::ConsumerGroup;
 use self::group::{Group, GroupSettings, GroupState, Snapshot};
-
-/// One group and what serializes its persistence.
-pub struct Slot {
-    /// The classic state machine. Its `Dead` state marks the whole slot deleted.
-    pub group: Mutex<Group>,
-    /// The consumer-protocol state machine (taken after `group` when both are needed).
-    pub consumer: Mutex<ConsumerGroup>,
-    persist: tokio::sync::Mutex<()>,
-    /// When a request last named the group.
-    touched: Mutex<Instant>,
-}
+pub use self::slot::{Outcome, Slot};
 
 impl Slot {
-    fn new(group: Group, consumer: ConsumerGroup, now: Instant) -> Slot {
-        Slot {
-            group: Mutex::new(group),
-            consumer: Mutex::new(consumer),
-            persist: tokio::sync::Mutex::new(()),
-            touched: Mutex::new(now),
-        }
-    }
-
     /// Whether the slot can leave memory at `now`: no members, nothing pending, and no request
     /// for `idle_eviction`.
     fn evictable(&self, now: Instant, idle_eviction: Duration) -> bool {
@@ -142,6 +129,11 @@ impl GroupCoordinator {
         &self.store
     }
 
+    /// Groups held in memory.
+    pub fn in_memory(&self) -> usize {
+        self.groups.lock().len()
+    }
+
     /// Whether this broker coordinates group `id` in the current view.
     pub fn coordinates(&self, id: &str) -> bool {
         self.cluster.borrow().coordinates(id)
@@ -156,17 +148,36 @@ impl GroupCoordinator {
         }
     }
 
-    /// The group named `id`, loaded from the store or created empty.
+    /// The group named `id`, loaded from the store or created empty: for requests that may
+    /// create a group (JoinGroup, a first ConsumerGroupHeartbeat).
     pub async fn slot(&self, id: &str) -> Result<Arc<Slot>, ResponseError> {
+        self.lookup(id, true)
+            .await?
+            .ok_or(ResponseError::CoordinatorNotAvailable)
+    }
+
+    /// The group named `id` if it exists in memory or in the store; `None` (and nothing kept in
+    /// memory) when it exists nowhere.
+    pub async fn existing(&self, id: &str) -> Result<Option<Arc<Slot>>, ResponseError> {
+        self.lookup(id, false).await
+    }
+
+    async fn lookup(&self, id: &str, create: bool) -> Result<Option<Arc<Slot>>, ResponseError> {
         if id.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
         self.check_coordinator(id)?;
         if let Some(slot) = self.live(id) {
-            return Ok(slot);
+            return Ok(Some(slot));
         }
         let now = Instant::now();
-        let (group, consumer) = match self.load(id).await? {
+        let stored = self.load(id).await?;
+        let (version, saved, decoded) = match stored {
+            Some((StoredGroup { state, version }, decoded)) => (version, Some(state), decoded),
+            None if !create => return Ok(None),
+            None => (0, None, None),
+        };
+        let (group, consumer) = match decoded {
             Some(Stored::Classic(snapshot)) => (
                 Group::restore(id, snapshot, self.settings.clone(), now),
                 ConsumerGroup::new(id, self.settings.clone()),
@@ -184,15 +195,15 @@ impl GroupCoordinator {
         // Another request may have loaded it meanwhile; the first one wins.
         let slot = groups
             .entry(id.to_string())
-            .or_insert_with(|| Arc::new(Slot::new(group, consumer, now)));
+            .or_insert_with(|| Arc::new(Slot::new(group, consumer, now, version, saved)));
         *slot.touched.lock() = now;
-        Ok(slot.clone())
+        Ok(Some(slot.clone()))
     }
 
     fn live(&self, id: &str) -> Option<Arc<Slot>> {
         let mut groups = self.groups.lock();
         let slot = groups.get(id)?.clone();
-        if slot.group.lock().state == GroupState::Dead {
+        if slot.is_retired() || slot.group.lock().state == GroupState::Dead {
             groups.remove(id);
             return None;
         }
@@ -200,22 +211,23 @@ impl GroupCoordinator {
         Some(slot)
     }
 
-    async fn load(&self, id: &str) -> Result<Option<Stored>, ResponseError> {
-        let blob = self.store.load_group(id).await.map_err(|e| {
+    /// The stored group, decoded (`None` inside when the blob is unreadable: the members rejoin
+    /// and rebuild it, over the stored version).
+    async fn load(&self, id: &str) -> Result<Option<(StoredGroup, Option<Stored>)>, ResponseError> {
+        let stored = self.store.load_group(id).await.map_err(|e| {
             tracing::warn!(group = id, error = %e, "loading group state failed");
             ResponseError::CoordinatorNotAvailable
         })?;
-        match blob {
-            None => Ok(None),
-            Some(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(snapshot) => Ok(Some(snapshot)),
+        Ok(stored.map(|stored| {
+            let decoded = match serde_json::from_slice(&stored.state) {
+                Ok(decoded) => Some(decoded),
                 Err(e) => {
-                    // Unreadable state is not fatal: the members rejoin and rebuild it.
                     tracing::error!(group = id, error = %e, "stored group state is unreadable; starting empty");
-                    Ok(None)
+                    None
                 }
-            },
-        }
+            };
+            (stored, decoded)
+        }))
     }
 
     /// Whether the group exists: it has members or durable state.
@@ -227,41 +239,34 @@ impl GroupCoordinator {
                 return Ok(true);
             }
         }
-        let known = self
-            .store
-            .list_groups()
+        self.store
+            .group_exists(id)
             .await
-            .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
-        Ok(known.iter().any(|g| g == id))
+            .map_err(|_| ResponseError::CoordinatorNotAvailable)
     }
 
-    /// Saves the group's durable state.
-    pub async fn persist(&self, slot: &Slot) -> Result<(), ResponseError> {
-        let _ordered = slot.persist.lock().await;
-        let (id, bytes) = {
-            let g = slot.group.lock();
-            if g.state == GroupState::Dead {
-                return Ok(());
+    /// Makes the group's changes up to `seen` durable before a member is told of them (see
+    /// [`Slot::make_durable`]). A slot whose save was fenced is retired and leaves memory.
+    pub async fn make_durable(&self, slot: &Arc<Slot>, seen: u64) -> Result<(), ResponseError> {
+        match slot.make_durable(&*self.store, seen).await {
+            Ok(()) => Ok(()),
+            Err(Outcome::Fenced) => {
+                self.retire(slot);
+                Err(ResponseError::NotCoordinator)
             }
-            let c = slot.consumer.lock();
-            let bytes = if c.is_active() && g.members.is_empty() {
-                #[derive(Serialize)]
-                struct StoredRef<'a> {
-                    consumer: &'a ConsumerGroup,
-                }
-                serde_json::to_vec(&StoredRef { consumer: &c })
-            } else {
-                serde_json::to_vec(&g.snapshot())
-            };
-            (g.id.clone(), bytes)
-        };
-        let bytes = bytes.map_err(|_| ResponseError::UnknownServerError)?;
-        // A group that moved away meanwhile belongs to its new coordinator's store writes.
-        self.check_coordinator(&id)?;
-        self.store.save_group(&id, bytes).await.map_err(|e| {
-            tracing::warn!(group = %id, error = %e, "saving group state failed");
-            ResponseError::CoordinatorNotAvailable
-        })
+            Err(Outcome::Failed) => Err(ResponseError::CoordinatorNotAvailable),
+        }
+    }
+
+    /// Takes a slot whose state is stale (another broker wrote the group) out of service and out
+    /// of memory; the next request loads the group afresh.
+    pub fn retire(&self, slot: &Arc<Slot>) {
+        slot.retire();
+        let mut groups = self.groups.lock();
+        let id = slot.group.lock().id.clone();
+        if groups.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            groups.remove(&id);
+        }
     }
 
     /// Every group this broker coordinates, known in memory or in the store, with its state,
@@ -276,7 +281,7 @@ impl GroupCoordinator {
         stored.retain(|id| self.coordinates(id));
         for id in &stored {
             if self.live(id).is_none() {
-                self.slot(id).await?;
+                self.existing(id).await?;
             }
         }
         let mut out: HashMap<String, Listed> = HashMap::new();
@@ -333,9 +338,20 @@ impl GroupCoordinator {
         Ok(list)
     }
 
-    /// Deletes an empty group and its offsets.
+    /// Deletes an empty group and its offsets (fenced: a broker with a stale view of the group
+    /// deletes nothing).
     pub async fn delete(&self, id: &str) -> Result<(), ResponseError> {
-        let slot = self.slot(id).await?;
+        let Some(slot) = self.existing(id).await? else {
+            // No blob; perhaps committed offsets, which go with no blob to fence against.
+            return match self.store.delete_group(id, Some(0)).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(ResponseError::GroupIdNotFound),
+                Err(fjord_coordinator::CoordinatorError::Fenced(_)) => {
+                    Err(ResponseError::NotCoordinator)
+                }
+                Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+            };
+        };
         {
             let mut g = slot.group.lock();
             if !matches!(g.state, GroupState::Empty | GroupState::Dead)
@@ -345,11 +361,18 @@ impl GroupCoordinator {
             }
             g.kill();
         }
-        let _ordered = slot.persist.lock().await;
+        slot.settle().await;
         self.groups.lock().remove(id);
-        match self.store.delete_group(id).await {
+        match self
+            .store
+            .delete_group(id, Some(slot.store_version()))
+            .await
+        {
             Ok(true) => Ok(()),
             Ok(false) => Err(ResponseError::GroupIdNotFound),
+            Err(fjord_coordinator::CoordinatorError::Fenced(_)) => {
+                Err(ResponseError::NotCoordinator)
+            }
             Err(_) => Err(ResponseError::CoordinatorNotAvailable),
         }
     }
@@ -368,6 +391,7 @@ impl GroupCoordinator {
                 let ours = view.coordinates(id);
                 if !ours {
                     tracing::info!(group = %id, "group moved to another broker; dropping it here");
+                    slot.retire();
                     return false;
                 }
                 !(Arc::strong_count(slot) == 1 && slot.evictable(now, idle_eviction))
@@ -375,12 +399,19 @@ impl GroupCoordinator {
             groups.values().cloned().collect()
         };
         for slot in slots {
-            let classic = slot.group.lock().tick(now);
-            let consumer = slot.consumer.lock().tick(now);
-            if classic || consumer {
+            let before = slot.seen();
+            slot.group.lock().tick(now);
+            slot.consumer.lock().tick(now);
+            let seen = slot.seen();
+            if seen != before {
+                // Expired members and completed rebalances reach the store; members waiting for
+                // a join result make it durable themselves too (whichever comes first saves).
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let _ = this.persist(&slot).await;
+                    if let Err(e) = this.make_durable(&slot, seen).await {
+                        let id = slot.group.lock().id.clone();
+                        tracing::warn!(group = %id, error = ?e, "saving a group after its tick failed; the next change saves it");
+                    }
                 });
             }
         }

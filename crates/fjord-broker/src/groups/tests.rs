@@ -69,7 +69,7 @@ async fn idle_groups_leave_memory_and_load_again_from_the_store() {
     let member = join(&used, Duration::from_secs(10)).await;
     let (_, changed) = used.group.lock().leave(&[(member, None)], Instant::now());
     assert!(changed);
-    groups.persist(&used).await.unwrap();
+    groups.make_durable(&used, used.seen()).await.unwrap();
     let generation = used.group.lock().generation;
     assert!(generation > 0);
     drop(used);
@@ -77,7 +77,7 @@ async fn idle_groups_leave_memory_and_load_again_from_the_store() {
     let busy = groups.slot("busy").await.unwrap();
     join(&busy, Duration::from_secs(1800)).await;
     drop(busy);
-    // A group only named once (DescribeGroups of an unknown id does this).
+    // A group created and never used (a JoinGroup that went no further).
     drop(groups.slot("named").await.unwrap());
     // An idle group that a request still holds.
     let held = groups.slot("held").await.unwrap();

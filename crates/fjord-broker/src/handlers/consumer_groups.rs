@@ -58,7 +58,23 @@ pub async fn heartbeat(
             Some("MemberId can't be empty.".into()),
         );
     }
-    let slot = match broker.groups.slot(&group_id).await {
+    // Only a join (epoch 0) may create the group.
+    let slot = if request.member_epoch == 0 {
+        broker.groups.slot(&group_id).await
+    } else {
+        match broker.groups.existing(&group_id).await {
+            Ok(Some(slot)) => Ok(slot),
+            Ok(None) => {
+                let message = format!(
+                    "Member {} is not a member of the group.",
+                    request.member_id.as_str()
+                );
+                return failed(ResponseError::UnknownMemberId, Some(message));
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let slot = match slot {
         Ok(slot) => slot,
         Err(e) => return failed(e, None),
     };
@@ -122,7 +138,7 @@ pub async fn heartbeat(
         client_id: client.client_id.clone(),
         client_host: client.host(),
     };
-    let (result, changed) = {
+    let (result, seen) = {
         let g = slot.group.lock();
         if !g.members.is_empty() {
             return failed(
@@ -131,15 +147,15 @@ pub async fn heartbeat(
             );
         }
         let mut c = slot.consumer.lock();
-        c.heartbeat(req, &lookup, Instant::now())
+        let (result, _) = c.heartbeat(req, &lookup, Instant::now());
+        (result, g.version.wrapping_add(c.version))
     };
     if let Some(e) = result.error {
         tracing::debug!(group = %group_id, member = %result.member_id, error = ?e, message = ?result.message, "ConsumerGroupHeartbeat refused");
     }
-    if changed {
-        if let Err(e) = broker.groups.persist(&slot).await {
-            tracing::warn!(group = %group_id, "consumer group state not saved: {e:?}");
-        }
+    // Member epochs and assignments are told only once they are durable.
+    if let Err(e) = broker.groups.make_durable(&slot, seen).await {
+        return failed(e, None);
     }
     respond(result)
 }
@@ -192,9 +208,9 @@ pub async fn describe(
         let mut d = DescribedGroup::default()
             .with_group_id(id)
             .with_authorized_operations(i32::MIN);
-        let slot = match broker.groups.exists(&name).await {
-            Ok(true) => broker.groups.slot(&name).await,
-            Ok(false) => Err(ResponseError::GroupIdNotFound),
+        let slot = match broker.groups.existing(&name).await {
+            Ok(Some(slot)) => Ok(slot),
+            Ok(None) => Err(ResponseError::GroupIdNotFound),
             Err(e) => Err(e),
         };
         let slot = match slot {

@@ -155,7 +155,7 @@ pub async fn join_group(
             .collect(),
         require_known_member_id: version >= 4,
     };
-    let (reply, changed) = {
+    let reply = {
         let mut g = slot.group.lock();
         let mut c = slot.consumer.lock();
         if !c.members.is_empty() {
@@ -164,17 +164,16 @@ pub async fn join_group(
         }
         if c.is_active() {
             // An empty consumer-protocol group becomes a classic group.
+            let version = c.version;
             *c = ConsumerGroup::new(
                 request.group_id.0.as_str(),
                 broker.groups.settings().clone(),
             );
+            c.version = version + 1;
         }
         drop(c);
-        g.join(join, Instant::now())
+        g.join(join, Instant::now()).0
     };
-    if changed {
-        let _ = broker.groups.persist(&slot).await;
-    }
     let result = match reply {
         Reply::Now(r) => r,
         Reply::Later(rx) => match rx.await {
@@ -182,6 +181,12 @@ pub async fn join_group(
             Err(_) => return failed(ResponseError::CoordinatorNotAvailable),
         },
     };
+    // The member learns its generation only once it is durable.
+    if result.error.is_none() {
+        if let Err(e) = broker.groups.make_durable(&slot, slot.seen()).await {
+            return failed(e);
+        }
+    }
     respond(result)
 }
 
@@ -202,11 +207,12 @@ pub async fn sync_group(
         response
     };
     let failed = |e: ResponseError| SyncGroupResponse::default().with_error_code(e.code());
-    let slot = match broker.groups.slot(request.group_id.0.as_str()).await {
-        Ok(slot) => slot,
+    let slot = match broker.groups.existing(request.group_id.0.as_str()).await {
+        Ok(Some(slot)) => slot,
+        Ok(None) => return failed(ResponseError::UnknownMemberId),
         Err(e) => return failed(e),
     };
-    let (reply, changed) = {
+    let reply = {
         let mut g = slot.group.lock();
         if version >= 5 {
             let type_ok = request
@@ -231,25 +237,29 @@ pub async fn sync_group(
                 .map(|a| (a.member_id.as_str().to_string(), a.assignment.clone()))
                 .collect(),
         )
+        .0
     };
-    if changed {
-        if let Err(e) = broker.groups.persist(&slot).await {
-            tracing::warn!(group = %request.group_id.0.as_str(), "group state not saved: {e:?}");
+    let result = match reply {
+        Reply::Now(r) => r,
+        Reply::Later(rx) => match rx.await {
+            Ok(r) => r,
+            Err(_) => return failed(ResponseError::CoordinatorNotAvailable),
+        },
+    };
+    // The member learns its assignment only once it is durable.
+    if result.error.is_none() {
+        if let Err(e) = broker.groups.make_durable(&slot, slot.seen()).await {
+            return failed(e);
         }
     }
-    match reply {
-        Reply::Now(r) => respond(r),
-        Reply::Later(rx) => match rx.await {
-            Ok(r) => respond(r),
-            Err(_) => failed(ResponseError::CoordinatorNotAvailable),
-        },
-    }
+    respond(result)
 }
 
 /// Heartbeat.
 pub async fn heartbeat(broker: Arc<Broker>, request: HeartbeatRequest) -> HeartbeatResponse {
-    let error = match broker.groups.slot(request.group_id.0.as_str()).await {
-        Ok(slot) => slot.group.lock().heartbeat(
+    let error = match broker.groups.existing(request.group_id.0.as_str()).await {
+        Ok(None) => Some(ResponseError::UnknownMemberId),
+        Ok(Some(slot)) => slot.group.lock().heartbeat(
             request.member_id.as_str(),
             request.group_instance_id.as_ref().map(|i| i.as_str()),
             request.generation_id,
@@ -280,13 +290,23 @@ pub async fn leave_group(
     } else {
         vec![(request.member_id.as_str().to_string(), None)]
     };
-    let slot = match broker.groups.slot(request.group_id.0.as_str()).await {
-        Ok(slot) => slot,
+    let (results, slot) = match broker.groups.existing(request.group_id.0.as_str()).await {
+        Ok(Some(slot)) => {
+            let results = slot.group.lock().leave(&members, Instant::now()).0;
+            (results, Some(slot))
+        }
+        Ok(None) => (
+            vec![Some(ResponseError::UnknownMemberId); members.len()],
+            None,
+        ),
         Err(e) => return LeaveGroupResponse::default().with_error_code(e.code()),
     };
-    let (results, changed) = slot.group.lock().leave(&members, Instant::now());
-    if changed {
-        let _ = broker.groups.persist(&slot).await;
+    if let Some(slot) = slot {
+        // The departure is saved before it is confirmed, so a new coordinator does not bring
+        // the member back.
+        if let Err(e) = broker.groups.make_durable(&slot, slot.seen()).await {
+            return LeaveGroupResponse::default().with_error_code(e.code());
+        }
     }
     if version >= 3 {
         LeaveGroupResponse::default().with_members(
@@ -358,10 +378,18 @@ pub async fn describe_groups(
         if version < 3 {
             d.authorized_operations = i32::MIN;
         }
-        let exists = broker.groups.exists(id.0.as_str()).await;
-        let slot = match exists {
-            Ok(true) => broker.groups.slot(id.0.as_str()).await,
-            Ok(false) => Err(ResponseError::GroupIdNotFound),
+        let slot = match broker.groups.existing(id.0.as_str()).await {
+            Ok(Some(slot)) => Ok(slot),
+            Ok(None) => match broker.groups.exists(id.0.as_str()).await {
+                // Only committed offsets: an Empty group with nothing else to say.
+                Ok(true) => {
+                    d.group_state = s(GroupState::Empty.name());
+                    described.push(d);
+                    continue;
+                }
+                Ok(false) => Err(ResponseError::GroupIdNotFound),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         // A consumer-protocol group is not a classic group: Kafka answers GROUP_ID_NOT_FOUND
@@ -424,11 +452,7 @@ pub async fn delete_groups(
 ) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(request.groups_names.len());
     for id in request.groups_names {
-        let error = match broker.groups.exists(id.0.as_str()).await {
-            Ok(false) => Some(ResponseError::GroupIdNotFound),
-            Err(e) => Some(e),
-            Ok(true) => broker.groups.delete(id.0.as_str()).await.err(),
-        };
+        let error = broker.groups.delete(id.0.as_str()).await.err();
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(id)

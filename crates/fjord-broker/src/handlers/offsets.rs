@@ -1,10 +1,10 @@
 //! OffsetCommit, OffsetFetch and OffsetDelete: committed offsets of consumer groups, durable in
 //! the coordinator store and fenced by the group's generation.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use fjord_coordinator::CommittedOffset;
+use fjord_coordinator::{CommittedOffset, CoordinatorError};
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -21,6 +21,7 @@ use kafka_protocol::ResponseError;
 use super::groups::subscribed_topics;
 use super::s;
 use crate::groups::group::GroupState;
+use crate::groups::Slot;
 use crate::Broker;
 
 /// A partition index and its error, if any.
@@ -36,6 +37,87 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether a commit is accepted by the group as it is now, and the store version of that state
+/// (the commit is written only if the store is still at it).
+async fn validate_commit(
+    broker: &Broker,
+    group_id: &str,
+    request: &OffsetCommitRequest,
+    version: i16,
+) -> Result<(Option<Arc<Slot>>, i64), ResponseError> {
+    let Some(slot) = broker.groups.existing(group_id).await? else {
+        // A group that exists nowhere is an empty group at version 0: only commits from outside
+        // a group (simple consumers, admin tools) are accepted.
+        let outside = request.generation_id_or_member_epoch < 0
+            && request.member_id.is_empty()
+            && request.group_instance_id.is_none();
+        return if outside {
+            Ok((None, 0))
+        } else {
+            Err(ResponseError::UnknownMemberId)
+        };
+    };
+    let (error, fence) = slot.validate(|g, c| {
+        if g.members.is_empty() && c.is_active() {
+            // A consumer-protocol group: v9+ carries the member epoch.
+            c.check_commit(
+                request.member_id.as_str(),
+                request.generation_id_or_member_epoch,
+                version,
+            )
+        } else {
+            g.check_commit(
+                request.member_id.as_str(),
+                request.group_instance_id.as_ref().map(|i| i.as_str()),
+                request.generation_id_or_member_epoch,
+            )
+        }
+    });
+    match error {
+        Some(e) => Err(e),
+        None => Ok((Some(slot), fence)),
+    }
+}
+
+/// Writes a validated commit, fenced with the group's store version. A write refused because the
+/// group changed meanwhile is validated again against the newer state (a commit validated under
+/// generation N must not land after generation N+1 was written, while one whose member is still
+/// current may); refused twice, this broker's view of the group is stale (another broker wrote
+/// it) and the client is sent to find the coordinator again.
+async fn commit_fenced(
+    broker: &Broker,
+    group_id: &str,
+    request: &OffsetCommitRequest,
+    version: i16,
+    offsets: Vec<CommittedOffset>,
+) -> Result<(), ResponseError> {
+    for attempt in 0..2 {
+        let (slot, fence) = validate_commit(broker, group_id, request, version).await?;
+        match broker
+            .coordinator
+            .commit_offsets(group_id, offsets.clone(), Some(fence))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(CoordinatorError::Fenced(reason)) => {
+                tracing::debug!(group = %group_id, %reason, attempt, "offset commit fenced");
+                match slot {
+                    // A save of this slot may have been under way: let it finish, then decide
+                    // again against the state it saved.
+                    Some(slot) if attempt == 0 => slot.settle().await,
+                    Some(slot) => broker.groups.retire(&slot),
+                    None => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(group = %group_id, error = %e, "offset commit failed");
+                return Err(ResponseError::CoordinatorNotAvailable);
+            }
+        }
+    }
+    Err(ResponseError::NotCoordinator)
+}
+
 /// OffsetCommit.
 pub async fn offset_commit(
     broker: Arc<Broker>,
@@ -43,27 +125,9 @@ pub async fn offset_commit(
     version: i16,
 ) -> OffsetCommitResponse {
     let group_id = request.group_id.0.as_str().to_string();
-    let group_error = match broker.groups.slot(&group_id).await {
-        Err(e) => Some(e),
-        Ok(slot) => {
-            let g = slot.group.lock();
-            let c = slot.consumer.lock();
-            if g.members.is_empty() && c.is_active() {
-                // A consumer-protocol group: v9+ carries the member epoch.
-                c.check_commit(
-                    request.member_id.as_str(),
-                    request.generation_id_or_member_epoch,
-                    version,
-                )
-            } else {
-                g.check_commit(
-                    request.member_id.as_str(),
-                    request.group_instance_id.as_ref().map(|i| i.as_str()),
-                    request.generation_id_or_member_epoch,
-                )
-            }
-        }
-    };
+    let group_error = validate_commit(&broker, &group_id, &request, version)
+        .await
+        .err();
     let mut results: Vec<(TopicName, Vec<PartitionResult>)> = Vec::new();
     let mut offsets = Vec::new();
     let mut pending: Vec<(usize, usize)> = Vec::new();
@@ -117,10 +181,9 @@ pub async fn offset_commit(
         results.push((topic.name.clone(), partitions));
     }
     if !offsets.is_empty() {
-        if let Err(e) = broker.coordinator.commit_offsets(&group_id, offsets).await {
-            tracing::warn!(group = %group_id, error = %e, "offset commit failed");
+        if let Err(e) = commit_fenced(&broker, &group_id, &request, version, offsets).await {
             for (t, p) in pending {
-                results[t].1[p].1 = Some(ResponseError::CoordinatorNotAvailable);
+                results[t].1[p].1 = Some(e);
             }
         }
     }
@@ -170,15 +233,17 @@ async fn fetch_group(
             }
         }
         Some(topics) => {
-            let mut out = Vec::new();
+            // One pass over what is stored, one lookup per requested partition.
+            let mut index: HashMap<(String, i32), CommittedOffset> = stored
+                .into_iter()
+                .map(|o| ((o.topic.clone(), o.partition), o))
+                .collect();
+            let mut out = Vec::with_capacity(topics.len());
             for (topic, partitions) in topics {
                 let entries = partitions
                     .into_iter()
                     .map(|p| {
-                        let found = stored
-                            .iter()
-                            .find(|o| o.topic == topic && o.partition == p)
-                            .cloned();
+                        let found = index.remove(&(topic.clone(), p));
                         (p, found)
                     })
                     .collect();
@@ -201,7 +266,9 @@ async fn check_fetch_member(
     if group.is_empty() || member_id.is_none_or(str::is_empty) {
         return Ok(());
     }
-    let slot = broker.groups.slot(group).await?;
+    let Some(slot) = broker.groups.existing(group).await? else {
+        return Err(ResponseError::UnknownMemberId);
+    };
     let g = slot.group.lock();
     let c = slot.consumer.lock();
     if g.members.is_empty() && c.is_active() {
@@ -336,11 +403,13 @@ pub async fn offset_delete(
         }
         Err(e) => return OffsetDeleteResponse::default().with_error_code(e.code()),
     }
-    let subscribed: HashSet<String> = match broker.groups.slot(&group_id).await {
+    // The subscriptions as of a store version: deletions are fenced with it, so a partition a
+    // member started to consume meanwhile (a newer generation) keeps its offset.
+    let (subscribed, fence): (HashSet<String>, i64) = match broker.groups.existing(&group_id).await
+    {
         Err(e) => return OffsetDeleteResponse::default().with_error_code(e.code()),
-        Ok(slot) => {
-            let g = slot.group.lock();
-            let c = slot.consumer.lock();
+        Ok(None) => (HashSet::new(), 0),
+        Ok(Some(slot)) => slot.validate(|g, c| {
             if g.members.is_empty() && c.is_active() {
                 c.subscribed_topics().into_iter().collect()
             } else if g.state == GroupState::Empty || g.protocol_type.as_deref() != Some("consumer")
@@ -353,7 +422,7 @@ pub async fn offset_delete(
                     .flat_map(|m| subscribed_topics(&m.metadata(&protocol)))
                     .collect()
             }
-        }
+        }),
     };
     let mut deletions = Vec::new();
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -383,14 +452,22 @@ pub async fn offset_delete(
         );
     }
     if !deletions.is_empty() {
-        if let Err(e) = broker
+        match broker
             .coordinator
-            .delete_offsets(&group_id, deletions)
+            .delete_offsets(&group_id, deletions, Some(fence))
             .await
         {
-            tracing::warn!(group = %group_id, error = %e, "offset delete failed");
-            return OffsetDeleteResponse::default()
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code());
+            Ok(()) => {}
+            Err(CoordinatorError::Fenced(_)) => {
+                // The group moved on while this was decided; the client asks again.
+                return OffsetDeleteResponse::default()
+                    .with_error_code(ResponseError::NotCoordinator.code());
+            }
+            Err(e) => {
+                tracing::warn!(group = %group_id, error = %e, "offset delete failed");
+                return OffsetDeleteResponse::default()
+                    .with_error_code(ResponseError::CoordinatorNotAvailable.code());
+            }
         }
     }
     OffsetDeleteResponse::default().with_topics(topics)

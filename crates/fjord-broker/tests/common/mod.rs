@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use fjord_broker::dispatch;
-use fjord_broker::Broker;
+use fjord_broker::{Broker, BrokerSettings};
+use fjord_storage::writer::WriterTask;
 use indexmap::IndexMap;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::*;
@@ -180,4 +181,26 @@ pub async fn list_offset(
     .await;
     let p = &r.topics[0].partitions[0];
     (p.error_code, p.offset)
+}
+
+/// Brokers sharing one coordinator and one bucket (see `testkit::in_memory_cluster`): each
+/// believes it coordinates every group.
+pub struct Cluster {
+    pub brokers: Vec<Arc<Broker>>,
+    _writers: Vec<WriterTask>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn cluster(n: i32) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let (brokers, writers) =
+        fjord_broker::testkit::in_memory_cluster(dir.path(), n, BrokerSettings::default())
+            .unwrap()
+            .into_iter()
+            .unzip();
+    Cluster {
+        brokers,
+        _writers: writers,
+        _dir: dir,
+    }
 }

@@ -30,7 +30,7 @@ pub use journal::Journal;
 
 use crate::model::*;
 use crate::state::{check_group_id, Entry, State};
-use crate::{Coordinator, CoordinatorError, Result};
+use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, Result};
 
 /// Journal size after which the writer folds it into a new snapshot.
 const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
@@ -296,11 +296,19 @@ impl Coordinator for EmbeddedCoordinator {
         self.on_writer(move |w| w.write(Entry::ForgetObjects(keys)))
             .await
     }
+}
 
-    async fn commit_offsets(&self, group: &str, offsets: Vec<CommittedOffset>) -> Result<()> {
+#[async_trait]
+impl GroupStore for EmbeddedCoordinator {
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: Vec<CommittedOffset>,
+        fence: Option<i64>,
+    ) -> Result<()> {
         let group = group.to_string();
         self.on_writer(move |w| {
-            w.decide_and_maybe_write(|s| s.decide_commit_offsets(&group, offsets))
+            w.decide_and_maybe_write(|s| s.decide_commit_offsets(&group, offsets, fence))
         })
         .await
         .map(|_| ())
@@ -316,40 +324,60 @@ impl Coordinator for EmbeddedCoordinator {
         }))
     }
 
-    async fn delete_offsets(&self, group: &str, partitions: Vec<(String, i32)>) -> Result<()> {
+    async fn delete_offsets(
+        &self,
+        group: &str,
+        partitions: Vec<(String, i32)>,
+        fence: Option<i64>,
+    ) -> Result<()> {
         let group = group.to_string();
         self.on_writer(move |w| {
-            w.decide_and_maybe_write(|s| s.decide_delete_offsets(&group, partitions))
+            w.decide_and_maybe_write(|s| s.decide_delete_offsets(&group, partitions, fence))
         })
         .await
         .map(|_| ())
     }
 
-    async fn save_group(&self, group: &str, state: Vec<u8>) -> Result<()> {
+    async fn save_group(&self, group: &str, expected: i64, state: Vec<u8>) -> Result<i64> {
         let group = group.to_string();
         // Not `decide_and_write`: that would copy the blob once more to return the entry.
         self.on_writer(move |w| {
-            w.decide_and_maybe_write(|s| s.decide_save_group(&group, state).map(Some))
+            let (entry, version) = w.state.read().decide_save_group(&group, expected, state)?;
+            w.write(entry)?;
+            Ok(version)
         })
         .await
-        .map(|_| ())
     }
 
-    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>> {
+    async fn load_group(&self, group: &str) -> Result<Option<StoredGroup>> {
         check_group_id(group)?;
-        Ok(self.read(|s| s.groups.get(group).and_then(|g| g.state.clone())))
+        Ok(self.read(|s| {
+            let g = s.groups.get(group)?;
+            Some(StoredGroup {
+                state: g.state.clone()?,
+                version: g.version,
+            })
+        }))
+    }
+
+    async fn group_exists(&self, group: &str) -> Result<bool> {
+        check_group_id(group)?;
+        Ok(self.read(|s| s.groups.contains_key(group)))
     }
 
     async fn list_groups(&self) -> Result<Vec<String>> {
         Ok(self.read(|s| s.groups.keys().cloned().collect()))
     }
 
-    async fn delete_group(&self, group: &str) -> Result<bool> {
+    async fn delete_group(&self, group: &str, fence: Option<i64>) -> Result<bool> {
         let group = group.to_string();
-        self.on_writer(move |w| w.decide_and_maybe_write(|s| s.decide_delete_group(&group)))
+        self.on_writer(move |w| w.decide_and_maybe_write(|s| s.decide_delete_group(&group, fence)))
             .await
     }
+}
 
+#[async_trait]
+impl BrokerRegistry for EmbeddedCoordinator {
     async fn register_broker(
         &self,
         registration: BrokerRegistration,

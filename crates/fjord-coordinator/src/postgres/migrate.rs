@@ -44,6 +44,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0003_brokers",
         sql: include_str!("../../migrations/postgres/0003_brokers.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_group_versions",
+        sql: include_str!("../../migrations/postgres/0004_group_versions.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).

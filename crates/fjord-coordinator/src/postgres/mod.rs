@@ -56,7 +56,7 @@ use crate::state::{
     apply_config_changes, bump_target, check_new_partition_count, check_partition_increase,
     producer_decision, ProducerDecision,
 };
-use crate::{Coordinator, CoordinatorError, Result};
+use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, Result};
 
 pub use self::listen::{CommitListener, LISTENER_APPLICATION_NAME};
 
@@ -611,35 +611,55 @@ impl Coordinator for PostgresCoordinator {
             .map_err(db("forgetting objects"))?;
         Ok(())
     }
+}
 
-    async fn commit_offsets(&self, group: &str, offsets: Vec<CommittedOffset>) -> Result<()> {
-        groups::commit_offsets(self, group, offsets).await
+#[async_trait]
+impl GroupStore for PostgresCoordinator {
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: Vec<CommittedOffset>,
+        fence: Option<i64>,
+    ) -> Result<()> {
+        groups::commit_offsets(self, group, offsets, fence).await
     }
 
     async fn fetch_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>> {
         groups::fetch_offsets(self, group).await
     }
 
-    async fn delete_offsets(&self, group: &str, partitions: Vec<(String, i32)>) -> Result<()> {
-        groups::delete_offsets(self, group, partitions).await
+    async fn delete_offsets(
+        &self,
+        group: &str,
+        partitions: Vec<(String, i32)>,
+        fence: Option<i64>,
+    ) -> Result<()> {
+        groups::delete_offsets(self, group, partitions, fence).await
     }
 
-    async fn save_group(&self, group: &str, state: Vec<u8>) -> Result<()> {
-        groups::save_group(self, group, state).await
+    async fn save_group(&self, group: &str, expected: i64, state: Vec<u8>) -> Result<i64> {
+        groups::save_group(self, group, expected, state).await
     }
 
-    async fn load_group(&self, group: &str) -> Result<Option<Vec<u8>>> {
+    async fn load_group(&self, group: &str) -> Result<Option<StoredGroup>> {
         groups::load_group(self, group).await
+    }
+
+    async fn group_exists(&self, group: &str) -> Result<bool> {
+        groups::group_exists(self, group).await
     }
 
     async fn list_groups(&self) -> Result<Vec<String>> {
         groups::list_groups(self).await
     }
 
-    async fn delete_group(&self, group: &str) -> Result<bool> {
-        groups::delete_group(self, group).await
+    async fn delete_group(&self, group: &str, fence: Option<i64>) -> Result<bool> {
+        groups::delete_group(self, group, fence).await
     }
+}
 
+#[async_trait]
+impl BrokerRegistry for PostgresCoordinator {
     async fn register_broker(
         &self,
         registration: BrokerRegistration,

@@ -549,8 +549,16 @@ async fn concurrent_group_writes_do_not_deadlock() {
                 if (i + n as i32) % 3 == 0 {
                     offsets.reverse();
                 }
-                c.commit_offsets(group, offsets).await.unwrap();
-                match i % 5 {
+                c.commit_offsets(group, offsets.clone(), None)
+                    .await
+                    .unwrap();
+                // The version another task may change at any moment: fenced writes race saves.
+                let version = c.load_group(group).await.unwrap().map_or(0, |s| s.version);
+                let fenced_ok = |r: Result<()>| match r {
+                    Ok(()) | Err(CoordinatorError::Fenced(_)) => {}
+                    Err(e) => panic!("{e}"),
+                };
+                match i % 6 {
                     1 => c
                         .delete_offsets(
                             group,
@@ -559,13 +567,19 @@ async fn concurrent_group_writes_do_not_deadlock() {
                                 .step_by(2)
                                 .map(|p| (if p % 3 == 0 { "x" } else { "y" }.to_string(), p))
                                 .collect(),
+                            None,
                         )
                         .await
                         .unwrap(),
-                    2 => c.save_group(group, vec![n as u8; 64]).await.unwrap(),
+                    2 => fenced_ok(
+                        c.save_group(group, version, vec![n as u8; 64])
+                            .await
+                            .map(|_| ()),
+                    ),
                     3 => {
-                        c.delete_group(group).await.unwrap();
+                        c.delete_group(group, None).await.unwrap();
                     }
+                    4 => fenced_ok(c.commit_offsets(group, offsets, Some(version)).await),
                     _ => {}
                 }
             }
@@ -576,8 +590,8 @@ async fn concurrent_group_writes_do_not_deadlock() {
     }
     // Quiet now: one last write per group decides what is there.
     for group in ["shared", "other"] {
-        a.delete_group(group).await.unwrap();
-        b.commit_offsets(group, vec![offset("x", 0, 1), offset("y", 1, 2)])
+        a.delete_group(group, None).await.unwrap();
+        b.commit_offsets(group, vec![offset("x", 0, 1), offset("y", 1, 2)], None)
             .await
             .unwrap();
         assert_eq!(

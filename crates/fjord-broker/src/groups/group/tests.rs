@@ -136,15 +136,23 @@ fn expired_member_triggers_rebalance() {
         g.heartbeat(&a, None, 1, t3),
         Some(ResponseError::RebalanceInProgress)
     );
-    assert_eq!(
-        g.check_commit(&a, None, 1),
-        Some(ResponseError::RebalanceInProgress)
-    );
+    // As in Kafka, a member keeps committing with the current generation while the group
+    // prepares a rebalance (it still owns its partitions, KIP-429).
+    assert_eq!(g.check_commit(&a, None, 1), None);
     // a rejoins: it is the only member left, so the rebalance completes at once.
     let mut rx = later(g.join(join_req(&a, None), t3).0);
     let r = rx.try_recv().unwrap();
     assert_eq!(r.generation, 2);
     assert_eq!(r.members.len(), 1);
+    // Completing the rebalance: the new generation is told to wait, the old one is stale.
+    assert_eq!(
+        g.check_commit(&a, None, 2),
+        Some(ResponseError::RebalanceInProgress)
+    );
+    assert_eq!(
+        g.check_commit(&a, None, 1),
+        Some(ResponseError::IllegalGeneration)
+    );
 }
 
 #[test]

@@ -1,0 +1,647 @@
+//! The conformance suite every [`Coordinator`] implementation must pass.
+//!
+//! Each implementation's tests call [`run_all`] with a factory that returns a fresh, empty
+//! coordinator, and [`durability`] with a factory that reopens the same store each time.
+//! Assertions panic, as tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+mod brokers;
+mod groups;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::*;
+use groups::{blob, load, offset, save, with_meta};
+
+/// Runs every conformance test, each against a fresh coordinator from `fresh`.
+pub async fn run_all<F, Fut>(fresh: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Coordinator>>,
+{
+    topics(fresh().await).await;
+    commit_assigns_dense_offsets(fresh().await).await;
+    idempotent_producers(fresh().await).await;
+    commit_is_idempotent_per_object(fresh().await).await;
+    group_commit_is_commits_in_order(fresh().await).await;
+    index_lookups(fresh().await).await;
+    producer_ids(fresh().await).await;
+    producer_epoch_bump_retry_is_answered_again(fresh().await).await;
+    deleted_topics_release_objects(fresh().await).await;
+    groups::run_all(&fresh).await;
+    brokers::run_all(&fresh).await;
+}
+
+/// Whether a call was refused as invalid.
+pub(super) fn is_invalid<T: std::fmt::Debug>(r: Result<T>) -> bool {
+    matches!(r, Err(CoordinatorError::Invalid(_)))
+}
+
+pub(super) fn spec(name: &str, partitions: i32) -> TopicSpec {
+    TopicSpec {
+        name: name.into(),
+        partitions,
+        configs: BTreeMap::new(),
+    }
+}
+
+pub(super) fn tp(topic: &TopicMeta, partition: i32) -> TopicPartition {
+    TopicPartition {
+        topic_id: topic.id,
+        partition,
+    }
+}
+
+fn batch(tp: TopicPartition, position: u64, count: i64, ts: i64) -> CommitBatch {
+    CommitBatch {
+        tp,
+        position,
+        length: 100,
+        offset_count: count,
+        max_timestamp: ts,
+        producer: None,
+        // Each batch its own append unless a test says otherwise.
+        append: position as u32,
+    }
+}
+
+fn idem(mut b: CommitBatch, producer_id: i64, epoch: i16, seq: i32) -> CommitBatch {
+    b.producer = Some(ProducerBatchInfo {
+        producer_id,
+        producer_epoch: epoch,
+        base_sequence: seq,
+    });
+    b
+}
+
+fn flush(key: &str, batches: Vec<CommitBatch>) -> FlushCommit {
+    FlushCommit {
+        object_key: key.into(),
+        object_size: batches.iter().map(|b| b.length).sum(),
+        timestamp_ms: 1_000,
+        batches,
+    }
+}
+
+async fn topics(c: Arc<dyn Coordinator>) {
+    let mut configs = BTreeMap::new();
+    configs.insert("retention.ms".to_string(), "1000".to_string());
+    let b = c
+        .create_topic(TopicSpec {
+            name: "b".into(),
+            partitions: 3,
+            configs,
+        })
+        .await
+        .unwrap();
+    let a = c.create_topic(spec("a", 1)).await.unwrap();
+    assert_ne!(a.id, b.id);
+    assert_eq!(b.partitions, 3);
+    assert!(matches!(
+        c.create_topic(spec("a", 2)).await,
+        Err(CoordinatorError::TopicExists(_))
+    ));
+    assert!(matches!(
+        c.create_topic(spec("zero", 0)).await,
+        Err(CoordinatorError::Invalid(_))
+    ));
+    let names: Vec<_> = c
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, vec!["a", "b"]);
+    assert_eq!(c.topic("b").await.unwrap().unwrap(), b);
+    assert_eq!(c.topic_by_id(b.id).await.unwrap().unwrap(), b);
+    assert!(c.topic("nope").await.unwrap().is_none());
+
+    let b2 = c.create_partitions("b", 5).await.unwrap();
+    assert_eq!(b2.partitions, 5);
+    assert_eq!(
+        c.partition_offsets(tp(&b2, 4)).await.unwrap(),
+        PartitionOffsets {
+            log_start: 0,
+            high_watermark: 0
+        }
+    );
+    assert!(matches!(
+        c.create_partitions("b", 2).await,
+        Err(CoordinatorError::Invalid(_))
+    ));
+    assert!(matches!(
+        c.create_partitions("nope", 2).await,
+        Err(CoordinatorError::UnknownTopic(_))
+    ));
+
+    let b3 = c
+        .alter_topic_configs(
+            "b",
+            vec![
+                ("retention.ms".into(), None),
+                ("cleanup.policy".into(), Some("compact".into())),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(b3.configs.len(), 1);
+    assert_eq!(b3.configs["cleanup.policy"], "compact");
+
+    let deleted = c.delete_topic("a").await.unwrap();
+    assert_eq!(deleted.id, a.id);
+    assert!(c.topic("a").await.unwrap().is_none());
+    assert!(matches!(
+        c.delete_topic("a").await,
+        Err(CoordinatorError::UnknownTopic(_))
+    ));
+    assert!(c.partition_offsets(tp(&a, 0)).await.is_err());
+    // A deleted name can be used again, with a new id.
+    let a2 = c.create_topic(spec("a", 1)).await.unwrap();
+    assert_ne!(a2.id, a.id);
+}
+
+async fn commit_assigns_dense_offsets(c: Arc<dyn Coordinator>) {
+    let t = c.create_topic(spec("t", 2)).await.unwrap();
+    let (p0, p1) = (tp(&t, 0), tp(&t, 1));
+    let out = c
+        .commit(flush(
+            "o1",
+            vec![
+                batch(p0, 0, 3, 10),
+                batch(p0, 100, 2, 20),
+                batch(p1, 200, 5, 15),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Appended { base_offset: 0 },
+            BatchOutcome::Appended { base_offset: 3 },
+            BatchOutcome::Appended { base_offset: 0 },
+        ]
+    );
+    let out = c
+        .commit(flush("o2", vec![batch(p0, 0, 1, 30)]))
+        .await
+        .unwrap();
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 5 }]);
+    assert_eq!(c.partition_offsets(p0).await.unwrap().high_watermark, 6);
+    assert_eq!(c.partition_offsets(p1).await.unwrap().high_watermark, 5);
+
+    // Adjacent batches of one partition in one object share one index row.
+    let rows = c.index_rows(p0, 0, u64::MAX).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].base_offset, rows[0].last_offset), (0, 4));
+    assert_eq!((rows[0].position, rows[0].length), (0, 200));
+    assert_eq!(rows[0].object_key, "o1");
+    assert_eq!(rows[0].max_timestamp, 20);
+    assert_eq!((rows[1].base_offset, rows[1].last_offset), (5, 5));
+    assert_eq!(rows[1].object_key, "o2");
+
+    // Batches of a partition that no longer exists are rejected, the others still appended.
+    let gone = TopicPartition {
+        topic_id: t.id,
+        partition: 7,
+    };
+    let out = c
+        .commit(flush(
+            "o3",
+            vec![batch(gone, 0, 1, 1), batch(p1, 100, 1, 1)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Rejected(BatchRejection::UnknownTopicOrPartition),
+            BatchOutcome::Appended { base_offset: 5 },
+        ]
+    );
+}
+
+async fn idempotent_producers(c: Arc<dyn Coordinator>) {
+    let t = c.create_topic(spec("t", 1)).await.unwrap();
+    let p = tp(&t, 0);
+    let id = c
+        .init_producer_id(InitProducer { existing: None })
+        .await
+        .unwrap();
+    let pid = id.producer_id;
+    // A new producer must start at sequence 0.
+    let out = c
+        .commit(flush("x0", vec![idem(batch(p, 0, 2, 1), pid, 0, 5)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Rejected(BatchRejection::UnknownProducerId)]
+    );
+
+    let out = c
+        .commit(flush(
+            "x1",
+            vec![
+                idem(batch(p, 0, 2, 1), pid, 0, 0),
+                idem(batch(p, 100, 3, 1), pid, 0, 2),
+                // A retry of the first batch inside the same flush.
+                idem(batch(p, 200, 2, 1), pid, 0, 0),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Appended { base_offset: 0 },
+            BatchOutcome::Appended { base_offset: 2 },
+            BatchOutcome::Duplicate { base_offset: 0 },
+        ]
+    );
+    // A retry in a later flush is answered with the original offset, not stored.
+    let out = c
+        .commit(flush("x2", vec![idem(batch(p, 0, 3, 1), pid, 0, 2)]))
+        .await
+        .unwrap();
+    assert_eq!(out, vec![BatchOutcome::Duplicate { base_offset: 2 }]);
+    assert_eq!(c.partition_offsets(p).await.unwrap().high_watermark, 5);
+    // A gap.
+    let out = c
+        .commit(flush("x3", vec![idem(batch(p, 0, 1, 1), pid, 0, 9)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Rejected(BatchRejection::OutOfOrderSequence)]
+    );
+    // The next in sequence.
+    let out = c
+        .commit(flush("x4", vec![idem(batch(p, 0, 1, 1), pid, 0, 5)]))
+        .await
+        .unwrap();
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 5 }]);
+    // A bumped epoch restarts at 0 and fences the old epoch.
+    let bumped = c
+        .init_producer_id(InitProducer {
+            existing: Some((pid, 0)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(bumped.producer_id, pid);
+    assert_eq!(bumped.producer_epoch, 1);
+    let out = c
+        .commit(flush(
+            "x5",
+            vec![
+                idem(batch(p, 0, 1, 1), pid, 1, 3),
+                idem(batch(p, 100, 1, 1), pid, 1, 0),
+                idem(batch(p, 200, 1, 1), pid, 0, 6),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            BatchOutcome::Rejected(BatchRejection::OutOfOrderSequence),
+            BatchOutcome::Appended { base_offset: 6 },
+            BatchOutcome::Rejected(BatchRejection::ProducerFenced),
+        ]
+    );
+    // Sequence numbers wrap from i32::MAX to 0.
+    let other = c
+        .init_producer_id(InitProducer { existing: None })
+        .await
+        .unwrap()
+        .producer_id;
+    let out = c
+        .commit(flush(
+            "x6",
+            vec![
+                idem(batch(p, 0, 1, 1), other, 0, 0),
+                idem(batch(p, 100, i64::from(i32::MAX), 1), other, 0, 1),
+                idem(batch(p, 200, 2, 1), other, 0, 0),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        out[2],
+        BatchOutcome::Appended {
+            base_offset: 8 + i64::from(i32::MAX)
+        },
+        "{out:?}"
+    );
+}
+
+async fn commit_is_idempotent_per_object(c: Arc<dyn Coordinator>) {
+    let t = c.create_topic(spec("t", 1)).await.unwrap();
+    let p = tp(&t, 0);
+    let f = flush("same", vec![batch(p, 0, 4, 1)]);
+    let first = c.commit(f.clone()).await.unwrap();
+    let again = c.commit(f).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(c.partition_offsets(p).await.unwrap().high_watermark, 4);
+}
+
+/// `commit_many` gives what committing its flushes one after another gives: each flush sees the
+/// earlier ones (offsets, producer sequences), a key committed before or earlier in the group
+/// gets its recorded outcomes, and the index has one row per appended run.
+async fn group_commit_is_commits_in_order(c: Arc<dyn Coordinator>) {
+    let t = c.create_topic(spec("t", 2)).await.unwrap();
+    let (p0, p1) = (tp(&t, 0), tp(&t, 1));
+    let pid = c
+        .init_producer_id(InitProducer { existing: None })
+        .await
+        .unwrap()
+        .producer_id;
+    let before = c
+        .commit(flush("g0", vec![batch(p0, 0, 2, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(before, vec![BatchOutcome::Appended { base_offset: 0 }]);
+
+    let out = c
+        .commit_many(vec![
+            flush(
+                "g1",
+                vec![batch(p0, 0, 3, 2), idem(batch(p1, 100, 2, 2), pid, 0, 0)],
+            ),
+            // Already committed before the group: recorded outcomes, nothing appended.
+            flush("g0", vec![batch(p0, 0, 2, 1)]),
+            flush(
+                "g2",
+                vec![idem(batch(p1, 0, 1, 3), pid, 0, 2), batch(p0, 100, 1, 3)],
+            ),
+            // A retry of g1's idempotent batch under a new key: a duplicate.
+            flush("g3", vec![idem(batch(p1, 0, 2, 4), pid, 0, 0)]),
+            // The same key twice in one group: the second gets the first's outcomes.
+            flush(
+                "g2",
+                vec![idem(batch(p1, 0, 1, 3), pid, 0, 2), batch(p0, 100, 1, 3)],
+            ),
+            // A gap in the producer's sequence, seeing g2's batch.
+            flush("g4", vec![idem(batch(p1, 0, 1, 5), pid, 0, 9)]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            vec![
+                BatchOutcome::Appended { base_offset: 2 },
+                BatchOutcome::Appended { base_offset: 0 },
+            ],
+            before,
+            vec![
+                BatchOutcome::Appended { base_offset: 2 },
+                BatchOutcome::Appended { base_offset: 5 },
+            ],
+            vec![BatchOutcome::Duplicate { base_offset: 0 }],
+            vec![
+                BatchOutcome::Appended { base_offset: 2 },
+                BatchOutcome::Appended { base_offset: 5 },
+            ],
+            vec![BatchOutcome::Rejected(BatchRejection::OutOfOrderSequence)],
+        ]
+    );
+    assert_eq!(c.partition_offsets(p0).await.unwrap().high_watermark, 6);
+    assert_eq!(c.partition_offsets(p1).await.unwrap().high_watermark, 3);
+    let rows = c.index_rows(p0, 0, u64::MAX).await.unwrap();
+    let keys: Vec<_> = rows
+        .iter()
+        .map(|r| (r.object_key.as_str(), r.base_offset, r.last_offset))
+        .collect();
+    assert_eq!(keys, vec![("g0", 0, 1), ("g1", 2, 4), ("g2", 5, 5)]);
+
+    // The whole group again (a retry after an unknown result): the same answers, no change.
+    let again = c
+        .commit_many(vec![
+            flush(
+                "g1",
+                vec![batch(p0, 0, 3, 2), idem(batch(p1, 100, 2, 2), pid, 0, 0)],
+            ),
+            flush(
+                "g2",
+                vec![idem(batch(p1, 0, 1, 3), pid, 0, 2), batch(p0, 100, 1, 3)],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![out[0].clone(), out[2].clone()]);
+    assert_eq!(c.partition_offsets(p0).await.unwrap().high_watermark, 6);
+    assert!(c.commit_many(vec![]).await.unwrap().is_empty());
+}
+
+async fn index_lookups(c: Arc<dyn Coordinator>) {
+    let t = c.create_topic(spec("t", 1)).await.unwrap();
+    let p = tp(&t, 0);
+    // Three objects of 10 offsets each; timestamps rise then fall.
+    for (i, ts) in [(0, 100), (1, 300), (2, 200)] {
+        c.commit(flush(&format!("o{i}"), vec![batch(p, 0, 10, ts)]))
+            .await
+            .unwrap();
+    }
+    let rows = c.index_rows(p, 15, u64::MAX).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.base_offset).collect::<Vec<_>>(),
+        vec![10, 20]
+    );
+    // max_bytes limits the rows, but at least one is returned.
+    let rows = c.index_rows(p, 0, 1).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let rows = c.index_rows(p, 0, 200).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(c.index_rows(p, 30, u64::MAX).await.unwrap().is_empty());
+
+    let row = c.row_for_timestamp(p, 150).await.unwrap().unwrap();
+    assert_eq!(row.base_offset, 10);
+    let row = c.row_for_timestamp(p, 50).await.unwrap().unwrap();
+    assert_eq!(row.base_offset, 0);
+    assert!(c.row_for_timestamp(p, 301).await.unwrap().is_none());
+    let row = c.row_with_max_timestamp(p).await.unwrap().unwrap();
+    assert_eq!(row.base_offset, 10);
+}
+
+async fn producer_ids(c: Arc<dyn Coordinator>) {
+    let a = c
+        .init_producer_id(InitProducer { existing: None })
+        .await
+        .unwrap();
+    let b = c
+        .init_producer_id(InitProducer { existing: None })
+        .await
+        .unwrap();
+    assert_ne!(a.producer_id, b.producer_id);
+    assert_eq!(a.producer_epoch, 0);
+    let a1 = c
+        .init_producer_id(InitProducer {
+            existing: Some((a.producer_id, 0)),
+        })
+        .await
+        .unwrap();
+    assert_eq!((a1.producer_id, a1.producer_epoch), (a.producer_id, 1));
+}
+
+/// KIP-360: a bump whose response was lost is retried with the same (id, epoch); it is answered
+/// with the epoch it already got, as Kafka does, not fenced. Epochs older than that are fenced.
+async fn producer_epoch_bump_retry_is_answered_again(c: Arc<dyn Coordinator>) {
+    let bump = |id: i64, epoch: i16| {
+        c.init_producer_id(InitProducer {
+            existing: Some((id, epoch)),
+        })
+    };
+    let a = c
+        .init_producer_id(InitProducer { existing: None })
+        .await
+        .unwrap();
+    let id = a.producer_id;
+    let first = bump(id, 0).await.unwrap();
+    assert_eq!((first.producer_id, first.producer_epoch), (id, 1));
+    // The response was lost; the client asks again with what it had.
+    let retried = bump(id, 0).await.unwrap();
+    assert_eq!(retried, first, "a retried bump gets the same answer");
+    // Still at epoch 1: the retry did not bump again.
+    let second = bump(id, 1).await.unwrap();
+    assert_eq!(second.producer_epoch, 2);
+    // Epoch 0 is now two bumps old: fenced.
+    assert!(matches!(
+        bump(id, 0).await,
+        Err(CoordinatorError::ProducerFenced(_))
+    ));
+    // An epoch from the future (never handed out) is fenced too.
+    assert!(matches!(
+        bump(id, 7).await,
+        Err(CoordinatorError::ProducerFenced(_))
+    ));
+}
+
+async fn deleted_topics_release_objects(c: Arc<dyn Coordinator>) {
+    let t = c.create_topic(spec("t", 1)).await.unwrap();
+    let u = c.create_topic(spec("u", 1)).await.unwrap();
+    c.commit(flush(
+        "shared",
+        vec![batch(tp(&t, 0), 0, 1, 1), batch(tp(&u, 0), 100, 1, 1)],
+    ))
+    .await
+    .unwrap();
+    c.commit(flush("only-t", vec![batch(tp(&t, 0), 0, 1, 1)]))
+        .await
+        .unwrap();
+    let refs = c.object_references().await.unwrap();
+    assert!(refs.live.contains("shared") && refs.live.contains("only-t"));
+    assert!(refs.dead.is_empty());
+
+    c.delete_topic("t").await.unwrap();
+    let refs = c.object_references().await.unwrap();
+    assert!(refs.live.contains("shared"));
+    assert!(refs.dead.contains_key("only-t"));
+
+    c.forget_objects(vec!["only-t".into()]).await.unwrap();
+    let refs = c.object_references().await.unwrap();
+    assert!(!refs.dead.contains_key("only-t"));
+
+    // An object none of whose batches was appended is garbage at once.
+    c.commit(flush("rejected", vec![batch(tp(&t, 0), 0, 1, 1)]))
+        .await
+        .unwrap();
+    assert!(c
+        .object_references()
+        .await
+        .unwrap()
+        .dead
+        .contains_key("rejected"));
+}
+
+/// Everything committed survives reopening the store: `open` must return the same store each
+/// time it is called.
+pub async fn durability<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Coordinator>>,
+{
+    let (topic, pid) = {
+        let c = open().await;
+        let t = c.create_topic(spec("durable", 2)).await.unwrap();
+        c.alter_topic_configs("durable", vec![("retention.ms".into(), Some("5".into()))])
+            .await
+            .unwrap();
+        let pid = c
+            .init_producer_id(InitProducer { existing: None })
+            .await
+            .unwrap()
+            .producer_id;
+        c.commit(flush(
+            "d1",
+            vec![idem(batch(tp(&t, 1), 0, 7, 9), pid, 0, 0)],
+        ))
+        .await
+        .unwrap();
+        (t, pid)
+    };
+    let c = open().await;
+    let t = c.topic("durable").await.unwrap().unwrap();
+    assert_eq!(t.id, topic.id);
+    assert_eq!(t.configs["retention.ms"], "5");
+    assert_eq!(
+        c.partition_offsets(tp(&t, 1)).await.unwrap().high_watermark,
+        7
+    );
+    assert_eq!(c.index_rows(tp(&t, 1), 0, u64::MAX).await.unwrap().len(), 1);
+    // Producer state survives: a retry is still a duplicate, and ids are not reused.
+    let out = c
+        .commit(flush(
+            "d2",
+            vec![idem(batch(tp(&t, 1), 0, 7, 9), pid, 0, 0)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out, vec![BatchOutcome::Duplicate { base_offset: 0 }]);
+    let next = c
+        .init_producer_id(InitProducer { existing: None })
+        .await
+        .unwrap();
+    assert!(next.producer_id > pid);
+
+    // Consumer groups: offsets, blobs and deletions of both survive.
+    let big = blob(1 << 20, 3);
+    let small = vec![0x00, 0xff, 0x00, 0x01, 0xfe];
+    let g_offsets = vec![
+        with_meta(offset("durable", 0, 5), 2, Some("meta\0data")),
+        offset("durable", 1, 7),
+        offset("gone-topic", 3, 1),
+    ];
+    {
+        c.commit_offsets("g", g_offsets.clone(), None)
+            .await
+            .unwrap();
+        c.commit_offsets("g", vec![offset("durable", 9, 9)], None)
+            .await
+            .unwrap();
+        c.delete_offsets("g", vec![("durable".into(), 9)], None)
+            .await
+            .unwrap();
+        save(&c, "g", big.clone()).await.unwrap();
+        save(&c, "blob-only", vec![1]).await.unwrap();
+        save(&c, "blob-only", small.clone()).await.unwrap();
+        c.commit_offsets("deleted", vec![offset("durable", 0, 1)], None)
+            .await
+            .unwrap();
+        save(&c, "deleted", vec![1]).await.unwrap();
+        assert!(c.delete_group("deleted", None).await.unwrap());
+    }
+    drop(c);
+    let c = open().await;
+    assert_eq!(c.fetch_offsets("g").await.unwrap(), g_offsets);
+    assert_eq!(load(&c, "g").await.unwrap(), Some(big));
+    assert_eq!(load(&c, "blob-only").await.unwrap(), Some(small));
+    assert!(c.fetch_offsets("blob-only").await.unwrap().is_empty());
+    assert_eq!(load(&c, "deleted").await.unwrap(), None);
+    assert!(c.fetch_offsets("deleted").await.unwrap().is_empty());
+    assert_eq!(c.list_groups().await.unwrap(), vec!["blob-only", "g"]);
+}
