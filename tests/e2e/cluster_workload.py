@@ -49,8 +49,10 @@ class Outcome:
 
 class Workload:
     def __init__(self, bootstraps: Sequence[str], topic: str, group: str, *,
-                 rate: int = 300, consumers: int = 2, client_id: str = "cluster-test") -> None:
+                 rate: int = 300, consumers: int = 2, client_id: str = "cluster-test",
+                 consumer_conf: dict | None = None) -> None:
         self.bootstrap = ",".join(bootstraps)
+        self.consumer_conf = dict(consumer_conf or {})
         self.topic = topic
         self.group = group
         self.rate = rate
@@ -64,7 +66,8 @@ class Workload:
         self._consumed: set[bytes] = set()
         self._producer = threading.Thread(target=self._produce, name="producer", daemon=True)
         self._consumers = [
-            threading.Thread(target=self._consume, args=(i,), name=f"consumer{i}", daemon=True)
+            threading.Thread(target=self._consume, args=(i, self.bootstrap),
+                             name=f"consumer{i}", daemon=True)
             for i in range(consumers)
         ]
         self._unflushed = -1
@@ -104,14 +107,23 @@ class Workload:
             p.poll(0)
         self._unflushed = p.flush(180)
 
-    def _consume(self, index: int) -> None:
+    def add_consumer(self, bootstrap: str) -> None:
+        """Starts one more member of the group, bootstrapped through ``bootstrap`` only (so that
+        it asks that broker which broker coordinates the group)."""
+        index = len(self._consumers)
+        t = threading.Thread(target=self._consume, args=(index, bootstrap),
+                             name=f"consumer{index}", daemon=True)
+        self._consumers.append(t)
+        t.start()
+
+    def _consume(self, index: int, bootstrap: str) -> None:
         session = [0]
 
         def on_assign(consumer, partitions):
             session[0] += 1
 
         c = Consumer({
-            "bootstrap.servers": self.bootstrap,
+            "bootstrap.servers": bootstrap,
             "client.id": f"{self._client_id}-consumer{index}",
             "group.id": self.group,
             "auto.offset.reset": "earliest",
@@ -120,6 +132,7 @@ class Workload:
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
             "topic.metadata.refresh.interval.ms": 5000,
+            **self.consumer_conf,
         })
         c.subscribe([self.topic], on_assign=on_assign)
         try:

@@ -273,3 +273,195 @@ def test_broker_whose_node_id_was_taken_stops(broker_factory, postgres_db, s3):
     assert "lost its place in the cluster" in a.stderr_path.read_text()
     assert b.running
     wait_for_brokers(b.bootstrap, {0})
+
+
+# --------------------------------------------------------------------------------------------
+# A view-change race for a consumer group: two brokers both believe they coordinate it.
+# --------------------------------------------------------------------------------------------
+
+MASK64 = (1 << 64) - 1
+
+
+def _fnv1a(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & MASK64
+    return h
+
+
+def _mix(x: int) -> int:
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def group_coordinator(group: str, node_ids: list[int]) -> int:
+    """The broker coordinating ``group`` among live ``node_ids``: rendezvous hashing as in
+    crates/fjord-broker/src/cluster/mod.rs (``ClusterView::group_coordinator``)."""
+    key = _fnv1a(group.encode())
+    return max(node_ids, key=lambda n: (_mix(key ^ _mix(n & 0xFFFFFFFF)), n))
+
+
+AUDIT_SQL = """
+CREATE TABLE audit_groups (n bigserial PRIMARY KEY, group_id bytea, state bytea);
+CREATE FUNCTION audit_groups_f() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO audit_groups (group_id, state) VALUES (NEW.group_id, NEW.state); RETURN NEW; END
+$$;
+CREATE TRIGGER audit_groups_t AFTER INSERT OR UPDATE ON fjord_groups
+    FOR EACH ROW EXECUTE FUNCTION audit_groups_f();
+CREATE TABLE audit_offsets (n bigserial PRIMARY KEY, group_id bytea, topic bytea, partition int,
+                            committed_offset bigint);
+CREATE FUNCTION audit_offsets_f() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO audit_offsets (group_id, topic, partition, committed_offset)
+    VALUES (NEW.group_id, NEW.topic, NEW.partition, NEW.committed_offset);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER audit_offsets_t AFTER INSERT OR UPDATE ON fjord_group_offsets
+    FOR EACH ROW EXECUTE FUNCTION audit_offsets_f();
+"""
+
+
+def _assigned_partitions(assignment: bytes) -> set[tuple[str, int]]:
+    """The topic-partitions of a ConsumerProtocolAssignment (any version: they all start with
+    version, then [topic, [partition]])."""
+    import struct
+    if len(assignment) < 6:
+        return set()
+    pos = 2
+    (n_topics,) = struct.unpack_from(">i", assignment, pos)
+    pos += 4
+    out = set()
+    for _ in range(max(n_topics, 0)):
+        (name_len,) = struct.unpack_from(">h", assignment, pos)
+        pos += 2
+        topic = assignment[pos:pos + name_len].decode()
+        pos += name_len
+        (n_parts,) = struct.unpack_from(">i", assignment, pos)
+        pos += 4
+        for _ in range(max(n_parts, 0)):
+            (p,) = struct.unpack_from(">i", assignment, pos)
+            pos += 4
+            out.add((topic, p))
+    return out
+
+
+def find_coordinator_at(port: int, group: str) -> int:
+    """The node id that the broker on ``port`` itself names as ``group``'s coordinator (a raw
+    FindCoordinator v0 to that broker, as a client whose only connection is to it asks)."""
+    import socket
+    import struct
+
+    def string(s: str) -> bytes:
+        return struct.pack(">h", len(s.encode())) + s.encode()
+
+    frame = struct.pack(">hhi", 10, 0, 1) + string("race-test") + string(group)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(struct.pack(">i", len(frame)) + frame)
+        head = sock.recv(4)
+        (size,) = struct.unpack(">i", head)
+        body = b""
+        while len(body) < size:
+            body += sock.recv(size - len(body))
+    _cid, error, node_id = struct.unpack_from(">ihi", body, 0)
+    assert error == 0, error
+    return node_id
+
+
+def audit_owners_per_generation(postgres_db: str, group: str) -> dict[int, dict]:
+    """For each generation saved Stable, partition -> the set of members it was assigned to,
+    over every save of the group."""
+    from conftest import psql
+    rows = psql(postgres_db, "SELECT convert_from(state, 'UTF8') FROM audit_groups "
+                f"WHERE group_id = convert_to('{group}', 'UTF8') ORDER BY n")
+    owners: dict[int, dict] = {}
+    for line in rows.splitlines():
+        snapshot = json.loads(line)
+        if "generation" not in snapshot or not snapshot.get("members"):
+            continue
+        per = owners.setdefault(snapshot["generation"], {})
+        for m in snapshot["members"]:
+            for tp in _assigned_partitions(bytes(m["assignment"])):
+                per.setdefault(tp, set()).add(m["id"])
+    return owners
+
+
+def audit_offsets_backwards(postgres_db: str, group: str) -> list[tuple]:
+    """Every committed offset of the group that is lower than the one committed before it for
+    the same partition, in commit order."""
+    from conftest import psql
+    rows = psql(postgres_db, "SELECT convert_from(topic, 'UTF8'), partition, committed_offset "
+                "FROM audit_offsets "
+                f"WHERE group_id = convert_to('{group}', 'UTF8') ORDER BY n")
+    last: dict[tuple, int] = {}
+    backwards = []
+    for line in rows.splitlines():
+        topic, partition, offset = line.split("|")
+        key = (topic, int(partition))
+        if key in last and int(offset) < last[key]:
+            backwards.append((key, last[key], int(offset)))
+        last[key] = int(offset)
+    return backwards
+
+
+@pytest.mark.timeout(300)
+def test_group_view_change_race(broker_factory, postgres_db, s3, topic):
+    """Two brokers believe they coordinate one consumer group for several seconds: broker 1
+    refreshes its view of the cluster only every 2 minutes (a long lease), so it does not see
+    broker 3 join and take the group over. Members find the coordinator through either, and each
+    side starts a rebalance. Then broker 1 leaves the cluster. Audited in
+    PostgreSQL: no partition has two owners in one generation, committed offsets never go
+    backwards, and nothing acknowledged is lost."""
+    group = next(f"race-{i}" for i in range(10_000)
+                 if group_coordinator(f"race-{i}", [0, 1, 2]) == 1
+                 and group_coordinator(f"race-{i}", [0, 1, 2, 3]) == 3)
+    brokers = []
+    for i in range(3):
+        extra = ["--broker-lease-ms", "600000"] if i == 1 else []
+        brokers.append(broker_factory(
+            "--coordinator", postgres_db, "--object-store", f"s3://{S3_BUCKET}/cluster",
+            "--node-id", str(i), "--group-initial-rebalance-delay-ms", "500", *extra,
+            name=f"broker{i}"))
+    for b in brokers:
+        wait_for_brokers(b.bootstrap, {0, 1, 2})
+    from conftest import psql
+    psql(postgres_db, AUDIT_SQL)
+    create_topic(brokers[0].bootstrap, topic, PARTITIONS)
+    assert all(find_coordinator_at(b.port, group) == 1 for b in brokers)
+    conf = {"session.timeout.ms": 6000, "max.poll.interval.ms": 6000}
+    work = Workload([b.bootstrap for b in brokers], topic, group, consumer_conf=conf).start()
+    work.wait_acked(1500)
+
+    fourth = broker_factory("--coordinator", postgres_db, "--object-store",
+                            f"s3://{S3_BUCKET}/cluster", "--node-id", "3",
+                            "--group-initial-rebalance-delay-ms", "500", name="broker3")
+    for b in (fourth, brokers[0], brokers[2]):
+        wait_for_brokers(b.bootstrap, {0, 1, 2, 3})
+    assert find_coordinator_at(fourth.port, group) == 3
+    assert find_coordinator_at(brokers[0].port, group) == 3
+    assert find_coordinator_at(brokers[1].port, group) == 1, "broker 1 sees the old cluster"
+    # Newcomers through each side: both coordinators rebalance the group.
+    work.add_consumer(fourth.bootstrap)
+    work.add_consumer(brokers[1].bootstrap)
+    work.wait_acked(work.acked_count() + 2500, timeout=60)
+    # The race ends as a view change does: broker 1 leaves (it deregisters at once; a SIGKILL
+    # would leave it in Metadata for its ten-minute lease).
+    brokers[1].stop()
+    work.wait_acked(work.acked_count() + 1500, timeout=90)
+    outcome = work.finish()
+    print(f"\nview-change race, then broker1 left: {outcome.describe()}")
+    assert_clean(outcome.report)
+
+    owners = audit_owners_per_generation(postgres_db, group)
+    doubled = {gen: {tp: ids for tp, ids in per.items() if len(ids) > 1}
+               for gen, per in owners.items()}
+    doubled = {gen: tps for gen, tps in doubled.items() if tps}
+    handovers = sum(b.stderr_path.read_text().count("handing it over")
+                    for b in [*brokers, fourth])
+    print(f"generations saved Stable: {sorted(owners)}; fenced saves handed the group over "
+          f"{handovers} times")
+    assert len(owners) >= 2, "the race produced rebalances"
+    assert not doubled, f"partitions with two owners in one generation: {doubled}"
+    backwards = audit_offsets_backwards(postgres_db, group)
+    assert not backwards, f"committed offsets went backwards: {backwards[:10]}"

@@ -229,3 +229,80 @@ def test_committed_offsets_survive_broker_kill(broker, topic):
         assert first == 17
     finally:
         c.close()
+
+
+@pytest.mark.timeout(180)
+def test_cooperative_members_keep_committing_while_others_join(broker_factory, topic):
+    """librdkafka consumers with cooperative-sticky and auto-commit keep committing the
+    partitions they own while members join (KIP-429). Kafka accepts those commits while the
+    group prepares a rebalance; answering REBALANCE_IN_PROGRESS, as Fjord once did, makes
+    librdkafka report failed commits on every join."""
+    broker = broker_factory("--group-initial-rebalance-delay-ms", "300")
+    create_topic(broker.bootstrap, topic, PARTITIONS)
+    group = f"{topic}-coop"
+    stop = threading.Event()
+    commits: list = []
+    failures: list = []
+    lock = threading.Lock()
+
+    def on_commit(err, partitions):
+        with lock:
+            if err is not None:
+                failures.append(str(err))
+            else:
+                commits.append(len(partitions))
+
+    def produce():
+        p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+        i = 0
+        while not stop.is_set():
+            try:
+                p.produce(topic, key=b"k%d" % i, value=b"v%d" % i)
+                i += 1
+            except BufferError:
+                p.poll(0.05)
+            if i % 50 == 0:
+                p.poll(0.01)
+        p.flush(30)
+
+    def consume(c: Consumer):
+        while not stop.is_set():
+            m = c.poll(0.1)
+            if m is not None and m.error():
+                with lock:
+                    failures.append(str(m.error()))
+        c.close()
+
+    def member() -> threading.Thread:
+        c = Consumer({
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": group,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": 100,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 1000,
+            "on_commit": on_commit,
+        })
+        c.subscribe([topic])
+        t = threading.Thread(target=consume, args=(c,), daemon=True)
+        t.start()
+        return t
+
+    threads = [threading.Thread(target=produce, daemon=True)]
+    threads[0].start()
+    threads.append(member())
+    time.sleep(4)
+    for _ in range(3):
+        # Each join starts a rebalance that waits up to a heartbeat interval for the others to
+        # rejoin: the members go on committing meanwhile.
+        threads.append(member())
+        time.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    rebalance_failures = [f for f in failures if "REBALANCE" in f.upper()]
+    print(f"\n{len(commits)} commits, failures: {failures[:10]}")
+    assert len(commits) > 20, "the members committed"
+    assert not rebalance_failures, f"{len(rebalance_failures)} commits refused: {rebalance_failures[:5]}"
