@@ -246,6 +246,10 @@ impl Coordinator for FaultyCoordinator {
     async fn forget_objects(&self, keys: Vec<String>) -> Result<()> {
         self.inner.forget_objects(keys).await
     }
+
+    async fn raise_commit_watermark(&self, at_ms: i64) -> Result<i64> {
+        self.inner.raise_commit_watermark(at_ms).await
+    }
 }
 
 #[async_trait]

@@ -122,4 +122,12 @@ pub trait Coordinator: GroupStore + BrokerRegistry + Send + Sync + 'static {
 
     /// Forgets objects after they were deleted from object storage.
     async fn forget_objects(&self, keys: Vec<String>) -> Result<()>;
+
+    /// Raises the commit watermark to `at_ms` (it never goes down) and returns it. From then on
+    /// a commit of an object whose key was made before the watermark
+    /// ([`state::object_key_time_ms`]) is refused with [`CoordinatorError::Fenced`], in the same
+    /// serialization order as commits: garbage collection raises it before it reads which
+    /// objects are referenced, and deletes unreferenced objects only below it, so an object it
+    /// deletes can never become referenced afterwards.
+    async fn raise_commit_watermark(&self, at_ms: i64) -> Result<i64>;
 }

@@ -100,6 +100,11 @@ pub enum Entry {
         /// Group id.
         group: String,
     },
+    /// The commit watermark was raised (see [`crate::Coordinator::raise_commit_watermark`]).
+    CommitWatermark {
+        /// The new watermark (ms).
+        at_ms: i64,
+    },
 }
 
 /// The offset a group committed for one partition (its topic and partition are the map keys).
@@ -212,6 +217,9 @@ pub struct State {
     /// The last group blob version handed out (versions never repeat, across groups too).
     #[serde(default)]
     pub group_versions: i64,
+    /// Objects made before this time (ms, by their key) can no longer be committed.
+    #[serde(default)]
+    pub commit_watermark_ms: i64,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -504,6 +512,9 @@ impl State {
             }
             Entry::DeleteGroup { group } => {
                 self.groups.remove(group);
+            }
+            Entry::CommitWatermark { at_ms } => {
+                self.commit_watermark_ms = self.commit_watermark_ms.max(*at_ms);
             }
         }
     }
@@ -809,6 +820,35 @@ pub fn commit_effects(
         }
     }
     effects
+}
+
+/// When an object was made (ms since the epoch), read from its key: the UUIDv7 the writer names
+/// objects with (`objects/<uuid>.fjd`). `None` for keys not made that way (they are never
+/// collected as orphans, and the commit watermark does not apply to them).
+pub fn object_key_time_ms(key: &str) -> Option<i64> {
+    let name = key.rsplit('/').next()?;
+    let stem = name.strip_suffix(".fjd").unwrap_or(name);
+    let id = Uuid::parse_str(stem).ok()?;
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    i64::try_from(secs)
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(i64::from(nanos / 1_000_000))
+}
+
+/// Refuses a commit of an object made before the commit watermark.
+pub fn check_commit_watermark(object_key: &str, watermark_ms: i64) -> Result<()> {
+    match object_key_time_ms(object_key) {
+        Some(made) if made < watermark_ms => Err(CoordinatorError::Fenced(format!(
+            "object {object_key} was made at {made} ms, before the commit watermark \
+             {watermark_ms} ms: garbage collection may have deleted it (or this broker's clock \
+             is behind the one collecting garbage by more than the grace period)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// What an InitProducerId call does.

@@ -7,13 +7,24 @@
 //! - *orphans*: uploaded but never committed (the broker crashed, or the commit failed). The
 //!   coordinator has never heard of them; the bucket listing shows them.
 //!
-//! The grace period must exceed the longest time between an object's upload and its commit
-//! (the writer gives up after its retry deadline), and the longest read of an object that just
-//! became unreferenced. Listing happens *before* reading the references, so an object committed
-//! meanwhile is either in the live set or younger than the grace period.
+//! The invariant for orphans: *an object this pass deletes can never become referenced*. A
+//! pass first raises the coordinator's commit watermark to `now - grace`
+//! ([`Coordinator::raise_commit_watermark`]); from then on the coordinator refuses to commit any
+//! object made before the watermark (the time is in the object's key, a UUIDv7), in the same
+//! serialization order as commits. Only then does the pass read which objects are referenced,
+//! and it deletes an unreferenced object only when its key time is below the watermark. A
+//! commit of such an object either completed before the raise, and the pass sees the reference,
+//! or comes after it, and is refused, however long the commit was delayed (a stalled database,
+//! a long network partition). Keys without a time are never collected as orphans.
+//!
+//! The grace period must exceed the longest time between making an object and committing it
+//! (uploads and commits are retried for seconds), so that the watermark refuses no healthy
+//! commit, and the clock skew between brokers, and the longest read of an object that just
+//! became unreferenced.
 
 use std::sync::Arc;
 
+use fjord_coordinator::state::object_key_time_ms;
 use fjord_coordinator::Coordinator;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -51,11 +62,15 @@ pub async fn collect(
     now_ms: i64,
     grace_ms: i64,
 ) -> Result<GcReport, GcError> {
+    // First the watermark, then the references: see the module's invariant.
+    let watermark = coordinator
+        .raise_commit_watermark(now_ms.saturating_sub(grace_ms))
+        .await?;
+    let refs = coordinator.object_references().await?;
     let listed: Vec<_> = store
         .list(Some(&Path::from(OBJECTS_PREFIX)))
         .try_collect()
         .await?;
-    let refs = coordinator.object_references().await?;
     let mut report = GcReport {
         listed: listed.len(),
         ..GcReport::default()
@@ -66,11 +81,12 @@ pub async fn collect(
         if refs.live.contains(&key) {
             continue;
         }
-        let since = match refs.dead.get(&key) {
-            Some(dead_since) => *dead_since,
-            None => meta.last_modified.timestamp_millis(),
+        let collectable = match refs.dead.get(&key) {
+            Some(dead_since) => now_ms - dead_since >= grace_ms,
+            // An orphan: only below the watermark can it never be committed.
+            None => object_key_time_ms(&key).is_some_and(|made| made < watermark),
         };
-        if now_ms - since < grace_ms {
+        if !collectable {
             continue;
         }
         match store.delete(&meta.location).await {
@@ -114,24 +130,45 @@ mod tests {
     use fjord_coordinator::embedded::EmbeddedCoordinator;
     use fjord_coordinator::{CommitBatch, FlushCommit, TopicPartition, TopicSpec};
 
+    fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    }
+
+    /// An object key as the writer makes them, at time `ms`.
+    fn key_at(ms: i64) -> String {
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            (ms / 1000) as u64,
+            ((ms % 1000) * 1_000_000) as u32,
+        );
+        format!("{OBJECTS_PREFIX}/{}.fjd", uuid::Uuid::new_v7(ts))
+    }
+
     #[tokio::test]
     async fn deletes_orphans_and_dead_objects_after_grace() {
         let dir = tempfile::tempdir().unwrap();
         let coordinator: Arc<dyn Coordinator> =
             Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let put = |key: &'static str| {
+        let put = |key: String| {
             let store = store.clone();
             async move {
                 store
-                    .put(&Path::from(key), Bytes::from_static(b"x").into())
+                    .put(&Path::from(key.as_str()), Bytes::from_static(b"x").into())
                     .await
                     .unwrap();
             }
         };
-        put("objects/live").await;
-        put("objects/orphan").await;
-        put("objects/dead").await;
+        let now = now_ms();
+        let (live, orphan, dead) = (key_at(now), key_at(now), key_at(now));
+        // Not an object the writer made: never collected as an orphan.
+        let foreign = format!("{OBJECTS_PREFIX}/readme.txt");
+        for key in [&live, &orphan, &dead, &foreign] {
+            put(key.clone()).await;
+        }
         let mut topics = Vec::new();
         for name in ["keep", "drop"] {
             topics.push(
@@ -145,10 +182,10 @@ mod tests {
                     .unwrap(),
             );
         }
-        for (key, topic) in [("objects/live", &topics[0]), ("objects/dead", &topics[1])] {
+        for (key, topic) in [(&live, &topics[0]), (&dead, &topics[1])] {
             coordinator
                 .commit(FlushCommit {
-                    object_key: key.into(),
+                    object_key: key.clone(),
                     object_size: 1,
                     timestamp_ms: 0,
                     batches: vec![CommitBatch {
@@ -168,29 +205,107 @@ mod tests {
                 .unwrap();
         }
         coordinator.delete_topic("drop").await.unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
+        let now = now_ms();
 
         // Within the grace period nothing goes.
         let report = collect(&store, &coordinator, now, 60_000).await.unwrap();
-        assert_eq!(report.listed, 3);
+        assert_eq!(report.listed, 4);
         assert_eq!(report.deleted_dead + report.deleted_orphans, 0);
 
-        // Later, the orphan and the dead object go; the live one stays.
+        // Later, the orphan and the dead object go; the live one and the foreign one stay.
         let report = collect(&store, &coordinator, now + 120_000, 60_000)
             .await
             .unwrap();
         assert_eq!((report.deleted_dead, report.deleted_orphans), (1, 1));
-        let left: Vec<_> = store.list(None).try_collect().await.unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].location.to_string(), "objects/live");
+        let mut left: Vec<String> = store
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        left.sort();
+        let mut expected = vec![live.clone(), foreign];
+        expected.sort();
+        assert_eq!(left, expected);
         assert!(coordinator
             .object_references()
             .await
             .unwrap()
             .dead
             .is_empty());
+    }
+
+    /// Item 1 of issue 13: a commit that stalls (a database stuck on a lock, a network
+    /// partition) while garbage collection runs must not end with a producer acknowledged for
+    /// records in an object that was deleted. Either the commit lands before the collection and
+    /// the object is kept, or the collection comes first and the commit is refused.
+    #[tokio::test]
+    async fn an_object_whose_commit_stalls_is_never_both_deleted_and_acknowledged() {
+        use crate::batch::tests::sample_batch;
+        use crate::reader::ReadCache;
+        use crate::writer::{AppendBatch, Writer, WriterSettings};
+        use fjord_coordinator::faults::{FaultyCoordinator, Op};
+
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
+        let (faulty, faults) = FaultyCoordinator::new(inner);
+        let coordinator: Arc<dyn Coordinator> = faulty;
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let topic = coordinator
+            .create_topic(TopicSpec {
+                name: "t".into(),
+                partitions: 1,
+                configs: Default::default(),
+            })
+            .await
+            .unwrap();
+        let (writer, task) = Writer::start(
+            WriterSettings::default(),
+            store.clone(),
+            coordinator.clone(),
+            Arc::new(ReadCache::new(1 << 20)),
+            Arc::new(tokio::sync::watch::channel(0).0),
+        );
+        // The flush is uploaded, then its commit stalls.
+        let hold = faults.hold(Op::Commit);
+        let rx = writer
+            .append(vec![AppendBatch {
+                tp: TopicPartition {
+                    topic_id: topic.id,
+                    partition: 0,
+                },
+                bytes: sample_batch(1, -1, -1, 0),
+                offset_count: 1,
+                max_timestamp: 0,
+                log_append_time: false,
+                producer: None,
+            }])
+            .await
+            .unwrap();
+        hold.reached().await;
+        // Much later by the collector's clock, the uncommitted object looks like an orphan.
+        let report = collect(&store, &coordinator, now_ms() + 3_600_000, 600_000)
+            .await
+            .unwrap();
+        assert_eq!(report.deleted_orphans, 1);
+        hold.release();
+        let answer = rx.await.unwrap();
+        assert!(
+            answer.is_err(),
+            "the producer was acknowledged for an object that was deleted: {answer:?}"
+        );
+        let rows = coordinator
+            .index_rows(
+                TopicPartition {
+                    topic_id: topic.id,
+                    partition: 0,
+                },
+                0,
+                u64::MAX,
+            )
+            .await
+            .unwrap();
+        assert!(rows.is_empty(), "an index row references a deleted object");
+        task.close().await;
     }
 }

@@ -494,6 +494,11 @@ impl Backoff {
         }
     }
 
+    /// Time left until the deadline.
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
     /// Sleeps before the next attempt; `false` when the deadline has passed.
     async fn wait(&mut self) -> bool {
         if Instant::now() + self.delay > self.deadline {
@@ -588,7 +593,21 @@ async fn commit_group(
     loop {
         // The coordinator takes the flushes by value: one copy per attempt.
         let attempt = flushes.iter().map(|f| (*f).clone()).collect();
-        match coordinator.commit_many(attempt).await {
+        // An attempt never outlives the deadline (a database stuck on a lock, a partition): the
+        // flush fails and its producers retry. A commit that lands anyway is answered with its
+        // recorded outcomes when retried, and garbage collection cannot have deleted its
+        // object meanwhile (the coordinator's commit watermark, see `crate::gc`).
+        let result = tokio::time::timeout(
+            backoff.remaining().max(Duration::from_millis(1)),
+            coordinator.commit_many(attempt),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(CoordinatorError::Storage(
+                "commit attempt did not finish before the retry deadline".into(),
+            ))
+        });
+        match result {
             Ok(outcomes) => return Ok(outcomes),
             Err(e) => {
                 let first = flushes.first().map(|f| f.object_key.as_str()).unwrap_or("");
@@ -936,6 +955,46 @@ mod tests {
             flushes as u64 + hedged,
             "one PUT per upload plus its hedge"
         );
+    }
+
+    /// A commit that never returns (a database stuck on a lock, a network partition with no
+    /// keepalive) fails its flush at the retry deadline instead of holding every produce request
+    /// of the broker behind it forever.
+    #[tokio::test]
+    async fn a_stalled_commit_fails_its_flush_at_the_retry_deadline() {
+        use fjord_coordinator::faults::{FaultyCoordinator, Op};
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Coordinator> = Arc::new(EmbeddedCoordinator::open(dir.path()).unwrap());
+        let topic = inner
+            .create_topic(TopicSpec {
+                name: "t".into(),
+                partitions: 1,
+                configs: Default::default(),
+            })
+            .await
+            .unwrap();
+        let (faulty, faults) = FaultyCoordinator::new(inner);
+        let _never_released = faults.hold(Op::Commit);
+        let (writer, _task) = Writer::start(
+            WriterSettings {
+                retry_deadline: Duration::from_millis(300),
+                ..Default::default()
+            },
+            Arc::new(object_store::memory::InMemory::new()),
+            faulty,
+            Arc::new(ReadCache::new(1 << 20)),
+            Arc::new(watch::channel(0).0),
+        );
+        let tp = TopicPartition {
+            topic_id: topic.id,
+            partition: 0,
+        };
+        let rx = writer.append(vec![batch(tp)]).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("the flush was never answered")
+            .unwrap();
+        assert!(matches!(answer, Err(WriteError::Commit(_))), "{answer:?}");
     }
 
     fn batch(tp: TopicPartition) -> AppendBatch {

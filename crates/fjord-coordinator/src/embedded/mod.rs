@@ -244,7 +244,7 @@ impl Coordinator for EmbeddedCoordinator {
         self.on_writer(move |w| {
             let (entries, outcomes) = {
                 let state = w.state.read();
-                overlay::decide_in_order(&state, flushes)
+                overlay::decide_in_order(&state, flushes)?
             };
             w.write_all(entries)?;
             Ok(outcomes)
@@ -295,6 +295,16 @@ impl Coordinator for EmbeddedCoordinator {
     async fn forget_objects(&self, keys: Vec<String>) -> Result<()> {
         self.on_writer(move |w| w.write(Entry::ForgetObjects(keys)))
             .await
+    }
+
+    async fn raise_commit_watermark(&self, at_ms: i64) -> Result<i64> {
+        self.on_writer(move |w| {
+            if at_ms > w.state.read().commit_watermark_ms {
+                w.write(Entry::CommitWatermark { at_ms })?;
+            }
+            Ok(w.state.read().commit_watermark_ms)
+        })
+        .await
     }
 }
 

@@ -10,8 +10,10 @@ use std::collections::HashMap;
 
 use crate::model::{BatchOutcome, FlushCommit, TopicPartition};
 use crate::state::{
-    commit_effects, decide_commit, CommitView, Entry, ProducerPartitionState, State,
+    check_commit_watermark, commit_effects, decide_commit, CommitView, Entry,
+    ProducerPartitionState, State,
 };
+use crate::Result;
 
 /// The state plus what the flushes decided so far change: high watermarks and producer memory.
 struct Overlay<'a> {
@@ -36,11 +38,13 @@ impl CommitView for Overlay<'_> {
     }
 }
 
-/// Decides `flushes` in order: the journal entries to write, and every flush's outcomes.
+/// Decides `flushes` in order: the journal entries to write, and every flush's outcomes. Fails
+/// as a whole (nothing to write) when a flush not committed before is below the commit
+/// watermark ([`crate::state::check_commit_watermark`]).
 pub(super) fn decide_in_order(
     state: &State,
     flushes: Vec<FlushCommit>,
-) -> (Vec<Entry>, Vec<Vec<BatchOutcome>>) {
+) -> Result<(Vec<Entry>, Vec<Vec<BatchOutcome>>)> {
     let mut overlay = Overlay {
         base: state,
         high_watermarks: HashMap::new(),
@@ -59,6 +63,7 @@ pub(super) fn decide_in_order(
             all.push(outcomes.clone());
             continue;
         }
+        check_commit_watermark(&flush.object_key, state.commit_watermark_ms)?;
         let outcomes = decide_commit(&overlay, &flush);
         let effects = commit_effects(&overlay, &flush, &outcomes);
         overlay.high_watermarks.extend(effects.high_watermarks);
@@ -66,7 +71,7 @@ pub(super) fn decide_in_order(
         all.push(outcomes.clone());
         entries.push(Entry::Commit { flush, outcomes });
     }
-    (entries, all)
+    Ok((entries, all))
 }
 
 #[cfg(test)]
@@ -136,7 +141,7 @@ mod tests {
         }
 
         let mut grouped = state_with_partition(tp);
-        let (entries, outcomes) = decide_in_order(&grouped, flushes);
+        let (entries, outcomes) = decide_in_order(&grouped, flushes).unwrap();
         assert_eq!(outcomes, expected);
         assert_eq!(entries.len(), 3, "the re-commit of 'a' writes nothing");
         for e in &entries {

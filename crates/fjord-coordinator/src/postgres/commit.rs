@@ -2,7 +2,9 @@
 //! per group of flushes (a single commit is a group of one).
 //!
 //! The transaction, in order:
-//! 1. *Claim* the object keys by inserting their `fjord_commits` rows; *lock* the partition rows
+//! 1. *Claim* the object keys by inserting their `fjord_commits` rows; read the *commit watermark*
+//!    (`FOR SHARE`: garbage collection raising it waits for this transaction) and refuse, as a
+//!    whole, any newly claimed object made before it; *lock* the partition rows
 //!    the group touches with `SELECT ... FOR UPDATE`, ordered by `(topic_id, partition)`; *load*
 //!    the producer state of the touched (partition, producer) pairs. The three statements are
 //!    pipelined, claim first: a concurrent commit of the same key waits at the claim, not while
@@ -32,7 +34,9 @@ use uuid::Uuid;
 use super::db::{db, get, to_db};
 use super::listen;
 use crate::model::*;
-use crate::state::{commit_effects, decide_commit, CommitView, ProducerPartitionState};
+use crate::state::{
+    check_commit_watermark, commit_effects, decide_commit, CommitView, ProducerPartitionState,
+};
 use crate::{CoordinatorError, Result};
 
 const CLAIM: &str = "INSERT INTO fjord_commits (object_key) SELECT * FROM UNNEST($1::text[])
@@ -40,6 +44,10 @@ const CLAIM: &str = "INSERT INTO fjord_commits (object_key) SELECT * FROM UNNEST
 
 const RECORDED: &str =
     "SELECT object_key, outcomes FROM fjord_commits WHERE object_key = ANY($1::text[])";
+
+/// The commit watermark, held (shared) until the transaction ends: raising it waits for this
+/// commit, and a raise that came first is seen.
+const WATERMARK: &str = "SELECT commit_watermark_ms FROM fjord_gc WHERE id = 1 FOR SHARE";
 
 const LOCK_PARTITIONS: &str = "SELECT topic_id, partition, high_watermark FROM fjord_partitions
     WHERE (topic_id, partition) IN (SELECT * FROM UNNEST($1::uuid[], $2::int4[]))
@@ -142,18 +150,20 @@ pub(super) async fn commit(pool: &Pool, flushes: &[FlushCommit]) -> Result<Vec<V
         .transaction()
         .await
         .map_err(db("starting a commit"))?;
-    let (claim, lock, load) = futures::try_join!(
+    let (claim, watermark, lock, load) = futures::try_join!(
         tx.prepare_cached(CLAIM),
+        tx.prepare_cached(WATERMARK),
         tx.prepare_cached(LOCK_PARTITIONS),
         tx.prepare_cached(LOAD_PRODUCERS),
     )
     .map_err(db("preparing commit statements"))?;
 
-    // 1: claim, lock, load, pipelined. The driver sends requests in the order their futures
-    // are first polled, which `try_join!` does in the order written, and the server runs them in
-    // that order.
-    let (claimed_rows, locked_rows, producer_rows) = futures::try_join!(
+    // 1: claim, watermark, lock, load, pipelined. The driver sends requests in the order their
+    // futures are first polled, which `try_join!` does in the order written, and the server runs
+    // them in that order.
+    let (claimed_rows, watermark_row, locked_rows, producer_rows) = futures::try_join!(
         async { tx.query(&claim, &[&keys]).await },
+        async { tx.query_one(&watermark, &[]).await },
         async { tx.query(&lock, &[&tp_topics, &tp_partitions]).await },
         async {
             if producer_keys.is_empty() {
@@ -169,6 +179,12 @@ pub(super) async fn commit(pool: &Pool, flushes: &[FlushCommit]) -> Result<Vec<V
         .iter()
         .map(|row| get::<String>(row, 0))
         .collect::<Result<HashSet<String>>>()?;
+    let watermark_ms: i64 = get(&watermark_row, 0)?;
+    // New commits of objects made before the watermark are refused (garbage collection may have
+    // deleted them); re-commits answer below with what was recorded.
+    for key in &claimed {
+        check_commit_watermark(key, watermark_ms)?;
+    }
 
     // Outcomes decided earlier: by an earlier transaction (re-commits), or in this group.
     let mut decided: HashMap<String, Vec<BatchOutcome>> = HashMap::new();

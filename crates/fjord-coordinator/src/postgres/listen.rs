@@ -64,7 +64,7 @@ pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// The libpq default of `keepalives_idle`, which tokio-postgres also uses.
-const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+pub(super) const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// What a commit notifies with: `object_key`, cut to at most [`MAX_PAYLOAD_BYTES`] at a character
 /// boundary. Listeners do not depend on it; it only helps someone watching with `LISTEN`.

@@ -49,6 +49,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0004_group_versions",
         sql: include_str!("../../migrations/postgres/0004_group_versions.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_commit_watermark",
+        sql: include_str!("../../migrations/postgres/0005_commit_watermark.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).

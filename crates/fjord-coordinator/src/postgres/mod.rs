@@ -98,6 +98,11 @@ pub struct PostgresCoordinator {
     last_prune_ms: Arc<AtomicI64>,
 }
 
+/// Server-side limits of every session (PostgreSQL `options`): statements, lock waits and idle
+/// transactions end with an error instead of holding rows without bound.
+const SESSION_LIMITS: &str =
+    "-c statement_timeout=60000 -c lock_timeout=15000 -c idle_in_transaction_session_timeout=60000";
+
 /// How often (ms) an instance prunes remembered commit outcomes older than an hour.
 const PRUNE_EVERY_MS: i64 = 60_000;
 
@@ -123,6 +128,23 @@ impl PostgresCoordinator {
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
+        }
+        // Bounded work on the server: a statement, a lock wait and an idle transaction each end
+        // with an error rather than hold rows (and a broker's commit pipeline) indefinitely. A
+        // URL that sets `options` decides for itself.
+        if config.get_options().is_none() {
+            config.options(SESSION_LIMITS);
+        }
+        // A database gone without a word (a host lost, a partition) is noticed in about 20 s,
+        // unless the URL sets keepalives itself.
+        if config.get_keepalives_idle() == listen::DEFAULT_KEEPALIVE_IDLE {
+            config.keepalives_idle(Duration::from_secs(10));
+            if config.get_keepalives_interval().is_none() {
+                config.keepalives_interval(Duration::from_secs(5));
+            }
+            if config.get_keepalives_retries().is_none() {
+                config.keepalives_retries(2);
+            }
         }
         let tls = tls::configure(&mut config, options.ca_file.as_deref())?;
         let listener_config = Arc::new(listen::listener_config(&config));
@@ -610,6 +632,21 @@ impl Coordinator for PostgresCoordinator {
             .await
             .map_err(db("forgetting objects"))?;
         Ok(())
+    }
+
+    async fn raise_commit_watermark(&self, at_ms: i64) -> Result<i64> {
+        let rows = self
+            .query(
+                "UPDATE fjord_gc SET commit_watermark_ms = GREATEST(commit_watermark_ms, $1)
+                 WHERE id = 1 RETURNING commit_watermark_ms",
+                &[&at_ms],
+                "raising the commit watermark",
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| CoordinatorError::Corrupt("postgres: fjord_gc has no row".into()))?;
+        get(row, 0)
     }
 }
 

@@ -30,6 +30,7 @@ where
     index_lookups(fresh().await).await;
     producer_ids(fresh().await).await;
     producer_epoch_bump_retry_is_answered_again(fresh().await).await;
+    objects_below_the_commit_watermark_are_refused(fresh().await).await;
     deleted_topics_release_objects(fresh().await).await;
     groups::run_all(&fresh).await;
     brokers::run_all(&fresh).await;
@@ -644,4 +645,72 @@ where
     assert_eq!(load(&c, "deleted").await.unwrap(), None);
     assert!(c.fetch_offsets("deleted").await.unwrap().is_empty());
     assert_eq!(c.list_groups().await.unwrap(), vec!["blob-only", "g"]);
+}
+
+/// An object key as the writer makes it: a UUIDv7 of time `ms`.
+pub(super) fn key_at(ms: u64) -> String {
+    let ts =
+        uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+    format!("objects/{}.fjd", uuid::Uuid::new_v7(ts))
+}
+
+/// Garbage collection raises the commit watermark before it reads which objects are referenced;
+/// objects made before it can no longer be committed, whatever delayed their commit. Re-commits
+/// of objects committed earlier still answer with their outcomes; keys that carry no time are
+/// not affected; the watermark never goes down.
+async fn objects_below_the_commit_watermark_are_refused(c: Arc<dyn Coordinator>) {
+    let t = c.create_topic(spec("w", 1)).await.unwrap();
+    let early = key_at(1_000_000);
+    let late = key_at(3_000_000);
+    let committed_early = key_at(1_500_000);
+    let out = c
+        .commit(flush(&committed_early, vec![batch(tp(&t, 0), 0, 1, 0)]))
+        .await
+        .unwrap();
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 0 }]);
+    assert_eq!(
+        c.raise_commit_watermark(2_000_000).await.unwrap(),
+        2_000_000
+    );
+    // Lower raises change nothing.
+    assert_eq!(c.raise_commit_watermark(5).await.unwrap(), 2_000_000);
+    assert!(matches!(
+        c.commit(flush(&early, vec![batch(tp(&t, 0), 0, 1, 0)]))
+            .await,
+        Err(CoordinatorError::Fenced(_))
+    ));
+    // In a group of flushes, the whole group is refused (the writer then commits one by one).
+    assert!(matches!(
+        c.commit_many(vec![
+            flush(&late, vec![batch(tp(&t, 0), 0, 1, 0)]),
+            flush(&early, vec![batch(tp(&t, 0), 0, 1, 0)]),
+        ])
+        .await,
+        Err(CoordinatorError::Fenced(_))
+    ));
+    assert_eq!(
+        c.partition_offsets(tp(&t, 0)).await.unwrap().high_watermark,
+        1,
+        "nothing of the refused flushes was committed"
+    );
+    let out = c
+        .commit(flush(&late, vec![batch(tp(&t, 0), 0, 1, 0)]))
+        .await
+        .unwrap();
+    assert_eq!(out, vec![BatchOutcome::Appended { base_offset: 1 }]);
+    // A re-commit of the early object committed before the raise answers as before.
+    let again = c
+        .commit(flush(&committed_early, vec![batch(tp(&t, 0), 0, 1, 0)]))
+        .await
+        .unwrap();
+    assert_eq!(again, vec![BatchOutcome::Appended { base_offset: 0 }]);
+    // Keys without a time are not affected.
+    c.commit(flush("plain", vec![batch(tp(&t, 0), 0, 1, 0)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::state::object_key_time_ms(&late),
+        Some(3_000_000),
+        "the writer's keys carry their time"
+    );
 }
