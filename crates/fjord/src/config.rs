@@ -101,6 +101,9 @@ pub struct ServeConfig {
     /// Lease (ms) of this broker's registration; it is renewed every fifth of it. A broker that
     /// stops renewing leaves Metadata within this time plus one renewal interval.
     pub broker_lease_ms: u64,
+    /// Interval (ms) at which each broker of a cluster probes the others directly; a broker
+    /// found dead leaves this one's Metadata at once instead of after its lease. 0: no probes.
+    pub peer_probe_interval_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -136,6 +139,7 @@ impl Default for ServeConfig {
             group_consumer_heartbeat_interval_ms: 5_000,
             gc_grace_secs: 600,
             broker_lease_ms: 6_000,
+            peer_probe_interval_ms: 100,
             postgres_pool_size: 8,
             metrics_listen: None,
             simulated_store_latency: None,
@@ -171,6 +175,10 @@ pub struct ServeArgs {
     /// Lease (ms) of this broker's registration in the coordinator [default: 6000].
     #[arg(long, env = "FJORD_BROKER_LEASE_MS")]
     pub broker_lease_ms: Option<u64>,
+    /// Interval (ms) of direct probes between brokers of a cluster: a broker found dead leaves
+    /// Metadata at once, not after its lease; 0 turns probing off [default: 100].
+    #[arg(long, env = "FJORD_PEER_PROBE_INTERVAL_MS")]
+    pub peer_probe_interval_ms: Option<u64>,
     /// CA certificates (PEM) trusted for TLS to PostgreSQL; the URL must say sslmode=require.
     #[arg(long, env = "FJORD_POSTGRES_CA_FILE")]
     pub postgres_ca_file: Option<PathBuf>,
@@ -297,6 +305,7 @@ impl ServeArgs {
             group_consumer_session_timeout_ms,
             group_consumer_heartbeat_interval_ms,
             broker_lease_ms,
+            peer_probe_interval_ms,
             postgres_pool_size,
             max_buffer_bytes,
             max_request_bytes,

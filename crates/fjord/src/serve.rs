@@ -95,7 +95,22 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     .await
     .context("registering this broker with the coordinator")?;
     let node_id = membership.node_id();
-    let cluster = membership.view();
+    // The registry's view, less the peers this broker finds dead by probing them directly (a
+    // killed broker keeps its lease for broker_lease_ms; its clients must move at once).
+    let probes = CancellationToken::new();
+    let (cluster, prober) = if embedded || config.peer_probe_interval_ms == 0 {
+        (membership.view(), None)
+    } else {
+        let (view, task) = fjord_broker::cluster::reachability::spawn(
+            membership.view(),
+            fjord_broker::cluster::reachability::ReachabilitySettings {
+                interval: Duration::from_millis(config.peer_probe_interval_ms),
+                ..Default::default()
+            },
+            probes.clone(),
+        );
+        (view, Some(task))
+    };
 
     let cache = Arc::new(ReadCache::new(config.read_cache_bytes));
     let (commits_tx, commits) = watch::channel(0u64);
@@ -240,6 +255,12 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     leave.cancel();
     if fenced.is_none() {
         let _ = membership_task.await;
+    }
+    probes.cancel();
+    if let Some(prober) = prober {
+        if let Err(e) = prober.await {
+            tracing::warn!(error = %e, "peer probing task failed");
+        }
     }
     shutdown.cancel();
     // Flush and commit what is buffered now, while connections answer what they already read:

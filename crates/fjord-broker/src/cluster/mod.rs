@@ -23,6 +23,7 @@
 //! brokers of different builds agree during a rolling upgrade.
 
 pub mod membership;
+pub mod reachability;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,6 +80,26 @@ impl ClusterView {
     /// A view holding only this broker.
     pub fn single(me: Member) -> ClusterView {
         ClusterView::new(me, [])
+    }
+
+    /// This view without the brokers `gone` (this broker always stays).
+    pub fn without(&self, gone: &std::collections::HashSet<i32>) -> ClusterView {
+        let me = self
+            .member(self.self_id)
+            .cloned()
+            .unwrap_or_else(|| Member {
+                node_id: self.self_id,
+                host: String::new(),
+                port: 0,
+                rack: None,
+            });
+        ClusterView::new(
+            me,
+            self.members
+                .iter()
+                .filter(|m| !gone.contains(&m.node_id))
+                .cloned(),
+        )
     }
 
     /// This broker's node id.
