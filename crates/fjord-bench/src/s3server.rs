@@ -20,6 +20,7 @@ const ACCESS_KEY: &str = "fjordbench";
 const SECRET_KEY: &str = "fjordbench-secret";
 
 /// `fjord serve` arguments for an S3 store at `endpoint`, under a fresh prefix.
+#[allow(clippy::disallowed_methods)] // only a unique name
 pub fn broker_args(endpoint: &str) -> Vec<String> {
     let prefix = format!("run-{}", std::process::id());
     let unique = format!(

@@ -96,6 +96,8 @@ pub struct Broker {
     pub offsets_cache: offsets_cache::OffsetsCache,
     /// Memory for the record data of fetch responses (`settings.fetch_memory_bytes`).
     pub fetch_memory: memory::MemoryBudget,
+    /// Wall-clock time (commit timestamps of offsets).
+    pub clock: Arc<dyn fjord_coordinator::clock::Clock>,
 }
 
 impl Broker {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fjord_coordinator::clock::Clock;
 use fjord_coordinator::embedded::EmbeddedCoordinator;
 use fjord_coordinator::{Coordinator, CoordinatorError};
 use fjord_storage::reader::{ReadCache, Reader};
@@ -57,13 +58,29 @@ pub fn broker_on(
     store: Arc<dyn ObjectStore>,
     settings: BrokerSettings,
 ) -> (Arc<Broker>, WriterTask) {
+    broker_with_clock(
+        coordinator,
+        store,
+        settings,
+        fjord_coordinator::clock::system(),
+    )
+}
+
+/// A broker over `coordinator` and `store` whose wall-clock time comes from `clock`.
+pub fn broker_with_clock(
+    coordinator: Arc<dyn Coordinator>,
+    store: Arc<dyn ObjectStore>,
+    settings: BrokerSettings,
+    clock: Arc<dyn Clock>,
+) -> (Arc<Broker>, WriterTask) {
     let cache = Arc::new(ReadCache::new(64 << 20));
     let (tx, commits) = tokio::sync::watch::channel(0);
-    let (writer, task) = Writer::start(
+    let (writer, task) = Writer::start_with_clock(
         WriterSettings {
             flush_interval: Duration::from_millis(1),
             ..Default::default()
         },
+        clock.clone(),
         store.clone(),
         coordinator.clone(),
         cache.clone(),
@@ -87,6 +104,7 @@ pub fn broker_on(
     );
     let broker = Arc::new(Broker {
         fetch_memory: crate::memory::MemoryBudget::new(settings.fetch_memory_bytes),
+        clock,
         settings,
         coordinator,
         groups,

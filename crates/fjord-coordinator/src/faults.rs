@@ -88,16 +88,31 @@ impl HoldState {
     }
 }
 
-/// The faults armed on a [`FaultyCoordinator`]: per operation, a queue of what its next calls
-/// meet, in order.
-#[derive(Default)]
-pub struct Faults {
-    armed: Mutex<Vec<(Op, VecDeque<Fault>)>>,
+/// Faults armed on a decorator: per operation (any small `Copy` type naming the calls of one
+/// trait), a queue of what its next calls meet, in order. [`Faults`] is the coordinator's;
+/// object-store decorators use the same plan with their own operations.
+pub struct FaultPlan<O> {
+    armed: Mutex<Vec<(O, VecDeque<Fault>)>>,
 }
 
-impl Faults {
+/// The faults armed on a [`FaultyCoordinator`].
+pub type Faults = FaultPlan<Op>;
+
+/// An injected failure, for the decorator to turn into its own error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Injected;
+
+impl<O> Default for FaultPlan<O> {
+    fn default() -> Self {
+        FaultPlan {
+            armed: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<O: Copy + PartialEq + std::fmt::Debug> FaultPlan<O> {
     /// The next `times` calls of `op` fail with a (retriable) storage error.
-    pub fn fail(&self, op: Op, times: usize) {
+    pub fn fail(&self, op: O, times: usize) {
         let mut armed = self.armed.lock();
         let queue = Self::queue(&mut armed, op);
         queue.extend((0..times).map(|_| Fault::Fail));
@@ -105,14 +120,14 @@ impl Faults {
 
     /// The next call of `op` stops before reaching the store until the returned hold is
     /// released.
-    pub fn hold(&self, op: Op) -> Hold {
+    pub fn hold(&self, op: O) -> Hold {
         let state = Arc::new(HoldState::default());
         let mut armed = self.armed.lock();
         Self::queue(&mut armed, op).push_back(Fault::Hold(state.clone()));
         Hold(state)
     }
 
-    fn queue(armed: &mut Vec<(Op, VecDeque<Fault>)>, op: Op) -> &mut VecDeque<Fault> {
+    fn queue(armed: &mut Vec<(O, VecDeque<Fault>)>, op: O) -> &mut VecDeque<Fault> {
         let at = match armed.iter().position(|(o, _)| *o == op) {
             Some(at) => at,
             None => {
@@ -123,7 +138,8 @@ impl Faults {
         &mut armed[at].1
     }
 
-    async fn before(&self, op: Op) -> Result<()> {
+    /// Meets what is armed for the next call of `op`: nothing, an injected failure, or a hold.
+    pub async fn meet(&self, op: O) -> std::result::Result<(), Injected> {
         let fault = {
             let mut armed = self.armed.lock();
             armed
@@ -133,14 +149,20 @@ impl Faults {
         };
         match fault {
             None => Ok(()),
-            Some(Fault::Fail) => Err(CoordinatorError::Storage(format!(
-                "injected failure of {op:?}"
-            ))),
+            Some(Fault::Fail) => Err(Injected),
             Some(Fault::Hold(state)) => {
                 state.wait().await;
                 Ok(())
             }
         }
+    }
+}
+
+impl Faults {
+    async fn before(&self, op: Op) -> Result<()> {
+        self.meet(op)
+            .await
+            .map_err(|Injected| CoordinatorError::Storage(format!("injected failure of {op:?}")))
     }
 }
 

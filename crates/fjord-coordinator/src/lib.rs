@@ -24,6 +24,7 @@
 //! - At most one incarnation of a broker node id holds a live lease at any time.
 
 mod broker_registry;
+pub mod clock;
 pub mod embedded;
 mod error;
 pub mod faults;

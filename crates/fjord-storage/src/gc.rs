@@ -131,10 +131,8 @@ mod tests {
     use fjord_coordinator::{CommitBatch, FlushCommit, TopicPartition, TopicSpec};
 
     fn now_ms() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
+        use fjord_coordinator::clock::Clock;
+        fjord_coordinator::clock::SystemClock.now_ms()
     }
 
     /// An object key as the writer makes them, at time `ms`.

@@ -3,6 +3,7 @@
 //! - [`batch`]: views over Kafka v2 record batch headers (validation, base-offset rewrite).
 //! - [`object`]: the immutable object format (batches grouped by partition, self-describing
 //!   footer).
+//! - [`faults`]: a fault-injecting store decorator for tests.
 //! - [`hedge`]: hedged requests (a second identical request when the first is slow).
 //! - [`instrumented`]: a decorator counting requests and bytes (and adding simulated latency).
 //! - [`store`]: building an `Arc<dyn ObjectStore>` from a URL.
@@ -12,6 +13,7 @@
 //! - [`records`]: the records inside a batch, scanned with bounded decompression.
 
 pub mod batch;
+pub mod faults;
 pub mod gc;
 pub mod hedge;
 pub mod instrumented;

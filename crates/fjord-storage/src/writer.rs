@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fjord_coordinator::clock::Clock;
 use fjord_coordinator::{
     BatchOutcome, CommitBatch, Coordinator, CoordinatorError, FlushCommit, ProducerBatchInfo,
     TopicPartition,
@@ -160,9 +161,28 @@ pub struct WriterTask {
 }
 
 impl Writer {
-    /// Starts the write path.
+    /// Starts the write path on the system clock.
     pub fn start(
         settings: WriterSettings,
+        store: Arc<dyn ObjectStore>,
+        coordinator: Arc<dyn Coordinator>,
+        cache: Arc<ReadCache>,
+        commits: Arc<watch::Sender<u64>>,
+    ) -> (Writer, WriterTask) {
+        Self::start_with_clock(
+            settings,
+            fjord_coordinator::clock::system(),
+            store,
+            coordinator,
+            cache,
+            commits,
+        )
+    }
+
+    /// Starts the write path; `clock` stamps flushes (log-append time) and names objects.
+    pub fn start_with_clock(
+        settings: WriterSettings,
+        clock: Arc<dyn Clock>,
         store: Arc<dyn ObjectStore>,
         coordinator: Arc<dyn Coordinator>,
         cache: Arc<ReadCache>,
@@ -181,15 +201,14 @@ impl Writer {
             metrics.clone(),
             pace.clone(),
         ));
-        let task = tokio::spawn(buffer_loop(
+        let sealer = Sealer {
             settings,
             store,
-            rx,
-            sealed_tx,
-            committer,
-            metrics.clone(),
+            clock,
+            metrics: metrics.clone(),
             pace,
-        ));
+        };
+        let task = tokio::spawn(buffer_loop(sealer, rx, sealed_tx, committer));
         (
             Writer {
                 tx: tx.clone(),
@@ -283,22 +302,27 @@ struct Sealed {
     _permit: OwnedSemaphorePermit,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// What the buffer task needs to seal buffers into objects.
+struct Sealer {
+    settings: WriterSettings,
+    store: Arc<dyn ObjectStore>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<WriterMetrics>,
+    pace: Arc<FlushPace>,
 }
 
 async fn buffer_loop(
-    settings: WriterSettings,
-    store: Arc<dyn ObjectStore>,
+    sealer: Sealer,
     mut rx: mpsc::Receiver<Command>,
     sealed_tx: mpsc::UnboundedSender<Sealed>,
     committer: JoinHandle<()>,
-    metrics: Arc<WriterMetrics>,
-    pace: Arc<FlushPace>,
 ) {
+    let Sealer {
+        settings,
+        metrics,
+        pace,
+        ..
+    } = &sealer;
     let slots = settings.max_inflight_flushes.max(1);
     let permits = Arc::new(Semaphore::new(slots));
     // Uploads share one hedge budget: when the store is slow because it is overloaded, every PUT
@@ -328,14 +352,7 @@ async fn buffer_loop(
             biased;
             permit = permits.clone().acquire_owned(), if want_seal => {
                 let Ok(permit) = permit else { break };
-                let sealed = seal(
-                    std::mem::take(&mut buffer),
-                    &settings,
-                    &store,
-                    &hedger,
-                    permit,
-                    &metrics,
-                );
+                let sealed = seal(std::mem::take(&mut buffer), &sealer, &hedger, permit);
                 due = false;
                 if sealed_tx.send(sealed).is_err() {
                     break;
@@ -353,7 +370,7 @@ async fn buffer_loop(
                         if batches.is_empty() {
                             let _ = reply.send(Ok(Committed {
                                 outcomes: Vec::new(),
-                                log_append_time_ms: now_ms(),
+                                log_append_time_ms: sealer.clock.now_ms(),
                             }));
                             continue;
                         }
@@ -397,15 +414,15 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-fn seal(
-    buffer: Buffer,
-    settings: &WriterSettings,
-    store: &Arc<dyn ObjectStore>,
-    hedger: &Hedger,
-    permit: OwnedSemaphorePermit,
-    metrics: &Arc<WriterMetrics>,
-) -> Sealed {
-    let now = now_ms();
+fn seal(buffer: Buffer, sealer: &Sealer, hedger: &Hedger, permit: OwnedSemaphorePermit) -> Sealed {
+    let Sealer {
+        settings,
+        store,
+        clock,
+        metrics,
+        ..
+    } = sealer;
+    let now = clock.now_ms();
     let opened = buffer.opened.unwrap_or_else(Instant::now);
     observe(&metrics.buffered, opened.elapsed());
     // Which append (waiter) each batch came from: a partition's batches of one append are
@@ -453,7 +470,7 @@ fn seal(
     }
     let object = builder.finish(settings.broker_id, now);
     metrics.flush_bytes.observe(object.len() as f64);
-    let object_key = format!("{}/{}.fjd", crate::gc::OBJECTS_PREFIX, uuid::Uuid::now_v7());
+    let object_key = object_key(now);
     let upload = tokio::spawn(upload(
         store.clone(),
         object_key.clone(),
@@ -478,6 +495,22 @@ fn seal(
         sealed_at: Instant::now(),
         _permit: permit,
     }
+}
+
+/// A new object's key: a UUIDv7 of `now_ms` (its time orders keys, and garbage collection reads
+/// it back, see [`crate::gc`]).
+fn object_key(now_ms: i64) -> String {
+    let ms = u64::try_from(now_ms).unwrap_or(0);
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ms / 1000,
+        u32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    );
+    format!(
+        "{}/{}.fjd",
+        crate::gc::OBJECTS_PREFIX,
+        uuid::Uuid::new_v7(ts)
+    )
 }
 
 /// Exponential backoff from 20 ms to 2 s until `deadline`.

@@ -23,20 +23,24 @@ use crate::config::ServeConfig;
 /// Runs a broker until SIGTERM or SIGINT, then shuts down gracefully. `open_files` is the
 /// process's open-file limit (see [`fjord_server::fdlimit`]), which bounds the connections served.
 pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result<()> {
+    let clock = fjord_coordinator::clock::system();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let mut postgres = None;
     let coordinator: Arc<dyn Coordinator> = match config.coordinator.as_str() {
         "embedded" => {
             let dir = config.data_dir.join("coordinator");
-            Arc::new(EmbeddedCoordinator::open(&dir).with_context(|| {
-                format!("opening the embedded coordinator in {}", dir.display())
-            })?)
+            Arc::new(
+                EmbeddedCoordinator::open_with_clock(&dir, clock.clone()).with_context(|| {
+                    format!("opening the embedded coordinator in {}", dir.display())
+                })?,
+            )
         }
         url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let options = PostgresOptions {
                 pool_size: config.postgres_pool_size,
                 ca_file: config.postgres_ca_file.clone(),
+                clock: clock.clone(),
                 ..PostgresOptions::default()
             };
             let pg = PostgresCoordinator::connect_with(url, options)
@@ -120,7 +124,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     let commit_listener = postgres
         .as_ref()
         .map(|pg| pg.spawn_commit_listener(commits_tx.clone()));
-    let (writer, writer_task) = Writer::start(
+    let (writer, writer_task) = Writer::start_with_clock(
         WriterSettings {
             flush_bytes: config.flush_bytes,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
@@ -132,6 +136,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
                 .then(|| Duration::from_millis(config.upload_hedge_ms)),
             ..WriterSettings::default()
         },
+        clock.clone(),
         store.clone(),
         coordinator.clone(),
         cache.clone(),
@@ -167,6 +172,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             ..BrokerSettings::default()
         },
         fetch_memory: fjord_broker::memory::MemoryBudget::new(config.fetch_memory_bytes),
+        clock: clock.clone(),
         coordinator,
         writer,
         reader: Reader::new(store.clone(), cache).with_hedge_after(
@@ -197,6 +203,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     let gc = tokio::spawn(gc_loop(
         store.clone(),
         broker.coordinator.clone(),
+        clock.clone(),
         cluster.clone(),
         Duration::from_secs(config.gc_interval_secs),
         Duration::from_secs(config.gc_grace_secs),
@@ -293,6 +300,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
 async fn gc_loop(
     store: Arc<dyn object_store::ObjectStore>,
     coordinator: Arc<dyn Coordinator>,
+    clock: Arc<dyn fjord_coordinator::clock::Clock>,
     cluster: watch::Receiver<Arc<ClusterView>>,
     interval: Duration,
     grace: Duration,
@@ -309,10 +317,7 @@ async fn gc_loop(
         if !cluster.borrow().runs_background_duties() {
             continue;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now = clock.now_ms();
         let pass = fjord_storage::gc::collect(&store, &coordinator, now, grace.as_millis() as i64);
         let result = tokio::select! {
             () = shutdown.cancelled() => return,

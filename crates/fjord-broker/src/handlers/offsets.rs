@@ -30,13 +30,6 @@ type PartitionResult = (i32, Option<ResponseError>);
 /// Longest offset metadata accepted (Kafka's `offset.metadata.max.bytes`).
 const MAX_METADATA: usize = 4096;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Whether a commit is accepted by the group as it is now, and the store version of that state
 /// (the commit is written only if the store is still at it).
 async fn validate_commit(
@@ -131,7 +124,7 @@ pub async fn offset_commit(
     let mut results: Vec<(TopicName, Vec<PartitionResult>)> = Vec::new();
     let mut offsets = Vec::new();
     let mut pending: Vec<(usize, usize)> = Vec::new();
-    let timestamp = now_ms();
+    let timestamp = broker.clock.now_ms();
     for topic in &request.topics {
         let meta = match group_error {
             Some(_) => None,

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 pub use journal::Journal;
 
+use crate::clock::Clock;
 use crate::model::*;
 use crate::state::{check_group_id, Entry, State};
 use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, Result};
@@ -38,7 +39,8 @@ const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
 type Job = Box<dyn FnOnce(&mut Writer) + Send>;
 
 struct Writer {
-    journal: Journal,
+    /// `None` for a coordinator that keeps its state in memory only ([`EmbeddedCoordinator::in_memory`]).
+    journal: Option<Journal>,
     state: Arc<RwLock<State>>,
     failed: Option<String>,
 }
@@ -54,7 +56,11 @@ impl Writer {
         if let Some(reason) = &self.failed {
             return Err(CoordinatorError::Unavailable(reason.clone()));
         }
-        if let Err(e) = self.journal.append_all(&entries) {
+        let appended = match &mut self.journal {
+            Some(journal) => journal.append_all(&entries),
+            None => Ok(()),
+        };
+        if let Err(e) = appended {
             if matches!(e, CoordinatorError::Invalid(_)) {
                 // Refused before anything was written (an entry too large to replay).
                 return Err(e);
@@ -70,11 +76,13 @@ impl Writer {
                 state.apply(entry);
             }
         }
-        if self.journal.size_bytes() > SNAPSHOT_AFTER_BYTES {
-            let state = self.state.read();
-            if let Err(e) = self.journal.snapshot(&state) {
-                // The journal still holds everything; only compaction was lost.
-                tracing::warn!("snapshot failed, journal keeps growing: {e}");
+        if let Some(journal) = &mut self.journal {
+            if journal.size_bytes() > SNAPSHOT_AFTER_BYTES {
+                let state = self.state.read();
+                if let Err(e) = journal.snapshot(&state) {
+                    // The journal still holds everything; only compaction was lost.
+                    tracing::warn!("snapshot failed, journal keeps growing: {e}");
+                }
             }
         }
         Ok(())
@@ -103,23 +111,37 @@ impl Writer {
     }
 }
 
+/// Where writes run: the writer thread (a journal on disk), or inline in the caller (in memory).
+#[derive(Clone)]
+enum Jobs {
+    Thread(mpsc::UnboundedSender<Job>),
+    Inline(Arc<parking_lot::Mutex<Writer>>),
+}
+
 /// The embedded coordinator. Cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedCoordinator {
     state: Arc<RwLock<State>>,
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: Jobs,
     /// Live brokers; in memory only (clones share it).
     brokers: Arc<brokers::Registry>,
+    /// Times topic deletions and broker leases.
+    clock: Arc<dyn Clock>,
 }
 
 impl EmbeddedCoordinator {
     /// Opens (or creates) the coordinator whose files live in `dir`.
     pub fn open(dir: &Path) -> Result<EmbeddedCoordinator> {
+        Self::open_with_clock(dir, crate::clock::system())
+    }
+
+    /// [`open`](Self::open) with the clock that times topic deletions and broker leases.
+    pub fn open_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Result<EmbeddedCoordinator> {
         let (journal, state) = Journal::open(dir)?;
         let state = Arc::new(RwLock::new(state));
         let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
         let mut writer = Writer {
-            journal,
+            journal: Some(journal),
             state: state.clone(),
             failed: None,
         };
@@ -133,9 +155,29 @@ impl EmbeddedCoordinator {
             .map_err(|e| CoordinatorError::Storage(format!("starting the writer thread: {e}")))?;
         Ok(EmbeddedCoordinator {
             state,
-            jobs,
+            jobs: Jobs::Thread(jobs),
             brokers: Arc::default(),
+            clock,
         })
+    }
+
+    /// A coordinator whose state lives in memory only, lost with it, and whose writes run
+    /// inline in the calling task rather than on a thread: with Tokio's current-thread runtime
+    /// and a paused clock, everything a test or simulation does happens in one deterministic
+    /// order.
+    pub fn in_memory(clock: Arc<dyn Clock>) -> EmbeddedCoordinator {
+        let state = Arc::new(RwLock::new(State::default()));
+        let writer = Writer {
+            journal: None,
+            state: state.clone(),
+            failed: None,
+        };
+        EmbeddedCoordinator {
+            state,
+            jobs: Jobs::Inline(Arc::new(parking_lot::Mutex::new(writer))),
+            brokers: Arc::default(),
+            clock,
+        }
     }
 
     /// Runs `job` on the writer thread and waits for its answer.
@@ -143,12 +185,16 @@ impl EmbeddedCoordinator {
         &self,
         job: impl FnOnce(&mut Writer) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        let jobs = match &self.jobs {
+            Jobs::Thread(jobs) => jobs,
+            // No I/O: the job is a few microseconds of deciding and applying.
+            Jobs::Inline(writer) => return job(&mut writer.lock()),
+        };
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move |w: &mut Writer| {
-                let _ = tx.send(job(w));
-            }))
-            .map_err(|_| CoordinatorError::Unavailable("coordinator writer stopped".into()))?;
+        jobs.send(Box::new(move |w: &mut Writer| {
+            let _ = tx.send(job(w));
+        }))
+        .map_err(|_| CoordinatorError::Unavailable("coordinator writer stopped".into()))?;
         rx.await
             .map_err(|_| CoordinatorError::Unavailable("coordinator writer stopped".into()))?
     }
@@ -161,13 +207,6 @@ impl EmbeddedCoordinator {
         self.read(|s| s.topics.get(name).cloned())
             .ok_or_else(|| CoordinatorError::UnknownTopic(name.to_string()))
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[async_trait]
@@ -186,6 +225,7 @@ impl Coordinator for EmbeddedCoordinator {
 
     async fn delete_topic(&self, name: &str) -> Result<TopicMeta> {
         let name = name.to_string();
+        let at_ms = self.clock.now_ms();
         self.on_writer(move |w| {
             let meta = w
                 .state
@@ -194,10 +234,7 @@ impl Coordinator for EmbeddedCoordinator {
                 .get(&name)
                 .cloned()
                 .ok_or_else(|| CoordinatorError::UnknownTopic(name.clone()))?;
-            w.write(Entry::DeleteTopic {
-                name,
-                at_ms: now_ms(),
-            })?;
+            w.write(Entry::DeleteTopic { name, at_ms })?;
             Ok(meta)
         })
         .await
@@ -393,7 +430,8 @@ impl BrokerRegistry for EmbeddedCoordinator {
         registration: BrokerRegistration,
         lease_ms: i64,
     ) -> Result<LiveBroker> {
-        self.brokers.register(now_ms(), registration, lease_ms)
+        self.brokers
+            .register(self.clock.now_ms(), registration, lease_ms)
     }
 
     async fn renew_broker(
@@ -402,7 +440,8 @@ impl BrokerRegistry for EmbeddedCoordinator {
         incarnation: Uuid,
         lease_ms: i64,
     ) -> Result<LiveBroker> {
-        self.brokers.renew(now_ms(), node_id, incarnation, lease_ms)
+        self.brokers
+            .renew(self.clock.now_ms(), node_id, incarnation, lease_ms)
     }
 
     async fn deregister_broker(&self, node_id: i32, incarnation: Uuid) -> Result<()> {
@@ -411,7 +450,7 @@ impl BrokerRegistry for EmbeddedCoordinator {
     }
 
     async fn live_brokers(&self) -> Result<Vec<LiveBroker>> {
-        Ok(self.brokers.live(now_ms()))
+        Ok(self.brokers.live(self.clock.now_ms()))
     }
 }
 
@@ -427,6 +466,14 @@ mod tests {
             let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let path = dir.path().join(format!("c{n}"));
             async move { Arc::new(EmbeddedCoordinator::open(&path).unwrap()) as Arc<dyn Coordinator> }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn conformance_in_memory() {
+        crate::testsuite::run_all(|| async {
+            Arc::new(EmbeddedCoordinator::in_memory(crate::clock::system())) as Arc<dyn Coordinator>
         })
         .await;
     }

@@ -99,11 +99,3 @@ pub(super) fn index_row(row: &Row) -> Result<Option<IndexRow>, CoordinatorError>
 pub(super) fn unknown_partition(tp: TopicPartition) -> CoordinatorError {
     CoordinatorError::UnknownTopic(format!("{}/{}", tp.topic_id, tp.partition))
 }
-
-/// Wall-clock time in ms.
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}

@@ -19,7 +19,7 @@
 
 use tokio_postgres::types::ToSql;
 
-use super::db::{db, get, now_ms};
+use super::db::{db, get};
 use super::PostgresCoordinator;
 use crate::model::{CommittedOffset, StoredGroup};
 use crate::state::{
@@ -256,12 +256,12 @@ pub(super) async fn save_group(
     tx.execute(LOCK_GROUP, &[&key]).await.map_err(db(WHAT))?;
     let row = if expected == 0 {
         let statement = tx.prepare_cached(INSERT_GROUP).await.map_err(db(WHAT))?;
-        tx.query_opt(&statement, &[&key, &state, &now_ms()])
+        tx.query_opt(&statement, &[&key, &state, &c.clock().now_ms()])
             .await
             .map_err(db(WHAT))?
     } else {
         let statement = tx.prepare_cached(UPDATE_GROUP).await.map_err(db(WHAT))?;
-        tx.query_opt(&statement, &[&key, &state, &now_ms(), &expected])
+        tx.query_opt(&statement, &[&key, &state, &c.clock().now_ms(), &expected])
             .await
             .map_err(db(WHAT))?
     };

@@ -48,9 +48,8 @@ use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use self::db::{
-    db, get, index_row, is_unique_violation, now_ms, unknown_partition, INDEX_ROW_COLUMNS,
-};
+use self::db::{db, get, index_row, is_unique_violation, unknown_partition, INDEX_ROW_COLUMNS};
+use crate::clock::Clock;
 use crate::model::*;
 use crate::state::{
     apply_config_changes, bump_target, check_new_partition_count, check_partition_increase,
@@ -73,6 +72,8 @@ pub struct PostgresOptions {
     /// Extra CA certificates (PEM) trusted for TLS connections (`sslmode=require`), besides the
     /// system's (see the `tls` module).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Times topic deletions, group saves and housekeeping (leases use the database's clock).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for PostgresOptions {
@@ -82,6 +83,7 @@ impl Default for PostgresOptions {
             connect_timeout: Duration::from_secs(10),
             wait_timeout: Duration::from_secs(30),
             ca_file: None,
+            clock: crate::clock::system(),
         }
     }
 }
@@ -96,6 +98,7 @@ pub struct PostgresCoordinator {
     tls: tls::Tls,
     /// When this instance last pruned old commit outcomes (ms).
     last_prune_ms: Arc<AtomicI64>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Server-side limits of every session (PostgreSQL `options`): statements, lock waits and idle
@@ -167,11 +170,17 @@ impl PostgresCoordinator {
             pool,
             listener_config,
             tls,
-            last_prune_ms: Arc::new(AtomicI64::new(now_ms())),
+            last_prune_ms: Arc::new(AtomicI64::new(options.clock.now_ms())),
+            clock: options.clock.clone(),
         };
         let mut client = coordinator.client().await?;
         migrate::migrate(&mut client).await?;
         Ok(coordinator)
+    }
+
+    /// The clock that stamps this instance's writes.
+    pub(super) fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client> {
@@ -198,7 +207,7 @@ impl PostgresCoordinator {
     /// Drops remembered commit outcomes older than an hour, at most once a minute per instance.
     /// Failures only delay pruning.
     async fn maybe_prune_commits(&self) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let last = self.last_prune_ms.load(Ordering::Relaxed);
         if now - last < PRUNE_EVERY_MS
             || self
@@ -295,7 +304,7 @@ impl Coordinator for PostgresCoordinator {
     }
 
     async fn delete_topic(&self, name: &str) -> Result<TopicMeta> {
-        let at_ms = now_ms();
+        let at_ms = self.clock.now_ms();
         let mut client = self.client().await?;
         let tx = client
             .transaction()

@@ -28,10 +28,8 @@ fn broker(node_id: i32, host: &str) -> BrokerRegistration {
 }
 
 fn local_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now_ms()
 }
 
 async fn live_ids(c: &Arc<dyn Coordinator>) -> Vec<i32> {
