@@ -10,7 +10,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use fjord_broker::{Broker, BrokerSettings};
 use fjord_coordinator::embedded::EmbeddedCoordinator;
 use fjord_coordinator::faults::{Faults, FaultyCoordinator, Op};
@@ -25,40 +24,12 @@ fn gid(s: &str) -> GroupId {
     GroupId(sb(s))
 }
 
-const REBALANCE_TIMEOUT_MS: i32 = 1_000;
-
-/// JoinGroup v3 (no KIP-394 round trip): a new member when `member` is empty.
 async fn join(b: &Arc<Broker>, group: &str, member: &str) -> JoinGroupResponse {
-    let request = JoinGroupRequest::default()
-        .with_group_id(gid(group))
-        .with_session_timeout_ms(10_000)
-        .with_rebalance_timeout_ms(REBALANCE_TIMEOUT_MS)
-        .with_member_id(sb(member))
-        .with_protocol_type(sb("consumer"))
-        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
-        )
-        .with_name(sb("range"))
-        .with_metadata(Bytes::from_static(b"meta"))]);
-    call(b, request, 3).await
+    join_group(b, group, member).await
 }
 
-/// SyncGroup v3; the leader gives every member the assignment `member id`.
 async fn sync(b: &Arc<Broker>, group: &str, joined: &JoinGroupResponse) -> SyncGroupResponse {
-    let assignments = joined
-        .members
-        .iter()
-        .map(|m| {
-            sync_group_request::SyncGroupRequestAssignment::default()
-                .with_member_id(m.member_id.clone())
-                .with_assignment(Bytes::copy_from_slice(m.member_id.as_bytes()))
-        })
-        .collect();
-    let request = SyncGroupRequest::default()
-        .with_group_id(gid(group))
-        .with_generation_id(joined.generation_id)
-        .with_member_id(joined.member_id.clone())
-        .with_assignments(assignments);
-    call(b, request, 3).await
+    sync_group(b, group, joined).await
 }
 
 /// Joins a new member alone and syncs; returns (member id, generation).
@@ -69,23 +40,8 @@ async fn join_alone(b: &Arc<Broker>, group: &str) -> (StrBytes, i32) {
     (j.member_id, j.generation_id)
 }
 
-/// OffsetCommit v7 of one offset of topic "t" partition 0; the partition's error code.
 async fn commit(b: &Arc<Broker>, group: &str, member: &str, generation: i32, offset: i64) -> i16 {
-    let request = OffsetCommitRequest::default()
-        .with_group_id(gid(group))
-        .with_generation_id_or_member_epoch(generation)
-        .with_member_id(sb(member))
-        .with_topics(vec![
-            offset_commit_request::OffsetCommitRequestTopic::default()
-                .with_name(TopicName(sb("t")))
-                .with_partitions(vec![
-                    offset_commit_request::OffsetCommitRequestPartition::default()
-                        .with_partition_index(0)
-                        .with_committed_offset(offset),
-                ]),
-        ]);
-    let r = call(b, request, 7).await;
-    r.topics[0].partitions[0].error_code
+    commit_offset(b, group, member, generation, offset).await
 }
 
 /// The committed offset of "t" partition 0.

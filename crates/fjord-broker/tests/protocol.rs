@@ -474,27 +474,11 @@ async fn garbage_is_refused_without_panicking() {
 }
 
 fn fetch(session_id: i32, epoch: i32, partitions: &[(i32, i64)]) -> FetchRequest {
-    let mut request = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(10)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
+    let mut request = common::fetch_request("s", partitions, 1 << 20)
         .with_session_id(session_id)
         .with_session_epoch(epoch);
-    if !partitions.is_empty() {
-        request.topics = vec![fetch_request::FetchTopic::default()
-            .with_topic(TopicName(sb("s")))
-            .with_partitions(
-                partitions
-                    .iter()
-                    .map(|(p, offset)| {
-                        fetch_request::FetchPartition::default()
-                            .with_partition(*p)
-                            .with_fetch_offset(*offset)
-                            .with_partition_max_bytes(1 << 20)
-                    })
-                    .collect(),
-            )];
+    if partitions.is_empty() {
+        request.topics.clear();
     }
     request
 }

@@ -32,7 +32,6 @@ use fjord_coordinator::faults::{Faults, FaultyCoordinator, Op};
 use fjord_coordinator::{Coordinator, TopicPartition};
 use fjord_storage::faults::{FaultyStore, StoreFaults, StoreOp};
 use fjord_storage::reader::{ReadCache, Reader};
-use kafka_protocol::messages::*;
 use object_store::ObjectStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -121,37 +120,12 @@ fn records_of(n: usize) -> Bytes {
 }
 
 async fn join(b: Arc<Broker>, broker: usize, member: String) -> Event {
-    let request = JoinGroupRequest::default()
-        .with_group_id(GroupId(sb("g")))
-        .with_session_timeout_ms(10_000)
-        .with_rebalance_timeout_ms(1_000)
-        .with_member_id(sb(&member))
-        .with_protocol_type(sb("consumer"))
-        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
-        )
-        .with_name(sb("range"))
-        .with_metadata(Bytes::from_static(b"m"))]);
-    let r = call(&b, request, 3).await;
+    let r = join_group(&b, "g", &member).await;
     if r.error_code != 0 {
         return Event::Nothing;
     }
     // The leader completes the rebalance; followers wait for it.
-    let assignments = r
-        .members
-        .iter()
-        .map(|m| {
-            sync_group_request::SyncGroupRequestAssignment::default()
-                .with_member_id(m.member_id.clone())
-                .with_assignment(Bytes::from_static(b"a"))
-        })
-        .collect();
-    let sync = SyncGroupRequest::default()
-        .with_group_id(GroupId(sb("g")))
-        .with_generation_id(r.generation_id)
-        .with_member_id(r.member_id.clone())
-        .with_assignments(assignments);
-    let s = call(&b, sync, 3).await;
-    let _ = s;
+    sync_group(&b, "g", &r).await;
     Event::Joined {
         broker,
         member: r.member_id.to_string(),
@@ -160,20 +134,7 @@ async fn join(b: Arc<Broker>, broker: usize, member: String) -> Event {
 }
 
 async fn commit(b: Arc<Broker>, member: String, generation: i32, offset: i64) -> Event {
-    let request = OffsetCommitRequest::default()
-        .with_group_id(GroupId(sb("g")))
-        .with_generation_id_or_member_epoch(generation)
-        .with_member_id(sb(&member))
-        .with_topics(vec![
-            offset_commit_request::OffsetCommitRequestTopic::default()
-                .with_name(TopicName(sb("t")))
-                .with_partitions(vec![
-                    offset_commit_request::OffsetCommitRequestPartition::default()
-                        .with_partition_index(0)
-                        .with_committed_offset(offset),
-                ]),
-        ]);
-    call(&b, request, 7).await;
+    commit_offset(&b, "g", &member, generation, offset).await;
     Event::Nothing
 }
 

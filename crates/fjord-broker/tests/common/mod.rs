@@ -204,3 +204,67 @@ pub fn cluster(n: i32) -> Cluster {
         _dir: dir,
     }
 }
+
+/// JoinGroup v3 (no KIP-394 round trip) of group `group` with a 1 s rebalance timeout: a new
+/// member when `member` is empty.
+pub async fn join_group(b: &Arc<Broker>, group: &str, member: &str) -> JoinGroupResponse {
+    let request = JoinGroupRequest::default()
+        .with_group_id(GroupId(sb(group)))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(1_000)
+        .with_member_id(sb(member))
+        .with_protocol_type(sb("consumer"))
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(sb("range"))
+        .with_metadata(Bytes::from_static(b"meta"))]);
+    call(b, request, 3).await
+}
+
+/// SyncGroup v3 after `joined`; the leader gives every member the assignment `member id`.
+pub async fn sync_group(
+    b: &Arc<Broker>,
+    group: &str,
+    joined: &JoinGroupResponse,
+) -> SyncGroupResponse {
+    let assignments = joined
+        .members
+        .iter()
+        .map(|m| {
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(m.member_id.clone())
+                .with_assignment(Bytes::copy_from_slice(m.member_id.as_bytes()))
+        })
+        .collect();
+    let request = SyncGroupRequest::default()
+        .with_group_id(GroupId(sb(group)))
+        .with_generation_id(joined.generation_id)
+        .with_member_id(joined.member_id.clone())
+        .with_assignments(assignments);
+    call(b, request, 3).await
+}
+
+/// OffsetCommit v7 of one offset of topic "t" partition 0; the partition's error code.
+pub async fn commit_offset(
+    b: &Arc<Broker>,
+    group: &str,
+    member: &str,
+    generation: i32,
+    offset: i64,
+) -> i16 {
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(sb(group)))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(sb(member))
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(TopicName(sb("t")))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(offset),
+                ]),
+        ]);
+    let r = call(b, request, 7).await;
+    r.topics[0].partitions[0].error_code
+}
