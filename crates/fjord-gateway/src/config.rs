@@ -110,6 +110,12 @@ pub struct LimitsConfig {
     pub caller_messages_per_sec: f64,
     /// Burst allowance of each caller (default: one second's worth).
     pub caller_burst_messages: Option<f64>,
+    /// Bytes (keys, values and headers, as for `max_request_bytes`) per second each caller may
+    /// send; 0: no limit. Same callers as `caller_messages_per_sec`.
+    pub caller_bytes_per_sec: f64,
+    /// Byte burst allowance of each caller (default: one second's worth). A batch larger than
+    /// it is always refused.
+    pub caller_burst_bytes: Option<f64>,
     /// Batches of one ProduceStream in flight at once.
     pub stream_inflight_batches: usize,
 }
@@ -124,6 +130,8 @@ impl Default for LimitsConfig {
             admission_wait_ms: 100,
             caller_messages_per_sec: 0.0,
             caller_burst_messages: None,
+            caller_bytes_per_sec: 0.0,
+            caller_burst_bytes: None,
             stream_inflight_batches: 32,
         }
     }
@@ -365,6 +373,14 @@ impl GatewayConfig {
         if !(l.caller_messages_per_sec >= 0.0 && l.caller_messages_per_sec.is_finite()) {
             return invalid("limits.caller_messages_per_sec must be >= 0".into());
         }
+        if !(l.caller_bytes_per_sec >= 0.0 && l.caller_bytes_per_sec.is_finite()) {
+            return invalid("limits.caller_bytes_per_sec must be >= 0".into());
+        }
+        if l.caller_burst_bytes
+            .is_some_and(|b| !(b > 0.0 && b.is_finite()))
+        {
+            return invalid("limits.caller_burst_bytes must be > 0".into());
+        }
         let d = &self.delivery;
         if d.attempt_timeout_ms == 0 || d.delivery_timeout_ms == 0 || d.max_attempts == 0 {
             return invalid("delivery: timeouts and max_attempts must be > 0".into());
@@ -479,6 +495,29 @@ mod tests {
             parse(&good).unwrap().clusters["b"].security_protocol,
             SecurityProtocol::SaslSsl
         );
+    }
+
+    #[test]
+    fn byte_rate_limit_is_off_by_default_and_validated() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.limits.caller_bytes_per_sec, 0.0);
+        assert_eq!(c.limits.caller_burst_bytes, None);
+        let c = parse(&format!(
+            "{MINIMAL}\n[limits]\ncaller_bytes_per_sec = 1000\ncaller_burst_bytes = 5000\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.caller_bytes_per_sec, 1000.0);
+        assert_eq!(c.limits.caller_burst_bytes, Some(5000.0));
+        let err = parse(&format!("{MINIMAL}\n[limits]\ncaller_bytes_per_sec = -1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("caller_bytes_per_sec must be >= 0"), "{err}");
+        let err = parse(&format!(
+            "{MINIMAL}\n[limits]\ncaller_bytes_per_sec = 10\ncaller_burst_bytes = 0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("caller_burst_bytes must be > 0"), "{err}");
     }
 
     #[test]

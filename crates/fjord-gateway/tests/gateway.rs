@@ -625,3 +625,110 @@ async fn memory_bound_gives_backpressure_not_unbounded_queues() {
     assert!(results.iter().all(Result::is_ok));
     h.stop().await;
 }
+
+/// Sends a batch as `caller` (the `x-fjord-caller` metadata).
+async fn produce_as(
+    client: &GatewayClient,
+    caller: &str,
+    messages: Vec<pb::Message>,
+) -> Result<pb::ProduceBatchResponse, tonic::Status> {
+    let mut req = tonic::Request::new(pb::ProduceBatchRequest {
+        topic: "orders".into(),
+        messages,
+    });
+    req.metadata_mut()
+        .insert("x-fjord-caller", caller.parse().unwrap());
+    let mut client = client.clone();
+    client
+        .raw()
+        .produce_batch(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// `n` messages of `bytes` bytes each (key + value + headers, as the limits count them).
+fn sized(n: usize, bytes: usize) -> Vec<pb::Message> {
+    (0..n)
+        .map(|i| pb::Message {
+            key: Some(vec![b'k'; 10]),
+            value: vec![b'v'; bytes - 10 - 6],
+            headers: vec![pb::Header {
+                key: "h".into(),
+                value: Some(format!("{:05}", i % 100_000).into_bytes()),
+            }],
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_have_separate_byte_budgets() {
+    let config = BASE.replace(
+        "[limits]",
+        "[limits]\ncaller_bytes_per_sec = 100\ncaller_burst_bytes = 2000",
+    );
+    let h = Harness::start(&config).await;
+    // 1500 of alice's 2000 bytes; the next 1000 are over her budget (5 s away at 100 bytes/s).
+    let ok = produce_as(&h.client, "alice", sized(15, 100))
+        .await
+        .unwrap();
+    assert_eq!(ok.results.len(), 15);
+    let refused = produce_as(&h.client, "alice", sized(10, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    let msg = refused.message();
+    assert!(
+        msg.starts_with("rate limit of caller \"alice\" exceeded (100 bytes/s); retry in "),
+        "{msg}"
+    );
+    // Bob's budget is his own: the same batches pass.
+    produce_as(&h.client, "bob", sized(15, 100)).await.unwrap();
+    // A few messages still fit alice's remaining 500 bytes: the refusal cost her nothing.
+    produce_as(&h.client, "alice", sized(4, 100)).await.unwrap();
+    // A batch larger than the burst never passes, even from a fresh caller.
+    let refused = produce_as(&h.client, "carol", sized(21, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("the batch is larger than the burst of 2000 bytes: split it"),
+        "{}",
+        refused.message()
+    );
+    // A stream is held to the same budget: its third 800-byte batch ends it.
+    let batches: Vec<pb::ProduceStreamRequest> = (0..3u64)
+        .map(|id| pb::ProduceStreamRequest {
+            request_id: id,
+            batch: Some(pb::ProduceBatchRequest {
+                topic: "orders".into(),
+                messages: sized(8, 100),
+            }),
+        })
+        .collect();
+    let mut req = tonic::Request::new(futures::stream::iter(batches));
+    req.metadata_mut()
+        .insert("x-fjord-caller", "dave".parse().unwrap());
+    let mut client = h.client.clone();
+    let mut responses = client.raw().produce_stream(req).await.unwrap().into_inner();
+    let mut answered = Vec::new();
+    let status = loop {
+        match responses.message().await {
+            Ok(Some(r)) => answered.push(r.request_id),
+            Ok(None) => panic!("the stream should end with the byte limit's refusal"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(answered, vec![0, 1]);
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("caller \"dave\""), "{status}");
+    // Counted apart from the message-rate limit; nothing refused was produced.
+    assert_eq!(h.gateway.metrics().byte_rate_limited.get(), 3);
+    assert_eq!(h.gateway.metrics().rate_limited.get(), 0);
+    let stored = h.factory.cluster("a").records("orders").len()
+        + h.factory.cluster("b").records("orders").len();
+    assert_eq!(stored, 15 + 15 + 4 + 16);
+    h.stop().await;
+}
