@@ -6,7 +6,9 @@
 //! - every group names only defined clusters, has at least one cluster, and its weights are
 //!   finite and non-negative;
 //! - every route (and the default route) names a defined group;
-//! - limits and timeouts are non-zero where zero would make the gateway refuse everything.
+//! - limits and timeouts are non-zero where zero would make the gateway refuse everything;
+//! - a `[tls]` table names both `cert_file` and `key_file` (reading them is left to
+//!   [`crate::tls`], when the listener starts).
 //!
 //! Unknown keys are an error, so a typo never goes unnoticed.
 //!
@@ -69,6 +71,9 @@ pub struct GatewayConfig {
     /// How often (ms) the file is checked for changes; 0: only SIGHUP reloads it.
     #[serde(default = "default_reload_poll_ms")]
     pub reload_poll_ms: u64,
+    /// TLS on the gRPC listener; plaintext when absent. Changing it needs a restart.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -255,6 +260,23 @@ impl SecurityProtocol {
     }
 }
 
+/// TLS on the gateway's own gRPC listener (PEM files, read when the listener starts; relative
+/// paths are relative to the working directory).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// The server's certificate chain, leaf first.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates that client certificates must chain to; when set, every client must
+    /// present one (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
 /// TLS towards a cluster (PEM files).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -381,6 +403,24 @@ impl GatewayConfig {
         {
             return invalid("limits.caller_burst_bytes must be > 0".into());
         }
+        if let Some(tls) = &self.tls {
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(_), Some(_)) => {}
+                (Some(_), None) => {
+                    return invalid("tls: cert_file is set but key_file is not; give both".into())
+                }
+                (None, Some(_)) => {
+                    return invalid("tls: key_file is set but cert_file is not; give both".into())
+                }
+                (None, None) => {
+                    return invalid(
+                        "tls: cert_file and key_file are required (remove the [tls] table for \
+                         plaintext)"
+                            .into(),
+                    )
+                }
+            }
+        }
         let d = &self.delivery;
         if d.attempt_timeout_ms == 0 || d.delivery_timeout_ms == 0 || d.max_attempts == 0 {
             return invalid("delivery: timeouts and max_attempts must be > 0".into());
@@ -495,6 +535,43 @@ mod tests {
             parse(&good).unwrap().clusters["b"].security_protocol,
             SecurityProtocol::SaslSsl
         );
+    }
+
+    #[test]
+    fn listener_tls_is_off_by_default_and_parsed_when_given() {
+        assert_eq!(parse(MINIMAL).unwrap().tls, None);
+        let c = parse(&format!(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\n\
+             {MINIMAL}"
+        ))
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, Some(PathBuf::from("c.pem")));
+        assert_eq!(tls.key_file, Some(PathBuf::from("k.pem")));
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("ca.pem")));
+    }
+
+    #[test]
+    fn listener_tls_needs_both_cert_and_key() {
+        let with_tls = |table: &str| parse(&format!("[tls]\n{table}\n{MINIMAL}"));
+        let err = with_tls("cert_file = \"c.pem\"").unwrap_err().to_string();
+        assert!(
+            err.contains("cert_file is set but key_file is not"),
+            "{err}"
+        );
+        let err = with_tls("key_file = \"k.pem\"").unwrap_err().to_string();
+        assert!(
+            err.contains("key_file is set but cert_file is not"),
+            "{err}"
+        );
+        let err = with_tls("client_ca_file = \"ca.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cert_file and key_file are required"), "{err}");
+        let err = with_tls("").unwrap_err().to_string();
+        assert!(err.contains("cert_file and key_file are required"), "{err}");
+        let err = with_tls("cert = \"c.pem\"").unwrap_err().to_string();
+        assert!(err.contains("unknown field `cert`"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum GatewayError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 /// Builds the producer of a cluster (librdkafka in production, in-memory in tests).
@@ -154,6 +156,7 @@ impl Gateway {
                 current.metrics_listen != new.metrics_listen,
             ),
             ("gateway_id", current.gateway_id != new.gateway_id),
+            ("tls", current.tls != new.tls),
             (
                 "limits.max_inflight_bytes",
                 current.limits.max_inflight_bytes != new.limits.max_inflight_bytes,
