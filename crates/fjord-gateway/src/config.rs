@@ -6,7 +6,9 @@
 //! - every group names only defined clusters, has at least one cluster, and its weights are
 //!   finite and non-negative;
 //! - every route (and the default route) names a defined group;
-//! - limits and timeouts are non-zero where zero would make the gateway refuse everything.
+//! - limits and timeouts are non-zero where zero would make the gateway refuse everything;
+//! - a `[tls]` table names both `cert_file` and `key_file` (reading them is left to
+//!   [`crate::tls`], when the listener starts).
 //!
 //! Unknown keys are an error, so a typo never goes unnoticed.
 //!
@@ -69,6 +71,9 @@ pub struct GatewayConfig {
     /// How often (ms) the file is checked for changes; 0: only SIGHUP reloads it.
     #[serde(default = "default_reload_poll_ms")]
     pub reload_poll_ms: u64,
+    /// TLS on the gRPC listener; plaintext when absent. Changing it needs a restart.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -110,6 +115,12 @@ pub struct LimitsConfig {
     pub caller_messages_per_sec: f64,
     /// Burst allowance of each caller (default: one second's worth).
     pub caller_burst_messages: Option<f64>,
+    /// Bytes (keys, values and headers, as for `max_request_bytes`) per second each caller may
+    /// send; 0: no limit. Same callers as `caller_messages_per_sec`.
+    pub caller_bytes_per_sec: f64,
+    /// Byte burst allowance of each caller (default: one second's worth). A batch larger than
+    /// it is always refused.
+    pub caller_burst_bytes: Option<f64>,
     /// Batches of one ProduceStream in flight at once.
     pub stream_inflight_batches: usize,
 }
@@ -124,6 +135,8 @@ impl Default for LimitsConfig {
             admission_wait_ms: 100,
             caller_messages_per_sec: 0.0,
             caller_burst_messages: None,
+            caller_bytes_per_sec: 0.0,
+            caller_burst_bytes: None,
             stream_inflight_batches: 32,
         }
     }
@@ -247,6 +260,23 @@ impl SecurityProtocol {
     }
 }
 
+/// TLS on the gateway's own gRPC listener (PEM files, read when the listener starts; relative
+/// paths are relative to the working directory).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// The server's certificate chain, leaf first.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates that client certificates must chain to; when set, every client must
+    /// present one (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
 /// TLS towards a cluster (PEM files).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -365,6 +395,32 @@ impl GatewayConfig {
         if !(l.caller_messages_per_sec >= 0.0 && l.caller_messages_per_sec.is_finite()) {
             return invalid("limits.caller_messages_per_sec must be >= 0".into());
         }
+        if !(l.caller_bytes_per_sec >= 0.0 && l.caller_bytes_per_sec.is_finite()) {
+            return invalid("limits.caller_bytes_per_sec must be >= 0".into());
+        }
+        if l.caller_burst_bytes
+            .is_some_and(|b| !(b > 0.0 && b.is_finite()))
+        {
+            return invalid("limits.caller_burst_bytes must be > 0".into());
+        }
+        if let Some(tls) = &self.tls {
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(_), Some(_)) => {}
+                (Some(_), None) => {
+                    return invalid("tls: cert_file is set but key_file is not; give both".into())
+                }
+                (None, Some(_)) => {
+                    return invalid("tls: key_file is set but cert_file is not; give both".into())
+                }
+                (None, None) => {
+                    return invalid(
+                        "tls: cert_file and key_file are required (remove the [tls] table for \
+                         plaintext)"
+                            .into(),
+                    )
+                }
+            }
+        }
         let d = &self.delivery;
         if d.attempt_timeout_ms == 0 || d.delivery_timeout_ms == 0 || d.max_attempts == 0 {
             return invalid("delivery: timeouts and max_attempts must be > 0".into());
@@ -479,6 +535,66 @@ mod tests {
             parse(&good).unwrap().clusters["b"].security_protocol,
             SecurityProtocol::SaslSsl
         );
+    }
+
+    #[test]
+    fn listener_tls_is_off_by_default_and_parsed_when_given() {
+        assert_eq!(parse(MINIMAL).unwrap().tls, None);
+        let c = parse(&format!(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\n\
+             {MINIMAL}"
+        ))
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, Some(PathBuf::from("c.pem")));
+        assert_eq!(tls.key_file, Some(PathBuf::from("k.pem")));
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("ca.pem")));
+    }
+
+    #[test]
+    fn listener_tls_needs_both_cert_and_key() {
+        let with_tls = |table: &str| parse(&format!("[tls]\n{table}\n{MINIMAL}"));
+        let err = with_tls("cert_file = \"c.pem\"").unwrap_err().to_string();
+        assert!(
+            err.contains("cert_file is set but key_file is not"),
+            "{err}"
+        );
+        let err = with_tls("key_file = \"k.pem\"").unwrap_err().to_string();
+        assert!(
+            err.contains("key_file is set but cert_file is not"),
+            "{err}"
+        );
+        let err = with_tls("client_ca_file = \"ca.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cert_file and key_file are required"), "{err}");
+        let err = with_tls("").unwrap_err().to_string();
+        assert!(err.contains("cert_file and key_file are required"), "{err}");
+        let err = with_tls("cert = \"c.pem\"").unwrap_err().to_string();
+        assert!(err.contains("unknown field `cert`"), "{err}");
+    }
+
+    #[test]
+    fn byte_rate_limit_is_off_by_default_and_validated() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.limits.caller_bytes_per_sec, 0.0);
+        assert_eq!(c.limits.caller_burst_bytes, None);
+        let c = parse(&format!(
+            "{MINIMAL}\n[limits]\ncaller_bytes_per_sec = 1000\ncaller_burst_bytes = 5000\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.caller_bytes_per_sec, 1000.0);
+        assert_eq!(c.limits.caller_burst_bytes, Some(5000.0));
+        let err = parse(&format!("{MINIMAL}\n[limits]\ncaller_bytes_per_sec = -1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("caller_bytes_per_sec must be >= 0"), "{err}");
+        let err = parse(&format!(
+            "{MINIMAL}\n[limits]\ncaller_bytes_per_sec = 10\ncaller_burst_bytes = 0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("caller_burst_bytes must be > 0"), "{err}");
     }
 
     #[test]

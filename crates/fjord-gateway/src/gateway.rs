@@ -24,7 +24,7 @@ use crate::config::{ClusterConfig, ConfigError, DeliveryConfig, GatewayConfig, L
 use crate::dispatch::{count_failures, message_bytes, Batch, Dispatcher, MessageOutcome};
 use crate::hlc::{Clock, Hlc};
 use crate::kafka::KafkaSetupError;
-use crate::limits::{InflightBytes, RateLimiter};
+use crate::limits::{Budget, InflightBytes, Rate, RateLimiter};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::routing::RouteTable;
@@ -43,6 +43,8 @@ pub enum GatewayError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 /// Builds the producer of a cluster (librdkafka in production, in-memory in tests).
@@ -154,6 +156,7 @@ impl Gateway {
                 current.metrics_listen != new.metrics_listen,
             ),
             ("gateway_id", current.gateway_id != new.gateway_id),
+            ("tls", current.tls != new.tls),
             (
                 "limits.max_inflight_bytes",
                 current.limits.max_inflight_bytes != new.limits.max_inflight_bytes,
@@ -210,16 +213,18 @@ impl Gateway {
             .ok_or_else(|| RequestError::NoRoute {
                 topic: request.topic.clone(),
             })?;
-        if let Err(retry_after) =
+        if let Err(exceeded) =
             snapshot
                 .limiter
-                .try_take(caller, request.messages.len(), Instant::now())
+                .try_take(caller, request.messages.len(), bytes, Instant::now())
         {
-            self.metrics.rate_limited.inc();
+            match exceeded.budget {
+                Budget::Messages => self.metrics.rate_limited.inc(),
+                Budget::Bytes => self.metrics.byte_rate_limited.inc(),
+            };
             return Err(RequestError::RateLimited {
                 caller: caller.to_owned(),
-                rate: snapshot.limits.caller_messages_per_sec,
-                retry_after,
+                limit: exceeded,
             });
         }
         let wait = Duration::from_millis(snapshot.limits.admission_wait_ms);
@@ -332,13 +337,15 @@ fn build_snapshot(
     let limiter = match previous {
         Some(p)
             if p.limits.caller_messages_per_sec == limits.caller_messages_per_sec
-                && p.limits.caller_burst_messages == limits.caller_burst_messages =>
+                && p.limits.caller_burst_messages == limits.caller_burst_messages
+                && p.limits.caller_bytes_per_sec == limits.caller_bytes_per_sec
+                && p.limits.caller_burst_bytes == limits.caller_burst_bytes =>
         {
             p.limiter.clone()
         }
         _ => Arc::new(RateLimiter::new(
-            limits.caller_messages_per_sec,
-            limits.caller_burst_messages,
+            Rate::new(limits.caller_messages_per_sec, limits.caller_burst_messages),
+            Rate::new(limits.caller_bytes_per_sec, limits.caller_burst_bytes),
         )),
     };
     Ok(Snapshot {

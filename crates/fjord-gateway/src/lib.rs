@@ -17,6 +17,7 @@
 //! - [`gateway`]: live state, reloads and request admission
 //! - [`status`]: errors to gRPC codes and per-message error codes (the only place)
 //! - [`service`]: the gRPC service; [`server`]: the process (listeners, signals, shutdown)
+//! - [`tls`]: TLS on the gRPC listener (PEM files to rustls settings)
 //! - [`metrics`]: Prometheus metrics and their endpoint
 
 pub mod backend;
@@ -33,6 +34,7 @@ pub mod routing;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod tls;
 
 /// Messages and the service trait generated from `fjord/gateway/v1/gateway.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -1,11 +1,13 @@
-//! Admission control: per-caller rate limits (token buckets) and the bound on bytes held by
-//! requests in progress.
+//! Admission control: per-caller rate limits (token buckets, one for messages and one for
+//! bytes) and the bound on bytes held by requests in progress.
 //!
-//! Invariants: a caller's bucket never holds more than its burst; the in-flight bound is a
-//! semaphore of bytes, so the memory held by requests being produced never exceeds
-//! `max_inflight_bytes` (a request waits at most `admission_wait` for room, then is refused
-//! with RESOURCE_EXHAUSTED instead of queueing without bound). The bucket table is bounded too:
-//! idle buckets (full again) are dropped when it grows.
+//! Invariants: a caller's buckets never hold more than their bursts; a batch is taken from both
+//! of its caller's buckets or from neither (a batch refused by the byte limit costs no message
+//! tokens, and the other way round); the in-flight bound is a semaphore of bytes, so the memory
+//! held by requests being produced never exceeds `max_inflight_bytes` (a request waits at most
+//! `admission_wait` for room, then is refused with RESOURCE_EXHAUSTED instead of queueing without
+//! bound). The bucket table is bounded too: idle callers (buckets full again) are dropped when
+//! it grows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,60 +19,172 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Buckets kept before idle ones are swept.
 const SWEEP_AT: usize = 10_000;
 
+/// A token rate: `per_sec` tokens a second, at most `burst` saved up. `per_sec` 0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    per_sec: f64,
+    burst: f64,
+}
+
+impl Rate {
+    /// No limit.
+    pub const UNLIMITED: Self = Self {
+        per_sec: 0.0,
+        burst: 0.0,
+    };
+
+    /// `per_sec` 0 disables the limit; `burst` defaults to one second's worth (and is at least 1).
+    pub fn new(per_sec: f64, burst: Option<f64>) -> Self {
+        if per_sec.is_nan() || per_sec <= 0.0 {
+            return Self::UNLIMITED;
+        }
+        Self {
+            per_sec,
+            burst: burst.unwrap_or(per_sec).max(1.0),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.per_sec > 0.0
+    }
+
+    pub fn per_sec(&self) -> f64 {
+        self.per_sec
+    }
+
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
+    /// `tokens` after `elapsed` seconds of refill.
+    fn refill(&self, tokens: f64, elapsed: f64) -> f64 {
+        (tokens + elapsed * self.per_sec).min(self.burst)
+    }
+
+    /// How long until a bucket holding `tokens` has `n`; a request larger than the burst can
+    /// never pass, and gets the time a full bucket takes (the caller must split it).
+    fn wait(&self, tokens: f64, n: f64) -> Duration {
+        let missing = (n.min(self.burst) - tokens).max(0.0);
+        Duration::from_secs_f64(missing / self.per_sec)
+    }
+}
+
+/// Which of a caller's limits refused a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    Messages,
+    Bytes,
+}
+
+impl Budget {
+    /// What its tokens count.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::Messages => "messages",
+            Self::Bytes => "bytes",
+        }
+    }
+}
+
+/// A batch over its caller's budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exceeded {
+    pub budget: Budget,
+    /// The limit that refused it (per second) and its burst.
+    pub rate: f64,
+    pub burst: f64,
+    /// When the same batch could pass (if it is not larger than the burst).
+    pub retry_after: Duration,
+    /// The batch is larger than the burst: it can never pass whole.
+    pub over_burst: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    tokens: f64,
+    messages: f64,
+    bytes: f64,
     at: Instant,
 }
 
-/// Token buckets by caller, refilled at `rate` messages per second up to `burst`.
+/// Token buckets by caller: messages per second and bytes per second, each with its burst.
 #[derive(Debug)]
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
+    messages: Rate,
+    bytes: Rate,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 impl RateLimiter {
-    /// `rate` 0 disables the limit.
-    pub fn new(rate: f64, burst: Option<f64>) -> Self {
+    pub fn new(messages: Rate, bytes: Rate) -> Self {
         Self {
-            rate,
-            burst: burst.unwrap_or(rate).max(1.0),
+            messages,
+            bytes,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn enabled(&self) -> bool {
-        self.rate > 0.0
+        self.messages.enabled() || self.bytes.enabled()
     }
 
-    /// Takes `n` tokens from `caller`'s bucket, or returns how long until they would be there.
-    pub fn try_take(&self, caller: &str, n: usize, now: Instant) -> Result<(), Duration> {
+    /// Takes `messages` message tokens and `bytes` byte tokens from `caller`'s buckets, or
+    /// neither and says which limit refused the batch and when it could pass.
+    pub fn try_take(
+        &self,
+        caller: &str,
+        messages: usize,
+        bytes: usize,
+        now: Instant,
+    ) -> Result<(), Exceeded> {
         if !self.enabled() {
             return Ok(());
         }
-        let n = n as f64;
+        let (m, b) = (messages as f64, bytes as f64);
+        let (mr, br) = (self.messages, self.bytes);
         let mut buckets = self.buckets.lock();
         if buckets.len() >= SWEEP_AT && !buckets.contains_key(caller) {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| b.tokens + rate * now.duration_since(b.at).as_secs_f64() < burst);
+            buckets.retain(|_, k| {
+                let elapsed = now.saturating_duration_since(k.at).as_secs_f64();
+                let full = |rate: Rate, tokens: f64| {
+                    !rate.enabled() || tokens + rate.per_sec * elapsed >= rate.burst
+                };
+                !(full(mr, k.messages) && full(br, k.bytes))
+            });
         }
         let bucket = buckets.entry(caller.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
+            messages: mr.burst,
+            bytes: br.burst,
             at: now,
         });
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.messages = mr.refill(bucket.messages, elapsed);
+        bucket.bytes = br.refill(bucket.bytes, elapsed);
         bucket.at = now;
-        if bucket.tokens >= n {
-            bucket.tokens -= n;
-            Ok(())
-        } else {
-            // A batch larger than the burst can never pass; say so with the time a full bucket
-            // takes, the caller must split it.
-            let missing = (n.min(self.burst) - bucket.tokens).max(0.0);
-            Err(Duration::from_secs_f64(missing / self.rate))
+        let refusal = |budget, rate: Rate, tokens: f64, n: f64| {
+            (rate.enabled() && tokens < n).then(|| Exceeded {
+                budget,
+                rate: rate.per_sec,
+                burst: rate.burst,
+                retry_after: rate.wait(tokens, n),
+                over_burst: n > rate.burst,
+            })
+        };
+        let refusals = [
+            refusal(Budget::Messages, mr, bucket.messages, m),
+            refusal(Budget::Bytes, br, bucket.bytes, b),
+        ];
+        // Both short: report the limit that keeps the batch out longer.
+        match refusals.into_iter().flatten().max_by_key(|e| e.retry_after) {
+            Some(exceeded) => Err(exceeded),
+            None => {
+                if mr.enabled() {
+                    bucket.messages -= m;
+                }
+                if br.enabled() {
+                    bucket.bytes -= b;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -122,29 +236,115 @@ impl InflightBytes {
 mod tests {
     use super::*;
 
+    fn messages(per_sec: f64, burst: Option<f64>) -> RateLimiter {
+        RateLimiter::new(Rate::new(per_sec, burst), Rate::UNLIMITED)
+    }
+
+    fn bytes(per_sec: f64, burst: Option<f64>) -> RateLimiter {
+        RateLimiter::new(Rate::UNLIMITED, Rate::new(per_sec, burst))
+    }
+
     #[test]
     fn disabled_limiter_admits_everything() {
-        let l = RateLimiter::new(0.0, None);
-        assert!(l.try_take("a", 1_000_000, Instant::now()).is_ok());
+        let l = RateLimiter::new(Rate::new(0.0, None), Rate::new(0.0, Some(10.0)));
+        assert!(!l.enabled());
+        assert!(l
+            .try_take("a", 1_000_000, usize::MAX, Instant::now())
+            .is_ok());
     }
 
     #[test]
     fn bucket_refills_at_the_rate() {
-        let l = RateLimiter::new(100.0, Some(200.0));
+        let l = messages(100.0, Some(200.0));
         let t0 = Instant::now();
-        assert!(l.try_take("a", 150, t0).is_ok());
-        assert!(l.try_take("a", 60, t0).is_err());
+        assert!(l.try_take("a", 150, 0, t0).is_ok());
+        assert!(l.try_take("a", 60, 0, t0).is_err());
         // Another caller has its own bucket.
-        assert!(l.try_take("b", 200, t0).is_ok());
+        assert!(l.try_take("b", 200, 0, t0).is_ok());
         // 0.1 s later: 50 + 10 tokens.
         let t1 = t0 + Duration::from_millis(100);
-        assert!(l.try_take("a", 60, t1).is_ok());
-        let wait = l.try_take("a", 50, t1).unwrap_err();
+        assert!(l.try_take("a", 60, 0, t1).is_ok());
+        let wait = l.try_take("a", 50, 0, t1).unwrap_err().retry_after;
         assert!((0.49..0.51).contains(&wait.as_secs_f64()), "{wait:?}");
         // Never above the burst.
         let t2 = t1 + Duration::from_secs(60);
-        assert!(l.try_take("a", 201, t2).is_err());
-        assert!(l.try_take("a", 200, t2).is_ok());
+        assert!(l.try_take("a", 201, 0, t2).is_err());
+        assert!(l.try_take("a", 200, 0, t2).is_ok());
+    }
+
+    #[test]
+    fn byte_bucket_refills_at_its_rate() {
+        let l = bytes(1_000.0, Some(4_000.0));
+        let t0 = Instant::now();
+        // Message counts do not matter to a byte limit.
+        assert!(l.try_take("a", 1_000, 3_000, t0).is_ok());
+        let e = l.try_take("a", 1, 1_500, t0).unwrap_err();
+        assert_eq!(e.budget, Budget::Bytes);
+        assert_eq!(e.rate, 1_000.0);
+        assert!(!e.over_burst);
+        assert!((0.49..0.51).contains(&e.retry_after.as_secs_f64()), "{e:?}");
+        // Another caller has its own bucket.
+        assert!(l.try_take("b", 1, 4_000, t0).is_ok());
+        // 0.5 s later: 1000 + 500 bytes.
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(l.try_take("a", 1, 1_500, t1).is_ok());
+        assert!(l.try_take("a", 1, 1, t1).is_err());
+        // Never above the burst.
+        let t2 = t1 + Duration::from_secs(60);
+        assert!(l.try_take("a", 1, 4_001, t2).is_err());
+        assert!(l.try_take("a", 1, 4_000, t2).is_ok());
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_byte_burst_is_refused() {
+        let l = bytes(1_000.0, None); // burst: one second's worth
+        let t0 = Instant::now();
+        let e = l.try_take("a", 1, 1_001, t0).unwrap_err();
+        assert_eq!(e.budget, Budget::Bytes);
+        assert!(e.over_burst);
+        // Even with a full bucket, hours later.
+        let e = l
+            .try_take("a", 1, 1_001, t0 + Duration::from_secs(3600))
+            .unwrap_err();
+        assert!(e.over_burst);
+        // The refusals took nothing: the whole burst is still there.
+        assert!(l
+            .try_take("a", 1, 1_000, t0 + Duration::from_secs(3600))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_batch_is_taken_from_both_buckets_or_neither() {
+        let l = RateLimiter::new(Rate::new(10.0, Some(10.0)), Rate::new(100.0, Some(100.0)));
+        let t0 = Instant::now();
+        // Over the byte budget: refused, and no message tokens spent.
+        assert_eq!(
+            l.try_take("a", 10, 101, t0).unwrap_err().budget,
+            Budget::Bytes
+        );
+        assert!(l.try_take("a", 10, 50, t0).is_ok());
+        // Over the message budget: refused, and no byte tokens spent.
+        assert_eq!(
+            l.try_take("a", 1, 50, t0).unwrap_err().budget,
+            Budget::Messages
+        );
+        // Both short: the longer wait is reported (10 s of bytes, 0.1 s of messages).
+        let t1 = t0 + Duration::from_millis(100);
+        let e = l.try_take("a", 2, 100, t1).unwrap_err();
+        assert_eq!(e.budget, Budget::Bytes);
+        assert!(l.try_take("a", 1, 60, t1).is_ok());
+    }
+
+    #[test]
+    fn idle_callers_are_swept() {
+        let l = bytes(1.0, Some(1.0));
+        let t0 = Instant::now();
+        for i in 0..SWEEP_AT {
+            assert!(l.try_take(&i.to_string(), 1, 1, t0).is_ok());
+        }
+        // 2 s later every bucket is full again: the next new caller sweeps them out.
+        assert!(l.try_take("new", 1, 1, t0 + Duration::from_secs(2)).is_ok());
+        assert_eq!(l.buckets.lock().len(), 1);
     }
 
     #[tokio::test]

@@ -76,7 +76,10 @@ pub struct Metrics {
     pub breaker_transitions: Family<TransitionLabels, Counter>,
     pub inflight_bytes: Gauge<i64, AtomicI64Compat>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    /// Refusals by a caller's message-rate limit.
     pub rate_limited: Counter,
+    /// Refusals by a caller's byte-rate limit.
+    pub byte_rate_limited: Counter,
 }
 
 /// The gauge's atomic (prometheus-client's default for `Gauge<i64>`).
@@ -97,6 +100,7 @@ impl Default for Metrics {
             inflight_bytes: Gauge::default(),
             config_reloads: Family::default(),
             rate_limited: Counter::<u64, AtomicU64>::default(),
+            byte_rate_limited: Counter::<u64, AtomicU64>::default(),
         }
     }
 }
@@ -162,8 +166,13 @@ impl Metrics {
         );
         r.register(
             "rate_limited",
-            "Requests refused by a caller's rate limit",
+            "Requests refused by a caller's message-rate limit",
             self.rate_limited.clone(),
+        );
+        r.register(
+            "byte_rate_limited",
+            "Requests refused by a caller's byte-rate limit",
+            self.byte_rate_limited.clone(),
         );
         r
     }

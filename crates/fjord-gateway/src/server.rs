@@ -1,6 +1,7 @@
 //! Running a gateway process: the gRPC listener (the Gateway service, health checking, server
-//! reflection), the metrics endpoint, the prober of open clusters, configuration reloads (SIGHUP
-//! and a poll of the file's modification time), and graceful shutdown.
+//! reflection; plaintext, or TLS with `[tls]`, see [`crate::tls`]), the metrics endpoint, the
+//! prober of open clusters, configuration reloads (SIGHUP and a poll of the file's modification
+//! time), and graceful shutdown.
 //!
 //! Health (`grpc.health.v1`, for the whole server and for `fjord.gateway.v1.Gateway`) is
 //! SERVING while at least one backend cluster's breaker is not open, and NOT_SERVING when every
@@ -19,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 
 use crate::backend::Producer;
@@ -58,6 +60,8 @@ impl ProducerFactory for KafkaFactory {
 /// `fjord gateway --config FILE`: runs until SIGTERM or Ctrl-C.
 pub async fn run(config_path: &Path) -> Result<(), GatewayError> {
     let config = GatewayConfig::load(config_path)?;
+    // Certificate trouble stops the gateway before it binds anything.
+    let tls = listener_tls(&config)?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(shutdown_on_signal(shutdown.clone()));
     let metrics = Arc::new(Metrics::default());
@@ -89,8 +93,10 @@ pub async fn run(config_path: &Path) -> Result<(), GatewayError> {
         shutdown.clone(),
     ));
     tracing::info!(address = %local(&listener), gateway_id = gateway.gateway_id(),
-        clusters = gateway.clusters().len(), "gateway listening");
-    let served = serve(gateway.clone(), listener, shutdown.clone()).await;
+        clusters = gateway.clusters().len(), tls = tls.is_some(),
+        client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
+        "gateway listening");
+    let served = serve_with_tls(gateway.clone(), listener, tls, shutdown.clone()).await;
     shutdown.cancel();
     let _ = reloader.await;
     if let Some(t) = metrics_task {
@@ -102,12 +108,38 @@ pub async fn run(config_path: &Path) -> Result<(), GatewayError> {
     served
 }
 
-/// Serves the gRPC API on `listener` until `shutdown` is cancelled, with the prober running.
+/// The listener's TLS settings from the `[tls]` table (files read and checked now); `None`:
+/// plaintext.
+fn listener_tls(config: &GatewayConfig) -> Result<Option<ServerTlsConfig>, GatewayError> {
+    Ok(config
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?)
+}
+
+/// Serves the gRPC API on `listener` until `shutdown` is cancelled, with the prober running;
+/// over TLS if the gateway's configuration has a `[tls]` table (its files are read now).
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    let tls = listener_tls(&gateway.config())?;
+    serve_with_tls(gateway, listener, tls, shutdown).await
+}
+
+async fn serve_with_tls(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    // Health and reflection share the listener, so they are behind the same TLS.
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health
@@ -156,7 +188,7 @@ pub async fn serve(
                 .await;
         }
     };
-    let result = tonic::transport::Server::builder()
+    let result = server
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)

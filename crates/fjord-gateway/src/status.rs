@@ -1,12 +1,11 @@
 //! The one place where errors become wire codes: request-level errors to gRPC status codes, and
 //! per-message failures to `fjord.gateway.v1.ErrorCode` (with whether a retry may succeed).
 
-use std::time::Duration;
-
 use tonic::{Code, Status};
 
 use crate::backend::ErrorKind;
 use crate::dispatch::{FailureKind, MessageOutcome};
+use crate::limits::Exceeded;
 use crate::pb;
 
 /// Why a whole request was refused (nothing of it was produced).
@@ -30,18 +29,27 @@ pub enum RequestError {
     BadPartition { index: usize, partition: i32 },
     #[error("no route for topic {topic:?} and no default route")]
     NoRoute { topic: String },
-    #[error(
-        "rate limit of caller {caller:?} exceeded ({rate} messages/s); retry in {retry_after:?}"
-    )]
-    RateLimited {
-        caller: String,
-        rate: f64,
-        retry_after: Duration,
-    },
+    /// Over the caller's message or byte rate; a batch larger than the burst never passes.
+    #[error("rate limit of caller {caller:?} exceeded ({} {}/s); {}",
+        .limit.rate, .limit.budget.unit(), rate_limit_hint(.limit))]
+    RateLimited { caller: String, limit: Exceeded },
     #[error("the gateway holds {limit} bytes of requests already; retry shortly")]
     Overloaded { limit: usize },
     #[error("the gateway is shutting down")]
     ShuttingDown,
+}
+
+/// What a rate-limited caller should do.
+fn rate_limit_hint(limit: &Exceeded) -> String {
+    if limit.over_burst {
+        format!(
+            "the batch is larger than the burst of {} {}: split it",
+            limit.burst,
+            limit.budget.unit()
+        )
+    } else {
+        format!("retry in {:?}", limit.retry_after)
+    }
 }
 
 impl RequestError {
@@ -157,6 +165,8 @@ pub fn to_result(outcome: MessageOutcome) -> pb::MessageResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::Budget;
+    use std::time::Duration;
 
     #[test]
     fn request_errors_map_to_grpc_codes() {
@@ -167,6 +177,33 @@ mod tests {
         assert_eq!(
             RequestError::Overloaded { limit: 1 }.code(),
             Code::ResourceExhausted
+        );
+    }
+
+    #[test]
+    fn rate_limits_say_which_budget_and_what_to_do() {
+        let limited = |budget, over_burst| RequestError::RateLimited {
+            caller: "c".into(),
+            limit: Exceeded {
+                budget,
+                rate: 100.0,
+                burst: 200.0,
+                retry_after: Duration::from_millis(250),
+                over_burst,
+            },
+        };
+        let s: Status = limited(Budget::Messages, false).into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(
+            s.message(),
+            "rate limit of caller \"c\" exceeded (100 messages/s); retry in 250ms"
+        );
+        let s: Status = limited(Budget::Bytes, true).into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(
+            s.message(),
+            "rate limit of caller \"c\" exceeded (100 bytes/s); the batch is larger than the \
+             burst of 200 bytes: split it"
         );
     }
 

@@ -1,9 +1,12 @@
 //! The gateway end to end over gRPC, with in-memory clusters whose faults the tests control:
-//! routing, per-key order, failover and the breaker, reloads, limits, the stream, deadlines.
+//! routing, per-key order, failover and the breaker, reloads, limits, the stream, deadlines,
+//! and TLS on the listener (with throwaway certificates made by rcgen).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +23,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -193,13 +197,20 @@ max_inflight_bytes = 1000000
 struct Harness {
     gateway: Arc<Gateway>,
     factory: Arc<FakeFactory>,
+    addr: SocketAddr,
     client: GatewayClient,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), GatewayError>>,
 }
 
 impl Harness {
+    /// A gateway with a plaintext listener and a plaintext client.
     async fn start(config: &str) -> Self {
+        Self::start_with_client(config, None).await
+    }
+
+    /// A gateway and a client that connects with `client_tls` (plaintext when `None`).
+    async fn start_with_client(config: &str, client_tls: Option<ClientTlsConfig>) -> Self {
         let config: GatewayConfig = toml::from_str(config).unwrap();
         let factory = Arc::new(FakeFactory::default());
         let gateway = Arc::new(
@@ -219,12 +230,16 @@ impl Harness {
             listener,
             shutdown.clone(),
         ));
-        let client = GatewayClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let client = match client_tls {
+            None => GatewayClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap(),
+            Some(tls) => GatewayClient::from_channel(tls_channel(addr, tls).await.unwrap()),
+        };
         Self {
             gateway,
             factory,
+            addr,
             client,
             shutdown,
             server,
@@ -623,5 +638,343 @@ async fn memory_bound_gives_backpressure_not_unbounded_queues() {
     h.factory.cluster("b").set(Mode::Healthy);
     let results = second.produce_batch("orders", batch(2)).await.unwrap();
     assert!(results.iter().all(Result::is_ok));
+    h.stop().await;
+}
+
+/// Sends a batch as `caller` (the `x-fjord-caller` metadata).
+async fn produce_as(
+    client: &GatewayClient,
+    caller: &str,
+    messages: Vec<pb::Message>,
+) -> Result<pb::ProduceBatchResponse, tonic::Status> {
+    let mut req = tonic::Request::new(pb::ProduceBatchRequest {
+        topic: "orders".into(),
+        messages,
+    });
+    req.metadata_mut()
+        .insert("x-fjord-caller", caller.parse().unwrap());
+    let mut client = client.clone();
+    client
+        .raw()
+        .produce_batch(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// `n` messages of `bytes` bytes each (key + value + headers, as the limits count them).
+fn sized(n: usize, bytes: usize) -> Vec<pb::Message> {
+    (0..n)
+        .map(|i| pb::Message {
+            key: Some(vec![b'k'; 10]),
+            value: vec![b'v'; bytes - 10 - 6],
+            headers: vec![pb::Header {
+                key: "h".into(),
+                value: Some(format!("{:05}", i % 100_000).into_bytes()),
+            }],
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_have_separate_byte_budgets() {
+    let config = BASE.replace(
+        "[limits]",
+        "[limits]\ncaller_bytes_per_sec = 100\ncaller_burst_bytes = 2000",
+    );
+    let h = Harness::start(&config).await;
+    // 1500 of alice's 2000 bytes; the next 1000 are over her budget (5 s away at 100 bytes/s).
+    let ok = produce_as(&h.client, "alice", sized(15, 100))
+        .await
+        .unwrap();
+    assert_eq!(ok.results.len(), 15);
+    let refused = produce_as(&h.client, "alice", sized(10, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    let msg = refused.message();
+    assert!(
+        msg.starts_with("rate limit of caller \"alice\" exceeded (100 bytes/s); retry in "),
+        "{msg}"
+    );
+    // Bob's budget is his own: the same batches pass.
+    produce_as(&h.client, "bob", sized(15, 100)).await.unwrap();
+    // A few messages still fit alice's remaining 500 bytes: the refusal cost her nothing.
+    produce_as(&h.client, "alice", sized(4, 100)).await.unwrap();
+    // A batch larger than the burst never passes, even from a fresh caller.
+    let refused = produce_as(&h.client, "carol", sized(21, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("the batch is larger than the burst of 2000 bytes: split it"),
+        "{}",
+        refused.message()
+    );
+    // A stream is held to the same budget: its third 800-byte batch ends it.
+    let batches: Vec<pb::ProduceStreamRequest> = (0..3u64)
+        .map(|id| pb::ProduceStreamRequest {
+            request_id: id,
+            batch: Some(pb::ProduceBatchRequest {
+                topic: "orders".into(),
+                messages: sized(8, 100),
+            }),
+        })
+        .collect();
+    let mut req = tonic::Request::new(futures::stream::iter(batches));
+    req.metadata_mut()
+        .insert("x-fjord-caller", "dave".parse().unwrap());
+    let mut client = h.client.clone();
+    let mut responses = client.raw().produce_stream(req).await.unwrap().into_inner();
+    let mut answered = Vec::new();
+    let status = loop {
+        match responses.message().await {
+            Ok(Some(r)) => answered.push(r.request_id),
+            Ok(None) => panic!("the stream should end with the byte limit's refusal"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(answered, vec![0, 1]);
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("caller \"dave\""), "{status}");
+    // Counted apart from the message-rate limit; nothing refused was produced.
+    assert_eq!(h.gateway.metrics().byte_rate_limited.get(), 3);
+    assert_eq!(h.gateway.metrics().rate_limited.get(), 0);
+    let stored = h.factory.cluster("a").records("orders").len()
+        + h.factory.cluster("b").records("orders").len();
+    assert_eq!(stored, 15 + 15 + 4 + 16);
+    h.stop().await;
+}
+
+/// A throwaway certificate authority whose files live in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            ca,
+        }
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A certificate for `names` signed by this CA, for a server or a client: (cert, key) PEM.
+    fn issue(&self, names: &[&str], server: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let cert = params.signed_by(&key, &*self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+/// BASE with a `[tls]` table: a server certificate for localhost/127.0.0.1 from `pki`, and
+/// `client_ca` as the client CA file if given.
+fn tls_config(pki: &Pki, client_ca: Option<&Path>) -> String {
+    let (cert, key) = pki.issue(&["localhost", "127.0.0.1"], true);
+    let cert = pki.write("server.pem", &cert);
+    let key = pki.write("server-key.pem", &key);
+    let mut table = format!(
+        "\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    if let Some(ca) = client_ca {
+        table.push_str(&format!(
+            "client_ca_file = {:?}\n",
+            ca.display().to_string()
+        ));
+    }
+    format!("{BASE}{table}")
+}
+
+/// Client TLS trusting `ca_pem`, presenting `identity` (cert, key PEM) if given.
+fn client_tls(ca_pem: &str, identity: Option<&(String, String)>) -> ClientTlsConfig {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    match identity {
+        Some((cert, key)) => tls.identity(Identity::from_pem(cert, key)),
+        None => tls,
+    }
+}
+
+async fn tls_channel(
+    addr: SocketAddr,
+    tls: ClientTlsConfig,
+) -> Result<Channel, tonic::transport::Error> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+/// Connects with `tls` (plaintext when `None`) and sends one message; any failure, from the
+/// handshake to the call, is an error.
+async fn try_publish(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> Result<(), String> {
+    let attempt = async {
+        let mut client = match tls {
+            Some(tls) => GatewayClient::from_channel(
+                tls_channel(addr, tls).await.map_err(|e| e.to_string())?,
+            ),
+            None => GatewayClient::connect(format!("http://{addr}"))
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        client
+            .publish("orders", Message::new("x"))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+fn stored(h: &Harness) -> usize {
+    h.factory.cluster("a").records("orders").len() + h.factory.cluster("b").records("orders").len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_clients_that_trust_its_ca_and_refuses_plaintext() {
+    let pki = Pki::new("gateway");
+    let h = Harness::start_with_client(
+        &tls_config(&pki, None),
+        Some(client_tls(&pki.ca_pem(), None)),
+    )
+    .await;
+    let mut client = h.client.clone();
+    let results = client.produce_batch("orders", keyed(10, 5)).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(stored(&h), 10);
+
+    // Health checking and reflection are served over the same TLS listener.
+    let channel = tls_channel(h.addr, client_tls(&pki.ca_pem(), None))
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "fjord.gateway.v1.Gateway"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer {answer:?}");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "fjord.gateway.v1.Gateway"),
+        "{list:?}"
+    );
+
+    // Plaintext is refused, and so is a client that trusts another CA.
+    let err = try_publish(h.addr, None).await.unwrap_err();
+    assert_ne!(err, "timed out");
+    let other = Pki::new("other");
+    let err = try_publish(h.addr, Some(client_tls(&other.ca_pem(), None)))
+        .await
+        .unwrap_err();
+    assert_ne!(err, "timed out");
+    assert_eq!(stored(&h), 10);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
+    let server_pki = Pki::new("gateway");
+    let clients = Pki::new("clients");
+    let clients_ca = server_pki.write("clients-ca.pem", &clients.ca_pem());
+    let alice = clients.issue(&["alice.clients.test"], false);
+    let h = Harness::start_with_client(
+        &tls_config(&server_pki, Some(&clients_ca)),
+        Some(client_tls(&server_pki.ca_pem(), Some(&alice))),
+    )
+    .await;
+    let mut client = h.client.clone();
+    client
+        .publish("orders", Message::new("from alice"))
+        .await
+        .unwrap();
+    assert_eq!(stored(&h), 1);
+
+    // No client certificate: refused.
+    let err = try_publish(h.addr, Some(client_tls(&server_pki.ca_pem(), None)))
+        .await
+        .unwrap_err();
+    assert_ne!(err, "timed out");
+    // A certificate from a CA the gateway does not trust for clients: refused.
+    let mallory = server_pki.issue(&["mallory.clients.test"], false);
+    let err = try_publish(
+        h.addr,
+        Some(client_tls(&server_pki.ca_pem(), Some(&mallory))),
+    )
+    .await
+    .unwrap_err();
+    assert_ne!(err, "timed out");
+    // Another certificate of the client CA: served.
+    let bob = clients.issue(&["bob.clients.test"], false);
+    try_publish(h.addr, Some(client_tls(&server_pki.ca_pem(), Some(&bob))))
+        .await
+        .unwrap();
+    assert_eq!(stored(&h), 2);
     h.stop().await;
 }
