@@ -15,3 +15,18 @@ ALTER TABLE fjord_groups ADD COLUMN version bigint;
 UPDATE fjord_groups SET version = nextval('fjord_group_versions');
 ALTER TABLE fjord_groups ALTER COLUMN version SET NOT NULL;
 ALTER TABLE fjord_groups ADD CHECK (version > 0);
+
+-- Brokers older than this migration (during a rolling upgrade) save groups without knowing the
+-- version: an insert still gets one, and an update that leaves it alone gets a new one, so their
+-- writes fence the newer brokers' stale views too.
+ALTER TABLE fjord_groups ALTER COLUMN version SET DEFAULT nextval('fjord_group_versions');
+CREATE FUNCTION fjord_group_version_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.version = OLD.version THEN
+        NEW.version := nextval('fjord_group_versions');
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER fjord_group_version_bump BEFORE UPDATE ON fjord_groups
+    FOR EACH ROW EXECUTE FUNCTION fjord_group_version_bump();

@@ -980,3 +980,38 @@ async fn tls_when_required_and_verified() {
         .unwrap();
     assert!(matches!(err, CoordinatorError::Invalid(_)), "{err}");
 }
+
+/// During a rolling upgrade, brokers from before migration 0004 save groups with their old
+/// statement (an upsert that knows no version). Their saves still give the blob a new version,
+/// so a newer broker holding the version it read before is refused instead of overwriting them.
+#[tokio::test]
+async fn saves_by_brokers_older_than_group_versions_still_fence() {
+    let Some(server) = server_url() else { return };
+    let dbs = TestDatabases::new(server);
+    let url = dbs.create().await;
+    let c = PostgresCoordinator::connect(&url).await.unwrap();
+    let v1 = c.save_group("g", 0, b"new".to_vec()).await.unwrap();
+    // The statement the broker before 0004 runs.
+    const OLD_SAVE: &str = "INSERT INTO fjord_groups (group_id, state, updated_ms) VALUES ($1, $2, $3)
+        ON CONFLICT (group_key) DO UPDATE SET state = EXCLUDED.state, updated_ms = EXCLUDED.updated_ms";
+    let client = c.client().await.unwrap();
+    client
+        .execute(OLD_SAVE, &[&"g".as_bytes(), &b"old".to_vec(), &1i64])
+        .await
+        .unwrap();
+    client
+        .execute(OLD_SAVE, &[&"h".as_bytes(), &b"old".to_vec(), &1i64])
+        .await
+        .unwrap();
+    let g = c.load_group("g").await.unwrap().unwrap();
+    assert_eq!(g.state, b"old");
+    assert!(g.version > v1, "an old broker's save got a new version");
+    assert!(matches!(
+        c.save_group("g", v1, b"stale".to_vec()).await,
+        Err(CoordinatorError::Fenced(_))
+    ));
+    // An old broker's first save of a group gets a version too.
+    let h = c.load_group("h").await.unwrap().unwrap();
+    assert!(h.version > 0);
+    c.save_group("h", h.version, b"new".to_vec()).await.unwrap();
+}
