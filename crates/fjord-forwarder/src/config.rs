@@ -140,6 +140,11 @@ pub struct SubscriptionConfig {
     pub retry_topic: Option<String>,
     /// Records that will never be delivered, with headers saying why (on the source cluster).
     pub dead_letter_topic: String,
+    /// Milliseconds a write to the retry topic or the dead-letter topic is retried before the
+    /// record goes to the dead-letter topic instead (from the retry topic), or the subscription
+    /// stops with an error (from the dead-letter topic); 0: retried without limit.
+    #[serde(default = "defaults::park_timeout_ms")]
+    pub park_timeout_ms: u64,
     /// Create the retry and dead-letter topics at startup if missing.
     #[serde(default = "defaults::create_topics")]
     pub create_topics: bool,
@@ -222,6 +227,11 @@ mod defaults {
     }
     pub fn start_from() -> StartFrom {
         StartFrom::Earliest
+    }
+    /// Long enough to ride out a broker restart or a leader election, short enough that a topic
+    /// that cannot be written (deleted, no permission, refused) is reported within minutes.
+    pub fn park_timeout_ms() -> u64 {
+        300_000
     }
     pub fn create_topics() -> bool {
         true

@@ -5,7 +5,9 @@
 //! reading a record back from the retry topic into the original record plus its history.
 //! Invariants: a record read back from the retry topic is delivered with its original topic,
 //! partition, offset, timestamp, key, value and headers (the `fjord.*` bookkeeping headers are
-//! removed), so the handler cannot tell the path it took except by the attempt number.
+//! removed), so the handler cannot tell the path it took except by the attempt number; the
+//! `fjord.error` header is at most [`MAX_ERROR_BYTES`] long (a handler's reason or a gRPC status
+//! message has no limit of its own), so the headers add a bounded size to a record.
 
 use bytes::Bytes;
 
@@ -24,12 +26,32 @@ pub const SUBSCRIPTION: &str = "fjord.subscription";
 pub const ATTEMPTS: &str = "fjord.attempts";
 /// The last error (or the handler's DEAD_LETTER reason).
 pub const ERROR: &str = "fjord.error";
+/// On a dead-letter record written without its value and user headers because the whole record
+/// was over the size the cluster accepts: why, and the sizes left out.
+pub const DROPPED: &str = "fjord.dropped";
 /// Rounds through the retry topic so far, this one included (retry records only).
 pub const RETRY_ROUND: &str = "fjord.retry.round";
 /// When the record is due again, milliseconds since the epoch (retry records only).
 pub const RETRY_DUE_MS: &str = "fjord.retry.due-ms";
 
 const PREFIX: &str = "fjord.";
+
+/// The longest `fjord.error` value written, in bytes; a longer error is cut at a character
+/// boundary and says how long it was.
+pub const MAX_ERROR_BYTES: usize = 1024;
+
+/// `error` cut to [`MAX_ERROR_BYTES`].
+pub fn capped_error(error: &str) -> String {
+    if error.len() <= MAX_ERROR_BYTES {
+        return error.to_string();
+    }
+    let note = format!("... ({} bytes, cut)", error.len());
+    let mut end = MAX_ERROR_BYTES.saturating_sub(note.len());
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{note}", &error[..end])
+}
 
 /// A Kafka header.
 pub type Header = (String, Option<Bytes>);
@@ -163,6 +185,48 @@ pub struct OutRecord {
     pub headers: Vec<Header>,
 }
 
+impl OutRecord {
+    /// Its size as the producer counts it against `message.max.bytes`: key, value and headers,
+    /// with a few bytes of framing per header (an overestimate, never an underestimate).
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()) + 10)
+            .sum();
+        self.key.as_ref().map_or(0, |k| k.len())
+            + self.value.as_ref().map_or(0, |v| v.len())
+            + headers
+    }
+
+    /// The record without its value and user headers (key and `fjord.*` headers kept), with a
+    /// [`DROPPED`] header saying why: what a dead-letter record becomes when it is too large for
+    /// the cluster. The original is still in its source topic, at the position the headers name.
+    pub fn without_payload(&self, why: &str) -> OutRecord {
+        let value_len = self.value.as_ref().map_or(0, |v| v.len());
+        let mut headers: Vec<Header> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k.starts_with(PREFIX))
+            .cloned()
+            .collect();
+        let user = self.headers.len() - headers.len();
+        headers.push(header(
+            DROPPED,
+            format!(
+                "value ({value_len} bytes) and {user} user headers left out: {}",
+                capped_error(why)
+            ),
+        ));
+        OutRecord {
+            topic: self.topic.clone(),
+            key: self.key.clone(),
+            value: None,
+            headers,
+        }
+    }
+}
+
 fn header(name: &str, value: impl ToString) -> Header {
     (name.to_string(), Some(Bytes::from(value.to_string())))
 }
@@ -184,7 +248,7 @@ fn envelope(
         header(CLUSTER, &origin.cluster),
         header(SUBSCRIPTION, subscription),
         header(ATTEMPTS, attempts),
-        header(ERROR, error),
+        header(ERROR, capped_error(error)),
     ]);
     OutRecord {
         topic: topic.to_string(),
@@ -304,6 +368,55 @@ mod tests {
         assert_eq!(get(ERROR), "bad");
         assert_eq!(get("trace"), "abc", "user headers are kept");
         assert_eq!(out.key, r.key);
+    }
+
+    /// Issue 14, item 2: a handler's DEAD_LETTER reason (or a gRPC status message) went into the
+    /// `fjord.error` header whole, so a record that fitted its source topic could no longer fit
+    /// the dead-letter topic, and its write was retried forever.
+    #[test]
+    fn the_error_header_is_capped() {
+        let r = record();
+        let reason = "é".repeat(100_000);
+        let out = dead_letter("dlq", &r, &Origin::source(&r, "a"), 1, &reason, "sub");
+        let error = out.headers.iter().find(|(k, _)| k == ERROR).unwrap();
+        let value = error.1.as_ref().unwrap();
+        assert!(value.len() <= MAX_ERROR_BYTES, "{}", value.len());
+        let text = std::str::from_utf8(value).expect("cut at a character boundary");
+        assert!(
+            text.starts_with("éé") && text.ends_with("(200000 bytes, cut)"),
+            "{text}"
+        );
+        assert!(out.size() < 2 * MAX_ERROR_BYTES, "{}", out.size());
+        assert_eq!(capped_error("short"), "short");
+    }
+
+    #[test]
+    fn a_record_without_payload_keeps_its_key_and_bookkeeping() {
+        let mut r = record();
+        r.value = Some(Bytes::from(vec![b'x'; 5000]));
+        let out = dead_letter("dlq", &r, &Origin::source(&r, "a"), 1, "bad", "sub");
+        let small = out.without_payload("MessageSizeTooLarge");
+        assert_eq!(
+            (small.key.clone(), small.value.clone()),
+            (r.key.clone(), None)
+        );
+        assert!(small.headers.iter().all(|(k, _)| k.starts_with("fjord.")));
+        let dropped = small.headers.iter().find(|(k, _)| k == DROPPED).unwrap();
+        let text = String::from_utf8(dropped.1.clone().unwrap().to_vec()).unwrap();
+        assert!(
+            text.contains("value (5000 bytes) and 2 user headers"),
+            "{text}"
+        );
+        assert!(
+            small.size() + 4000 < out.size(),
+            "{} vs {}",
+            small.size(),
+            out.size()
+        );
+        assert!(small
+            .headers
+            .iter()
+            .any(|(k, v)| k == ORIGINAL_OFFSET && v.as_deref() == Some(&b"42"[..])));
     }
 
     #[test]

@@ -43,6 +43,21 @@ pub enum ForwardError {
     },
     #[error("installing the signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(
+        "subscription {subscription} stopped: the record at {topic}/{partition}@{offset} of \
+         cluster {cluster} could not be written to the dead-letter topic {dead_letter_topic} \
+         within park_timeout_ms: {error} (it stays uncommitted and is delivered again once the \
+         subscription runs again)"
+    )]
+    Park {
+        subscription: String,
+        cluster: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        dead_letter_topic: String,
+        error: String,
+    },
     #[error("{0}")]
     Task(String),
 }

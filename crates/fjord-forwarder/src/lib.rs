@@ -12,7 +12,8 @@
 //! | `outcome` | the one table from gRPC replies and statuses to verdicts |
 //! | `delivery` | the delivery client (trait + gRPC) |
 //! | `envelope` | records, and the `fjord.*` headers of retry and dead-letter records |
-//! | `sink` | writing to retry / dead-letter topics; creating them |
+//! | `sink` | one write to a retry / dead-letter topic, bounded; creating those topics |
+//! | `parking` | a record leaving memory: retry topic, dead-letter topic, and what a failed write becomes |
 //! | `ratelimit` | the per-subscription rate limit |
 //! | `partition` | one assigned partition's unfinished records and backpressure state |
 //! | `assignment` | a worker's assigned partitions and the rebalance callbacks (commit on revocation) |
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod ordering;
 pub mod outcome;
+pub mod parking;
 pub mod partition;
 pub mod ratelimit;
 pub mod retry;
@@ -83,6 +85,12 @@ pub async fn main(args: ForwardArgs) -> Result<(), ForwardError> {
 }
 
 /// Runs every subscription of `config` until `cancel`.
+///
+/// A subscription whose worker fails (a record that cannot leave memory without being lost, see
+/// `parking.rs`) stops on all its clusters: its workers drain, commit and leave their groups, its
+/// `fjord_forwarder_failed` gauge reads 1 and the error is logged; the others go on. Once no
+/// subscription is left running, this returns the first failure. A panicking worker stops
+/// everything.
 pub async fn run(config: ForwarderConfig, cancel: CancellationToken) -> Result<(), ForwardError> {
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
@@ -96,6 +104,7 @@ pub async fn run(config: ForwarderConfig, cancel: CancellationToken) -> Result<(
     };
     let workers_cancel = CancellationToken::new();
     let mut workers = JoinSet::new();
+    let mut subscriptions = Vec::new();
     for sub_config in &config.subscriptions {
         let deliverer = GrpcDeliverer::new(sub_config.endpoint.urls()).map_err(|message| {
             ForwardError::Endpoint {
@@ -109,30 +118,63 @@ pub async fn run(config: ForwarderConfig, cancel: CancellationToken) -> Result<(
             Arc::new(deliverer),
             metrics.subscription(&sub_config.name),
         ));
+        let sub_cancel = workers_cancel.child_token();
+        let index = subscriptions.len();
+        subscriptions.push((sub.clone(), sub_cancel.clone()));
         for cluster_name in &sub_config.clusters {
             let Some(cluster) = config.clusters.get(cluster_name) else {
                 continue; // validate() refused this
             };
             let worker = Worker::start(sub.clone(), cluster_name, cluster, metrics.clone()).await?;
-            workers.spawn(worker.run(workers_cancel.clone(), config.shutdown_timeout()));
+            let run = worker.run(sub_cancel.clone(), config.shutdown_timeout());
+            workers.spawn(async move { (index, run.await) });
         }
     }
     let mut failure = None;
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        ended = workers.join_next() => {
-            failure = Some(ForwardError::Task(format!("a worker stopped unexpectedly: {ended:?}")));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            ended = workers.join_next() => match ended {
+                None => {
+                    // Every subscription has stopped on a failure.
+                    failure.get_or_insert(ForwardError::Task("every subscription stopped".into()));
+                    break;
+                }
+                Some(Ok((_, Ok(())))) => {}
+                Some(Ok((index, Err(e)))) => {
+                    let (sub, sub_cancel) = &subscriptions[index];
+                    if !sub_cancel.is_cancelled() {
+                        tracing::error!(subscription = %sub.name(), error = %e,
+                            "subscription stopped on a failure; the other subscriptions go on");
+                        sub.metrics.failed.set(1);
+                        sub_cancel.cancel();
+                    }
+                    failure.get_or_insert(e);
+                }
+                Some(Err(e)) => {
+                    failure = Some(ForwardError::Task(format!("a worker failed: {e}")));
+                    break;
+                }
+            },
         }
     }
     workers_cancel.cancel();
     while let Some(ended) = workers.join_next().await {
-        if let Err(e) = ended {
-            failure.get_or_insert(ForwardError::Task(format!("worker failed: {e}")));
+        match ended {
+            Ok((_, Ok(()))) => {}
+            Ok((_, Err(e))) => {
+                failure.get_or_insert(e);
+            }
+            Err(e) => {
+                failure.get_or_insert(ForwardError::Task(format!("worker failed: {e}")));
+            }
         }
     }
     cancel.cancel();
     if let Some(task) = metrics_task {
-        let _ = task.await;
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "the metrics endpoint task failed");
+        }
     }
     tracing::info!("forwarder stopped");
     failure.map_or(Ok(()), Err)

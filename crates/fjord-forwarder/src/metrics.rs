@@ -51,6 +51,9 @@ pub struct Metrics {
     retried: Family<SubscriptionLabels, Counter>,
     retry_topic: Family<SubscriptionLabels, Counter>,
     dead_lettered: Family<SubscriptionLabels, Counter>,
+    dead_lettered_without_payload: Family<SubscriptionLabels, Counter>,
+    park_errors: Family<SubscriptionLabels, Counter>,
+    failed: Family<SubscriptionLabels, Gauge>,
     in_flight: Family<SubscriptionLabels, Gauge>,
     pending: Family<SubscriptionLabels, Gauge>,
     latency: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
@@ -74,6 +77,9 @@ impl Metrics {
             retried: Family::default(),
             retry_topic: Family::default(),
             dead_lettered: Family::default(),
+            dead_lettered_without_payload: Family::default(),
+            park_errors: Family::default(),
+            failed: Family::default(),
             in_flight: Family::default(),
             pending: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -106,6 +112,21 @@ impl Metrics {
             "dead_lettered",
             "Records written to the dead-letter topic",
             m.dead_lettered.clone(),
+        );
+        registry.register(
+            "dead_lettered_without_payload",
+            "Dead-letter records written without their value and user headers (too large for the cluster)",
+            m.dead_lettered_without_payload.clone(),
+        );
+        registry.register(
+            "park_errors",
+            "Failed tries to write a record to the retry or dead-letter topic",
+            m.park_errors.clone(),
+        );
+        registry.register(
+            "failed",
+            "1 once the subscription has stopped on a failure (see the log for the cause)",
+            m.failed.clone(),
         );
         registry.register(
             "in_flight",
@@ -157,6 +178,11 @@ impl Metrics {
             retried: self.retried.get_or_create_owned(&l),
             retry_topic: self.retry_topic.get_or_create_owned(&l),
             dead_lettered: self.dead_lettered.get_or_create_owned(&l),
+            dead_lettered_without_payload: self
+                .dead_lettered_without_payload
+                .get_or_create_owned(&l),
+            park_errors: self.park_errors.get_or_create_owned(&l),
+            failed: self.failed.get_or_create_owned(&l),
             in_flight: self.in_flight.get_or_create_owned(&l),
             pending: self.pending.get_or_create_owned(&l),
             latency_ack: latency("ack"),
@@ -200,6 +226,9 @@ pub struct SubscriptionMetrics {
     pub retried: Counter,
     pub retry_topic: Counter,
     pub dead_lettered: Counter,
+    pub dead_lettered_without_payload: Counter,
+    pub park_errors: Counter,
+    pub failed: Gauge,
     pub in_flight: Gauge,
     pub pending: Gauge,
     latency_ack: Histogram,

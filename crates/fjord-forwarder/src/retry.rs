@@ -11,7 +11,10 @@
 //! - a backoff is never above `max_backoff_ms` and never below `(1 - jitter)` of the nominal
 //!   value;
 //! - a handler's RETRY delay is honoured: in memory up to `max_in_memory_delay_ms`, through the
-//!   retry topic beyond (when there is one).
+//!   retry topic beyond (when there is one); without a retry topic a longer delay is cut to
+//!   `max_in_memory_delay_ms`, because a record waiting in memory holds its key's lane and its
+//!   partition's commit point, so no handler answer can hold them for longer than
+//!   `max_attempts × max_in_memory_delay_ms`.
 
 use std::time::Duration;
 
@@ -58,7 +61,12 @@ impl RetryPolicy {
         let c = &self.config;
         let long = requested.is_some_and(|d| d > Duration::from_millis(c.max_in_memory_delay_ms));
         if round_attempts < c.max_attempts && !(long && self.has_retry_topic) {
-            return Next::Again(requested.unwrap_or_else(|| self.backoff(round_attempts, rng)));
+            let in_memory_limit = Duration::from_millis(c.max_in_memory_delay_ms);
+            return Next::Again(
+                requested
+                    .map(|d| d.min(in_memory_limit))
+                    .unwrap_or_else(|| self.backoff(round_attempts, rng)),
+            );
         }
         if self.has_retry_topic && round < c.retry_topic_rounds {
             let delay = Duration::from_millis(c.retry_topic_delay_ms);
@@ -167,12 +175,30 @@ mod tests {
             Next::Again(_)
         ));
         assert_eq!(p.after_failure(3, 0, None, &mut rng), Next::DeadLetter);
-        // A long requested delay is waited in memory when there is nowhere else to wait.
+        // A requested delay up to the in-memory limit is waited in memory when there is nowhere
+        // else to wait.
         assert_eq!(
-            p.after_failure(1, 0, Some(Duration::from_secs(30)), &mut rng),
-            Next::Again(Duration::from_secs(30))
+            p.after_failure(1, 0, Some(Duration::from_secs(5)), &mut rng),
+            Next::Again(Duration::from_secs(5))
         );
         assert_eq!(p.max_total_attempts(), 3);
+    }
+
+    /// Issue 14, item 3: without a retry topic, `Retry(after=10 days)` held the record's key lane
+    /// and its partition's commit point for ten days per attempt.
+    #[test]
+    fn without_retry_topic_a_long_requested_delay_is_capped_in_memory() {
+        let p = RetryPolicy::new(config(), false);
+        let mut rng = StdRng::seed_from_u64(1);
+        let ten_days = Duration::from_secs(10 * 24 * 3600);
+        assert_eq!(
+            p.after_failure(1, 0, Some(ten_days), &mut rng),
+            Next::Again(Duration::from_millis(config().max_in_memory_delay_ms))
+        );
+        assert_eq!(
+            p.after_failure(3, 0, Some(ten_days), &mut rng),
+            Next::DeadLetter
+        );
     }
 
     #[test]
@@ -194,7 +220,8 @@ mod tests {
         );
     }
 
-    /// Property: whatever the handler answers, a record's attempts are bounded.
+    /// Property: whatever the handler answers, a record's attempts are bounded, and so is each
+    /// wait in memory (by `max_in_memory_delay_ms` or `max_backoff_ms`).
     #[test]
     fn attempts_are_bounded_for_any_answers() {
         for seed in 0..200u64 {
@@ -212,7 +239,10 @@ mod tests {
                     _ => Some(Duration::from_secs(rng.gen_range(0..1_000))),
                 };
                 match p.after_failure(in_round, round, requested, &mut rng) {
-                    Next::Again(_) => {}
+                    Next::Again(d) => assert!(
+                        d <= Duration::from_millis(5_000).max(Duration::from_millis(1_000)),
+                        "seed {seed}: an in-memory wait of {d:?} is over both limits"
+                    ),
                     Next::RetryTopic(_) => {
                         round += 1;
                         in_round = 0;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::config::SubscriptionConfig;
+use crate::config::{OrderingMode, SubscriptionConfig};
 use crate::delivery::Deliverer;
 use crate::metrics::SubscriptionMetrics;
 use crate::partition::Limits;
@@ -62,8 +62,27 @@ impl Subscription {
         Duration::from_millis(self.config.delivery_timeout_ms)
     }
 
+    /// How long a write to the retry or dead-letter topic is retried (`None`: no limit).
+    pub fn park_timeout(&self) -> Option<Duration> {
+        (self.config.park_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.config.park_timeout_ms))
+    }
+
     pub fn is_retry_topic(&self, topic: &str) -> bool {
         self.config.retry_topic.as_deref() == Some(topic)
+    }
+
+    /// The ordering of a partition of `topic`. Retry-topic partitions keep one record per key in
+    /// flight when the subscription orders at all (`key` or `partition`): records of one key
+    /// written there are delivered one after the other, as they were in their source partition.
+    /// Not `partition` there: records wait in the retry topic until their own due times, and one
+    /// waiting record must not hold back the unrelated keys behind it.
+    pub fn ordering_of(&self, topic: &str) -> OrderingMode {
+        match self.config.ordering {
+            OrderingMode::None => OrderingMode::None,
+            _ if self.is_retry_topic(topic) => OrderingMode::Key,
+            mode => mode,
+        }
     }
 
     pub fn add_pending(&self, bytes: usize, records: i64) {
@@ -84,5 +103,61 @@ impl Subscription {
     /// Below half the budget: partitions may resume.
     pub fn has_room(&self) -> bool {
         self.pending_bytes.load(Ordering::Relaxed) <= self.config.max_pending_bytes / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ForwarderConfig;
+    use crate::metrics::Metrics;
+    use crate::outcome::Verdict;
+    use crate::proto::Delivery;
+    use futures::future::BoxFuture;
+
+    struct Nowhere;
+
+    impl Deliverer for Nowhere {
+        fn deliver(&self, _: Delivery, _: Duration) -> BoxFuture<'static, Verdict> {
+            Box::pin(async { Verdict::Ack })
+        }
+    }
+
+    fn subscription(ordering: &str) -> Subscription {
+        let config = ForwarderConfig::parse(&format!(
+            r#"
+            [clusters.a]
+            bootstrap = "127.0.0.1:9092"
+            [[subscription]]
+            name = "s"
+            clusters = ["a"]
+            topics = ["orders"]
+            group_id = "g"
+            endpoint = "http://127.0.0.1:50051"
+            ordering = "{ordering}"
+            retry_topic = "orders.retry"
+            dead_letter_topic = "orders.dlq"
+            "#
+        ))
+        .unwrap();
+        Subscription::new(
+            config.subscriptions[0].clone(),
+            Arc::new(Nowhere),
+            Metrics::new().subscription("s"),
+        )
+    }
+
+    /// Issue 14, item 3: retry-topic partitions were always unordered, so two retry records of
+    /// one key could be in flight together.
+    #[test]
+    fn retry_topic_partitions_keep_one_record_per_key_in_flight() {
+        let key = subscription("key");
+        assert_eq!(key.ordering_of("orders"), OrderingMode::Key);
+        assert_eq!(key.ordering_of("orders.retry"), OrderingMode::Key);
+        let partition = subscription("partition");
+        assert_eq!(partition.ordering_of("orders"), OrderingMode::Partition);
+        assert_eq!(partition.ordering_of("orders.retry"), OrderingMode::Key);
+        let none = subscription("none");
+        assert_eq!(none.ordering_of("orders.retry"), OrderingMode::None);
     }
 }

@@ -14,6 +14,8 @@
 //! - fetching of a partition pauses when it is full (`partition.rs` limits) or the subscription
 //!   is over its byte budget, and resumes at half; consumer polling itself never stops, so
 //!   rebalances are served while paused;
+//! - a commit refused by the group (during a rebalance) is sent again: after every rebalance and
+//!   every [`RECOMMIT_EVERY`] each held partition's commit point is committed, moved or not;
 //! - the state lock is never held across an `.await`.
 
 use std::collections::VecDeque;
@@ -37,6 +39,7 @@ use crate::envelope::{self, Origin, Record};
 use crate::error::ForwardError;
 use crate::metrics::Metrics;
 use crate::outcome::Verdict;
+use crate::parking::{self, Destination};
 use crate::partition::{Admitted, Job, PartitionWork, Stage};
 use crate::retry::Next;
 use crate::sink::{self, KafkaSink, Sink};
@@ -44,7 +47,10 @@ use crate::subscription::Subscription;
 
 use crate::assignment::{Context, State, Tp};
 
-/// Where a parked record went.
+/// How often every partition's commit point is committed again, moved or not.
+const RECOMMIT_EVERY: Duration = Duration::from_secs(5);
+
+/// Where a record leaving memory goes first.
 #[derive(Debug, Clone, Copy)]
 enum Parked {
     RetryTopic { due_ms: i64 },
@@ -66,13 +72,12 @@ enum Event {
         generation: u64,
         offset: i64,
     },
-    /// A write to the retry or dead-letter topic ended (`ok`: acknowledged).
+    /// A write to the retry or dead-letter topic ended.
     Parked {
         tp: Tp,
         generation: u64,
         offset: i64,
-        to: Parked,
-        ok: bool,
+        outcome: parking::Outcome,
     },
 }
 
@@ -98,6 +103,8 @@ pub struct Worker {
     /// Attempt and write tasks running (each reports exactly one event).
     outstanding: usize,
     draining: bool,
+    /// Why the worker must stop (a record that cannot leave memory without being lost).
+    failure: Option<ForwardError>,
 }
 
 // The forwarder is a Kafka client stamping its own headers; it has no injected clock yet.
@@ -106,6 +113,26 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Closes `consumer` off the runtime's worker threads: closing polls librdkafka until the group
+/// is left (a revocation callback and a synchronous commit included) and blocks meanwhile.
+/// `consumer` must be the last handle (a handle left elsewhere would close it later, on whatever
+/// thread drops it); returns whether it was.
+async fn close(consumer: Arc<StreamConsumer<Context>>, subscription: &str, cluster: &str) -> bool {
+    match Arc::try_unwrap(consumer) {
+        Ok(consumer) => {
+            if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+                tracing::warn!(%subscription, %cluster, error = %e, "closing the consumer");
+            }
+            true
+        }
+        Err(shared) => {
+            tracing::error!(%subscription, %cluster, handles = Arc::strong_count(&shared),
+                "the consumer is still shared at shutdown: it closes where its last handle is dropped");
+            false
+        }
+    }
 }
 
 fn record_of(m: &BorrowedMessage<'_>) -> Record {
@@ -151,7 +178,7 @@ impl Worker {
                     "could not create the retry/dead-letter topics; assuming they exist");
             }
         }
-        let sink = KafkaSink::new(base.clone()).map_err(kafka_err)?;
+        let sink = KafkaSink::new(base.clone(), sub.park_timeout()).map_err(kafka_err)?;
 
         let state = Arc::new(Mutex::new(State::default()));
         let abort = CancellationToken::new();
@@ -194,20 +221,31 @@ impl Worker {
             rng: StdRng::from_entropy(),
             outstanding: 0,
             draining: false,
+            failure: None,
         })
     }
 
-    /// Runs until `cancel`, then drains for at most `drain_timeout` and commits.
-    pub async fn run(mut self, cancel: CancellationToken, drain_timeout: Duration) {
+    /// Runs until `cancel`, then drains for at most `drain_timeout`, commits and leaves the
+    /// group. An error: the worker stopped on its own because a record could not leave memory
+    /// without being lost (see `parking.rs`); it drained and committed all the same.
+    pub async fn run(
+        mut self,
+        cancel: CancellationToken,
+        drain_timeout: Duration,
+    ) -> Result<(), ForwardError> {
         let Some(mut inbox) = self.inbox.take() else {
-            return;
+            return Ok(());
         };
+        // A handle of our own: a fetched message borrows the consumer while the loop changes
+        // `self`. Dropped before draining, so that closing finds the last handle.
         let consumer = self.consumer.clone();
         let permits = self.sub.permits.clone();
         let mut ticker =
             tokio::time::interval(Duration::from_millis(self.sub.config.commit_interval_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let recommit = tokio::time::sleep(RECOMMIT_EVERY);
+        tokio::pin!(recommit);
+        while self.failure.is_none() {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -233,16 +271,27 @@ impl Worker {
                         error = %e, "consumer error"),
                 },
                 _ = ticker.tick() => {
-                    self.commit(CommitMode::Async);
+                    // Every point again now and then: a refused asynchronous commit is not
+                    // reported back (see `Context::commit_callback`).
+                    let all = recommit.is_elapsed();
+                    if all {
+                        recommit.as_mut().reset(Instant::now() + RECOMMIT_EVERY);
+                    }
+                    self.commit(CommitMode::Async, all);
                     self.rebalance_flow();
                 }
             }
         }
-        self.drain(&mut inbox, drain_timeout).await;
+        drop(consumer);
+        self.drain(&mut inbox, drain_timeout).await
     }
 
     /// Stops starting attempts, waits for the running ones (and their writes), commits, leaves.
-    async fn drain(mut self, inbox: &mut mpsc::UnboundedReceiver<Event>, timeout: Duration) {
+    async fn drain(
+        mut self,
+        inbox: &mut mpsc::UnboundedReceiver<Event>,
+        timeout: Duration,
+    ) -> Result<(), ForwardError> {
         self.draining = true;
         self.ready.clear();
         let deadline = Instant::now() + timeout;
@@ -256,7 +305,7 @@ impl Worker {
                 }
             }
         }
-        self.commit(CommitMode::Sync);
+        self.commit(CommitMode::Sync, true);
         {
             // Nothing of ours is committed after this (the close's revocation finds no work).
             let mut st = self.state.lock();
@@ -265,11 +314,21 @@ impl Worker {
             }
         }
         self.abort.cancel();
-        let consumer = self.consumer.clone();
-        drop(self);
-        // Closing polls until the group is left: blocking.
-        if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
-            tracing::warn!(error = %e, "closing the consumer");
+        let failure = self.failure.take();
+        let Worker {
+            consumer,
+            sub,
+            cluster,
+            ..
+        } = self;
+        let closed = close(consumer, sub.name(), &cluster).await;
+        match failure {
+            Some(failure) => Err(failure),
+            None if !closed => Err(ForwardError::Task(format!(
+                "subscription {}, cluster {cluster}: the consumer was still shared at shutdown",
+                sub.name()
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -444,17 +503,37 @@ impl Worker {
                 tp,
                 generation,
                 offset,
-                to,
-                ok,
+                outcome,
             } => {
                 self.outstanding -= 1;
-                if !ok {
-                    return;
+                match outcome {
+                    parking::Outcome::Written(Destination::RetryTopic) => {
+                        self.sub.metrics.retry_topic.inc();
+                    }
+                    parking::Outcome::Written(_) => {
+                        self.sub.metrics.dead_lettered.inc();
+                    }
+                    parking::Outcome::Cancelled => return,
+                    parking::Outcome::Failed { .. }
+                        if live(&mut self.state.lock(), &tp, generation).is_none() =>
+                    {
+                        return; // revoked meanwhile: the new owner delivers the record again
+                    }
+                    parking::Outcome::Failed { topic, error } => {
+                        let failure = ForwardError::Park {
+                            subscription: self.sub.name().to_string(),
+                            cluster: self.cluster.clone(),
+                            topic: tp.0,
+                            partition: tp.1,
+                            offset,
+                            dead_letter_topic: topic,
+                            error,
+                        };
+                        tracing::error!(error = %failure, "stopping the subscription");
+                        self.failure.get_or_insert(failure);
+                        return;
+                    }
                 }
-                match to {
-                    Parked::DeadLetter => self.sub.metrics.dead_lettered.inc(),
-                    Parked::RetryTopic { .. } => self.sub.metrics.retry_topic.inc(),
-                };
                 let state = self.state.clone();
                 let mut st = state.lock();
                 if let Some(work) = live(&mut st, &tp, generation) {
@@ -555,8 +634,8 @@ impl Worker {
         };
         job.stage = Stage::Parking;
         let c = &self.sub.config;
-        let out = match (to, &c.retry_topic) {
-            (Parked::RetryTopic { due_ms }, Some(topic)) => envelope::retry(
+        let retry = match (to, &c.retry_topic) {
+            (Parked::RetryTopic { due_ms }, Some(topic)) => Some(envelope::retry(
                 topic,
                 &job.record,
                 &job.origin,
@@ -564,8 +643,12 @@ impl Worker {
                 &job.last_error,
                 &c.name,
                 due_ms,
-            ),
-            _ => envelope::dead_letter(
+            )),
+            _ => None,
+        };
+        let plan = parking::Plan {
+            retry,
+            dead_letter: envelope::dead_letter(
                 &c.dead_letter_topic,
                 &job.record,
                 &job.origin,
@@ -576,16 +659,17 @@ impl Worker {
         };
         self.outstanding += 1;
         let sink = self.sink.clone();
+        let sub = self.sub.clone();
         let events = self.events.clone();
         let tp = tp.clone();
         tokio::spawn(async move {
-            let ok = sink::park(sink.as_ref(), out, &cancel).await;
+            let limit = sub.park_timeout();
+            let outcome = parking::park(sink.as_ref(), plan, &cancel, limit, &sub.metrics).await;
             let _ = events.send(Event::Parked {
                 tp,
                 generation,
                 offset,
-                to,
-                ok,
+                outcome,
             });
         });
     }
@@ -638,15 +722,17 @@ impl Worker {
         }
     }
 
-    /// Commits every partition whose commit point moved (`Sync`: every partition).
-    fn commit(&self, mode: CommitMode) {
+    /// Commits every partition whose commit point moved since its last commit, or (`all`) every
+    /// partition's commit point.
+    fn commit(&self, mode: CommitMode, all: bool) {
         let mut tpl = TopicPartitionList::new();
         {
             let mut st = self.state.lock();
             for (tp, work) in st.partitions.iter_mut() {
-                let point = match mode {
-                    CommitMode::Sync => work.commit_point(),
-                    CommitMode::Async => work.commit_due(),
+                let point = if all {
+                    work.commit_point()
+                } else {
+                    work.commit_due()
                 };
                 work.metrics.commit_lag.set(work.commit_lag());
                 let Some(point) = point else {
@@ -666,7 +752,13 @@ impl Worker {
         }
         if let Err(e) = self.consumer.commit(&tpl, mode) {
             tracing::warn!(subscription = %self.sub.name(), cluster = %self.cluster, error = %e,
-                "offset commit failed");
+                "offset commit failed; retried at the next tick");
+            let mut st = self.state.lock();
+            for elem in tpl.elements() {
+                if let Offset::Offset(offset) = elem.offset() {
+                    st.commit_failed(&(elem.topic().to_string(), elem.partition()), offset);
+                }
+            }
         }
     }
 }
