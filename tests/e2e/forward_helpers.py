@@ -91,6 +91,10 @@ class Behaviour:
     jitter_ms: float = 0.0
     #: serve with an ``async def`` handler
     use_async: bool = False
+    #: every record takes ``slow_until_ms`` longer while the file ``slow_until_file`` does not
+    #: exist (a slow endpoint that recovers when the test creates the file)
+    slow_until_file: str = ""
+    slow_until_ms: float = 0.0
 
     def bucket(self, value: bytes) -> float:
         """Where a value falls in [0, 1): independent of the process and run."""
@@ -136,6 +140,8 @@ def run_handler(port: int, log_path: str, behaviour: Behaviour) -> None:
             delay += random.random() * behaviour.jitter_ms / 1000
         if behaviour.is_slow(value):
             delay += behaviour.slow_ms / 1000
+        if behaviour.slow_until_file and not os.path.exists(behaviour.slow_until_file):
+            delay += behaviour.slow_until_ms / 1000
         plan = behaviour.plan(value)
         error: Optional[Exception] = None
         if plan == "dead_letter":
