@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from typing import Any, Callable, List
+import time
+from concurrent import futures
+from typing import Any, Callable, Dict, List
 
 import grpc
 import pytest
@@ -17,6 +19,8 @@ import fjord
 import fjord.receive
 from fjord.forwarder.v1 import forwarder_pb2 as fpb
 from fjord.forwarder.v1 import forwarder_pb2_grpc as fpb_grpc
+from fjord.gateway.v1 import gateway_pb2 as gpb
+from fjord.gateway.v1 import gateway_pb2_grpc as gpb_grpc
 
 
 def delivery(value: bytes, offset: int = 0) -> fpb.Delivery:
@@ -106,3 +110,243 @@ def test_serve_stop_fails_awaitables_still_running():
             call.result(timeout=10)
         # The forwarder retries either status; what matters is that it is not an ACK.
         assert failed.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+
+
+# --------------------------------------------------------------------------- publishers
+
+
+class FakeGateway(gpb_grpc.GatewayServicer):
+    """An in-process gateway: stores what it reads (in order) and answers after
+    ``delays[value]`` seconds, or once ``release`` is set while it is clear."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.received: List[bytes] = []
+        self.delays: Dict[bytes, float] = {}
+        self.release = threading.Event()
+        self.release.set()
+        self.unary: List[Callable[[gpb.ProduceBatchRequest, Any], gpb.ProduceBatchResponse]] = []
+
+    def _store(self, batch: gpb.ProduceBatchRequest) -> List[gpb.MessageResult]:
+        values = [m.value for m in batch.messages]
+        with self.lock:
+            self.received.extend(values)
+        time.sleep(max(self.delays.get(v, 0.0) for v in values))
+        self.release.wait(30)
+        return [gpb.MessageResult(delivered=gpb.Delivered(cluster="a", offset=i))
+                for i, _ in enumerate(values)]
+
+    def ProduceStream(self, requests, context):
+        for req in requests:
+            yield gpb.ProduceStreamResponse(request_id=req.request_id, results=self._store(req.batch))
+
+    def ProduceBatch(self, request, context):
+        if self.unary:
+            return self.unary.pop(0)(request, context)
+        return gpb.ProduceBatchResponse(results=self._store(request))
+
+
+@pytest.fixture
+def gateway():
+    fake = FakeGateway()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    gpb_grpc.add_GatewayServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    fake.address = f"127.0.0.1:{port}"
+    yield fake
+    fake.release.set()
+    server.stop(0).wait()
+
+
+def test_async_publisher_never_writes_a_batch_it_reported_failed(gateway):
+    """Item 11: a batch whose deadline passes while it waits for an in-flight slot fails as
+    "nothing produced" and must then never be written; the batch that was on the wire when its
+    deadline passed is reported as outcome unknown."""
+    gateway.delays[b"slow"] = 1.2  # answered long after the 0.5 s timeout
+
+    async def main():
+        async with fjord.AsyncPublisher(gateway.address, timeout=0.5, max_in_flight=1,
+                                        linger_ms=1) as pub:
+            slow = asyncio.ensure_future(pub.publish("t", b"slow"))
+            await asyncio.sleep(0.1)  # "slow" is on the wire and holds the only slot
+            queued = asyncio.ensure_future(pub.publish("t", b"queued"))
+            results = await asyncio.gather(slow, queued, return_exceptions=True)
+            await asyncio.sleep(1.5)  # "slow" is answered by now: its slot is free again
+            after = await pub.publish("t", b"after")
+            return results, after
+
+    (slow, queued), after = asyncio.run(main())
+    assert gateway.received == [b"slow", b"after"], (
+        "the batch reported failed (nothing produced) was written afterwards")
+    assert isinstance(queued, fjord.GatewayUnavailable) and not queued.outcome_unknown, queued
+    assert queued.code == grpc.StatusCode.DEADLINE_EXCEEDED and queued.retriable
+    assert isinstance(slow, fjord.OutcomeUnknown) and slow.outcome_unknown, slow
+    assert isinstance(after, fjord.Delivered)
+
+
+def test_async_publisher_bounds_queued_messages(gateway):
+    """Item 11: messages not yet sent are bounded: ``send`` raises QueueFull beyond the bound,
+    ``publish`` waits for room (and raises QueueFull if none comes within its timeout)."""
+    gateway.release.clear()  # the gateway answers nothing until released
+
+    async def main():
+        async with fjord.AsyncPublisher(gateway.address, timeout=10, max_in_flight=1,
+                                        max_batch_messages=1, max_queued_messages=3,
+                                        linger_ms=1) as pub:
+            sent = [pub.send("t", fjord.Message(b"m0"))]
+            await asyncio.sleep(0.2)  # m0 is on the wire, holding the only slot
+            sent += [pub.send("t", fjord.Message(v)) for v in (b"m1", b"m2", b"m3")]
+            with pytest.raises(fjord.QueueFull) as full:
+                pub.send("t", fjord.Message(b"m4"))
+            assert full.value.retriable and not full.value.outcome_unknown
+            waiting = asyncio.ensure_future(pub.publish("t", b"m5"))
+            await asyncio.sleep(0.3)
+            assert not waiting.done(), "publish waits for room"
+            pub.timeout = 0.2  # a publish that finds no room within its timeout gives up
+            with pytest.raises(fjord.QueueFull):
+                await pub.publish("t", b"m6")
+            pub.timeout = 10
+            assert gateway.received == [b"m0"]
+            gateway.release.set()
+            results = await asyncio.gather(*sent)
+            return results, await waiting
+
+    results, last = asyncio.run(main())
+    assert all(isinstance(r, fjord.Delivered) for r in results) and isinstance(last, fjord.Delivered)
+    assert gateway.received == [b"m0", b"m1", b"m2", b"m3", b"m5"]
+
+
+class _FakeCall:
+    """A ProduceStream call for :class:`_FakeStub`: ``end_during_write`` ends the stream
+    (UNAVAILABLE) while a write is under way; otherwise writes are taken and never answered."""
+
+    def __init__(self, end_during_write: bool) -> None:
+        self.end_during_write = end_during_write
+        self.writes: List[gpb.ProduceStreamRequest] = []
+        self.writing = asyncio.Event()
+        self.ended = asyncio.Event()
+
+    def _error(self) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
+                                    grpc.aio.Metadata(), details="connection reset")
+
+    async def write(self, request):
+        self.writes.append(request)
+        if self.end_during_write:
+            self.writing.set()
+            await self.ended.wait()
+            raise self._error()
+
+    async def read(self):
+        if self.end_during_write:
+            await self.writing.wait()
+            self.ended.set()
+            raise self._error()
+        await asyncio.Event().wait()  # never answers
+
+    def done(self) -> bool:
+        return self.ended.is_set()
+
+    def cancelled(self) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        return False
+
+    async def done_writing(self) -> None:
+        pass
+
+
+class _FakeStub:
+    def __init__(self, calls: List[_FakeCall]) -> None:
+        self.calls = calls
+        self.opened = 0
+
+    def ProduceStream(self, metadata=()):
+        call = self.calls[self.opened]
+        self.opened += 1
+        return call
+
+
+def test_async_publisher_releases_a_slot_once_when_the_stream_ends_during_a_write(gateway):
+    """Item 11: a stream that ends while a batch is being written frees that batch's in-flight
+    slot once, not twice (twice would let max_in_flight + 1 batches out)."""
+
+    async def main():
+        # The channel connects to the fake gateway; the streams are fakes (white box: _stub is
+        # the one place the publisher opens calls).
+        pub = fjord.AsyncPublisher(gateway.address, timeout=5, max_in_flight=1,
+                                   max_batch_messages=1, linger_ms=1)
+        broken, fresh = _FakeCall(end_during_write=True), _FakeCall(end_during_write=False)
+        pub._stub = _FakeStub([broken, fresh])
+        first = pub.send("t", fjord.Message(b"a"))
+        with pytest.raises(fjord.GatewayError) as failed:
+            await first
+        later = [pub.send("t", fjord.Message(v)) for v in (b"b", b"c")]
+        await asyncio.sleep(0.3)
+        written = [r.batch.messages[0].value for r in fresh.writes]
+        for f in later:
+            f.cancel()
+        pub._closed = True
+        await pub._channel.close()
+        return failed.value, written
+
+    error, written = asyncio.run(main())
+    assert written == [b"b"], "one slot: one unanswered batch at a time"
+    assert error.outcome_unknown, "a batch written when its stream broke may have been stored"
+
+
+def test_publisher_says_outcome_unknown_after_a_timed_out_attempt(gateway):
+    """Item 11, sync: once an attempt timed out (the gateway may have stored the batch), the
+    error finally raised must not say "nothing produced", whatever the last attempt's status."""
+
+    def slow(request, context):
+        time.sleep(0.6)  # past the client's deadline; "stored" all the same
+        return gpb.ProduceBatchResponse()
+
+    def refuse(request, context):
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit")
+
+    with fjord.Publisher(gateway.address, timeout=0.3, retries=0) as pub:
+        gateway.unary[:] = [slow]
+        with pytest.raises(fjord.GatewayError) as timed_out:
+            pub.publish_batch("t", [b"x"])
+        assert isinstance(timed_out.value, fjord.OutcomeUnknown), timed_out.value
+    with fjord.Publisher(gateway.address, timeout=0.3, retries=1, retry_backoff=0.01) as pub:
+        gateway.unary[:] = [slow, refuse]
+        with pytest.raises(fjord.GatewayError) as last_refused:
+            pub.publish_batch("t", [b"x"])
+        assert last_refused.value.outcome_unknown, last_refused.value
+        assert last_refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def failure(code):
+        def answer(request, context):
+            return gpb.ProduceBatchResponse(results=[gpb.MessageResult(
+                failure=gpb.Failure(code=code, message="m", retriable=True))])
+        return answer
+
+    with fjord.Publisher(gateway.address, timeout=5, retries=1, retry_backoff=0.01) as pub:
+        gateway.unary[:] = [failure(gpb.ERROR_CODE_TIMEOUT),
+                            failure(gpb.ERROR_CODE_NO_HEALTHY_CLUSTER)]
+        with pytest.raises(fjord.PublishError) as publish_failed:
+            pub.publish("t", b"x")
+        assert publish_failed.value.code == "NO_HEALTHY_CLUSTER"
+        assert publish_failed.value.outcome_unknown, "the first attempt's TIMEOUT may have stored it"
+
+
+def test_async_publisher_unreachable_gateway_means_nothing_sent():
+    """A gateway that cannot be reached fails the batch at once as "nothing produced" (the
+    publisher waits for a connection before it writes), not as outcome unknown."""
+    from conftest import free_port
+
+    async def main():
+        async with fjord.AsyncPublisher(f"127.0.0.1:{free_port()}", timeout=5) as pub:
+            started = time.monotonic()
+            with pytest.raises(fjord.GatewayUnavailable) as failed:
+                await pub.publish("t", b"v")
+            return failed.value, time.monotonic() - started
+
+    error, took = asyncio.run(main())
+    assert error.code == grpc.StatusCode.UNAVAILABLE and not error.outcome_unknown, error
+    assert took < 4, f"failed fast, not at the deadline ({took:.1f}s)"

@@ -17,6 +17,7 @@ a forked child.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -24,12 +25,13 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
-from fjord.errors import from_rpc_error
+from fjord.errors import FjordError, from_rpc_error, unknown_after_earlier_attempt
 from fjord.gateway.v1 import gateway_pb2 as pb
 from fjord.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from fjord.messages import (
     BytesLike,
     Delivered,
+    Failure,
     Headers,
     Message,
     Result,
@@ -59,7 +61,9 @@ class Publisher:
     :param caller_id: sent as ``x-fjord-caller`` so the gateway rate-limits this caller on its own.
     :param retries: how often a call that failed as a whole with a retriable status
         (UNAVAILABLE, RESOURCE_EXHAUSTED, ...) is sent again; :meth:`publish` also resends a
-        message whose failure is retriable. Resending after a timeout can store a message twice.
+        message whose failure is retriable. Resending after a timeout can store a message twice;
+        once any attempt's outcome was unknown, the error finally raised says so
+        (``outcome_unknown``), whatever the last attempt's failure.
     :param retry_backoff: seconds before the first resend, doubled each time.
     :param credentials: TLS credentials (``grpc.ssl_channel_credentials(...)``); ``None``: plaintext.
     """
@@ -107,12 +111,18 @@ class Publisher:
         """
         message = Message(value, key, headers, timestamp_ms, partition)
         delay = self.retry_backoff
+        unknown = False  # an earlier attempt may have stored the message
         for attempt in range(self.retries + 1):
-            (result,) = self.publish_batch(topic, [message])
+            try:
+                (result,) = self.publish_batch(topic, [message])
+            except FjordError as e:
+                raise (unknown_after_earlier_attempt(e) if unknown else e) from None
             if isinstance(result, Delivered):
                 return result
+            error = result.to_exception()
             if not result.retriable or attempt == self.retries:
-                raise result.to_exception()
+                raise unknown_after_earlier_attempt(error) if unknown else error
+            unknown = unknown or error.outcome_unknown
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
@@ -127,19 +137,28 @@ class Publisher:
             gateway unreachable after ``retries`` resends).
         """
         request = pb.ProduceBatchRequest(topic=topic, messages=[to_pb(m) for m in messages])
-        return [from_pb(r) for r in self._call(request).results]
+        response, unknown = self._call(request)
+        results = [from_pb(r) for r in response.results]
+        if unknown:  # an earlier attempt may have stored what this one could not
+            results = [dataclasses.replace(r, outcome_unknown=True) if isinstance(r, Failure)
+                       else r for r in results]
+        return results
 
-    def _call(self, request: pb.ProduceBatchRequest) -> pb.ProduceBatchResponse:
+    def _call(self, request: pb.ProduceBatchRequest) -> Tuple[pb.ProduceBatchResponse, bool]:
+        """The response, and whether an earlier attempt's outcome was unknown."""
         delay = self.retry_backoff
+        unknown = False  # an earlier attempt may have stored the batch
         for attempt in range(self.retries + 1):
             try:
-                return self._stub.ProduceBatch(
+                response = self._stub.ProduceBatch(
                     request, timeout=self.timeout, metadata=self._metadata
                 )
+                return response, unknown
             except grpc.RpcError as e:
                 error = from_rpc_error(e)
                 if not error.retriable or attempt == self.retries:
-                    raise error from None
+                    raise (unknown_after_earlier_attempt(error) if unknown else error) from None
+                unknown = unknown or error.outcome_unknown
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
