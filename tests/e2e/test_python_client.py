@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import json
+import re
+import subprocess
+import sys
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import grpc
 import pytest
 
-import forward_helpers  # noqa: F401 - puts clients/python on sys.path
+from forward_helpers import REPO_ROOT  # also puts clients/python on sys.path
 import fjord
 import fjord.receive
 from fjord.forwarder.v1 import forwarder_pb2 as fpb
@@ -126,11 +132,14 @@ class FakeGateway(gpb_grpc.GatewayServicer):
         self.release = threading.Event()
         self.release.set()
         self.unary: List[Callable[[gpb.ProduceBatchRequest, Any], gpb.ProduceBatchResponse]] = []
+        #: The connection (peer) each value came over.
+        self.peer_of: Dict[bytes, str] = {}
 
-    def _store(self, batch: gpb.ProduceBatchRequest) -> List[gpb.MessageResult]:
+    def _store(self, batch: gpb.ProduceBatchRequest, context: Any) -> List[gpb.MessageResult]:
         values = [m.value for m in batch.messages]
         with self.lock:
             self.received.extend(values)
+            self.peer_of.update((v, context.peer()) for v in values)
         time.sleep(max(self.delays.get(v, 0.0) for v in values))
         self.release.wait(30)
         return [gpb.MessageResult(delivered=gpb.Delivered(cluster="a", offset=i))
@@ -138,12 +147,12 @@ class FakeGateway(gpb_grpc.GatewayServicer):
 
     def ProduceStream(self, requests, context):
         for req in requests:
-            yield gpb.ProduceStreamResponse(request_id=req.request_id, results=self._store(req.batch))
+            yield gpb.ProduceStreamResponse(request_id=req.request_id, results=self._store(req.batch, context))
 
     def ProduceBatch(self, request, context):
         if self.unary:
             return self.unary.pop(0)(request, context)
-        return gpb.ProduceBatchResponse(results=self._store(request))
+        return gpb.ProduceBatchResponse(results=self._store(request, context))
 
 
 @pytest.fixture
@@ -350,3 +359,105 @@ def test_async_publisher_unreachable_gateway_means_nothing_sent():
     error, took = asyncio.run(main())
     assert error.code == grpc.StatusCode.UNAVAILABLE and not error.outcome_unknown, error
     assert took < 4, f"failed fast, not at the deadline ({took:.1f}s)"
+
+
+# --------------------------------------------------------------------------- fork, threads
+
+
+def run_fork_scenario(name: str, address: str) -> Dict[str, Any]:
+    """Runs a scenario of fork_helpers.py in a process of its own (see there why)."""
+    helper = Path(__file__).with_name("fork_helpers.py")
+    done = subprocess.run([sys.executable, str(helper), name, address], capture_output=True,
+                          text=True, timeout=60, cwd=helper.parent)
+    assert done.returncode == 0, f"{name}: exit {done.returncode}\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout)
+
+
+def test_publish_in_a_child_forked_while_the_default_publisher_lock_was_held(gateway):
+    """Item 12: a fork while another thread creates the shared Publisher (holding its lock) must
+    not leave ``fjord.publish`` in the child waiting for that lock forever."""
+    out = run_fork_scenario("default-lock-held", gateway.address)
+    assert out["child"].startswith("Delivered("), out
+    assert gateway.received == [b"from-child"]
+
+
+def test_publisher_used_before_fork_works_in_the_child(gateway):
+    """Item 12: a Publisher used in the parent is usable in a forked child (over a connection of
+    the child's own) and still in the parent afterwards."""
+    out = run_fork_scenario("used-before-fork", gateway.address)
+    assert out["child"].startswith("Delivered("), out
+    assert all(r.startswith("Delivered(") for r in out["parent"]), out
+    assert gateway.received == [b"parent-1", b"child", b"parent-2"]
+    assert gateway.peer_of[b"child"] != gateway.peer_of[b"parent-1"], "the child's own connection"
+    assert gateway.peer_of[b"parent-2"] == gateway.peer_of[b"parent-1"]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_publisher_created_in_a_forked_child_works(gateway, kind):
+    """Item 12: a publisher created in a child forked from a process connected to the same
+    gateway must not pick up the parent's connection from gRPC's process-wide pool (its socket
+    fails in the child: "Wrong file descriptor generation")."""
+    out = run_fork_scenario(f"created-in-child-{kind}", gateway.address)
+    assert all(c.startswith("Delivered(") for c in out["children"]), out
+    assert gateway.received == [b"parent-1", b"child", b"child", b"child", b"parent-2"]
+
+
+def test_async_publisher_in_a_forked_child_fails_clearly_and_sends_nothing_inherited(gateway):
+    """Item 12: an AsyncPublisher cannot work in a forked child (its channel and event loop are
+    the parent's): calls fail at once with a clear error, and closing it there must not send the
+    messages the parent had queued (the parent sends them: they would be stored twice)."""
+    out = run_fork_scenario("async-inherited", gateway.address)
+    took, message = out["child"].split(" ", 1)
+    assert "forked child" in message and float(took) < 1, out
+    assert out["parent"].startswith("Delivered("), out
+    assert gateway.received == [b"parent-queued"], "sent once, by the parent"
+
+
+def _forwarder_default_concurrency() -> int:
+    config = REPO_ROOT / "crates" / "fjord-forwarder" / "src" / "config.rs"
+    found = re.search(r"pub fn concurrency\(\) -> usize \{\s*([\d_]+)\s*\}", config.read_text())
+    assert found, "defaults::concurrency() not found in the forwarder's config.rs"
+    return int(found.group(1).replace("_", ""))
+
+
+def test_serve_default_threads_match_the_forwarders_default_concurrency():
+    """Item 12: by default the sync server has a thread for each delivery the forwarder has in
+    flight (its default per-subscription ``concurrency``)."""
+    default = inspect.signature(fjord.serve).parameters["max_concurrency"].default
+    assert default == _forwarder_default_concurrency()
+
+
+def test_serve_queues_deliveries_beyond_its_threads():
+    """Item 12: more concurrent deliveries than threads wait for a thread (none is dropped or
+    ACKed unprocessed); one whose deadline passes while it waits is not run."""
+    lock = threading.Lock()
+    running, most, processed = [0], [0], []
+    release = threading.Event()
+
+    def handler(record: fjord.Record) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        release.wait(20)
+        with lock:
+            running[0] -= 1
+            processed.append(record.offset)
+
+    server = fjord.serve(handler, port=0, block=False, max_concurrency=2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = fpb_grpc.RecordHandlerStub(channel)
+            calls = [stub.Deliver.future(delivery(b"v", offset=i), timeout=20) for i in range(8)]
+            time.sleep(0.5)
+            expired = stub.Deliver.future(delivery(b"late", offset=99), timeout=0.3)
+            with pytest.raises(grpc.RpcError) as late:
+                expired.result(timeout=10)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            release.set()
+            outcomes = [c.result(timeout=20) for c in calls]
+            time.sleep(0.3)
+    finally:
+        server.stop()
+    assert most[0] == 2
+    assert all(o.action == fpb.ACTION_ACK for o in outcomes)
+    assert sorted(processed) == list(range(8)), "every queued delivery ran once; the expired one not"

@@ -24,12 +24,17 @@ A batch's life, and what its messages' futures say when ``timeout`` passes:
   it ``timeout`` later is cancelled and replaced, failing its other unanswered batches alike.)
   A status with which the gateway refuses a batch (:data:`fjord.errors.REFUSALS`) fails it and
   the batches written after it, which the gateway did not read, as nothing produced.
+
+Fork: an AsyncPublisher belongs to the process (and event loop) that created it. In a forked
+child every call raises :class:`fjord.FjordError` at once, and what the parent had queued is never
+sent from the child (:meth:`close` there only drops it); create a new one in the child.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from collections import deque
 from typing import Deque, Dict, List, Optional, Set, Tuple
 
@@ -37,6 +42,7 @@ import grpc
 import grpc.aio
 
 from fjord.errors import (
+    FjordError,
     GatewayError,
     GatewayUnavailable,
     OutcomeUnknown,
@@ -125,6 +131,7 @@ class AsyncPublisher:
         self.max_queued_messages = max(1, max_queued_messages)
         self.max_queued_bytes = max(1, max_queued_bytes)
         self._metadata = ((CALLER_METADATA, caller_id),) if caller_id else ()
+        self._pid = os.getpid()
         opts = channel_options(max_message_bytes)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(self.address, options=opts)
@@ -199,6 +206,7 @@ class AsyncPublisher:
 
     async def flush(self) -> None:
         """Sends every queued message and waits for all results."""
+        self._check_process()
         waiting = [f for b in self._open.values() for _, f in b.items]
         waiting += [f for b in self._ready for _, f in b.items]
         waiting += [f for b in self._in_flight.values() for f in b.futures]
@@ -208,7 +216,11 @@ class AsyncPublisher:
             await asyncio.gather(*waiting, return_exceptions=True)
 
     async def close(self) -> None:
-        """Flushes, then closes the stream and the channel."""
+        """Flushes, then closes the stream and the channel. (In a forked child: only marks it
+        closed; nothing the parent had queued is sent.)"""
+        if self._pid != os.getpid():
+            self._closed = True
+            return
         await self.flush()
         self._closed = True
         self._wake_room_waiters()
@@ -232,7 +244,15 @@ class AsyncPublisher:
 
     # ----------------------------------------------------------------- the queue
 
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            raise FjordError(
+                f"this AsyncPublisher was created in process {self._pid}; a forked child "
+                f"({os.getpid()}) cannot use its channel or event loop: create a new "
+                "AsyncPublisher in the child (nothing was sent)")
+
     def _check_open(self) -> None:
+        self._check_process()
         if self._closed:
             raise GatewayError(grpc.StatusCode.CANCELLED, "the publisher is closed")
 
@@ -309,8 +329,8 @@ class AsyncPublisher:
         if batch.state is _QUEUED:
             self._finish(batch, GatewayUnavailable(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"not sent within {self.timeout}s (queued behind {self.max_in_flight} batches in "
-                "flight): nothing of it was produced"))
+                f"not sent within {self.timeout}s (waiting for a connection or for one of "
+                f"{self.max_in_flight} in-flight slots): nothing of it was produced"))
         elif batch.state is _SENT:
             _fail(batch.futures, OutcomeUnknown(
                 grpc.StatusCode.DEADLINE_EXCEEDED,

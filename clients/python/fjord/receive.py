@@ -19,9 +19,14 @@ Outcomes: returning normally is ACK; raising :class:`Retry` asks for another att
 record to the dead-letter topic; any other exception is a retry (its text is kept as the error).
 The forwarder bounds attempts, so a record that always raises ends in the dead-letter topic.
 
-Sync handlers run on a thread pool of ``max_concurrency`` threads; ``async def`` handlers (and
-objects with an ``async def __call__``) run on one event loop (in a thread of its own) with no
-limit other than the forwarder's concurrency.
+Sync handlers run on a thread pool of ``max_concurrency`` threads, by default 100 like the
+forwarder's default ``concurrency`` (deliveries in flight per subscription; keep the two equal, or
+``max_concurrency`` at the sum over the subscriptions that call this server). Deliveries beyond
+the threads wait for a free one; they are never dropped or acknowledged unprocessed, but one
+whose deadline (the forwarder's ``delivery_timeout_ms``) passes while it waits is not run: the
+forwarder has counted it as failed already and retries it. ``async def`` handlers (and objects
+with an ``async def __call__``) run on one event loop (in a thread of its own) with no limit other
+than the forwarder's concurrency.
 
 What a call returns decides, not how the handler was declared: when a plain callable returns an
 awaitable (a lambda or a sync decorator around an ``async def``), the awaitable is run to its end
@@ -110,6 +115,7 @@ def _record(d: pb.Delivery) -> Record:
 
 
 _ACK = pb.Outcome(action=pb.ACTION_ACK)
+_EXPIRED = pb.Outcome(action=pb.ACTION_RETRY, reason="the delivery expired before it was run")
 
 
 def _outcome(error: BaseException, record: Record) -> pb.Outcome:
@@ -187,6 +193,8 @@ class _SyncServicer(pb_grpc.RecordHandlerServicer):
 
     def Deliver(self, request: pb.Delivery, context: Any) -> pb.Outcome:
         record = _record(request)
+        if not context.is_active():  # waited for a thread past its deadline: the caller is gone
+            return _EXPIRED
         try:
             result = self._handler(record)
             if inspect.isawaitable(result):
@@ -293,10 +301,17 @@ class Server:
         self.stop()
 
 
+#: The forwarder's default ``concurrency`` (crates/fjord-forwarder/src/config.rs).
+DEFAULT_MAX_CONCURRENCY = 100
+
+
 def serve(handler: Handler, port: int = 50051, *, host: str = "127.0.0.1",
-          max_concurrency: int = 64, block: bool = True) -> Server:
+          max_concurrency: int = DEFAULT_MAX_CONCURRENCY, block: bool = True) -> Server:
     """Serves ``fjord.forwarder.v1.RecordHandler`` on ``host:port``, calling ``handler(record)``
     for each delivery (see the module docs for outcomes).
+
+    ``max_concurrency``: threads for a sync handler (deliveries beyond it wait for one; see the
+    module docs); match it to the forwarder's ``concurrency``.
 
     With ``block=True`` (the default) it returns only after :meth:`Server.stop` or Ctrl-C;
     with ``block=False`` it returns the running :class:`Server` at once.
