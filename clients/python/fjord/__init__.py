@@ -16,8 +16,10 @@ from fjord.errors import (
     GatewayUnavailable,
     InvalidRequest,
     NoRoute,
+    OutcomeUnknown,
     Overloaded,
     PublishError,
+    QueueFull,
 )
 from fjord.messages import Delivered, Failure, Message
 from fjord.publisher import Publisher, publish, publish_batch
@@ -25,6 +27,7 @@ from fjord.receive import DeadLetter, Record, Retry, Server, serve
 
 __all__ = [
     "AsyncPublisher",
+    "DeadLetter",
     "Delivered",
     "Failure",
     "FjordError",
@@ -33,9 +36,15 @@ __all__ = [
     "InvalidRequest",
     "Message",
     "NoRoute",
+    "OutcomeUnknown",
     "Overloaded",
     "PublishError",
     "Publisher",
+    "QueueFull",
+    "Record",
+    "Retry",
+    "Server",
     "publish",
     "publish_batch",
+    "serve",
 ]

@@ -11,18 +11,44 @@ Messages are collected per topic for up to ``linger_ms`` (or until ``max_batch_m
 ``max_batch_bytes``) and sent as one batch over a single ``ProduceStream`` call, with up to
 ``max_in_flight`` batches outstanding. The gateway starts the batches of a stream in the order
 they were sent, so messages of one key keep the order of the ``publish`` calls.
+
+A batch's life, and what its messages' futures say when ``timeout`` passes:
+
+* queued (collecting, or waiting for an in-flight slot): counted against ``max_queued_messages``
+  / ``max_queued_bytes``. When the deadline passes here, the batch is dropped and never written:
+  :class:`fjord.GatewayUnavailable` (``DEADLINE_EXCEEDED``), nothing of it was produced. Messages
+  whose caller gave up (a cancelled future) are left out when the batch is written.
+* sent (handed to the stream): it holds an in-flight slot until it is answered or the stream
+  ends. A deadline passing, or the stream ending under it, now means
+  :class:`fjord.OutcomeUnknown`: it may have been stored. (A stream that still has not answered
+  it ``timeout`` later is cancelled and replaced, failing its other unanswered batches alike.)
+  A status with which the gateway refuses a batch (:data:`fjord.errors.REFUSALS`) fails it and
+  the batches written after it, which the gateway did not read, as nothing produced.
+
+Fork: an AsyncPublisher belongs to the process (and event loop) that created it. In a forked
+child every call raises :class:`fjord.FjordError` at once, and what the parent had queued is never
+sent from the child (:meth:`close` there only drops it); create a new one in the child.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Dict, List, Optional, Tuple
+import os
+from collections import deque
+from typing import Deque, Dict, List, Optional, Set, Tuple
 
 import grpc
 import grpc.aio
 
-from fjord.errors import GatewayError, GatewayUnavailable, from_rpc_error
+from fjord.errors import (
+    FjordError,
+    GatewayError,
+    GatewayUnavailable,
+    OutcomeUnknown,
+    QueueFull,
+    from_rpc_error,
+)
 from fjord.gateway.v1 import gateway_pb2 as pb
 from fjord.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from fjord.messages import (
@@ -40,16 +66,45 @@ from fjord.publisher import CALLER_METADATA, channel_options
 
 _Pending = Tuple[pb.Message, "asyncio.Future[Result]"]
 
+_QUEUED, _SENT, _DONE = "queued", "sent", "done"
+
+
+class _Batch:
+    """The messages of one topic that go out as one ``ProduceStream`` request (see the module
+    docs for its states)."""
+
+    __slots__ = ("topic", "items", "bytes", "deadline", "state", "counted", "timer", "futures",
+                 "request_id", "call")
+
+    def __init__(self, topic: str, deadline: float) -> None:
+        self.topic = topic
+        self.items: List[_Pending] = []
+        self.bytes = 0
+        self.deadline = deadline
+        self.state = _QUEUED
+        #: Still counted against the queue bounds.
+        self.counted = True
+        self.timer: Optional[asyncio.TimerHandle] = None
+        #: The futures of the messages written (those not given up by then).
+        self.futures: List["asyncio.Future[Result]"] = []
+        self.request_id = 0
+        self.call: Optional[grpc.aio.StreamStreamCall] = None
+
 
 class AsyncPublisher:
     """A batching asyncio publisher; create it inside a running event loop.
 
     :param address: ``host:port`` (default: ``$FJORD_GATEWAY_ADDRESS`` or ``localhost:9095``).
-    :param timeout: seconds a message's result may take from the moment its batch is sent.
+    :param timeout: seconds a message's result may take from :meth:`publish` (or :meth:`send`):
+        waiting for room in the queue, for its batch to fill and to be sent, and for the answer.
     :param caller_id: sent as ``x-fjord-caller`` (the gateway's per-caller rate limit).
     :param linger_ms: how long a message may wait for more to fill its batch.
     :param max_batch_messages: / ``max_batch_bytes``: a batch is sent once it is this big.
-    :param max_in_flight: batches sent but not answered; :meth:`publish` waits beyond it.
+    :param max_in_flight: batches sent but not answered; further batches wait for a slot.
+    :param max_queued_messages: / ``max_queued_bytes``: messages accepted but not yet sent;
+        beyond either, :meth:`publish` waits for room and :meth:`send` raises
+        :class:`fjord.QueueFull` (a single message larger than ``max_queued_bytes`` is accepted
+        when nothing else is queued).
     """
 
     def __init__(
@@ -62,6 +117,8 @@ class AsyncPublisher:
         max_batch_messages: int = 1000,
         max_batch_bytes: int = 1024 * 1024,
         max_in_flight: int = 32,
+        max_queued_messages: int = 100_000,
+        max_queued_bytes: int = 64 * 1024 * 1024,
         credentials: Optional[grpc.ChannelCredentials] = None,
         max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
@@ -70,23 +127,31 @@ class AsyncPublisher:
         self.linger = linger_ms / 1000.0
         self.max_batch_messages = max(1, max_batch_messages)
         self.max_batch_bytes = max(1, max_batch_bytes)
+        self.max_in_flight = max(1, max_in_flight)
+        self.max_queued_messages = max(1, max_queued_messages)
+        self.max_queued_bytes = max(1, max_queued_bytes)
         self._metadata = ((CALLER_METADATA, caller_id),) if caller_id else ()
+        self._pid = os.getpid()
         opts = channel_options(max_message_bytes)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(self.address, options=opts)
         else:
             self._channel = grpc.aio.secure_channel(self.address, credentials, options=opts)
         self._stub = pb_grpc.GatewayStub(self._channel)
-        self._slots = asyncio.Semaphore(max(1, max_in_flight))
         self._ids = itertools.count(1)
-        self._batches: Dict[str, List[_Pending]] = {}
-        self._batch_bytes: Dict[str, int] = {}
-        self._timers: Dict[str, asyncio.TimerHandle] = {}
-        self._inflight: Dict[int, List["asyncio.Future[Result]"]] = {}
+        # Queued: collecting per topic, then flushed and waiting for the wire (in order).
+        self._open: Dict[str, _Batch] = {}
+        self._linger_timers: Dict[str, asyncio.TimerHandle] = {}
+        self._ready: Deque[_Batch] = deque()
+        self._queued_messages = 0
+        self._queued_bytes = 0
+        self._room_waiters: List["asyncio.Future[None]"] = []
+        # Sent: each holds an in-flight slot until answered or its stream ended.
+        self._in_flight: Dict[int, _Batch] = {}
+        self._slot_waiter: Optional["asyncio.Future[None]"] = None
+        self._writer: Optional["asyncio.Task[None]"] = None
         self._call: Optional[grpc.aio.StreamStreamCall] = None
-        self._reader: Optional["asyncio.Task[None]"] = None
-        self._write_lock = asyncio.Lock()
-        self._tasks: "set[asyncio.Task[None]]" = set()
+        self._readers: "Set[asyncio.Task[None]]" = set()
         self._closed = False
 
     async def publish(
@@ -99,53 +164,76 @@ class AsyncPublisher:
         partition: Optional[int] = None,
         timestamp_ms: Optional[int] = None,
     ) -> Delivered:
-        """Publishes one message (batched with others) and returns where it landed.
+        """Publishes one message (batched with others) and returns where it landed. Waits while
+        the queue is full.
 
         :raises fjord.PublishError: the gateway did not store it.
-        :raises fjord.GatewayError: its batch failed as a whole, or no answer within ``timeout``.
+        :raises fjord.QueueFull: no room in the queue within ``timeout`` (nothing was sent).
+        :raises fjord.GatewayError: its batch failed as a whole, or no answer within ``timeout``
+            (:class:`fjord.OutcomeUnknown` if it had been sent).
         """
-        result = await self.send(topic, Message(value, key, headers, timestamp_ms, partition))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        wire = to_pb(Message(value, key, headers, timestamp_ms, partition))
+        size = wire.ByteSize()
+        while True:
+            self._check_open()
+            if self._has_room(size):
+                break
+            await self._wait_for_room(deadline)
+        result = await self._enqueue(topic, wire, size, deadline)
         if isinstance(result, Failure):
             raise result.to_exception()
         return result
 
     def send(self, topic: str, message: Message) -> "asyncio.Future[Result]":
         """Queues a message; the future yields its :class:`Delivered` or :class:`Failure` (or
-        raises :class:`fjord.GatewayError` if its batch failed as a whole)."""
-        if self._closed:
-            raise GatewayError(grpc.StatusCode.CANCELLED, "the publisher is closed")
-        loop = asyncio.get_running_loop()
-        future: "asyncio.Future[Result]" = loop.create_future()
+        raises :class:`fjord.GatewayError` if its batch failed as a whole).
+
+        :raises fjord.QueueFull: the queue is full (nothing was queued); ``await publish(...)``
+            waits for room instead.
+        """
+        self._check_open()
         wire = to_pb(message)
-        batch = self._batches.setdefault(topic, [])
-        batch.append((wire, future))
-        size = self._batch_bytes.get(topic, 0) + wire.ByteSize()
-        self._batch_bytes[topic] = size
-        if len(batch) >= self.max_batch_messages or size >= self.max_batch_bytes:
-            self._flush_topic(topic)
-        elif topic not in self._timers:
-            self._timers[topic] = loop.call_later(self.linger, self._flush_topic, topic)
-        return future
+        size = wire.ByteSize()
+        if not self._has_room(size):
+            raise QueueFull(
+                f"{self._queued_messages} messages ({self._queued_bytes} bytes) queued, the "
+                f"limit is {self.max_queued_messages} ({self.max_queued_bytes} bytes): "
+                "nothing was queued; await publish() to wait for room"
+            )
+        return self._enqueue(topic, wire, size, asyncio.get_running_loop().time() + self.timeout)
 
     async def flush(self) -> None:
         """Sends every queued message and waits for all results."""
-        waiting = [f for batch in self._batches.values() for _, f in batch]
-        waiting += [f for fs in self._inflight.values() for f in fs]
-        for topic in list(self._batches):
+        self._check_process()
+        waiting = [f for b in self._open.values() for _, f in b.items]
+        waiting += [f for b in self._ready for _, f in b.items]
+        waiting += [f for b in self._in_flight.values() for f in b.futures]
+        for topic in list(self._open):
             self._flush_topic(topic)
         if waiting:
             await asyncio.gather(*waiting, return_exceptions=True)
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
-        """Flushes, then closes the stream and the channel."""
+        """Flushes, then closes the stream and the channel. (In a forked child: only marks it
+        closed; nothing the parent had queued is sent.)"""
+        if self._pid != os.getpid():
+            self._closed = True
+            return
         await self.flush()
         self._closed = True
-        if self._call is not None:
-            await self._call.done_writing()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+        self._wake_room_waiters()
+        call = self._call
+        if call is not None and not call.done():
+            try:
+                await call.done_writing()
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                pass  # it ended meanwhile; its reader fails what it had
+        if self._readers:
+            await asyncio.gather(*list(self._readers), return_exceptions=True)
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
         await self._channel.close()
 
     async def __aenter__(self) -> "AsyncPublisher":
@@ -154,56 +242,210 @@ class AsyncPublisher:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # ----------------------------------------------------------------- internals
+    # ----------------------------------------------------------------- the queue
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            raise FjordError(
+                f"this AsyncPublisher was created in process {self._pid}; a forked child "
+                f"({os.getpid()}) cannot use its channel or event loop: create a new "
+                "AsyncPublisher in the child (nothing was sent)")
+
+    def _check_open(self) -> None:
+        self._check_process()
+        if self._closed:
+            raise GatewayError(grpc.StatusCode.CANCELLED, "the publisher is closed")
+
+    def _has_room(self, size: int) -> bool:
+        if self._queued_messages == 0:
+            return True
+        return (self._queued_messages < self.max_queued_messages
+                and self._queued_bytes + size <= self.max_queued_bytes)
+
+    async def _wait_for_room(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: "asyncio.Future[None]" = loop.create_future()
+        self._room_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, deadline - loop.time())
+        except asyncio.TimeoutError:
+            raise QueueFull(
+                f"the queue stayed full for {self.timeout}s ({self.max_queued_messages} messages"
+                f" / {self.max_queued_bytes} bytes): nothing was sent"
+            ) from None
+        finally:
+            if waiter in self._room_waiters:
+                self._room_waiters.remove(waiter)
+
+    def _wake_room_waiters(self) -> None:
+        # Everyone waiting checks again, in the order they came (simple, and no wake-up is lost).
+        waiters, self._room_waiters = self._room_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _enqueue(self, topic: str, wire: pb.Message, size: int,
+                 deadline: float) -> "asyncio.Future[Result]":
+        loop = asyncio.get_running_loop()
+        future: "asyncio.Future[Result]" = loop.create_future()
+        batch = self._open.get(topic)
+        if batch is None:
+            batch = self._open[topic] = _Batch(topic, deadline)
+            batch.timer = loop.call_at(deadline, self._expire, batch)
+            self._linger_timers[topic] = loop.call_later(self.linger, self._flush_topic, topic)
+        elif deadline < batch.deadline:
+            assert batch.timer is not None
+            batch.timer.cancel()
+            batch.deadline = deadline
+            batch.timer = loop.call_at(deadline, self._expire, batch)
+        batch.items.append((wire, future))
+        batch.bytes += size
+        self._queued_messages += 1
+        self._queued_bytes += size
+        if len(batch.items) >= self.max_batch_messages or batch.bytes >= self.max_batch_bytes:
+            self._flush_topic(topic)
+        return future
 
     def _flush_topic(self, topic: str) -> None:
-        timer = self._timers.pop(topic, None)
+        timer = self._linger_timers.pop(topic, None)
         if timer is not None:
             timer.cancel()
-        batch = self._batches.pop(topic, None)
-        self._batch_bytes.pop(topic, None)
-        if not batch:
+        batch = self._open.pop(topic, None)
+        if batch is None:
             return
-        # Batches are written in the order they are flushed (the write lock is FIFO).
-        task = asyncio.get_running_loop().create_task(self._send_batch(topic, batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._ready.append(batch)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
-    async def _send_batch(self, topic: str, batch: List[_Pending]) -> None:
-        futures = [f for _, f in batch]
-        # One timer per batch (not per message): results not in by then fail.
-        deadline = asyncio.get_running_loop().call_later(
-            self.timeout,
-            _fail,
-            futures,
-            GatewayUnavailable(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"no result within {self.timeout}s"
-            ),
-        )
-        futures[-1].add_done_callback(lambda _: deadline.cancel())
-        request = pb.ProduceStreamRequest(
-            request_id=next(self._ids),
-            batch=pb.ProduceBatchRequest(topic=topic, messages=[m for m, _ in batch]),
-        )
-        async with self._write_lock:
-            await self._slots.acquire()
+    def _uncount(self, batch: _Batch) -> None:
+        """The batch leaves the queue (once): room for others."""
+        if batch.counted:
+            batch.counted = False
+            self._queued_messages -= len(batch.items)
+            self._queued_bytes -= batch.bytes
+            self._wake_room_waiters()
+
+    def _expire(self, batch: _Batch) -> None:
+        if batch.state is _QUEUED:
+            self._finish(batch, GatewayUnavailable(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"not sent within {self.timeout}s (waiting for a connection or for one of "
+                f"{self.max_in_flight} in-flight slots): nothing of it was produced"))
+        elif batch.state is _SENT:
+            _fail(batch.futures, OutcomeUnknown(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no answer within {self.timeout}s; the batch was sent and may have been stored"))
+            # Its slot stays held until the answer. The gateway answers in order, within its own
+            # delivery timeout: a stream still silent after another timeout is stuck.
+            batch.timer = asyncio.get_running_loop().call_later(
+                self.timeout, self._cancel_stuck_stream, batch)
+
+    def _cancel_stuck_stream(self, batch: _Batch) -> None:
+        if batch.state is _SENT and batch.call is not None and not batch.call.done():
+            batch.call.cancel()
+
+    def _finish(self, batch: _Batch, error: Optional[Exception]) -> None:
+        """Ends the batch (once): leaves the queue or frees its slot, fails what is still open."""
+        if batch.state is _DONE:
+            return
+        if self._open.get(batch.topic) is batch:
+            del self._open[batch.topic]
+            timer = self._linger_timers.pop(batch.topic, None)
+            if timer is not None:
+                timer.cancel()
+        futures = batch.futures if batch.state is _SENT else [f for _, f in batch.items]
+        batch.state = _DONE
+        self._uncount(batch)
+        if batch.timer is not None:
+            batch.timer.cancel()
+        self._in_flight.pop(batch.request_id, None)  # its slot, if it held one
+        if self._slot_waiter is not None and not self._slot_waiter.done():
+            self._slot_waiter.set_result(None)  # the writer looks again (a slot, or one less)
+        if error is not None:
+            _fail(futures, error)
+
+    # ----------------------------------------------------------------- the wire
+
+    async def _write_loop(self) -> None:
+        """Writes the ready batches, in order, one at a time, each once it has a slot."""
+        loop = asyncio.get_running_loop()
+        while self._ready:
+            batch = self._ready[0]
+            if batch.state is not _QUEUED:  # expired while it waited
+                self._ready.popleft()
+                continue
+            if len(self._in_flight) >= self.max_in_flight:
+                self._slot_waiter = loop.create_future()
+                await self._slot_waiter  # woken whenever a batch ends
+                continue
+            if not await self._connected(batch):
+                continue  # it failed, unsent
+            self._ready.popleft()
+            await self._write(batch)
+
+    async def _connected(self, batch: _Batch) -> bool:
+        """Waits (while the batch is still queued) until the channel is connected. A gateway that
+        cannot be reached fails the batch at once, as gRPC fails a call: nothing of it was sent."""
+        loop = asyncio.get_running_loop()
+        state = self._channel.get_state(try_to_connect=True)
+        while state is not grpc.ChannelConnectivity.READY:
+            if batch.state is not _QUEUED:
+                return False
+            if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                self._finish(batch, GatewayUnavailable(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"cannot connect to the gateway at {self.address}: nothing was sent"))
+                return False
             try:
-                call = self._ensure_stream()
-                self._inflight[request.request_id] = futures
-                await call.write(request)
-            except grpc.RpcError as e:
-                self._inflight.pop(request.request_id, None)
-                self._slots.release()
-                _fail(futures, from_rpc_error(e))
-            except Exception as e:  # the stream is gone (closed between calls)
-                self._inflight.pop(request.request_id, None)
-                self._slots.release()
-                _fail(futures, GatewayUnavailable(grpc.StatusCode.UNAVAILABLE, str(e)))
+                await asyncio.wait_for(self._channel.wait_for_state_change(state),
+                                       max(0.0, batch.deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return False  # the batch expired meanwhile (unsent)
+            state = self._channel.get_state(try_to_connect=True)
+        return batch.state is _QUEUED
 
-    def _ensure_stream(self) -> grpc.aio.StreamStreamCall:
-        if self._call is None:
-            self._call = self._stub.ProduceStream(metadata=self._metadata)
-            self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+    async def _write(self, batch: _Batch) -> None:
+        live = [(m, f) for m, f in batch.items if not f.done()]
+        if not live:  # every caller gave up: nothing to send
+            self._finish(batch, None)
+            return
+        try:
+            call = self._stream()
+        except Exception as e:  # noqa: BLE001 - e.g. the channel was closed
+            self._finish(batch, GatewayUnavailable(grpc.StatusCode.UNAVAILABLE, repr(e)))
+            return
+        self._uncount(batch)
+        batch.state = _SENT
+        batch.call = call
+        batch.request_id = next(self._ids)
+        batch.futures = [f for _, f in live]
+        self._in_flight[batch.request_id] = batch
+        request = pb.ProduceStreamRequest(
+            request_id=batch.request_id,
+            batch=pb.ProduceBatchRequest(topic=batch.topic, messages=[m for m, _ in live]),
+        )
+        try:
+            await call.write(request)
+        except grpc.RpcError as e:  # the stream ended while (or before) the batch went out
+            self._finish(batch, from_rpc_error(e, sent=True))
+        except asyncio.CancelledError:
+            if not call.cancelled():
+                raise  # this task itself is cancelled
+            self._finish(batch, OutcomeUnknown(
+                grpc.StatusCode.CANCELLED, "the stream was cancelled while the batch was written"))
+        except Exception as e:  # noqa: BLE001 - e.g. the stream was finished meanwhile
+            self._finish(batch, OutcomeUnknown(
+                grpc.StatusCode.UNAVAILABLE,
+                f"writing the batch failed ({e!r}); it may have been sent and stored"))
+
+    def _stream(self) -> grpc.aio.StreamStreamCall:
+        """The open stream, or a new one (never one that has ended)."""
+        if self._call is None or self._call.done():
+            call = self._stub.ProduceStream(metadata=self._metadata)
+            self._call = call
+            reader = asyncio.get_running_loop().create_task(self._read(call))
+            self._readers.add(reader)
+            reader.add_done_callback(self._readers.discard)
         return self._call
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
@@ -213,23 +455,33 @@ class AsyncPublisher:
                 response = await call.read()
                 if response is grpc.aio.EOF:
                     break
-                futures = self._inflight.pop(response.request_id, [])
-                self._slots.release()
-                for f, r in zip(futures, response.results):
+                batch = self._in_flight.get(response.request_id)
+                if batch is None or batch.call is not call:
+                    continue  # not ours: nothing to settle
+                for f, r in zip(batch.futures, response.results):
                     if not f.done():
                         f.set_result(from_pb(r))
+                missing = None
+                if len(response.results) < len(batch.futures):
+                    missing = OutcomeUnknown(
+                        grpc.StatusCode.UNKNOWN, "the gateway answered fewer results than sent")
+                self._finish(batch, missing)
         except grpc.RpcError as e:
-            error = from_rpc_error(e)
+            error = from_rpc_error(e, sent=True)
+        except asyncio.CancelledError:
+            if not call.cancelled():
+                raise  # this task itself is cancelled; still settle the batches below
+            error = OutcomeUnknown(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the stream gave no answer for {2 * self.timeout}s and was cancelled")
         finally:
             if self._call is call:
                 self._call = None
             # Batches written but not answered: the stream ended under them.
-            error = error or GatewayUnavailable(
-                grpc.StatusCode.UNAVAILABLE, "the stream ended before the batch was answered"
-            )
-            for rid in list(self._inflight):
-                _fail(self._inflight.pop(rid), error)
-                self._slots.release()
+            error = error or OutcomeUnknown(
+                grpc.StatusCode.UNAVAILABLE, "the stream ended before the batch was answered")
+            for batch in [b for b in self._in_flight.values() if b.call is call]:
+                self._finish(batch, error)
 
 
 def _fail(futures: List["asyncio.Future[Result]"], error: Exception) -> None:

@@ -2,13 +2,25 @@
 
 Two tiers, as in the Rust client:
 
-* :class:`GatewayError` and its subclasses: a call failed as a whole (nothing of it was
-  produced), mapped from the gRPC status;
+* :class:`GatewayError` and its subclasses: a call failed as a whole, mapped from the gRPC
+  status. Nothing of it was produced, except for :class:`OutcomeUnknown` (the request was sent
+  and no answer came: some or all of it may have been stored);
 * :class:`PublishError`: the gateway answered, but one message was not stored (for
   :func:`fjord.publish`; :meth:`fjord.Publisher.publish_batch` returns :class:`fjord.Failure`
-  values instead, so a caller retries only what failed).
+  values instead, so a caller retries only what failed). Its code ``TIMEOUT`` means the outcome
+  is unknown (a cluster may have stored it).
 
-``retriable`` says whether sending the same thing again may succeed.
+:class:`QueueFull` is the asyncio publisher's own: the message was not accepted at all.
+
+``retriable`` says whether sending the same thing again may succeed; ``outcome_unknown`` says
+whether what was sent may have been stored all the same, so that sending it again may store it
+twice. Every error with ``outcome_unknown`` false means: nothing of it was produced.
+
+One limit of gRPC: a unary call (:class:`fjord.Publisher`) whose connection breaks after the
+request went out fails with ``UNAVAILABLE`` like a gateway that could not be reached, so for
+:class:`fjord.Publisher` :class:`GatewayUnavailable` can, in that rare case, hide a stored batch.
+:class:`fjord.AsyncPublisher` knows which batches it had written and reports those as
+:class:`OutcomeUnknown`.
 """
 
 from __future__ import annotations
@@ -22,6 +34,8 @@ class FjordError(Exception):
     """Base class of every error of the ``fjord`` package."""
 
     retriable: bool = False
+    #: What was sent may have been stored (resending may duplicate it); false: nothing was.
+    outcome_unknown: bool = False
 
 
 class GatewayError(FjordError):
@@ -47,7 +61,27 @@ class Overloaded(GatewayError):
 
 
 class GatewayUnavailable(GatewayError):
-    """The gateway could not be reached, is shutting down, or the deadline passed."""
+    """The gateway could not be reached or is shutting down, or the deadline passed before the
+    request was sent: nothing of it was produced (but see :class:`OutcomeUnknown`)."""
+
+
+class OutcomeUnknown(GatewayUnavailable):
+    """The request was sent, but no answer came (the deadline passed, the connection or stream
+    ended under it): some or all of it may have been stored. Sending it again may succeed
+    (``retriable``) and may store messages twice."""
+
+    outcome_unknown = True
+
+
+class QueueFull(FjordError):
+    """:class:`fjord.AsyncPublisher` holds ``max_queued_messages`` / ``max_queued_bytes`` not yet
+    sent: the message was not accepted (nothing of it is sent). ``await publish(...)`` waits for
+    room instead of raising (up to its timeout)."""
+
+    retriable = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 class PublishError(FjordError):
@@ -55,7 +89,8 @@ class PublishError(FjordError):
 
     ``code`` is the gateway's error code name (``"TIMEOUT"``, ``"NO_HEALTHY_CLUSTER"``,
     ``"MESSAGE_TOO_LARGE"``, ``"UNKNOWN_TOPIC_OR_PARTITION"``, ``"REJECTED"``,
-    ``"BACKEND_UNAVAILABLE"``).
+    ``"BACKEND_UNAVAILABLE"``). ``outcome_unknown`` is true for ``TIMEOUT`` (a cluster may have
+    stored it after all) and when an earlier attempt of the same message timed out.
     """
 
     def __init__(
@@ -64,12 +99,14 @@ class PublishError(FjordError):
         message: str,
         retriable: bool,
         clusters_tried: Optional[Sequence[str]] = None,
+        outcome_unknown: Optional[bool] = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retriable = retriable
         self.clusters_tried = list(clusters_tried or [])
+        self.outcome_unknown = code == "TIMEOUT" if outcome_unknown is None else outcome_unknown
 
 
 _RETRIABLE = {
@@ -88,8 +125,43 @@ _BY_CODE = {
 }
 
 
-def from_rpc_error(error: grpc.RpcError) -> GatewayError:
-    """The exception for a failed gRPC call (sync or asyncio)."""
+#: Statuses with which the gateway refuses a request before producing any of it. Any other status
+#: of a call (or a stream batch) that was sent leaves its outcome unknown.
+REFUSALS = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+})
+
+
+def unknown_after_earlier_attempt(error: FjordError) -> FjordError:
+    """``error``, the last attempt's, marked outcome-unknown because an earlier attempt of the
+    same thing was (the final error must not say "nothing was produced" then)."""
+    if error.outcome_unknown:
+        return error
+    note = "; an earlier attempt timed out and may have stored it"
+    if isinstance(error, PublishError):
+        return PublishError(error.code, error.message + note, error.retriable,
+                            error.clusters_tried, outcome_unknown=True)
+    if isinstance(error, GatewayError):
+        return OutcomeUnknown(error.code, error.details + note)
+    return error
+
+
+def from_rpc_error(error: grpc.RpcError, sent: bool = False) -> GatewayError:
+    """The exception for a failed gRPC call (sync or asyncio).
+
+    ``sent``: the request is known to have gone out, so a status other than a refusal
+    (:data:`REFUSALS`) is :class:`OutcomeUnknown`. Whatever ``sent``, a passed deadline of a
+    started call is :class:`OutcomeUnknown`: the gateway may have had the request.
+    """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(error)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or (sent and code not in REFUSALS):
+        return OutcomeUnknown(code, f"{details} (the request was sent: it may have been stored)")
     return _BY_CODE.get(code, GatewayError)(code, details)

@@ -53,15 +53,20 @@ class Delivered:
 
 @dataclass(frozen=True)
 class Failure:
-    """Why one message of a batch was not stored (the others may have been)."""
+    """Why one message of a batch was not stored (the others may have been).
+
+    ``outcome_unknown``: it may have been stored after all (``TIMEOUT``, or an earlier attempt of
+    the call timed out), so sending it again may store it twice."""
 
     code: str
     message: str
     retriable: bool
     clusters_tried: Tuple[str, ...] = field(default_factory=tuple)
+    outcome_unknown: bool = False
 
     def to_exception(self) -> PublishError:
-        return PublishError(self.code, self.message, self.retriable, self.clusters_tried)
+        return PublishError(self.code, self.message, self.retriable, self.clusters_tried,
+                            outcome_unknown=self.outcome_unknown)
 
 
 #: One result of a batch, in the order of the batch's messages.
@@ -103,5 +108,6 @@ def from_pb(r: pb.MessageResult) -> Result:
     if which == "failure":
         f = r.failure
         code = pb.ErrorCode.Name(f.code).removeprefix("ERROR_CODE_") if f.code in pb.ErrorCode.values() else str(f.code)
-        return Failure(code, f.message, f.retriable, tuple(f.clusters_tried))
+        return Failure(code, f.message, f.retriable, tuple(f.clusters_tried),
+                       outcome_unknown=code == "TIMEOUT")
     return Failure("UNSPECIFIED", "the gateway sent an empty result", False)

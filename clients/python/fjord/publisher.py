@@ -11,12 +11,18 @@
         failed = [r for r in results if isinstance(r, fjord.Failure)]
 
 :func:`publish` uses one shared :class:`Publisher` per process, connected to
-``$FJORD_GATEWAY_ADDRESS`` (default ``localhost:9095``); it is created on first use and again in
-a forked child.
+``$FJORD_GATEWAY_ADDRESS`` (default ``localhost:9095``); it is created on first use.
+
+Fork: a :class:`Publisher` (also the shared one) used in a child forked after it was created opens
+a channel of its own there on first use; the parent's channel is never used, nor closed, in the
+child. Channels made in a forked child never take a connection from gRPC's process-wide pool,
+which may hold one of the parent's. The module's locks are made anew in every child, so a fork
+while another thread held one does not leave the child waiting forever.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -24,12 +30,13 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
-from fjord.errors import from_rpc_error
+from fjord.errors import FjordError, from_rpc_error, unknown_after_earlier_attempt
 from fjord.gateway.v1 import gateway_pb2 as pb
 from fjord.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from fjord.messages import (
     BytesLike,
     Delivered,
+    Failure,
     Headers,
     Message,
     Result,
@@ -41,12 +48,20 @@ from fjord.messages import (
 #: Metadata key that names the caller for the gateway's per-caller rate limits.
 CALLER_METADATA = "x-fjord-caller"
 
+#: This process is a forked child (of one that imported fjord): see channel_options().
+_forked = False
+
 
 def channel_options(max_message_bytes: int) -> List[Tuple[str, int]]:
-    return [
+    options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
+    if _forked:
+        # Not from gRPC's process-wide subchannel pool, which may still hold a connection of the
+        # parent's (its socket fails in the child: "Wrong file descriptor generation").
+        options.append(("grpc.use_local_subchannel_pool", 1))
+    return options
 
 
 class Publisher:
@@ -59,7 +74,9 @@ class Publisher:
     :param caller_id: sent as ``x-fjord-caller`` so the gateway rate-limits this caller on its own.
     :param retries: how often a call that failed as a whole with a retriable status
         (UNAVAILABLE, RESOURCE_EXHAUSTED, ...) is sent again; :meth:`publish` also resends a
-        message whose failure is retriable. Resending after a timeout can store a message twice.
+        message whose failure is retriable. Resending after a timeout can store a message twice;
+        once any attempt's outcome was unknown, the error finally raised says so
+        (``outcome_unknown``), whatever the last attempt's failure.
     :param retry_backoff: seconds before the first resend, doubled each time.
     :param credentials: TLS credentials (``grpc.ssl_channel_credentials(...)``); ``None``: plaintext.
     """
@@ -82,12 +99,30 @@ class Publisher:
         self._metadata: Tuple[Tuple[str, str], ...] = (
             ((CALLER_METADATA, caller_id),) if caller_id else ()
         )
-        opts = channel_options(max_message_bytes)
-        if credentials is None:
-            self._channel = grpc.insecure_channel(self.address, options=opts)
-        else:
-            self._channel = grpc.secure_channel(self.address, credentials, options=opts)
+        self._credentials = credentials
+        self._max_message_bytes = max_message_bytes
+        self._pid = os.getpid()
+        self._channel = self._new_channel()
         self._stub = pb_grpc.GatewayStub(self._channel)
+        #: Channels inherited from the parent process: kept, never used or closed in this one.
+        self._inherited: List[grpc.Channel] = []
+
+    def _new_channel(self) -> grpc.Channel:
+        options = channel_options(self._max_message_bytes)
+        if self._credentials is None:
+            return grpc.insecure_channel(self.address, options=options)
+        return grpc.secure_channel(self.address, self._credentials, options=options)
+
+    def _stub_here(self) -> pb_grpc.GatewayStub:
+        """The stub of this process's channel (a forked child opens its own on first use)."""
+        if self._pid != os.getpid():
+            with _fork_lock:
+                if self._pid != os.getpid():
+                    self._inherited.append(self._channel)
+                    self._channel = self._new_channel()
+                    self._stub = pb_grpc.GatewayStub(self._channel)
+                    self._pid = os.getpid()
+        return self._stub
 
     def publish(
         self,
@@ -107,12 +142,18 @@ class Publisher:
         """
         message = Message(value, key, headers, timestamp_ms, partition)
         delay = self.retry_backoff
+        unknown = False  # an earlier attempt may have stored the message
         for attempt in range(self.retries + 1):
-            (result,) = self.publish_batch(topic, [message])
+            try:
+                (result,) = self.publish_batch(topic, [message])
+            except FjordError as e:
+                raise (unknown_after_earlier_attempt(e) if unknown else e) from None
             if isinstance(result, Delivered):
                 return result
+            error = result.to_exception()
             if not result.retriable or attempt == self.retries:
-                raise result.to_exception()
+                raise unknown_after_earlier_attempt(error) if unknown else error
+            unknown = unknown or error.outcome_unknown
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
@@ -127,26 +168,36 @@ class Publisher:
             gateway unreachable after ``retries`` resends).
         """
         request = pb.ProduceBatchRequest(topic=topic, messages=[to_pb(m) for m in messages])
-        return [from_pb(r) for r in self._call(request).results]
+        response, unknown = self._call(request)
+        results = [from_pb(r) for r in response.results]
+        if unknown:  # an earlier attempt may have stored what this one could not
+            results = [dataclasses.replace(r, outcome_unknown=True) if isinstance(r, Failure)
+                       else r for r in results]
+        return results
 
-    def _call(self, request: pb.ProduceBatchRequest) -> pb.ProduceBatchResponse:
+    def _call(self, request: pb.ProduceBatchRequest) -> Tuple[pb.ProduceBatchResponse, bool]:
+        """The response, and whether an earlier attempt's outcome was unknown."""
         delay = self.retry_backoff
+        unknown = False  # an earlier attempt may have stored the batch
         for attempt in range(self.retries + 1):
             try:
-                return self._stub.ProduceBatch(
+                response = self._stub_here().ProduceBatch(
                     request, timeout=self.timeout, metadata=self._metadata
                 )
+                return response, unknown
             except grpc.RpcError as e:
                 error = from_rpc_error(e)
                 if not error.retriable or attempt == self.retries:
-                    raise error from None
+                    raise (unknown_after_earlier_attempt(error) if unknown else error) from None
+                unknown = unknown or error.outcome_unknown
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
-        """Closes the connection."""
-        self._channel.close()
+        """Closes the connection (this process's: a forked child never closes the parent's)."""
+        if self._pid == os.getpid():
+            self._channel.close()
 
     def __enter__(self) -> "Publisher":
         return self
@@ -156,17 +207,30 @@ class Publisher:
 
 
 _default: Optional[Publisher] = None
-_default_pid = 0
 _default_lock = threading.Lock()
+#: Taken by a Publisher replacing its channel in a forked child.
+_fork_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # A lock another thread held at the fork stays held in the child, where that thread does not
+    # exist: make them anew. (The shared Publisher itself is kept: it opens its own channel.)
+    global _default_lock, _fork_lock, _forked
+    _default_lock = threading.Lock()
+    _fork_lock = threading.Lock()
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_publisher() -> Publisher:
     """The process's shared :class:`Publisher` (``$FJORD_GATEWAY_ADDRESS``)."""
-    global _default, _default_pid
+    global _default
     with _default_lock:
-        if _default is None or _default_pid != os.getpid():
+        if _default is None:
             _default = Publisher()
-            _default_pid = os.getpid()
         return _default
 
 
