@@ -30,8 +30,11 @@ use tonic::Code;
 enum Mode {
     Healthy,
     Failing(ErrorKind),
-    /// Never answers.
+    /// Never answers (until the mode changes: then the held records time out, as librdkafka's
+    /// `message.timeout.ms` would have answered them).
     Hanging,
+    /// Stores and answers each record after this long.
+    Delayed(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +65,20 @@ impl FakeCluster {
     }
     fn set(&self, mode: Mode) {
         *self.mode.lock() = mode;
+        if mode != Mode::Hanging {
+            for report in std::mem::take(&mut *self.hung.lock()) {
+                report.complete(Err(ProduceError::new(ErrorKind::Timeout, "timed out")));
+            }
+        }
+    }
+    fn store(&self, r: StoredRecord, topic: &str, partition: i32) -> Stored {
+        let mut log = self.log.lock();
+        let records = log.entry((topic.to_owned(), partition)).or_default();
+        records.push(r);
+        Stored {
+            partition,
+            offset: records.len() as i64 - 1,
+        }
     }
     fn records(&self, topic: &str) -> Vec<(i32, i64, StoredRecord)> {
         let log = self.log.lock();
@@ -88,21 +105,20 @@ impl Producer for FakeProducer {
     fn send(&self, r: Record<'_>, report: Report) {
         self.0.sends.fetch_add(1, Ordering::Relaxed);
         let mode = *self.0.mode.lock();
-        match mode {
-            Mode::Healthy => {}
+        let delay = match mode {
+            Mode::Healthy => None,
+            Mode::Delayed(d) => Some(d),
             Mode::Failing(kind) => {
                 return report.complete(Err(ProduceError::new(kind, "injected")))
             }
             Mode::Hanging => return self.0.hung.lock().push(report),
-        }
+        };
         let partition = r.partition.unwrap_or_else(|| {
             r.key
                 .map(|k| (k.iter().map(|b| u32::from(*b)).sum::<u32>() % 4) as i32)
                 .unwrap_or(0)
         });
-        let mut log = self.0.log.lock();
-        let records = log.entry((r.topic.to_owned(), partition)).or_default();
-        records.push(StoredRecord {
+        let record = StoredRecord {
             key: r.key.map(<[u8]>::to_vec),
             value: r.value.to_vec(),
             headers: r
@@ -110,17 +126,22 @@ impl Producer for FakeProducer {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.map(<[u8]>::to_vec)))
                 .collect(),
-        });
-        let stored = Stored {
-            partition,
-            offset: records.len() as i64 - 1,
         };
-        drop(log);
-        report.complete(Ok(stored));
+        match delay {
+            None => report.complete(Ok(self.0.store(record, r.topic, partition))),
+            Some(delay) => {
+                let cluster = self.0.clone();
+                let topic = r.topic.to_owned();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    report.complete(Ok(cluster.store(record, &topic, partition)));
+                });
+            }
+        }
     }
 
     fn probe(&self, _timeout: Duration) -> BoxFuture<'static, Result<(), ProduceError>> {
-        let ok = *self.0.mode.lock() == Mode::Healthy;
+        let ok = matches!(*self.0.mode.lock(), Mode::Healthy | Mode::Delayed(_));
         async move {
             if ok {
                 Ok(())
@@ -417,9 +438,11 @@ async fn no_healthy_cluster_and_non_retriable_errors_are_reported_per_message() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_cluster_ends_at_the_deadline() {
-    let mut h =
-        Harness::start(&BASE.replace("delivery_timeout_ms = 3000", "delivery_timeout_ms = 300"))
-            .await;
+    let mut h = Harness::start(&BASE.replace(
+        "attempt_timeout_ms = 1000\ndelivery_timeout_ms = 3000",
+        "attempt_timeout_ms = 200\ndelivery_timeout_ms = 300",
+    ))
+    .await;
     h.factory.cluster("a").set(Mode::Hanging);
     h.factory.cluster("b").set(Mode::Hanging);
     let started = Instant::now();
@@ -609,7 +632,10 @@ async fn the_stream_answers_in_order_and_ends_on_a_request_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bound_gives_backpressure_not_unbounded_queues() {
     let config = BASE
-        .replace("delivery_timeout_ms = 3000", "delivery_timeout_ms = 1000")
+        .replace(
+            "attempt_timeout_ms = 1000\ndelivery_timeout_ms = 3000",
+            "attempt_timeout_ms = 500\ndelivery_timeout_ms = 1000",
+        )
         .replace(
             "max_request_bytes = 100000\nmax_inflight_bytes = 1000000",
             "max_request_bytes = 1500\nmax_inflight_bytes = 2000\nadmission_wait_ms = 50",
@@ -976,5 +1002,132 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
         .await
         .unwrap();
     assert_eq!(stored(&h), 2);
+    h.stop().await;
+}
+
+/// `config` plus a group of cluster a alone, serving topic "solo": what a cannot take has nowhere
+/// else to go.
+fn solo(config: &str) -> String {
+    config
+        .replace("[routes]", "[groups.solo]\nclusters = { a = 1 }\n[routes]")
+        .replace("moving = \"main\"", "moving = \"main\", solo = \"solo\"")
+}
+
+async fn wait_for_breaker(h: &Harness, cluster: &str, state: State, within: Duration) {
+    let deadline = Instant::now() + within;
+    while h.breaker(cluster) != state {
+        assert!(
+            Instant::now() < deadline,
+            "the breaker of {cluster} is {:?}, not {state:?}",
+            h.breaker(cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Three failed batches to "solo" (consecutive_failures = 3 in BASE) open a's breaker.
+async fn open_breaker_of_a(h: &mut Harness) {
+    h.factory
+        .cluster("a")
+        .set(Mode::Failing(ErrorKind::Unavailable));
+    for _ in 0..3 {
+        h.client.produce_batch("solo", keyed(1, 1)).await.unwrap();
+    }
+    assert_eq!(h.breaker("a"), State::Open);
+}
+
+/// Issue 14, item 4: a request dropped while it holds a half-open admission (the caller
+/// cancelled, or its deadline passed and tonic dropped the request) must give the admission
+/// back; before, each such drop leaked one, and once `half_open_max_calls` had leaked the
+/// breaker admitted nothing, forever, while staying half-open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_admissions_are_released_by_cancelled_and_timed_out_calls() {
+    // One call admitted at a time while half-open; enough successes needed to stay half-open
+    // through the three dropped calls below.
+    let config = solo(BASE).replace("half_open_successes = 2", "half_open_successes = 10");
+    let mut h = Harness::start(&config).await;
+    open_breaker_of_a(&mut h).await;
+    let a = h.factory.cluster("a");
+    a.set(Mode::Delayed(Duration::from_millis(300)));
+    wait_for_breaker(&h, "a", State::HalfOpen, Duration::from_secs(3)).await;
+    // Cancelled: the caller goes away while its message is with a.
+    let mut caller = h.client.clone();
+    let call = tokio::spawn(async move { caller.produce_batch("solo", keyed(1, 1)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Timed out: the caller's 50 ms deadline passes while a holds the message.
+    let mut quick = h.client.clone().with_timeout(Duration::from_millis(50));
+    let _ = quick.produce_batch("solo", keyed(1, 1)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Dropped by whoever awaits the gateway's future (a timeout around it). It must have been
+    // admitted: the two calls above gave their admission back.
+    let request = fjord_gateway::pb::ProduceBatchRequest {
+        topic: "solo".into(),
+        messages: vec![fjord_gateway::pb::Message {
+            value: b"dropped".to_vec().into(),
+            ..Default::default()
+        }],
+    };
+    let dropped = tokio::time::timeout(Duration::from_millis(50), async {
+        match h.gateway.start("tester", request, None).await {
+            Ok(outcomes) => Some(outcomes.await),
+            Err(_) => None,
+        }
+    })
+    .await;
+    assert!(
+        dropped.is_err(),
+        "not admitted: the dropped calls leaked a's half-open admission ({:?})",
+        dropped.map(|o| o.map(|o| format!("{o:?}")))
+    );
+    assert_eq!(h.breaker("a"), State::HalfOpen);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The cluster is healthy: the breaker must close, not stay wedged half-open.
+    a.set(Mode::Healthy);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.breaker("a") != State::Closed {
+        assert!(
+            Instant::now() < deadline,
+            "the breaker of a is wedged {:?}",
+            h.breaker("a")
+        );
+        let _ = h.client.produce_batch("solo", keyed(1, 1)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.stop().await;
+}
+
+/// Issue 14, item 5: callers whose deadlines are shorter than the attempt timeout never saw a
+/// hung cluster fail (their rounds ended unanswered and counted nothing), so its breaker never
+/// opened. A cluster that holds a record past the attempt timeout counts as failed, whether or
+/// not its caller is still waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_cluster_opens_its_breaker_for_callers_with_short_deadlines() {
+    let config = solo(&BASE.replace("attempt_timeout_ms = 1000", "attempt_timeout_ms = 300"));
+    let h = Harness::start(&config).await;
+    let a = h.factory.cluster("a");
+    a.set(Mode::Hanging);
+    let started = Instant::now();
+    let mut quick = h.client.clone().with_timeout(Duration::from_millis(100));
+    let mut calls = 0;
+    while h.breaker("a") != State::Open {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the breaker of the hung cluster is still {:?} after {calls} calls",
+            h.breaker("a")
+        );
+        let _ = quick.produce_batch("solo", keyed(1, 1)).await;
+        calls += 1;
+    }
+    // Back to health: probed, half-open, closed.
+    a.set(Mode::Healthy);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.breaker("a") != State::Closed {
+        assert!(Instant::now() < deadline, "the breaker of a did not close");
+        let _ = quick.produce_batch("solo", keyed(1, 1)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     h.stop().await;
 }
