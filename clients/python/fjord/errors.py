@@ -6,7 +6,9 @@ Two tiers, as in the Rust client:
   produced), mapped from the gRPC status;
 * :class:`PublishError`: the gateway answered, but one message was not stored (for
   :func:`fjord.publish`; :meth:`fjord.Publisher.publish_batch` returns :class:`fjord.Failure`
-  values instead, so a caller retries only what failed).
+  values instead, so a caller retries only what failed), or its outcome is unknown: codes
+  ``"TIMEOUT"`` and ``"OUTCOME_UNKNOWN"`` (:attr:`PublishError.outcome_unknown`) say a cluster
+  tried may have stored it, so sending it again may store it twice.
 
 ``retriable`` says whether sending the same thing again may succeed.
 """
@@ -51,11 +53,13 @@ class GatewayUnavailable(GatewayError):
 
 
 class PublishError(FjordError):
-    """The gateway did not store a message.
+    """The gateway did not confirm a message as stored.
 
     ``code`` is the gateway's error code name (``"TIMEOUT"``, ``"NO_HEALTHY_CLUSTER"``,
     ``"MESSAGE_TOO_LARGE"``, ``"UNKNOWN_TOPIC_OR_PARTITION"``, ``"REJECTED"``,
-    ``"BACKEND_UNAVAILABLE"``).
+    ``"BACKEND_UNAVAILABLE"``, ``"OUTCOME_UNKNOWN"``). For ``"TIMEOUT"`` and
+    ``"OUTCOME_UNKNOWN"`` the message may have been stored anyway (:attr:`outcome_unknown`);
+    for every other code it was not.
     """
 
     def __init__(
@@ -71,6 +75,15 @@ class PublishError(FjordError):
         self.retriable = retriable
         self.clusters_tried = list(clusters_tried or [])
 
+    @property
+    def outcome_unknown(self) -> bool:
+        """Whether a cluster tried may have stored the message anyway (sending it again may
+        store it twice)."""
+        return self.code in _OUTCOME_UNKNOWN
+
+
+#: Per-message codes whose message may have been stored anyway.
+_OUTCOME_UNKNOWN = frozenset({"TIMEOUT", "OUTCOME_UNKNOWN"})
 
 _RETRIABLE = {
     grpc.StatusCode.UNAVAILABLE,

@@ -81,14 +81,26 @@ impl ErrorKind {
 pub struct ProduceError {
     pub kind: ErrorKind,
     pub detail: String,
+    /// The cluster may have stored the record anyway (its outcome is unknown): it timed out,
+    /// or was lost in flight. False when the record is known not to be stored.
+    pub maybe_stored: bool,
 }
 
 impl ProduceError {
+    /// An error of `kind`; its outcome counts as unknown for timeouts only (see
+    /// [`ProduceError::maybe_stored`] to say otherwise).
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
         Self {
             kind,
             detail: detail.into(),
+            maybe_stored: kind == ErrorKind::Timeout,
         }
+    }
+
+    /// Says whether the cluster may have stored the record anyway.
+    pub fn maybe_stored(mut self, maybe: bool) -> Self {
+        self.maybe_stored = maybe;
+        self
     }
 }
 
@@ -339,7 +351,8 @@ impl Deliveries {
     }
 }
 
-/// Where the answer to one record goes. Dropping it unanswered answers `Unavailable`.
+/// Where the answer to one record goes. Dropping it unanswered answers `Unavailable` (its
+/// outcome unknown: the record may have been sent).
 #[derive(Debug)]
 pub struct Report {
     deliveries: Option<Arc<Deliveries>>,
@@ -365,7 +378,8 @@ impl Drop for Report {
                 Err(ProduceError::new(
                     ErrorKind::Unavailable,
                     "the producer dropped the record unanswered",
-                )),
+                )
+                .maybe_stored(true)),
             );
         }
     }
@@ -438,6 +452,7 @@ mod tests {
         assert_eq!(slots[1].as_ref().unwrap().result, at(1));
         let dropped = slots[2].as_ref().unwrap().result.clone().unwrap_err();
         assert_eq!(dropped.kind, ErrorKind::Unavailable);
+        assert!(dropped.maybe_stored);
     }
 
     #[tokio::test]

@@ -19,6 +19,8 @@
 //!   records are still unanswered at the attempt timeout, whether or not the request is still
 //!   waiting. A request dropped mid-way (cancelled, timed out) therefore neither leaks a
 //!   half-open admission nor hides a hung cluster from its breaker;
+//! - a failure answer never hides that a cluster may have stored the message: if any attempt's
+//!   outcome is unknown, the failure is `Deadline`, a `Timeout`, or [`FailureKind::OutcomeUnknown`];
 //! - a full client queue (`QueueFull`) does not count for or against the cluster's breaker.
 
 use std::collections::BTreeMap;
@@ -54,6 +56,9 @@ pub enum FailureKind {
     Deadline,
     /// The last cluster tried failed like this.
     Backend(ErrorKind),
+    /// An attempt's outcome is unknown (a cluster timed out or lost the message in flight, so
+    /// it may have stored it), and no later attempt stored it.
+    OutcomeUnknown,
 }
 
 /// What happened to one message.
@@ -93,16 +98,34 @@ struct MessageState {
     /// Inline up to the default `max_attempts`: no allocation per message on the hot path.
     tried: SmallVec<[Arc<str>; 3]>,
     last_error: Option<ProduceError>,
+    /// The first cluster that may have stored the message without saying so.
+    unknown_on: Option<Arc<str>>,
     outcome: Option<MessageOutcome>,
 }
 
 impl MessageState {
-    /// The message's final failure.
+    /// The message's final failure; says "outcome unknown" if any attempt's outcome was.
     fn failed(&self, kind: FailureKind, detail: String) -> MessageOutcome {
-        MessageOutcome::Failed {
-            kind,
-            detail,
-            tried: self.tried.to_vec(),
+        let tried = self.tried.to_vec();
+        let known_kind = match kind {
+            FailureKind::Deadline | FailureKind::Backend(ErrorKind::Timeout) => None,
+            FailureKind::OutcomeUnknown => None,
+            other => Some(other),
+        };
+        match (&self.unknown_on, known_kind) {
+            (Some(cluster), Some(_)) => MessageOutcome::Failed {
+                kind: FailureKind::OutcomeUnknown,
+                detail: format!(
+                    "{detail}; the outcome on cluster {cluster} is unknown: it may have stored \
+                     the message"
+                ),
+                tried,
+            },
+            _ => MessageOutcome::Failed {
+                kind,
+                detail,
+                tried,
+            },
         }
     }
 }
@@ -325,6 +348,9 @@ impl Dispatcher {
                     });
                 }
                 Some(Err(error)) => {
+                    if error.maybe_stored && state.unknown_on.is_none() {
+                        state.unknown_on = Some(cluster.name.clone());
+                    }
                     let again = error.kind.retry_elsewhere()
                         && state.tried.len() < max_attempts
                         && Instant::now() < deadline;

@@ -103,6 +103,8 @@ pub fn failure_code(kind: FailureKind) -> (pb::ErrorCode, bool) {
     match kind {
         FailureKind::NoHealthyCluster => (E::NoHealthyCluster, true),
         FailureKind::Deadline => (E::Timeout, true),
+        // Sending again may store it twice, but may also be the only way to store it.
+        FailureKind::OutcomeUnknown => (E::OutcomeUnknown, true),
         FailureKind::Backend(k) => match k {
             ErrorKind::Timeout => (E::Timeout, true),
             ErrorKind::Unavailable | ErrorKind::QueueFull => (E::BackendUnavailable, true),
@@ -124,6 +126,7 @@ pub fn failure_label(kind: FailureKind) -> &'static str {
         E::UnknownTopicOrPartition => "unknown_topic_or_partition",
         E::Rejected => "rejected",
         E::BackendUnavailable => "backend_unavailable",
+        E::OutcomeUnknown => "outcome_unknown",
     }
 }
 
@@ -218,5 +221,9 @@ mod tests {
             (pb::ErrorCode::NoHealthyCluster, true)
         );
         assert_eq!(failure_label(FailureKind::Deadline), "timeout");
+        assert_eq!(
+            failure_code(FailureKind::OutcomeUnknown),
+            (pb::ErrorCode::OutcomeUnknown, true)
+        );
     }
 }

@@ -1131,3 +1131,37 @@ async fn a_hung_cluster_opens_its_breaker_for_callers_with_short_deadlines() {
     }
     h.stop().await;
 }
+
+/// Issue 14, item 6: a message that timed out on a (so a may have stored it) and was then
+/// rejected by b must not be answered REJECTED / not retriable: its outcome is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_then_a_rejection_is_answered_outcome_unknown() {
+    let mut h = Harness::start(BASE).await;
+    h.factory
+        .cluster("a")
+        .set(Mode::Failing(ErrorKind::Timeout));
+    h.factory
+        .cluster("b")
+        .set(Mode::Failing(ErrorKind::Rejected));
+    let results = h
+        .client
+        .produce_batch("orders", keyed(40, 40))
+        .await
+        .unwrap();
+    let mut unknown = 0;
+    for r in results {
+        let f = r.unwrap_err();
+        if f.clusters_tried == ["a", "b"] {
+            assert_eq!(f.code, ErrorCode::OutcomeUnknown, "{}", f.message);
+            assert!(f.retriable, "{}", f.message);
+            assert!(f.message.contains("cluster a"), "{}", f.message);
+            unknown += 1;
+        } else {
+            assert_eq!(f.clusters_tried, ["b"]);
+            assert_eq!(f.code, ErrorCode::Rejected);
+            assert!(!f.retriable);
+        }
+    }
+    assert!(unknown > 0);
+    h.stop().await;
+}
