@@ -57,7 +57,8 @@ class PublishError(FjordError):
 
     ``code`` is the gateway's error code name (``"TIMEOUT"``, ``"NO_HEALTHY_CLUSTER"``,
     ``"MESSAGE_TOO_LARGE"``, ``"UNKNOWN_TOPIC_OR_PARTITION"``, ``"REJECTED"``,
-    ``"BACKEND_UNAVAILABLE"``, ``"OUTCOME_UNKNOWN"``). For ``"TIMEOUT"`` and
+    ``"BACKEND_UNAVAILABLE"``, ``"OUTCOME_UNKNOWN"``, ``"RESOURCE_EXHAUSTED"``: backpressure,
+    retry after a short delay). For ``"TIMEOUT"`` and
     ``"OUTCOME_UNKNOWN"`` the message may have been stored anyway (:attr:`outcome_unknown`);
     for every other code it was not.
     """

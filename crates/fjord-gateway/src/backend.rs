@@ -67,11 +67,13 @@ impl ErrorKind {
         matches!(self, Self::Timeout | Self::Unavailable)
     }
 
-    /// Whether another cluster of the group may take the record.
+    /// Whether another cluster of the group may take the record. A full client queue is not:
+    /// the cluster is healthy and busy, and moving the record would split its key across
+    /// healthy clusters; the caller is asked to back off instead.
     pub fn retry_elsewhere(self) -> bool {
         matches!(
             self,
-            Self::Timeout | Self::Unavailable | Self::QueueFull | Self::UnknownTopicOrPartition
+            Self::Timeout | Self::Unavailable | Self::UnknownTopicOrPartition
         )
     }
 }

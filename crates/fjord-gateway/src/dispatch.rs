@@ -21,7 +21,9 @@
 //!   half-open admission nor hides a hung cluster from its breaker;
 //! - a failure answer never hides that a cluster may have stored the message: if any attempt's
 //!   outcome is unknown, the failure is `Deadline`, a `Timeout`, or [`FailureKind::OutcomeUnknown`];
-//! - a full client queue (`QueueFull`) does not count for or against the cluster's breaker.
+//! - a full client queue (`QueueFull`) is answered to the caller as backpressure: the message is
+//!   not moved to another cluster (its key would be split across healthy clusters) and the
+//!   cluster's breaker does not count it.
 
 use std::collections::BTreeMap;
 use std::future::Future;

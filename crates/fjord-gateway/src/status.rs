@@ -107,7 +107,8 @@ pub fn failure_code(kind: FailureKind) -> (pb::ErrorCode, bool) {
         FailureKind::OutcomeUnknown => (E::OutcomeUnknown, true),
         FailureKind::Backend(k) => match k {
             ErrorKind::Timeout => (E::Timeout, true),
-            ErrorKind::Unavailable | ErrorKind::QueueFull => (E::BackendUnavailable, true),
+            ErrorKind::Unavailable => (E::BackendUnavailable, true),
+            ErrorKind::QueueFull => (E::ResourceExhausted, true),
             ErrorKind::TooLarge => (E::MessageTooLarge, false),
             ErrorKind::UnknownTopicOrPartition => (E::UnknownTopicOrPartition, true),
             ErrorKind::Rejected => (E::Rejected, false),
@@ -127,6 +128,7 @@ pub fn failure_label(kind: FailureKind) -> &'static str {
         E::Rejected => "rejected",
         E::BackendUnavailable => "backend_unavailable",
         E::OutcomeUnknown => "outcome_unknown",
+        E::ResourceExhausted => "resource_exhausted",
     }
 }
 
@@ -224,6 +226,10 @@ mod tests {
         assert_eq!(
             failure_code(FailureKind::OutcomeUnknown),
             (pb::ErrorCode::OutcomeUnknown, true)
+        );
+        assert_eq!(
+            failure_code(FailureKind::Backend(ErrorKind::QueueFull)),
+            (pb::ErrorCode::ResourceExhausted, true)
         );
     }
 }

@@ -1165,3 +1165,47 @@ async fn a_timeout_then_a_rejection_is_answered_outcome_unknown() {
     assert!(unknown > 0);
     h.stop().await;
 }
+
+/// Issue 14, item 7: a full client queue on a healthy cluster is backpressure, answered to the
+/// caller (retriable), not a reason to move the key to another healthy cluster; nor does it count
+/// against the cluster's breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_full_backpressures_the_caller_instead_of_moving_the_key() {
+    let mut h = Harness::start(BASE).await;
+    let first = h
+        .client
+        .produce_batch("orders", keyed(40, 40))
+        .await
+        .unwrap();
+    let home: Vec<String> = first.into_iter().map(|r| r.unwrap().cluster).collect();
+    assert!(home.iter().any(|c| c == "a") && home.iter().any(|c| c == "b"));
+    let on_b = h.factory.cluster("b").records("orders").len();
+    h.factory
+        .cluster("a")
+        .set(Mode::Failing(ErrorKind::QueueFull));
+    for _ in 0..5 {
+        let results = h
+            .client
+            .produce_batch("orders", keyed(40, 40))
+            .await
+            .unwrap();
+        for (r, home) in results.into_iter().zip(&home) {
+            if home == "a" {
+                let f = r.unwrap_err();
+                assert_eq!(f.code, ErrorCode::ResourceExhausted, "{}", f.message);
+                assert!(f.retriable);
+                assert_eq!(f.clusters_tried, ["a"]);
+            } else {
+                assert_eq!(r.unwrap().cluster, "b");
+            }
+        }
+    }
+    let b_keys = home.iter().filter(|c| *c == "b").count();
+    assert_eq!(
+        h.factory.cluster("b").records("orders").len(),
+        on_b + 5 * b_keys,
+        "only b's own keys went to b"
+    );
+    assert_eq!(h.breaker("a"), State::Closed);
+    h.stop().await;
+}
