@@ -172,7 +172,8 @@ impl Tally {
 /// went away does not make the cluster's answers unknown to its breaker), or when the round
 /// expires ([`Deliveries::expire_at`]) with records still unanswered, which is a failure. A
 /// share dropped unsettled (the round and every report gone) drops its sink, which gives the
-/// admission back.
+/// admission back. Whatever `hold` holds (the request's in-flight bytes) is released when the
+/// last report and the round are gone, i.e. when the clusters no longer hold the records.
 pub struct Deliveries {
     slots: Mutex<Vec<Option<Delivery>>>,
     pending: AtomicUsize,
@@ -181,6 +182,7 @@ pub struct Deliveries {
     shares: Vec<Share>,
     /// Shares not settled yet.
     unsettled: AtomicUsize,
+    _hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Deliveries {
@@ -194,8 +196,13 @@ impl std::fmt::Debug for Deliveries {
 
 impl Deliveries {
     /// Room for `capacity` records sent to the clusters of `sinks` (one per cluster, told its
-    /// verdict). Hand out reports with [`Deliveries::report`], then [`Deliveries::seal`].
-    pub fn new(capacity: usize, sinks: Vec<Box<dyn Settle>>) -> Arc<Self> {
+    /// verdict); `hold` lives as long as the round or one of its reports. Hand out reports
+    /// with [`Deliveries::report`], then [`Deliveries::seal`].
+    pub fn new(
+        capacity: usize,
+        sinks: Vec<Box<dyn Settle>>,
+        hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    ) -> Arc<Self> {
         let shares: Vec<Share> = sinks
             .into_iter()
             .map(|sink| Share {
@@ -213,6 +220,7 @@ impl Deliveries {
             started: Instant::now(),
             unsettled: AtomicUsize::new(shares.len()),
             shares,
+            _hold: hold,
         })
     }
 
@@ -433,7 +441,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_round_completes_when_the_last_report_does() {
-        let d = Deliveries::new(3, sinks(1).0);
+        let d = Deliveries::new(3, sinks(1).0, None);
         let (a, b, c) = (d.report(0, 0), d.report(1, 0), d.report(2, 0));
         d.seal();
         b.complete(at(1));
@@ -459,7 +467,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_after_the_deadline_are_ignored() {
-        let d = Deliveries::new(2, sinks(1).0);
+        let d = Deliveries::new(2, sinks(1).0, None);
         let (a, b) = (d.report(0, 0), d.report(1, 0));
         d.seal();
         a.complete(at(0));
@@ -476,7 +484,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_round_is_done_once_sealed() {
         let (s, told) = sinks(1);
-        let d = Deliveries::new(0, s);
+        let d = Deliveries::new(0, s, None);
         d.seal();
         assert!(d.wait(tokio::time::Instant::now()).await);
         assert_eq!(*told[0].lock(), vec![Verdict::Nothing]);
@@ -485,7 +493,7 @@ mod tests {
     #[tokio::test]
     async fn each_cluster_is_settled_once_by_its_answers_even_after_the_waiter_left() {
         let (s, told) = sinks(3);
-        let d = Deliveries::new(4, s);
+        let d = Deliveries::new(4, s, None);
         let reports = [
             d.report(0, 0),
             d.report(1, 1),
@@ -516,7 +524,7 @@ mod tests {
     #[tokio::test]
     async fn records_still_unanswered_when_the_round_expires_are_a_failure() {
         let (s, told) = sinks(2);
-        let d = Deliveries::new(2, s);
+        let d = Deliveries::new(2, s, None);
         let hung = d.report(0, 0);
         let fine = d.report(1, 1);
         d.seal();
@@ -528,5 +536,18 @@ mod tests {
         assert!(matches!(told[1].lock()[..], [Verdict::Success { .. }]));
         hung.complete(at(1)); // too late: settled already
         assert_eq!(told[0].lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn what_a_round_holds_is_released_with_its_last_report() {
+        let hold: Arc<dyn std::any::Any + Send + Sync> = Arc::new(7u8);
+        let weak = Arc::downgrade(&hold);
+        let d = Deliveries::new(1, sinks(1).0, Some(hold));
+        let r = d.report(0, 0);
+        d.seal();
+        drop(d);
+        assert!(weak.upgrade().is_some(), "a report still holds it");
+        r.complete(at(0));
+        assert!(weak.upgrade().is_none());
     }
 }

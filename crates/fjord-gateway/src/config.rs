@@ -74,6 +74,10 @@ pub struct GatewayConfig {
     /// TLS on the gRPC listener; plaintext when absent. Changing it needs a restart.
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
+    /// On shutdown, how long (ms) requests and streams in progress may take to be answered
+    /// before their connections are dropped (then the producers are flushed).
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -93,6 +97,10 @@ fn default_listen() -> String {
 
 fn default_reload_poll_ms() -> u64 {
     1000
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    15_000
 }
 
 /// Request size and rate limits.
@@ -620,6 +628,13 @@ mod tests {
         );
         assert!(with(6000, 5000).is_err());
         assert!(with(4999, 5000).is_ok());
+    }
+
+    #[test]
+    fn drain_timeout_has_a_default() {
+        assert_eq!(parse(MINIMAL).unwrap().drain_timeout_ms, 15_000);
+        let c = parse(&format!("drain_timeout_ms = 500\n{MINIMAL}")).unwrap();
+        assert_eq!(c.drain_timeout_ms, 500);
     }
 
     #[test]

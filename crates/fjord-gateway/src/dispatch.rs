@@ -19,6 +19,8 @@
 //!   records are still unanswered at the attempt timeout, whether or not the request is still
 //!   waiting. A request dropped mid-way (cancelled, timed out) therefore neither leaks a
 //!   half-open admission nor hides a hung cluster from its breaker;
+//! - the request's in-flight bytes (`hold`) are held until every cluster it handed a record to
+//!   has answered it (or dropped it), not only until the caller got its answer;
 //! - a failure answer never hides that a cluster may have stored the message: if any attempt's
 //!   outcome is unknown, the failure is `Deadline`, a `Timeout`, or [`FailureKind::OutcomeUnknown`];
 //! - a full client queue (`QueueFull`) is answered to the caller as backpressure: the message is
@@ -138,6 +140,9 @@ struct Admitted<'a> {
     cluster: Arc<Cluster>,
 }
 
+/// What a request holds while its records are with the clusters (its in-flight bytes).
+pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
+
 impl Dispatcher {
     pub fn new(hlc: Hlc, gateway_id: String, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -160,12 +165,21 @@ impl Dispatcher {
         group: Arc<Group>,
         batch: Batch,
         deadline: Instant,
+        hold: Hold,
     ) -> impl Future<Output = Vec<MessageOutcome>> + Send + 'static {
         let n = batch.messages.len();
         let first_hlc = self.hlc.reserve(n as u64);
         let mut states: Vec<MessageState> = (0..n).map(|_| MessageState::default()).collect();
         let pending: Vec<usize> = (0..n).collect();
-        let first = self.send_round(&snapshot, &group, &batch, first_hlc, &pending, &mut states);
+        let first = self.send_round(
+            &snapshot,
+            &group,
+            &batch,
+            first_hlc,
+            &pending,
+            &mut states,
+            &hold,
+        );
         let this = self.clone();
         async move {
             let mut round = first;
@@ -176,8 +190,17 @@ impl Dispatcher {
                 if retry.is_empty() {
                     break;
                 }
-                round = this.send_round(&snapshot, &group, &batch, first_hlc, &retry, &mut states);
+                round = this.send_round(
+                    &snapshot,
+                    &group,
+                    &batch,
+                    first_hlc,
+                    &retry,
+                    &mut states,
+                    &hold,
+                );
             }
+            drop(hold);
             states
                 .into_iter()
                 .map(|mut s| match s.outcome.take() {
@@ -189,6 +212,7 @@ impl Dispatcher {
     }
 
     /// Picks a cluster for each message of `indices` and hands it over.
+    #[allow(clippy::too_many_arguments)]
     fn send_round(
         &self,
         snapshot: &Snapshot,
@@ -197,6 +221,7 @@ impl Dispatcher {
         first_hlc: u64,
         indices: &[usize],
         states: &mut [MessageState],
+        hold: &Hold,
     ) -> Round {
         let started = Instant::now();
         let expires = started + snapshot.delivery.attempt_timeout();
@@ -215,7 +240,7 @@ impl Dispatcher {
         let mut used = vec![false; admitted.len()];
         // Per report slot of `deliveries`: (message index, admitted cluster).
         let mut placement = Vec::with_capacity(indices.len());
-        let deliveries = Deliveries::new(indices.len(), sinks);
+        let deliveries = Deliveries::new(indices.len(), sinks, Some(hold.clone()));
         let mut hlc = itoa::Buffer::new();
         let mut candidates: Vec<&Member> = Vec::with_capacity(admitted.len());
         for &i in indices {

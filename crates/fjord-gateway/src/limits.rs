@@ -6,8 +6,9 @@
 //! tokens, and the other way round); the in-flight bound is a semaphore of bytes, so the memory
 //! held by requests being produced never exceeds `max_inflight_bytes` (a request waits at most
 //! `admission_wait` for room, then is refused with RESOURCE_EXHAUSTED instead of queueing without
-//! bound). The bucket table is bounded too: idle callers (buckets full again) are dropped when
-//! it grows.
+//! bound; a permit is held until the clusters' producers have answered the request's records, so
+//! the bound covers what they hold too). The bucket table is bounded too: idle callers (buckets
+//! full again) are dropped when it grows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -189,26 +190,40 @@ impl RateLimiter {
     }
 }
 
-/// The bound on bytes held by requests in progress.
+/// The bound on bytes held by requests in progress, and by the clusters' producers for them.
 #[derive(Debug)]
 pub struct InflightBytes {
     semaphore: Arc<Semaphore>,
     capacity: usize,
+    /// `fjord_gateway_inflight_bytes`: kept by the permits, so it is right however they end.
+    gauge: InflightGauge,
 }
 
-/// Room for one request's bytes; given back when dropped.
+/// The gauge of bytes in flight.
+pub type InflightGauge =
+    prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>;
+
+/// Room for one request's bytes; given back (room and gauge) when dropped, whoever drops it.
 #[derive(Debug)]
 pub struct InflightPermit {
     _permit: OwnedSemaphorePermit,
     pub bytes: usize,
+    gauge: InflightGauge,
+}
+
+impl Drop for InflightPermit {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.bytes as i64);
+    }
 }
 
 impl InflightBytes {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, gauge: InflightGauge) -> Self {
         let capacity = capacity.min(Semaphore::MAX_PERMITS);
         Self {
             semaphore: Arc::new(Semaphore::new(capacity)),
             capacity,
+            gauge,
         }
     }
 
@@ -219,10 +234,14 @@ impl InflightBytes {
         let units = u32::try_from(units).unwrap_or(u32::MAX);
         let acquire = self.semaphore.clone().acquire_many_owned(units);
         match tokio::time::timeout(wait, acquire).await {
-            Ok(Ok(permit)) => Some(InflightPermit {
-                _permit: permit,
-                bytes,
-            }),
+            Ok(Ok(permit)) => {
+                self.gauge.inc_by(bytes as i64);
+                Some(InflightPermit {
+                    _permit: permit,
+                    bytes,
+                    gauge: self.gauge.clone(),
+                })
+            }
             _ => None,
         }
     }
@@ -349,9 +368,11 @@ mod tests {
 
     #[tokio::test]
     async fn inflight_bytes_are_bounded() {
-        let bound = InflightBytes::new(1_000);
+        let gauge = InflightGauge::default();
+        let bound = InflightBytes::new(1_000, gauge.clone());
         let a = bound.acquire(700, Duration::from_millis(10)).await.unwrap();
         assert_eq!(bound.in_use(), 700);
+        assert_eq!(gauge.get(), 700);
         assert!(bound
             .acquire(400, Duration::from_millis(10))
             .await
@@ -360,5 +381,8 @@ mod tests {
         let b = bound.acquire(400, Duration::from_millis(10)).await.unwrap();
         assert_eq!(b.bytes, 400);
         assert_eq!(bound.in_use(), 400);
+        assert_eq!(gauge.get(), 400);
+        drop(b);
+        assert_eq!(gauge.get(), 0);
     }
 }

@@ -655,13 +655,15 @@ async fn memory_bound_gives_backpressure_not_unbounded_queues() {
         }
         other => panic!("{other}"),
     }
-    // The held request ends at its deadline and gives its room back.
+    // The held request ends at its deadline; its room comes back once the clusters let go of
+    // its records (here: they time out when the clusters recover).
     let results = held.await.unwrap().unwrap();
     assert!(results
         .iter()
         .all(|r| r.as_ref().unwrap_err().code == ErrorCode::Timeout));
     h.factory.cluster("a").set(Mode::Healthy);
     h.factory.cluster("b").set(Mode::Healthy);
+    assert_eq!(h.gateway.metrics().inflight_bytes.get(), 0);
     let results = second.produce_batch("orders", batch(2)).await.unwrap();
     assert!(results.iter().all(Result::is_ok));
     h.stop().await;
@@ -1208,4 +1210,116 @@ async fn queue_full_backpressures_the_caller_instead_of_moving_the_key() {
     );
     assert_eq!(h.breaker("a"), State::Closed);
     h.stop().await;
+}
+
+/// Issue 14, item 8: a request dropped before its answer (the caller cancelled) gives its bytes
+/// back to the in-flight gauge and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_requests_update_the_inflight_gauge_and_the_request_counters() {
+    use fjord_gateway::metrics::RequestLabels;
+    let h = Harness::start(BASE).await;
+    for c in ["a", "b"] {
+        h.factory
+            .cluster(c)
+            .set(Mode::Delayed(Duration::from_millis(200)));
+    }
+    let mut caller = h.client.clone();
+    let call = tokio::spawn(async move { caller.produce_batch("orders", keyed(5, 5)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(h.gateway.metrics().inflight_bytes.get() > 0);
+    call.abort();
+    let _ = call.await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let metrics = h.gateway.metrics();
+    assert_eq!(metrics.inflight_bytes.get(), 0);
+    let cancelled = metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method: "ProduceBatch",
+            code: "cancelled",
+        })
+        .get();
+    assert_eq!(cancelled, 1);
+    h.stop().await;
+}
+
+/// Issue 14, item 8: `max_inflight_bytes` bounds what the producers hold too: a request whose
+/// caller's deadline passed keeps its room until the clusters have answered its records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflight_room_is_held_until_the_clusters_answer() {
+    let config = BASE.replace(
+        "max_request_bytes = 100000\nmax_inflight_bytes = 1000000",
+        "max_request_bytes = 1500\nmax_inflight_bytes = 2000\nadmission_wait_ms = 50",
+    );
+    let h = Harness::start(&config).await;
+    for c in ["a", "b"] {
+        h.factory
+            .cluster(c)
+            .set(Mode::Delayed(Duration::from_millis(500)));
+    }
+    let batch = |n: usize| vec![Message::new(vec![b'x'; 500]); n];
+    let mut quick = h.client.clone().with_timeout(Duration::from_millis(100));
+    assert!(quick.produce_batch("orders", batch(3)).await.is_err());
+    // The caller gave up, but the clusters still hold its 1500 bytes.
+    let mut second = h.client.clone();
+    match second.produce_batch("orders", batch(2)).await.unwrap_err() {
+        fjord_gateway_client::ClientError::Status(s) => {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{s}")
+        }
+        other => panic!("{other}"),
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(h.gateway.metrics().inflight_bytes.get(), 0);
+    let results = second.produce_batch("orders", batch(2)).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    h.stop().await;
+}
+
+/// Issue 14, item 8: SIGTERM with a stream whose caller stopped reading must not hang: the
+/// drain is bounded by `drain_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_when_a_stream_caller_stops_reading() {
+    let config = format!("drain_timeout_ms = 500\n{BASE}");
+    let h = Harness::start(&config).await;
+    // A small receive window: the gateway's answers stall once it is full.
+    let channel = Endpoint::from_shared(format!("http://{}", h.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = GatewayClient::from_channel(channel);
+    let requests: Vec<pb::ProduceStreamRequest> = (0..100u64)
+        .map(|id| pb::ProduceStreamRequest {
+            request_id: id,
+            batch: Some(pb::ProduceBatchRequest {
+                topic: "orders".into(),
+                messages: (0..100)
+                    .map(|i| pb::Message {
+                        key: Some(format!("k{}", i % 10).into_bytes()),
+                        value: vec![b'v'; 50],
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        })
+        .collect();
+    // Never read.
+    let _responses = client
+        .raw()
+        .produce_stream(futures::stream::iter(requests))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    h.shutdown.cancel();
+    let served = tokio::time::timeout(Duration::from_secs(10), h.server)
+        .await
+        .expect("shutdown hung on a stream whose caller stopped reading");
+    served.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
