@@ -9,6 +9,9 @@
 //!
 //! Every request (and every batch of a stream) is counted exactly once in
 //! `fjord_gateway_requests_total`, also when it is dropped unanswered ([`RequestCount`]).
+//!
+//! The caller of the rate limits is the client certificate's identity when the connection has
+//! one (mutual TLS), else the `x-fjord-caller` metadata value, else the peer's IP address.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -98,8 +101,16 @@ impl Drop for RequestCount {
     }
 }
 
-/// Who is calling: the `x-fjord-caller` metadata value, else the peer's IP address.
+/// Who is calling, for the rate limits: the identity of the client certificate (mutual TLS),
+/// else the `x-fjord-caller` metadata value, else the peer's IP address. A certificate wins over
+/// the header: an authenticated caller cannot pick another name to get a fresh budget.
 fn caller_of<T>(request: &Request<T>) -> String {
+    if let Some(identity) = request
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(|c| crate::tls::identity(c.as_ref())))
+    {
+        return identity;
+    }
     if let Some(caller) = request
         .metadata()
         .get(CALLER_METADATA)

@@ -810,7 +810,10 @@ impl Pki {
     fn issue(&self, names: &[&str], server: bool) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].clone());
         params.extended_key_usages = vec![if server {
             rcgen::ExtendedKeyUsagePurpose::ServerAuth
         } else {
@@ -1322,4 +1325,51 @@ async fn shutdown_is_bounded_when_a_stream_caller_stops_reading() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Issue 14, item 9: with mutual TLS, the caller of the rate limits is the client certificate's
+/// identity; rotating `x-fjord-caller` does not get a fresh budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_the_rate_limited_caller_whatever_its_header() {
+    let server_pki = Pki::new("gateway");
+    let clients = Pki::new("clients");
+    let clients_ca = server_pki.write("clients-ca.pem", &clients.ca_pem());
+    let alice = clients.issue(&["alice.clients.test"], false);
+    let config = tls_config(&server_pki, Some(&clients_ca)).replace(
+        "[limits]",
+        "[limits]\ncaller_messages_per_sec = 1\ncaller_burst_messages = 10",
+    );
+    let h = Harness::start_with_client(
+        &config,
+        Some(client_tls(&server_pki.ca_pem(), Some(&alice))),
+    )
+    .await;
+    let one = || {
+        vec![pb::Message {
+            value: b"m".to_vec(),
+            ..Default::default()
+        }]
+    };
+    for i in 0..10 {
+        produce_as(&h.client, &format!("rotating-{i}"), one())
+            .await
+            .unwrap();
+    }
+    let refused = produce_as(&h.client, "rotating-10", one())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("CN=alice.clients.test"),
+        "{}",
+        refused.message()
+    );
+    // Another certificate is another caller.
+    let bob = clients.issue(&["bob.clients.test"], false);
+    let channel = tls_channel(h.addr, client_tls(&server_pki.ca_pem(), Some(&bob)))
+        .await
+        .unwrap();
+    let bob = GatewayClient::from_channel(channel);
+    produce_as(&bob, "rotating-0", one()).await.unwrap();
+    h.stop().await;
 }
