@@ -7,8 +7,9 @@ Two tiers, as in the Rust client:
   and no answer came: some or all of it may have been stored);
 * :class:`PublishError`: the gateway answered, but one message was not stored (for
   :func:`fjord.publish`; :meth:`fjord.Publisher.publish_batch` returns :class:`fjord.Failure`
-  values instead, so a caller retries only what failed). Its code ``TIMEOUT`` means the outcome
-  is unknown (a cluster may have stored it).
+  values instead, so a caller retries only what failed), or its outcome is unknown: codes
+  ``"TIMEOUT"`` and ``"OUTCOME_UNKNOWN"`` (:attr:`PublishError.outcome_unknown`) say a cluster
+  tried may have stored it, so sending it again may store it twice.
 
 :class:`QueueFull` is the asyncio publisher's own: the message was not accepted at all.
 
@@ -85,12 +86,15 @@ class QueueFull(FjordError):
 
 
 class PublishError(FjordError):
-    """The gateway did not store a message.
+    """The gateway did not confirm a message as stored.
 
     ``code`` is the gateway's error code name (``"TIMEOUT"``, ``"NO_HEALTHY_CLUSTER"``,
     ``"MESSAGE_TOO_LARGE"``, ``"UNKNOWN_TOPIC_OR_PARTITION"``, ``"REJECTED"``,
-    ``"BACKEND_UNAVAILABLE"``). ``outcome_unknown`` is true for ``TIMEOUT`` (a cluster may have
-    stored it after all) and when an earlier attempt of the same message timed out.
+    ``"BACKEND_UNAVAILABLE"``, ``"OUTCOME_UNKNOWN"``, ``"RESOURCE_EXHAUSTED"``: backpressure,
+    retry after a short delay). ``outcome_unknown`` is true for ``"TIMEOUT"`` and
+    ``"OUTCOME_UNKNOWN"`` (a cluster tried may have stored the message anyway) and when an
+    earlier attempt of the same message had an unknown outcome; for every other code nothing
+    was stored.
     """
 
     def __init__(
@@ -106,8 +110,15 @@ class PublishError(FjordError):
         self.message = message
         self.retriable = retriable
         self.clusters_tried = list(clusters_tried or [])
-        self.outcome_unknown = code == "TIMEOUT" if outcome_unknown is None else outcome_unknown
+        #: Whether a cluster tried may have stored the message anyway (sending it again may
+        #: store it twice).
+        self.outcome_unknown = (
+            code in OUTCOME_UNKNOWN_CODES if outcome_unknown is None else outcome_unknown
+        )
 
+
+#: Per-message codes whose message may have been stored anyway.
+OUTCOME_UNKNOWN_CODES = frozenset({"TIMEOUT", "OUTCOME_UNKNOWN"})
 
 _RETRIABLE = {
     grpc.StatusCode.UNAVAILABLE,

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
-from fjord.errors import PublishError
+from fjord.errors import OUTCOME_UNKNOWN_CODES, PublishError
 from fjord.gateway.v1 import gateway_pb2 as pb
 
 #: Environment variable with the gateway's ``host:port``.
@@ -109,5 +109,5 @@ def from_pb(r: pb.MessageResult) -> Result:
         f = r.failure
         code = pb.ErrorCode.Name(f.code).removeprefix("ERROR_CODE_") if f.code in pb.ErrorCode.values() else str(f.code)
         return Failure(code, f.message, f.retriable, tuple(f.clusters_tried),
-                       outcome_unknown=code == "TIMEOUT")
+                       outcome_unknown=code in OUTCOME_UNKNOWN_CODES)
     return Failure("UNSPECIFIED", "the gateway sent an empty result", False)

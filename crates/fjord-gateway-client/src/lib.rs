@@ -115,6 +115,15 @@ pub struct MessageFailure {
     pub clusters_tried: Vec<String>,
 }
 
+impl MessageFailure {
+    /// Whether a cluster tried may have stored the message anyway (codes `Timeout` and
+    /// `OutcomeUnknown`): sending it again may store it twice. For every other code it was not
+    /// stored.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self.code, ErrorCode::Timeout | ErrorCode::OutcomeUnknown)
+    }
+}
+
 /// A call that failed as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -294,7 +303,15 @@ mod tests {
         };
         let f = from_pb(failure).unwrap_err();
         assert_eq!(f.code, ErrorCode::Timeout);
+        assert!(f.outcome_unknown());
         assert!(ClientError::Message(f).is_retriable());
+        let rejected = MessageFailure {
+            code: ErrorCode::Rejected,
+            message: String::new(),
+            retriable: false,
+            clusters_tried: vec![],
+        };
+        assert!(!rejected.outcome_unknown());
         assert!(!ClientError::Status(tonic::Status::invalid_argument("x")).is_retriable());
         assert!(ClientError::Status(tonic::Status::resource_exhausted("x")).is_retriable());
         assert!(from_pb(pb::MessageResult { outcome: None }).is_err());

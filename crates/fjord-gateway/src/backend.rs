@@ -11,6 +11,11 @@
 //! share one [`Deliveries`], which wakes its waiter once, when the last of them is answered (or
 //! its deadline passes). This keeps the per-record cost of the hot path to filling in a slot: no
 //! future, channel, timer or task wake-up per record.
+//!
+//! The same answers decide each cluster's [`Verdict`] for its circuit breaker, as they arrive and
+//! independently of the waiter: a caller that stops waiting (its deadline passed, it cancelled,
+//! its request was dropped) does not hide from the breaker how the cluster answered, or that it
+//! did not answer within the attempt timeout ([`Deliveries::expire_at`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -62,11 +67,13 @@ impl ErrorKind {
         matches!(self, Self::Timeout | Self::Unavailable)
     }
 
-    /// Whether another cluster of the group may take the record.
+    /// Whether another cluster of the group may take the record. A full client queue is not:
+    /// the cluster is healthy and busy, and moving the record would split its key across
+    /// healthy clusters; the caller is asked to back off instead.
     pub fn retry_elsewhere(self) -> bool {
         matches!(
             self,
-            Self::Timeout | Self::Unavailable | Self::QueueFull | Self::UnknownTopicOrPartition
+            Self::Timeout | Self::Unavailable | Self::UnknownTopicOrPartition
         )
     }
 }
@@ -76,14 +83,26 @@ impl ErrorKind {
 pub struct ProduceError {
     pub kind: ErrorKind,
     pub detail: String,
+    /// The cluster may have stored the record anyway (its outcome is unknown): it timed out,
+    /// or was lost in flight. False when the record is known not to be stored.
+    pub maybe_stored: bool,
 }
 
 impl ProduceError {
+    /// An error of `kind`; its outcome counts as unknown for timeouts only (see
+    /// [`ProduceError::maybe_stored`] to say otherwise).
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
         Self {
             kind,
             detail: detail.into(),
+            maybe_stored: kind == ErrorKind::Timeout,
         }
+    }
+
+    /// Says whether the cluster may have stored the record anyway.
+    pub fn maybe_stored(mut self, maybe: bool) -> Self {
+        self.maybe_stored = maybe;
+        self
     }
 }
 
@@ -94,39 +113,136 @@ pub struct Delivery {
     pub at: Instant,
 }
 
+/// How one cluster's share of a round went, for its circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every record was answered, and the cluster stored or knowingly refused them; the
+    /// slowest stored record took `slowest`.
+    Success { slowest: Duration },
+    /// A record failed with a cluster failure, or was still unanswered when the round expired
+    /// (the attempt timeout passed): the cluster is sick or hung.
+    Failure,
+    /// Nothing that says how the cluster is: no records, or only a full client queue.
+    Nothing,
+}
+
+/// Told once how a cluster's share of a round went (the breaker admission of that cluster).
+/// Dropping it untold is allowed (the admission is then given back).
+pub trait Settle: Send {
+    fn settle(self: Box<Self>, verdict: Verdict);
+}
+
+/// A cluster's share of a round: its records' answers so far, and whom to tell the verdict.
+#[derive(Default)]
+struct Share {
+    /// Reports of this cluster not yet answered, plus one until [`Deliveries::seal`].
+    pending: AtomicUsize,
+    tally: Mutex<Tally>,
+}
+
+#[derive(Default)]
+struct Tally {
+    alive: bool,
+    failed: bool,
+    slowest: Duration,
+    /// `None` once settled.
+    sink: Option<Box<dyn Settle>>,
+}
+
+impl Tally {
+    fn verdict(&self) -> Verdict {
+        if self.failed {
+            Verdict::Failure
+        } else if self.alive {
+            Verdict::Success {
+                slowest: self.slowest,
+            }
+        } else {
+            Verdict::Nothing
+        }
+    }
+}
+
 /// The answers to the records of one round, by slot, filled in as the clusters answer.
 ///
-/// Invariant: `pending` counts the reports handed out and not completed, plus one until
+/// Invariants: `pending` counts the reports handed out and not completed, plus one until
 /// [`Deliveries::seal`]; it reaches zero exactly once, and that is when the waiter is woken.
-#[derive(Debug)]
+/// Each cluster's share is settled exactly once (its [`Settle`] told the verdict): when its
+/// last record is answered, whether or not anyone still waits for the round (a caller that
+/// went away does not make the cluster's answers unknown to its breaker), or when the round
+/// expires ([`Deliveries::expire_at`]) with records still unanswered, which is a failure. A
+/// share dropped unsettled (the round and every report gone) drops its sink, which gives the
+/// admission back. Whatever `hold` holds (the request's in-flight bytes) is released when the
+/// last report and the round are gone, i.e. when the clusters no longer hold the records.
 pub struct Deliveries {
     slots: Mutex<Vec<Option<Delivery>>>,
     pending: AtomicUsize,
     done: Notify,
+    started: Instant,
+    shares: Vec<Share>,
+    /// Shares not settled yet.
+    unsettled: AtomicUsize,
+    _hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Deliveries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliveries")
+            .field("pending", &self.pending)
+            .field("unsettled", &self.unsettled)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Deliveries {
-    /// Room for `capacity` records; hand out reports with [`Deliveries::report`], then
-    /// [`Deliveries::seal`].
-    pub fn new(capacity: usize) -> Arc<Self> {
+    /// Room for `capacity` records sent to the clusters of `sinks` (one per cluster, told its
+    /// verdict); `hold` lives as long as the round or one of its reports. Hand out reports
+    /// with [`Deliveries::report`], then [`Deliveries::seal`].
+    pub fn new(
+        capacity: usize,
+        sinks: Vec<Box<dyn Settle>>,
+        hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    ) -> Arc<Self> {
+        let shares: Vec<Share> = sinks
+            .into_iter()
+            .map(|sink| Share {
+                pending: AtomicUsize::new(1),
+                tally: Mutex::new(Tally {
+                    sink: Some(sink),
+                    ..Tally::default()
+                }),
+            })
+            .collect();
         Arc::new(Self {
             slots: Mutex::new(vec![None; capacity]),
             pending: AtomicUsize::new(1),
             done: Notify::new(),
+            started: Instant::now(),
+            unsettled: AtomicUsize::new(shares.len()),
+            shares,
+            _hold: hold,
         })
     }
 
-    /// The report of slot `index` (`index` < capacity).
-    pub fn report(self: &Arc<Self>, index: usize) -> Report {
+    /// The report of slot `index` (< capacity), a record sent to cluster `share` (< the
+    /// number of sinks).
+    pub fn report(self: &Arc<Self>, index: usize, share: usize) -> Report {
         self.pending.fetch_add(1, Ordering::AcqRel);
+        if let Some(s) = self.shares.get(share) {
+            s.pending.fetch_add(1, Ordering::AcqRel);
+        }
         Report {
             deliveries: Some(self.clone()),
             index,
+            share,
         }
     }
 
     /// No more reports will be handed out.
     pub fn seal(&self) {
+        for share in 0..self.shares.len() {
+            self.share_answered(share);
+        }
         self.release();
     }
 
@@ -136,8 +252,51 @@ impl Deliveries {
         }
     }
 
-    fn fill(&self, index: usize, result: Result<Stored, ProduceError>) {
+    /// One record (or the seal) of `share` is done; settles the share after its last.
+    fn share_answered(&self, share: usize) {
+        let Some(s) = self.shares.get(share) else {
+            return;
+        };
+        if s.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settle(s, false);
+        }
+    }
+
+    /// Tells the share's sink its verdict (once); `expired`: unanswered records failed.
+    fn settle(&self, share: &Share, expired: bool) {
+        let (sink, verdict) = {
+            let mut tally = share.tally.lock();
+            if expired && share.pending.load(Ordering::Acquire) > 0 {
+                tally.failed = true;
+            }
+            (tally.sink.take(), tally.verdict())
+        };
+        if let Some(sink) = sink {
+            self.unsettled.fetch_sub(1, Ordering::AcqRel);
+            sink.settle(verdict);
+        }
+    }
+
+    fn fill(&self, index: usize, share: usize, result: Result<Stored, ProduceError>) {
         let at = Instant::now();
+        if let Some(s) = self.shares.get(share) {
+            let mut tally = s.tally.lock();
+            match &result {
+                Ok(_) => {
+                    tally.alive = true;
+                    tally.slowest = tally
+                        .slowest
+                        .max(at.saturating_duration_since(self.started));
+                }
+                Err(e) if e.kind.is_cluster_failure() => tally.failed = true,
+                // A full client queue says nothing about the cluster.
+                Err(e) if e.kind == ErrorKind::QueueFull => {}
+                // The cluster answered: it is alive.
+                Err(_) => tally.alive = true,
+            }
+        }
+        // The breaker hears of the answer before the waiter wakes.
+        self.share_answered(share);
         if let Some(slot) = self.slots.lock().get_mut(index) {
             if slot.is_none() {
                 *slot = Some(Delivery { result, at });
@@ -162,24 +321,60 @@ impl Deliveries {
         }
     }
 
-    /// The answers so far, by slot (`None`: not answered); later answers are dropped.
+    /// The answers so far, by slot (`None`: not answered); later answers are dropped from the
+    /// slots (they still reach the clusters' verdicts).
     pub fn take(&self) -> Vec<Option<Delivery>> {
         std::mem::take(&mut *self.slots.lock())
     }
+
+    /// Settles now every share with records still unanswered: a failure (the cluster held
+    /// them past the attempt timeout).
+    pub fn expire(&self) {
+        for share in &self.shares {
+            self.settle(share, true);
+        }
+    }
+
+    /// Expires the round at `at` (now, if `at` has passed) unless every share has settled by
+    /// then. The timer does not keep the round alive: if the round and all of its reports are
+    /// gone before `at`, nothing is left to expire.
+    pub fn expire_at(self: &Arc<Self>, at: Instant) {
+        if self.unsettled.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if Instant::now() >= at {
+            return self.expire();
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let round = Arc::downgrade(self);
+                runtime.spawn(async move {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                    if let Some(round) = round.upgrade() {
+                        round.expire();
+                    }
+                });
+            }
+            // No timer without a runtime: expire now rather than never.
+            Err(_) => self.expire(),
+        }
+    }
 }
 
-/// Where the answer to one record goes. Dropping it unanswered answers `Unavailable`.
+/// Where the answer to one record goes. Dropping it unanswered answers `Unavailable` (its
+/// outcome unknown: the record may have been sent).
 #[derive(Debug)]
 pub struct Report {
     deliveries: Option<Arc<Deliveries>>,
     index: usize,
+    share: usize,
 }
 
 impl Report {
     /// Records the cluster's answer.
     pub fn complete(mut self, result: Result<Stored, ProduceError>) {
         if let Some(d) = self.deliveries.take() {
-            d.fill(self.index, result);
+            d.fill(self.index, self.share, result);
         }
     }
 }
@@ -189,10 +384,12 @@ impl Drop for Report {
         if let Some(d) = self.deliveries.take() {
             d.fill(
                 self.index,
+                self.share,
                 Err(ProduceError::new(
                     ErrorKind::Unavailable,
                     "the producer dropped the record unanswered",
-                )),
+                )
+                .maybe_stored(true)),
             );
         }
     }
@@ -222,10 +419,30 @@ mod tests {
         })
     }
 
+    /// A sink that keeps what it was told.
+    struct Told(Arc<Mutex<Vec<Verdict>>>);
+
+    impl Settle for Told {
+        fn settle(self: Box<Self>, verdict: Verdict) {
+            self.0.lock().push(verdict);
+        }
+    }
+
+    type Heard = Arc<Mutex<Vec<Verdict>>>;
+
+    fn sinks(n: usize) -> (Vec<Box<dyn Settle>>, Vec<Heard>) {
+        let told: Vec<_> = (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+        let sinks = told
+            .iter()
+            .map(|t| Box::new(Told(t.clone())) as Box<dyn Settle>)
+            .collect();
+        (sinks, told)
+    }
+
     #[tokio::test]
     async fn a_round_completes_when_the_last_report_does() {
-        let d = Deliveries::new(3);
-        let (a, b, c) = (d.report(0), d.report(1), d.report(2));
+        let d = Deliveries::new(3, sinks(1).0, None);
+        let (a, b, c) = (d.report(0, 0), d.report(1, 0), d.report(2, 0));
         d.seal();
         b.complete(at(1));
         let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
@@ -245,12 +462,13 @@ mod tests {
         assert_eq!(slots[1].as_ref().unwrap().result, at(1));
         let dropped = slots[2].as_ref().unwrap().result.clone().unwrap_err();
         assert_eq!(dropped.kind, ErrorKind::Unavailable);
+        assert!(dropped.maybe_stored);
     }
 
     #[tokio::test]
     async fn answers_after_the_deadline_are_ignored() {
-        let d = Deliveries::new(2);
-        let (a, b) = (d.report(0), d.report(1));
+        let d = Deliveries::new(2, sinks(1).0, None);
+        let (a, b) = (d.report(0, 0), d.report(1, 0));
         d.seal();
         a.complete(at(0));
         assert!(
@@ -265,8 +483,71 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_round_is_done_once_sealed() {
-        let d = Deliveries::new(0);
+        let (s, told) = sinks(1);
+        let d = Deliveries::new(0, s, None);
         d.seal();
         assert!(d.wait(tokio::time::Instant::now()).await);
+        assert_eq!(*told[0].lock(), vec![Verdict::Nothing]);
+    }
+
+    #[tokio::test]
+    async fn each_cluster_is_settled_once_by_its_answers_even_after_the_waiter_left() {
+        let (s, told) = sinks(3);
+        let d = Deliveries::new(4, s, None);
+        let reports = [
+            d.report(0, 0),
+            d.report(1, 1),
+            d.report(2, 1),
+            d.report(3, 2),
+        ];
+        d.seal();
+        let [r0, r1, r2, r3] = reports;
+        r0.complete(at(0));
+        assert_eq!(told[0].lock().len(), 1, "settled by its only answer");
+        assert!(matches!(told[0].lock()[0], Verdict::Success { .. }));
+        // The waiter gives up; the answers still reach the verdicts.
+        drop(d.take());
+        r1.complete(at(1));
+        assert!(
+            told[1].lock().is_empty(),
+            "one record of cluster 1 still out"
+        );
+        r2.complete(Err(ProduceError::new(ErrorKind::Timeout, "t")));
+        assert_eq!(*told[1].lock(), vec![Verdict::Failure]);
+        // A full queue is neither success nor failure.
+        r3.complete(Err(ProduceError::new(ErrorKind::QueueFull, "full")));
+        assert_eq!(*told[2].lock(), vec![Verdict::Nothing]);
+        d.expire();
+        assert_eq!(told.iter().map(|t| t.lock().len()).sum::<usize>(), 3);
+    }
+
+    #[tokio::test]
+    async fn records_still_unanswered_when_the_round_expires_are_a_failure() {
+        let (s, told) = sinks(2);
+        let d = Deliveries::new(2, s, None);
+        let hung = d.report(0, 0);
+        let fine = d.report(1, 1);
+        d.seal();
+        fine.complete(at(0));
+        d.expire_at(Instant::now() + Duration::from_millis(20));
+        assert!(told[0].lock().is_empty());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*told[0].lock(), vec![Verdict::Failure]);
+        assert!(matches!(told[1].lock()[..], [Verdict::Success { .. }]));
+        hung.complete(at(1)); // too late: settled already
+        assert_eq!(told[0].lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn what_a_round_holds_is_released_with_its_last_report() {
+        let hold: Arc<dyn std::any::Any + Send + Sync> = Arc::new(7u8);
+        let weak = Arc::downgrade(&hold);
+        let d = Deliveries::new(1, sinks(1).0, Some(hold));
+        let r = d.report(0, 0);
+        d.seal();
+        drop(d);
+        assert!(weak.upgrade().is_some(), "a report still holds it");
+        r.complete(at(0));
+        assert!(weak.upgrade().is_none());
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Invariants: the breaker is only touched under its mutex, never across an `.await`; every
 //! state change is logged once and reflected in the `breaker_state` and `breaker_transitions`
-//! metrics here, nowhere else.
+//! metrics here, nowhere else; every admission is an [`AdmissionGuard`] that is recorded or given
+//! back exactly once, also when whoever holds it is dropped (a cancelled or timed-out request):
+//! a half-open breaker never loses its admissions.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Producer;
+use crate::backend::{Producer, Settle, Verdict};
 use crate::breaker::{Admission, Breaker, Outcome, Settings, State, Transition};
 use crate::config::ClusterConfig;
 use crate::metrics::{ClusterLabels, Metrics, TransitionLabels};
@@ -48,16 +50,23 @@ impl Health {
         self.breaker.lock().set_settings(settings);
     }
 
-    /// Admits a call to this cluster, or `None` while its breaker keeps it out.
-    pub fn try_admit(&self) -> Option<Admission> {
-        self.breaker.lock().try_admit()
+    /// Admits a call to this cluster, or `None` while its breaker keeps it out. The call is
+    /// given up on at `attempt_deadline`: a guard dropped unrecorded after it records a failure
+    /// (the cluster took too long), before it gives the admission back.
+    pub fn try_admit(self: &Arc<Self>, attempt_deadline: Instant) -> Option<AdmissionGuard> {
+        let admission = self.breaker.lock().try_admit()?;
+        Some(AdmissionGuard {
+            health: self.clone(),
+            admission: Some(admission),
+            attempt_deadline,
+        })
     }
 
-    pub fn release(&self, admission: Admission) {
+    fn release(&self, admission: Admission) {
         self.breaker.lock().release(admission);
     }
 
-    pub fn record(&self, admission: Admission, outcome: Outcome) {
+    fn record(&self, admission: Admission, outcome: Outcome) {
         let t = self
             .breaker
             .lock()
@@ -106,6 +115,55 @@ impl Health {
                 cluster: self.name.to_string(),
             })
             .set(state.as_gauge());
+    }
+}
+
+/// One admitted call to a cluster: recorded with its outcome, or given back; dropping it does
+/// one of the two (a failure once the attempt deadline has passed, else a give-back), so a
+/// dropped request never keeps an admission.
+#[derive(Debug)]
+pub struct AdmissionGuard {
+    health: Arc<Health>,
+    /// `None` once recorded or given back.
+    admission: Option<Admission>,
+    attempt_deadline: Instant,
+}
+
+impl AdmissionGuard {
+    /// Records how the call ended.
+    pub fn record(mut self, outcome: Outcome) {
+        if let Some(a) = self.admission.take() {
+            self.health.record(a, outcome);
+        }
+    }
+
+    /// Gives the admission back: the call said nothing about the cluster.
+    pub fn release(mut self) {
+        if let Some(a) = self.admission.take() {
+            self.health.release(a);
+        }
+    }
+}
+
+impl Drop for AdmissionGuard {
+    fn drop(&mut self) {
+        if let Some(a) = self.admission.take() {
+            if Instant::now() >= self.attempt_deadline {
+                self.health.record(a, Outcome::Failure);
+            } else {
+                self.health.release(a);
+            }
+        }
+    }
+}
+
+impl Settle for AdmissionGuard {
+    fn settle(self: Box<Self>, verdict: Verdict) {
+        match verdict {
+            Verdict::Success { slowest } => self.record(Outcome::Success { latency: slowest }),
+            Verdict::Failure => self.record(Outcome::Failure),
+            Verdict::Nothing => self.release(),
+        }
     }
 }
 
@@ -176,5 +234,65 @@ pub async fn probe_loop(
             _ = shutdown.cancelled() => break,
             _ = futures::future::join_all(round) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BreakerConfig;
+
+    fn half_open_health(max_calls: u32) -> Arc<Health> {
+        let settings = Settings::from(&BreakerConfig {
+            half_open_max_calls: max_calls,
+            open_ms: 0,
+            ..BreakerConfig::default()
+        });
+        let health = Arc::new(Health::new(
+            "a".into(),
+            settings,
+            Arc::new(Metrics::default()),
+        ));
+        health.force_open("test");
+        health.probe_result(true);
+        assert_eq!(health.state(), State::HalfOpen);
+        health
+    }
+
+    #[test]
+    fn a_dropped_admission_is_given_back() {
+        let health = half_open_health(1);
+        let later = Instant::now() + Duration::from_secs(60);
+        for _ in 0..10 {
+            let guard = health.try_admit(later);
+            assert!(guard.is_some(), "the admission of a dropped call leaked");
+            assert!(health.try_admit(later).is_none(), "one at a time");
+        }
+        assert_eq!(health.state(), State::HalfOpen);
+    }
+
+    #[test]
+    fn an_admission_dropped_after_its_attempt_deadline_is_a_failure() {
+        let health = half_open_health(1);
+        let guard = health.try_admit(Instant::now()).unwrap();
+        drop(guard);
+        assert_eq!(health.state(), State::Open);
+    }
+
+    #[test]
+    fn verdicts_record_or_give_back() {
+        let health = half_open_health(2);
+        let later = Instant::now() + Duration::from_secs(60);
+        let g = Box::new(health.try_admit(later).unwrap());
+        g.settle(Verdict::Nothing);
+        let g = Box::new(health.try_admit(later).unwrap());
+        let _other = health.try_admit(later).unwrap();
+        assert!(health.try_admit(later).is_none());
+        g.settle(Verdict::Success {
+            slowest: Duration::from_millis(1),
+        });
+        assert!(health.try_admit(later).is_some());
+        Box::new(health.try_admit(later).unwrap()).settle(Verdict::Failure);
+        assert_eq!(health.state(), State::Open);
     }
 }

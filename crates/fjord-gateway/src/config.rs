@@ -74,6 +74,10 @@ pub struct GatewayConfig {
     /// TLS on the gRPC listener; plaintext when absent. Changing it needs a restart.
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
+    /// On shutdown, how long (ms) requests and streams in progress may take to be answered
+    /// before their connections are dropped (then the producers are flushed).
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -93,6 +97,10 @@ fn default_listen() -> String {
 
 fn default_reload_poll_ms() -> u64 {
     1000
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    15_000
 }
 
 /// Request size and rate limits.
@@ -425,6 +433,14 @@ impl GatewayConfig {
         if d.attempt_timeout_ms == 0 || d.delivery_timeout_ms == 0 || d.max_attempts == 0 {
             return invalid("delivery: timeouts and max_attempts must be > 0".into());
         }
+        if d.attempt_timeout_ms >= d.delivery_timeout_ms {
+            return invalid(format!(
+                "delivery: attempt_timeout_ms ({}) must be less than delivery_timeout_ms ({}): \
+                 one cluster's attempt has to end before the message's deadline, or a hung \
+                 cluster is never tried elsewhere and its timeouts never reach its breaker",
+                d.attempt_timeout_ms, d.delivery_timeout_ms
+            ));
+        }
         let b = &self.breaker;
         let rate_ok = |r: f64| r > 0.0 && r <= 1.0;
         if !rate_ok(b.failure_rate)
@@ -595,6 +611,30 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("caller_burst_bytes must be > 0"), "{err}");
+    }
+
+    #[test]
+    fn attempt_timeout_must_be_shorter_than_delivery_timeout() {
+        let with = |attempt: u64, delivery: u64| {
+            parse(&format!(
+                "{MINIMAL}\n[delivery]\nattempt_timeout_ms = {attempt}\n\
+                 delivery_timeout_ms = {delivery}\n"
+            ))
+        };
+        let err = with(5000, 5000).unwrap_err().to_string();
+        assert!(
+            err.contains("attempt_timeout_ms (5000) must be less than delivery_timeout_ms (5000)"),
+            "{err}"
+        );
+        assert!(with(6000, 5000).is_err());
+        assert!(with(4999, 5000).is_ok());
+    }
+
+    #[test]
+    fn drain_timeout_has_a_default() {
+        assert_eq!(parse(MINIMAL).unwrap().drain_timeout_ms, 15_000);
+        let c = parse(&format!("drain_timeout_ms = 500\n{MINIMAL}")).unwrap();
+        assert_eq!(c.drain_timeout_ms, 500);
     }
 
     #[test]

@@ -7,22 +7,35 @@
 //! per partition. The returned future awaits the outcomes and runs the retry rounds.
 //!
 //! Each round: admit the group's clusters through their breakers (one admission per cluster per
-//! round, recorded with the round's aggregated outcome for that cluster); pick a cluster for
-//! every pending message among the admitted ones it has not tried (rendezvous hashing on the key,
-//! or a weighted pick); hand the messages over; await them until the deadline. Messages that
-//! failed in a way another cluster may fix go to the next round, up to `max_attempts` clusters
-//! per message and never past the deadline. A message keeps its HLC stamp across attempts.
+//! round); pick a cluster for every pending message among the admitted ones it has not tried
+//! (rendezvous hashing on the key, or a weighted pick); hand the messages over; await them until
+//! the deadline. Messages that failed in a way another cluster may fix go to the next round, up
+//! to `max_attempts` clusters per message and never past the deadline. A message keeps its HLC
+//! stamp across attempts.
+//!
+//! Invariants:
+//! - each admission is recorded with the verdict of that cluster's answers in the round (see
+//!   [`crate::backend::Deliveries`]): when its last record is answered, or as a failure if
+//!   records are still unanswered at the attempt timeout, whether or not the request is still
+//!   waiting. A request dropped mid-way (cancelled, timed out) therefore neither leaks a
+//!   half-open admission nor hides a hung cluster from its breaker;
+//! - the request's in-flight bytes (`hold`) are held until every cluster it handed a record to
+//!   has answered it (or dropped it), not only until the caller got its answer;
+//! - a failure answer never hides that a cluster may have stored the message: if any attempt's
+//!   outcome is unknown, the failure is `Deadline`, a `Timeout`, or [`FailureKind::OutcomeUnknown`];
+//! - a full client queue (`QueueFull`) is answered to the caller as backpressure: the message is
+//!   not moved to another cluster (its key would be split across healthy clusters) and the
+//!   cluster's breaker does not count it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use crate::backend::{Deliveries, Delivery, ErrorKind, ProduceError, Record, Stored};
-use crate::breaker::{Admission, Outcome};
+use crate::backend::{Deliveries, Delivery, ErrorKind, ProduceError, Record, Settle, Stored};
 use crate::cluster::Cluster;
 use crate::gateway::Snapshot;
 use crate::hlc::Hlc;
@@ -47,6 +60,9 @@ pub enum FailureKind {
     Deadline,
     /// The last cluster tried failed like this.
     Backend(ErrorKind),
+    /// An attempt's outcome is unknown (a cluster timed out or lost the message in flight, so
+    /// it may have stored it), and no later attempt stored it.
+    OutcomeUnknown,
 }
 
 /// What happened to one message.
@@ -86,15 +102,46 @@ struct MessageState {
     /// Inline up to the default `max_attempts`: no allocation per message on the hot path.
     tried: SmallVec<[Arc<str>; 3]>,
     last_error: Option<ProduceError>,
+    /// The first cluster that may have stored the message without saying so.
+    unknown_on: Option<Arc<str>>,
     outcome: Option<MessageOutcome>,
+}
+
+impl MessageState {
+    /// The message's final failure; says "outcome unknown" if any attempt's outcome was.
+    fn failed(&self, kind: FailureKind, detail: String) -> MessageOutcome {
+        let tried = self.tried.to_vec();
+        let known_kind = match kind {
+            FailureKind::Deadline | FailureKind::Backend(ErrorKind::Timeout) => None,
+            FailureKind::OutcomeUnknown => None,
+            other => Some(other),
+        };
+        match (&self.unknown_on, known_kind) {
+            (Some(cluster), Some(_)) => MessageOutcome::Failed {
+                kind: FailureKind::OutcomeUnknown,
+                detail: format!(
+                    "{detail}; the outcome on cluster {cluster} is unknown: it may have stored \
+                     the message"
+                ),
+                tried,
+            },
+            _ => MessageOutcome::Failed {
+                kind,
+                detail,
+                tried,
+            },
+        }
+    }
 }
 
 /// An admitted cluster of a round.
 struct Admitted<'a> {
     member: &'a Member,
     cluster: Arc<Cluster>,
-    admission: Admission,
 }
+
+/// What a request holds while its records are with the clusters (its in-flight bytes).
+pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
 
 impl Dispatcher {
     pub fn new(hlc: Hlc, gateway_id: String, metrics: Arc<Metrics>) -> Self {
@@ -118,12 +165,21 @@ impl Dispatcher {
         group: Arc<Group>,
         batch: Batch,
         deadline: Instant,
+        hold: Hold,
     ) -> impl Future<Output = Vec<MessageOutcome>> + Send + 'static {
         let n = batch.messages.len();
         let first_hlc = self.hlc.reserve(n as u64);
         let mut states: Vec<MessageState> = (0..n).map(|_| MessageState::default()).collect();
         let pending: Vec<usize> = (0..n).collect();
-        let first = self.send_round(&snapshot, &group, &batch, first_hlc, &pending, &mut states);
+        let first = self.send_round(
+            &snapshot,
+            &group,
+            &batch,
+            first_hlc,
+            &pending,
+            &mut states,
+            &hold,
+        );
         let this = self.clone();
         async move {
             let mut round = first;
@@ -134,22 +190,29 @@ impl Dispatcher {
                 if retry.is_empty() {
                     break;
                 }
-                round = this.send_round(&snapshot, &group, &batch, first_hlc, &retry, &mut states);
+                round = this.send_round(
+                    &snapshot,
+                    &group,
+                    &batch,
+                    first_hlc,
+                    &retry,
+                    &mut states,
+                    &hold,
+                );
             }
+            drop(hold);
             states
                 .into_iter()
-                .map(|s| {
-                    s.outcome.unwrap_or_else(|| MessageOutcome::Failed {
-                        kind: FailureKind::NoHealthyCluster,
-                        detail: "no cluster was tried".into(),
-                        tried: s.tried.to_vec(),
-                    })
+                .map(|mut s| match s.outcome.take() {
+                    Some(outcome) => outcome,
+                    None => s.failed(FailureKind::NoHealthyCluster, "no cluster was tried".into()),
                 })
                 .collect()
         }
     }
 
     /// Picks a cluster for each message of `indices` and hands it over.
+    #[allow(clippy::too_many_arguments)]
     fn send_round(
         &self,
         snapshot: &Snapshot,
@@ -158,26 +221,26 @@ impl Dispatcher {
         first_hlc: u64,
         indices: &[usize],
         states: &mut [MessageState],
+        hold: &Hold,
     ) -> Round {
+        let started = Instant::now();
+        let expires = started + snapshot.delivery.attempt_timeout();
+        let mut sinks: Vec<Box<dyn Settle>> = Vec::with_capacity(group.members.len());
         let admitted: Vec<Admitted<'_>> = group
             .members
             .iter()
             .filter(|m| m.weight > 0.0)
             .filter_map(|member| {
                 let cluster = snapshot.clusters.get(&member.cluster)?.clone();
-                let admission = cluster.health.try_admit()?;
-                Some(Admitted {
-                    member,
-                    cluster,
-                    admission,
-                })
+                let admission = cluster.health.try_admit(expires)?;
+                sinks.push(Box::new(admission));
+                Some(Admitted { member, cluster })
             })
             .collect();
         let mut used = vec![false; admitted.len()];
         // Per report slot of `deliveries`: (message index, admitted cluster).
         let mut placement = Vec::with_capacity(indices.len());
-        let deliveries = Deliveries::new(indices.len());
-        let started = Instant::now();
+        let deliveries = Deliveries::new(indices.len(), sinks, Some(hold.clone()));
         let mut hlc = itoa::Buffer::new();
         let mut candidates: Vec<&Member> = Vec::with_capacity(admitted.len());
         for &i in indices {
@@ -222,7 +285,7 @@ impl Dispatcher {
             );
             headers.push((HLC_HEADER, Some(hlc.as_bytes())));
             headers.push((GATEWAY_HEADER, Some(self.gateway_id.as_bytes())));
-            let report = deliveries.report(placement.len());
+            let report = deliveries.report(placement.len(), slot);
             placement.push((i, slot));
             cluster.producer.send(
                 Record {
@@ -236,21 +299,19 @@ impl Dispatcher {
                 report,
             );
         }
+        // Clusters without records are told `Nothing` here: their admissions go back now.
         deliveries.seal();
-        let mut clusters = Vec::with_capacity(admitted.len());
-        for (a, used) in admitted.into_iter().zip(used) {
-            if used {
-                clusters.push(Some((a.cluster, a.admission)));
-            } else {
-                a.cluster.health.release(a.admission);
-                clusters.push(None);
-            }
-        }
+        let clusters = admitted
+            .into_iter()
+            .zip(used)
+            .map(|(a, used)| used.then_some(a.cluster))
+            .collect();
         Round {
             clusters,
             placement,
             deliveries,
             started,
+            expires,
         }
     }
 
@@ -264,21 +325,18 @@ impl Dispatcher {
         snapshot: &Snapshot,
         states: &mut [MessageState],
     ) -> Vec<usize> {
-        let Round {
-            clusters,
-            placement,
-            deliveries,
-            started,
-        } = round;
-        deliveries
+        round
+            .deliveries
             .wait(tokio::time::Instant::from_std(deadline))
             .await;
-        let results = deliveries.take();
+        let results = round.deliveries.take();
+        let started = round.started;
         // Looked up once per round, not per message.
-        let histograms: Vec<_> = clusters
+        let histograms: Vec<_> = round
+            .clusters
             .iter()
             .map(|c| {
-                c.as_ref().map(|(cluster, _)| {
+                c.as_ref().map(|cluster| {
                     self.metrics
                         .produce_seconds
                         .get_or_create(&cluster.labels)
@@ -286,15 +344,12 @@ impl Dispatcher {
                 })
             })
             .collect();
-        // Per admitted cluster: (any success, any cluster failure, slowest success).
-        let mut verdicts: Vec<(bool, bool, Duration)> =
-            vec![(false, false, Duration::ZERO); clusters.len()];
         // Per admitted cluster: (messages, bytes) stored, counted once per round.
-        let mut delivered: Vec<(u64, u64)> = vec![(0, 0); clusters.len()];
+        let mut delivered: Vec<(u64, u64)> = vec![(0, 0); round.clusters.len()];
         let mut retry = Vec::new();
         let max_attempts = snapshot.delivery.max_attempts as usize;
-        for ((index, slot), answer) in placement.into_iter().zip(results) {
-            let Some((cluster, _)) = &clusters[slot] else {
+        for (&(index, slot), answer) in round.placement.iter().zip(results) {
+            let Some(cluster) = &round.clusters[slot] else {
                 continue;
             };
             let state = &mut states[index];
@@ -310,8 +365,6 @@ impl Dispatcher {
             }
             match result {
                 Some(Ok(stored)) => {
-                    verdicts[slot].0 = true;
-                    verdicts[slot].2 = verdicts[slot].2.max(latency);
                     delivered[slot].0 += 1;
                     delivered[slot].1 += message_bytes(&batch.messages[index]) as u64;
                     state.outcome = Some(MessageOutcome::Delivered {
@@ -322,11 +375,8 @@ impl Dispatcher {
                     });
                 }
                 Some(Err(error)) => {
-                    if error.kind.is_cluster_failure() {
-                        verdicts[slot].1 = true;
-                    } else {
-                        // The cluster answered: it is alive.
-                        verdicts[slot].0 = true;
+                    if error.maybe_stored && state.unknown_on.is_none() {
+                        state.unknown_on = Some(cluster.name.clone());
                     }
                     let again = error.kind.retry_elsewhere()
                         && state.tried.len() < max_attempts
@@ -338,31 +388,27 @@ impl Dispatcher {
                         retry.push(index);
                         state.last_error = Some(error);
                     } else {
-                        state.outcome = Some(MessageOutcome::Failed {
-                            kind: FailureKind::Backend(error.kind),
-                            detail: format!("cluster {}: {}", cluster.name, error.detail),
-                            tried: state.tried.to_vec(),
-                        });
+                        let detail = format!("cluster {}: {}", cluster.name, error.detail);
+                        state.outcome =
+                            Some(state.failed(FailureKind::Backend(error.kind), detail));
                     }
                 }
                 None => {
-                    state.outcome = Some(MessageOutcome::Failed {
-                        kind: FailureKind::Deadline,
-                        detail: format!(
+                    state.outcome = Some(state.failed(
+                        FailureKind::Deadline,
+                        format!(
                             "the deadline passed while cluster {} had the message; it may \
                              still be stored there",
                             cluster.name
                         ),
-                        tried: state.tried.to_vec(),
-                    });
+                    ));
                 }
             }
         }
-        for (slot, entry) in clusters.into_iter().enumerate() {
-            let Some((cluster, admission)) = entry else {
+        for (slot, cluster) in round.clusters.iter().enumerate() {
+            let (Some(cluster), (messages, bytes)) = (cluster, delivered[slot]) else {
                 continue;
             };
-            let (messages, bytes) = delivered[slot];
             if messages > 0 {
                 self.metrics
                     .messages_delivered
@@ -372,13 +418,6 @@ impl Dispatcher {
                     .bytes_delivered
                     .get_or_create(&cluster.labels)
                     .inc_by(bytes);
-            }
-            match verdicts[slot] {
-                (_, true, _) => cluster.health.record(admission, Outcome::Failure),
-                (true, false, latency) => cluster
-                    .health
-                    .record(admission, Outcome::Success { latency }),
-                (false, false, _) => cluster.health.release(admission),
             }
         }
         // Messages with no cluster left end here, with what the last cluster said.
@@ -394,22 +433,31 @@ impl Dispatcher {
     }
 }
 
-/// A round in flight.
+/// A round in flight. Dropped (awaited to the end, or with its request), it leaves its clusters'
+/// verdicts to their answers, and expires them at the attempt timeout.
 struct Round {
     /// Indexed like the round's admitted clusters; `None` for those not used.
-    clusters: Vec<Option<(Arc<Cluster>, Admission)>>,
+    clusters: Vec<Option<Arc<Cluster>>>,
     /// Per slot of `deliveries`: (message index, index into `clusters`).
     placement: Vec<(usize, usize)>,
     deliveries: Arc<Deliveries>,
     started: Instant,
+    /// The attempt timeout of the round's records.
+    expires: Instant,
+}
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        self.deliveries.expire_at(self.expires);
+    }
 }
 
 /// The outcome of a message that has no cluster left to try.
 fn no_cluster_left(state: &MessageState) -> MessageOutcome {
     match &state.last_error {
-        Some(e) => MessageOutcome::Failed {
-            kind: FailureKind::Backend(e.kind),
-            detail: format!(
+        Some(e) => state.failed(
+            FailureKind::Backend(e.kind),
+            format!(
                 "{} (no other healthy cluster to try)",
                 state
                     .tried
@@ -417,13 +465,11 @@ fn no_cluster_left(state: &MessageState) -> MessageOutcome {
                     .map(|c| format!("cluster {c}: {}", e.detail))
                     .unwrap_or_else(|| e.detail.clone())
             ),
-            tried: state.tried.to_vec(),
-        },
-        None => MessageOutcome::Failed {
-            kind: FailureKind::NoHealthyCluster,
-            detail: "no healthy cluster with a weight above zero in the topic's group".into(),
-            tried: state.tried.to_vec(),
-        },
+        ),
+        None => state.failed(
+            FailureKind::NoHealthyCluster,
+            "no healthy cluster with a weight above zero in the topic's group".into(),
+        ),
     }
 }
 

@@ -104,7 +104,10 @@ impl Gateway {
         Ok(Self {
             factory,
             dispatcher,
-            inflight: Arc::new(InflightBytes::new(config.limits.max_inflight_bytes)),
+            inflight: Arc::new(InflightBytes::new(
+                config.limits.max_inflight_bytes,
+                metrics.inflight_bytes.clone(),
+            )),
             metrics,
             snapshot: RwLock::new(Arc::new(snapshot)),
             config: Mutex::new(config),
@@ -235,7 +238,6 @@ impl Gateway {
             .ok_or(RequestError::Overloaded {
                 limit: snapshot.limits.max_inflight_bytes,
             })?;
-        self.metrics.inflight_bytes.inc_by(bytes as i64);
         let mut timeout = snapshot.delivery.delivery_timeout();
         if let Some(d) = caller_deadline {
             timeout = timeout.min(d);
@@ -244,14 +246,18 @@ impl Gateway {
             topic: request.topic,
             messages: request.messages,
         };
-        let outcomes = self
-            .dispatcher
-            .start(snapshot, group, batch, Instant::now() + timeout);
+        // Held by the request and by each round's records until the clusters answered them: the
+        // bound covers what the producers hold, and dropping the request gives nothing back early.
+        let outcomes = self.dispatcher.start(
+            snapshot,
+            group,
+            batch,
+            Instant::now() + timeout,
+            Arc::new(permit),
+        );
         let metrics = self.metrics.clone();
         Ok(async move {
             let outcomes = outcomes.await;
-            metrics.inflight_bytes.dec_by(permit.bytes as i64);
-            drop(permit);
             count_failures(&metrics, &outcomes);
             outcomes
         })

@@ -288,8 +288,21 @@ pub fn classify(error: &KafkaError) -> ErrorKind {
     }
 }
 
+/// Errors after which the record may be stored although it failed: besides timeouts, a record
+/// purged while in flight, written to fewer in-sync replicas than required, or failed by a fatal
+/// idempotence error.
+fn maybe_stored(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    classify(error) == ErrorKind::Timeout
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(C::PurgeInflight | C::NotEnoughReplicasAfterAppend | C::Fatal)
+        )
+}
+
+/// A delivery report's error.
 fn produce_error(error: &KafkaError) -> ProduceError {
-    ProduceError::new(classify(error), error.to_string())
+    ProduceError::new(classify(error), error.to_string()).maybe_stored(maybe_stored(error))
 }
 
 impl Producer for KafkaProducer {
@@ -314,7 +327,9 @@ impl Producer for KafkaProducer {
         self.renew_if_fatal();
         let refused = self.client.read().send(br).err();
         if let Some((e, br)) = refused {
-            (*br.delivery_opaque).complete(Err(produce_error(&e)));
+            // Refused by the client before it queued the record: certainly not stored.
+            let error = ProduceError::new(classify(&e), e.to_string()).maybe_stored(false);
+            (*br.delivery_opaque).complete(Err(error));
         }
     }
 
@@ -442,5 +457,16 @@ mod tests {
             classify(&e(RDKafkaErrorCode::BrokerTransportFailure)),
             ErrorKind::Unavailable
         );
+    }
+
+    #[test]
+    fn errors_that_leave_the_outcome_unknown() {
+        let e = |c| KafkaError::MessageProduction(c);
+        assert!(produce_error(&e(RDKafkaErrorCode::MessageTimedOut)).maybe_stored);
+        assert!(produce_error(&e(RDKafkaErrorCode::PurgeInflight)).maybe_stored);
+        assert!(produce_error(&e(RDKafkaErrorCode::NotEnoughReplicasAfterAppend)).maybe_stored);
+        assert!(!produce_error(&e(RDKafkaErrorCode::MessageSizeTooLarge)).maybe_stored);
+        assert!(!produce_error(&e(RDKafkaErrorCode::QueueFull)).maybe_stored);
+        assert!(!produce_error(&e(RDKafkaErrorCode::TopicAuthorizationFailed)).maybe_stored);
     }
 }

@@ -6,18 +6,30 @@
 //! tokens, and the other way round); the in-flight bound is a semaphore of bytes, so the memory
 //! held by requests being produced never exceeds `max_inflight_bytes` (a request waits at most
 //! `admission_wait` for room, then is refused with RESOURCE_EXHAUSTED instead of queueing without
-//! bound). The bucket table is bounded too: idle callers (buckets full again) are dropped when
-//! it grows.
+//! bound; a permit is held until the clusters' producers have answered the request's records, so
+//! the bound covers what they hold too).
+//!
+//! The bucket table is bounded and cheap whatever callers do: [`SHARDS`] shards, each a
+//! least-recently-used map under its own lock, holding at most [`DEFAULT_MAX_CALLERS`] callers
+//! in all. A request locks one shard and does O(1) work (look up, and at most one eviction of
+//! the shard's least recently seen caller); nothing ever walks the table. A caller evicted and
+//! seen again starts with full buckets, so an evicted caller can gain at most one burst; that
+//! takes more than [`DEFAULT_MAX_CALLERS`] other callers seen since its last request.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Buckets kept before idle ones are swept.
-const SWEEP_AT: usize = 10_000;
+/// Shards of the bucket table (requests of different callers rarely share a lock).
+pub const SHARDS: usize = 16;
+/// Callers whose buckets are kept (in all shards).
+pub const DEFAULT_MAX_CALLERS: usize = 65_536;
 
 /// A token rate: `per_sec` tokens a second, at most `burst` saved up. `per_sec` 0 is no limit.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -107,24 +119,53 @@ struct Bucket {
 }
 
 /// Token buckets by caller: messages per second and bytes per second, each with its burst.
-#[derive(Debug)]
 pub struct RateLimiter {
     messages: Rate,
     bytes: Rate,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    shards: Vec<Mutex<LruCache<String, Bucket>>>,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("messages", &self.messages)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimiter {
     pub fn new(messages: Rate, bytes: Rate) -> Self {
+        Self::with_capacity(messages, bytes, DEFAULT_MAX_CALLERS)
+    }
+
+    /// At most `max_callers` callers' buckets are kept (rounded up to a multiple of
+    /// [`SHARDS`]).
+    pub fn with_capacity(messages: Rate, bytes: Rate, max_callers: usize) -> Self {
+        let per_shard =
+            NonZeroUsize::new(max_callers.div_ceil(SHARDS)).unwrap_or(NonZeroUsize::MIN);
         Self {
             messages,
             bytes,
-            buckets: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
+            hasher: RandomState::new(),
         }
     }
 
     pub fn enabled(&self) -> bool {
         self.messages.enabled() || self.bytes.enabled()
+    }
+
+    /// Callers whose buckets are kept now.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Takes `messages` message tokens and `bytes` byte tokens from `caller`'s buckets, or
@@ -141,21 +182,25 @@ impl RateLimiter {
         }
         let (m, b) = (messages as f64, bytes as f64);
         let (mr, br) = (self.messages, self.bytes);
-        let mut buckets = self.buckets.lock();
-        if buckets.len() >= SWEEP_AT && !buckets.contains_key(caller) {
-            buckets.retain(|_, k| {
-                let elapsed = now.saturating_duration_since(k.at).as_secs_f64();
-                let full = |rate: Rate, tokens: f64| {
-                    !rate.enabled() || tokens + rate.per_sec * elapsed >= rate.burst
-                };
-                !(full(mr, k.messages) && full(br, k.bytes))
-            });
+        let shard = (self.hasher.hash_one(caller) % SHARDS as u64) as usize;
+        let Some(shard) = self.shards.get(shard) else {
+            return Ok(()); // `shard` < SHARDS = the number of shards
+        };
+        let mut buckets = shard.lock();
+        if !buckets.contains(caller) {
+            // At capacity, this evicts the shard's least recently seen caller: O(1).
+            buckets.push(
+                caller.to_owned(),
+                Bucket {
+                    messages: mr.burst,
+                    bytes: br.burst,
+                    at: now,
+                },
+            );
         }
-        let bucket = buckets.entry(caller.to_owned()).or_insert(Bucket {
-            messages: mr.burst,
-            bytes: br.burst,
-            at: now,
-        });
+        let Some(bucket) = buckets.get_mut(caller) else {
+            return Ok(()); // pushed just above
+        };
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
         bucket.messages = mr.refill(bucket.messages, elapsed);
         bucket.bytes = br.refill(bucket.bytes, elapsed);
@@ -189,26 +234,40 @@ impl RateLimiter {
     }
 }
 
-/// The bound on bytes held by requests in progress.
+/// The bound on bytes held by requests in progress, and by the clusters' producers for them.
 #[derive(Debug)]
 pub struct InflightBytes {
     semaphore: Arc<Semaphore>,
     capacity: usize,
+    /// `fjord_gateway_inflight_bytes`: kept by the permits, so it is right however they end.
+    gauge: InflightGauge,
 }
 
-/// Room for one request's bytes; given back when dropped.
+/// The gauge of bytes in flight.
+pub type InflightGauge =
+    prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>;
+
+/// Room for one request's bytes; given back (room and gauge) when dropped, whoever drops it.
 #[derive(Debug)]
 pub struct InflightPermit {
     _permit: OwnedSemaphorePermit,
     pub bytes: usize,
+    gauge: InflightGauge,
+}
+
+impl Drop for InflightPermit {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.bytes as i64);
+    }
 }
 
 impl InflightBytes {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, gauge: InflightGauge) -> Self {
         let capacity = capacity.min(Semaphore::MAX_PERMITS);
         Self {
             semaphore: Arc::new(Semaphore::new(capacity)),
             capacity,
+            gauge,
         }
     }
 
@@ -219,10 +278,14 @@ impl InflightBytes {
         let units = u32::try_from(units).unwrap_or(u32::MAX);
         let acquire = self.semaphore.clone().acquire_many_owned(units);
         match tokio::time::timeout(wait, acquire).await {
-            Ok(Ok(permit)) => Some(InflightPermit {
-                _permit: permit,
-                bytes,
-            }),
+            Ok(Ok(permit)) => {
+                self.gauge.inc_by(bytes as i64);
+                Some(InflightPermit {
+                    _permit: permit,
+                    bytes,
+                    gauge: self.gauge.clone(),
+                })
+            }
             _ => None,
         }
     }
@@ -335,23 +398,34 @@ mod tests {
         assert!(l.try_take("a", 1, 60, t1).is_ok());
     }
 
+    /// Issue 14, item 9: callers that rotate their names (all of them active, so none is idle)
+    /// grew the table without bound, and every new one swept the whole table under one lock.
     #[test]
-    fn idle_callers_are_swept() {
-        let l = bytes(1.0, Some(1.0));
+    fn the_caller_table_stays_bounded_when_callers_rotate() {
+        let l = RateLimiter::with_capacity(Rate::new(1.0, Some(5.0)), Rate::UNLIMITED, 1024);
         let t0 = Instant::now();
-        for i in 0..SWEEP_AT {
-            assert!(l.try_take(&i.to_string(), 1, 1, t0).is_ok());
+        for i in 0..20_000 {
+            assert!(l.try_take(&format!("rotating-{i}"), 1, 0, t0).is_ok());
         }
-        // 2 s later every bucket is full again: the next new caller sweeps them out.
-        assert!(l.try_take("new", 1, 1, t0 + Duration::from_secs(2)).is_ok());
-        assert_eq!(l.buckets.lock().len(), 1);
+        assert!(l.len() <= 1024, "{} callers kept", l.len());
+        // A caller seen recently keeps its bucket (and its debt) through the churn.
+        for _ in 0..4 {
+            l.try_take("steady", 1, 0, t0).unwrap();
+        }
+        for i in 0..50 {
+            l.try_take(&format!("more-{i}"), 1, 0, t0).unwrap();
+            l.try_take("steady", 0, 0, t0).unwrap();
+        }
+        assert!(l.try_take("steady", 2, 0, t0).is_err());
     }
 
     #[tokio::test]
     async fn inflight_bytes_are_bounded() {
-        let bound = InflightBytes::new(1_000);
+        let gauge = InflightGauge::default();
+        let bound = InflightBytes::new(1_000, gauge.clone());
         let a = bound.acquire(700, Duration::from_millis(10)).await.unwrap();
         assert_eq!(bound.in_use(), 700);
+        assert_eq!(gauge.get(), 700);
         assert!(bound
             .acquire(400, Duration::from_millis(10))
             .await
@@ -360,5 +434,8 @@ mod tests {
         let b = bound.acquire(400, Duration::from_millis(10)).await.unwrap();
         assert_eq!(b.bytes, 400);
         assert_eq!(bound.in_use(), 400);
+        assert_eq!(gauge.get(), 400);
+        drop(b);
+        assert_eq!(gauge.get(), 0);
     }
 }

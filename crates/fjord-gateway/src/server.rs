@@ -9,8 +9,10 @@
 //! the clusters and health returns with the first one that recovers).
 //!
 //! Every background task takes the same [`CancellationToken`]. On SIGTERM / Ctrl-C: health turns
-//! NOT_SERVING, new requests get UNAVAILABLE, requests in progress are answered, the producers
-//! are flushed, and [`run`] returns.
+//! NOT_SERVING, new requests get UNAVAILABLE, requests in progress are answered for at most
+//! `drain_timeout_ms` (then their connections are dropped: a caller that stopped reading its
+//! stream cannot hold shutdown up), the producers are flushed (at most [`FLUSH_TIMEOUT`]), and
+//! [`run`] returns.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -188,15 +190,33 @@ async fn serve_with_tls(
                 .await;
         }
     };
-    let result = server
+    let serving = server
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             stopping,
-        )
-        .await;
+        );
+    // The graceful drain waits for every connection to close; bound it.
+    let drain_expired = {
+        let shutdown = shutdown.clone();
+        let gateway = gateway.clone();
+        async move {
+            shutdown.cancelled().await;
+            let drain = Duration::from_millis(gateway.config().drain_timeout_ms);
+            tokio::time::sleep(drain).await;
+            drain
+        }
+    };
+    let result = tokio::select! {
+        result = serving => result,
+        drain = drain_expired => {
+            tracing::warn!(drain_timeout = ?drain,
+                "requests still in progress after the drain timeout: dropping their connections");
+            Ok(())
+        }
+    };
     shutdown.cancel();
     let _ = prober.await;
     result.map_err(GatewayError::from)

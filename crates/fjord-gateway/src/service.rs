@@ -4,7 +4,14 @@
 //! ProduceStream: one task per stream reads batches in order and starts each before reading the
 //! next (so they reach the clusters in order), keeps at most `stream_inflight_batches` in flight,
 //! and answers them in the order they came. A request-level error ends the stream with that
-//! status after the batches before it were answered. Shutdown stops reading and drains.
+//! status after the batches before it were answered. Shutdown stops reading and drains, for at
+//! most `drain_timeout_ms` (a caller that stopped reading cannot hold the gateway up).
+//!
+//! Every request (and every batch of a stream) is counted exactly once in
+//! `fjord_gateway_requests_total`, also when it is dropped unanswered ([`RequestCount`]).
+//!
+//! The caller of the rate limits is the client certificate's identity when the connection has
+//! one (mutual TLS), else the `x-fjord-caller` metadata value, else the peer's IP address.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::gateway::Gateway;
-use crate::metrics::{MethodLabels, RequestLabels};
+use crate::metrics::{MethodLabels, Metrics, RequestLabels};
 use crate::pb;
 use crate::status::{code_label, to_result, RequestError};
 
@@ -36,22 +43,74 @@ impl GatewayService {
         Self { gateway, shutdown }
     }
 
-    fn count(&self, method: &'static str, code: tonic::Code, started: Instant) {
-        let m = self.gateway.metrics();
-        m.requests
+    fn count(&self, method: &'static str, deadline: Option<Instant>) -> RequestCount {
+        RequestCount {
+            metrics: self.gateway.metrics().clone(),
+            method,
+            started: Instant::now(),
+            deadline,
+            done: false,
+        }
+    }
+}
+
+/// Counts one request (or one batch of a stream) once, however it ends: with its code when it
+/// is answered; dropped unanswered (the caller cancelled, its deadline passed and the request
+/// was dropped, the stream went away) as `deadline_exceeded` if its deadline had passed, else
+/// `cancelled`.
+#[derive(Debug)]
+struct RequestCount {
+    metrics: Arc<Metrics>,
+    method: &'static str,
+    started: Instant,
+    deadline: Option<Instant>,
+    done: bool,
+}
+
+impl RequestCount {
+    fn finish(mut self, code: tonic::Code) {
+        self.done = true;
+        self.record(code);
+    }
+
+    fn record(&self, code: tonic::Code) {
+        let method = self.method;
+        self.metrics
+            .requests
             .get_or_create(&RequestLabels {
                 method,
                 code: code_label(code),
             })
             .inc();
-        m.request_seconds
+        self.metrics
+            .request_seconds
             .get_or_create(&MethodLabels { method })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(self.started.elapsed().as_secs_f64());
     }
 }
 
-/// Who is calling: the `x-fjord-caller` metadata value, else the peer's IP address.
+impl Drop for RequestCount {
+    fn drop(&mut self) {
+        if !self.done {
+            let code = match self.deadline {
+                Some(d) if Instant::now() >= d => tonic::Code::DeadlineExceeded,
+                _ => tonic::Code::Cancelled,
+            };
+            self.record(code);
+        }
+    }
+}
+
+/// Who is calling, for the rate limits: the identity of the client certificate (mutual TLS),
+/// else the `x-fjord-caller` metadata value, else the peer's IP address. A certificate wins over
+/// the header: an authenticated caller cannot pick another name to get a fresh budget.
 fn caller_of<T>(request: &Request<T>) -> String {
+    if let Some(identity) = request
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(|c| crate::tls::identity(c.as_ref())))
+    {
+        return identity;
+    }
     if let Some(caller) = request
         .metadata()
         .get(CALLER_METADATA)
@@ -91,16 +150,16 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<pb::ProduceBatchRequest>,
     ) -> Result<Response<pb::ProduceBatchResponse>, Status> {
-        let started = Instant::now();
+        let timeout = grpc_timeout(&request);
+        let count = self.count("ProduceBatch", timeout.map(|t| Instant::now() + t));
         let result = async {
             if self.shutdown.is_cancelled() {
                 return Err(RequestError::ShuttingDown);
             }
             let caller = caller_of(&request);
-            let deadline = grpc_timeout(&request);
             let outcomes = self
                 .gateway
-                .start(&caller, request.into_inner(), deadline)
+                .start(&caller, request.into_inner(), timeout)
                 .await?
                 .await;
             Ok(pb::ProduceBatchResponse {
@@ -110,12 +169,12 @@ impl pb::gateway_server::Gateway for GatewayService {
         .await;
         match result {
             Ok(response) => {
-                self.count("ProduceBatch", tonic::Code::Ok, started);
+                count.finish(tonic::Code::Ok);
                 Ok(Response::new(response))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "ProduceBatch refused");
-                self.count("ProduceBatch", e.code(), started);
+                count.finish(e.code());
                 Err(e.into())
             }
         }
@@ -128,6 +187,8 @@ impl pb::gateway_server::Gateway for GatewayService {
         request: Request<Streaming<pb::ProduceStreamRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         if self.shutdown.is_cancelled() {
+            self.count("ProduceStream", None)
+                .finish(RequestError::ShuttingDown.code());
             return Err(RequestError::ShuttingDown.into());
         }
         let caller = caller_of(&request);
@@ -162,25 +223,36 @@ async fn run_stream(
     let mut in_flight = FuturesOrdered::new();
     let mut reading = true;
     let mut failure: Option<Status> = None;
+    // Set at shutdown: answers not delivered by then are dropped.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
         let can_read = reading && in_flight.len() < limit;
         tokio::select! {
-            _ = service.shutdown.cancelled(), if reading => {
-                reading = false;
-                failure = Some(RequestError::ShuttingDown.into());
+            _ = service.shutdown.cancelled(), if drain_until.is_none() => {
+                let drain = Duration::from_millis(service.gateway.config().drain_timeout_ms);
+                drain_until = Some(tokio::time::Instant::now() + drain);
+                if reading {
+                    reading = false;
+                    failure = Some(RequestError::ShuttingDown.into());
+                }
+            }
+            _ = sleep_until(drain_until) => {
+                tracing::warn!(caller, batches = in_flight.len(),
+                    "ProduceStream: not drained within drain_timeout_ms; dropping it");
+                return;
             }
             next = inbound.next(), if can_read => match next {
                 Some(Ok(req)) => {
-                    let started = Instant::now();
                     let id = req.request_id;
                     let batch = req.batch.unwrap_or_default();
-                    let left = deadline.map(|d| d.saturating_duration_since(started));
+                    let count = service.count("ProduceStream", deadline);
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     match service.gateway.start(&caller, batch, left).await {
                         Ok(outcomes) => in_flight.push_back(async move {
-                            (id, outcomes.await, started)
+                            (id, outcomes.await, count)
                         }),
                         Err(e) => {
-                            service.count("ProduceStream", e.code(), started);
+                            count.finish(e.code());
                             reading = false;
                             failure = Some(e.into());
                         }
@@ -192,14 +264,14 @@ async fn run_stream(
                 }
                 None => reading = false,
             },
-            Some((id, outcomes, started)) = in_flight.next(), if !in_flight.is_empty() => {
-                service.count("ProduceStream", tonic::Code::Ok, started);
+            Some((id, outcomes, count)) = in_flight.next(), if !in_flight.is_empty() => {
+                count.finish(tonic::Code::Ok);
                 let response = pb::ProduceStreamResponse {
                     request_id: id,
                     results: outcomes.into_iter().map(to_result).collect(),
                 };
-                if tx.send(Ok(response)).await.is_err() {
-                    return; // the caller went away
+                if !send(&tx, Ok(response), drain_until).await {
+                    return; // the caller went away, or stopped reading while we drain
                 }
             }
             else => break,
@@ -209,6 +281,27 @@ async fn run_stream(
         }
     }
     if let Some(status) = failure {
-        let _ = tx.send(Err(status)).await;
+        send(&tx, Err(status), drain_until).await;
+    }
+}
+
+/// Sleeps until `until`; forever if `None`.
+async fn sleep_until(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends an answer of a stream; false if the caller went away, or did not take it before
+/// `until` (shutdown's drain).
+async fn send(
+    tx: &mpsc::Sender<Result<pb::ProduceStreamResponse, Status>>,
+    item: Result<pb::ProduceStreamResponse, Status>,
+    until: Option<tokio::time::Instant>,
+) -> bool {
+    match until {
+        None => tx.send(item).await.is_ok(),
+        Some(t) => matches!(tokio::time::timeout_at(t, tx.send(item)).await, Ok(Ok(()))),
     }
 }

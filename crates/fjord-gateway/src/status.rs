@@ -103,9 +103,12 @@ pub fn failure_code(kind: FailureKind) -> (pb::ErrorCode, bool) {
     match kind {
         FailureKind::NoHealthyCluster => (E::NoHealthyCluster, true),
         FailureKind::Deadline => (E::Timeout, true),
+        // Sending again may store it twice, but may also be the only way to store it.
+        FailureKind::OutcomeUnknown => (E::OutcomeUnknown, true),
         FailureKind::Backend(k) => match k {
             ErrorKind::Timeout => (E::Timeout, true),
-            ErrorKind::Unavailable | ErrorKind::QueueFull => (E::BackendUnavailable, true),
+            ErrorKind::Unavailable => (E::BackendUnavailable, true),
+            ErrorKind::QueueFull => (E::ResourceExhausted, true),
             ErrorKind::TooLarge => (E::MessageTooLarge, false),
             ErrorKind::UnknownTopicOrPartition => (E::UnknownTopicOrPartition, true),
             ErrorKind::Rejected => (E::Rejected, false),
@@ -124,6 +127,8 @@ pub fn failure_label(kind: FailureKind) -> &'static str {
         E::UnknownTopicOrPartition => "unknown_topic_or_partition",
         E::Rejected => "rejected",
         E::BackendUnavailable => "backend_unavailable",
+        E::OutcomeUnknown => "outcome_unknown",
+        E::ResourceExhausted => "resource_exhausted",
     }
 }
 
@@ -218,5 +223,13 @@ mod tests {
             (pb::ErrorCode::NoHealthyCluster, true)
         );
         assert_eq!(failure_label(FailureKind::Deadline), "timeout");
+        assert_eq!(
+            failure_code(FailureKind::OutcomeUnknown),
+            (pb::ErrorCode::OutcomeUnknown, true)
+        );
+        assert_eq!(
+            failure_code(FailureKind::Backend(ErrorKind::QueueFull)),
+            (pb::ErrorCode::ResourceExhausted, true)
+        );
     }
 }

@@ -11,6 +11,8 @@
 //! - a handshake that has not finished after [`HANDSHAKE_TIMEOUT`] is dropped.
 //!
 //! The files are read once, when the listener starts (no hot reload of certificates).
+//!
+//! [`identity`] names the caller behind a verified client certificate (for the rate limits).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +57,32 @@ pub enum TlsSetupError {
     },
     #[error("tls: client_ca_file {path}: {detail}")]
     BadClientCa { path: PathBuf, detail: String },
+}
+
+/// Longest caller identity taken from a certificate (longer ones are cut).
+const MAX_IDENTITY_CHARS: usize = 256;
+
+/// The identity of a client certificate (DER), as the caller of the rate limits: its subject
+/// distinguished name (RFC 4514, e.g. `CN=billing,O=Example`), or, for a certificate with an
+/// empty subject, `serial <hex> of <issuer DN>`. `None` if it does not parse (it was verified
+/// by the handshake, so that does not happen in practice).
+pub fn identity(der: &[u8]) -> Option<String> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let tbs = &cert.tbs_certificate;
+    let subject = tbs.subject.to_string();
+    let name = if subject.is_empty() {
+        let serial: String = tbs
+            .serial_number
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("serial {serial} of {}", tbs.issuer)
+    } else {
+        subject
+    };
+    Some(name.chars().take(MAX_IDENTITY_CHARS).collect())
 }
 
 /// Reads and checks the files of `config` and builds the listener's TLS settings.
@@ -168,6 +196,31 @@ mod tests {
             std::fs::write(&path, contents).unwrap();
             path
         }
+    }
+
+    #[test]
+    fn a_certificate_is_named_by_its_subject() {
+        let mut params = rcgen::CertificateParams::new(vec!["svc.test".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "billing");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let id = identity(cert.der()).unwrap();
+        assert!(
+            id.contains("CN=billing") && id.contains("O=Example"),
+            "{id}"
+        );
+        // Without a subject: serial and issuer.
+        let mut params = rcgen::CertificateParams::new(vec!["svc.test".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.serial_number = Some(rcgen::SerialNumber::from(vec![0x1f, 0x2e]));
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(identity(cert.der()).unwrap(), "serial 1f2e of ");
+        assert_eq!(identity(b"not a certificate"), None);
     }
 
     fn self_signed() -> (String, String) {

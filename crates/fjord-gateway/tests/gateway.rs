@@ -30,8 +30,11 @@ use tonic::Code;
 enum Mode {
     Healthy,
     Failing(ErrorKind),
-    /// Never answers.
+    /// Never answers (until the mode changes: then the held records time out, as librdkafka's
+    /// `message.timeout.ms` would have answered them).
     Hanging,
+    /// Stores and answers each record after this long.
+    Delayed(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +65,20 @@ impl FakeCluster {
     }
     fn set(&self, mode: Mode) {
         *self.mode.lock() = mode;
+        if mode != Mode::Hanging {
+            for report in std::mem::take(&mut *self.hung.lock()) {
+                report.complete(Err(ProduceError::new(ErrorKind::Timeout, "timed out")));
+            }
+        }
+    }
+    fn store(&self, r: StoredRecord, topic: &str, partition: i32) -> Stored {
+        let mut log = self.log.lock();
+        let records = log.entry((topic.to_owned(), partition)).or_default();
+        records.push(r);
+        Stored {
+            partition,
+            offset: records.len() as i64 - 1,
+        }
     }
     fn records(&self, topic: &str) -> Vec<(i32, i64, StoredRecord)> {
         let log = self.log.lock();
@@ -88,21 +105,20 @@ impl Producer for FakeProducer {
     fn send(&self, r: Record<'_>, report: Report) {
         self.0.sends.fetch_add(1, Ordering::Relaxed);
         let mode = *self.0.mode.lock();
-        match mode {
-            Mode::Healthy => {}
+        let delay = match mode {
+            Mode::Healthy => None,
+            Mode::Delayed(d) => Some(d),
             Mode::Failing(kind) => {
                 return report.complete(Err(ProduceError::new(kind, "injected")))
             }
             Mode::Hanging => return self.0.hung.lock().push(report),
-        }
+        };
         let partition = r.partition.unwrap_or_else(|| {
             r.key
                 .map(|k| (k.iter().map(|b| u32::from(*b)).sum::<u32>() % 4) as i32)
                 .unwrap_or(0)
         });
-        let mut log = self.0.log.lock();
-        let records = log.entry((r.topic.to_owned(), partition)).or_default();
-        records.push(StoredRecord {
+        let record = StoredRecord {
             key: r.key.map(<[u8]>::to_vec),
             value: r.value.to_vec(),
             headers: r
@@ -110,17 +126,22 @@ impl Producer for FakeProducer {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.map(<[u8]>::to_vec)))
                 .collect(),
-        });
-        let stored = Stored {
-            partition,
-            offset: records.len() as i64 - 1,
         };
-        drop(log);
-        report.complete(Ok(stored));
+        match delay {
+            None => report.complete(Ok(self.0.store(record, r.topic, partition))),
+            Some(delay) => {
+                let cluster = self.0.clone();
+                let topic = r.topic.to_owned();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    report.complete(Ok(cluster.store(record, &topic, partition)));
+                });
+            }
+        }
     }
 
     fn probe(&self, _timeout: Duration) -> BoxFuture<'static, Result<(), ProduceError>> {
-        let ok = *self.0.mode.lock() == Mode::Healthy;
+        let ok = matches!(*self.0.mode.lock(), Mode::Healthy | Mode::Delayed(_));
         async move {
             if ok {
                 Ok(())
@@ -417,9 +438,11 @@ async fn no_healthy_cluster_and_non_retriable_errors_are_reported_per_message() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_cluster_ends_at_the_deadline() {
-    let mut h =
-        Harness::start(&BASE.replace("delivery_timeout_ms = 3000", "delivery_timeout_ms = 300"))
-            .await;
+    let mut h = Harness::start(&BASE.replace(
+        "attempt_timeout_ms = 1000\ndelivery_timeout_ms = 3000",
+        "attempt_timeout_ms = 200\ndelivery_timeout_ms = 300",
+    ))
+    .await;
     h.factory.cluster("a").set(Mode::Hanging);
     h.factory.cluster("b").set(Mode::Hanging);
     let started = Instant::now();
@@ -609,7 +632,10 @@ async fn the_stream_answers_in_order_and_ends_on_a_request_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bound_gives_backpressure_not_unbounded_queues() {
     let config = BASE
-        .replace("delivery_timeout_ms = 3000", "delivery_timeout_ms = 1000")
+        .replace(
+            "attempt_timeout_ms = 1000\ndelivery_timeout_ms = 3000",
+            "attempt_timeout_ms = 500\ndelivery_timeout_ms = 1000",
+        )
         .replace(
             "max_request_bytes = 100000\nmax_inflight_bytes = 1000000",
             "max_request_bytes = 1500\nmax_inflight_bytes = 2000\nadmission_wait_ms = 50",
@@ -629,13 +655,15 @@ async fn memory_bound_gives_backpressure_not_unbounded_queues() {
         }
         other => panic!("{other}"),
     }
-    // The held request ends at its deadline and gives its room back.
+    // The held request ends at its deadline; its room comes back once the clusters let go of
+    // its records (here: they time out when the clusters recover).
     let results = held.await.unwrap().unwrap();
     assert!(results
         .iter()
         .all(|r| r.as_ref().unwrap_err().code == ErrorCode::Timeout));
     h.factory.cluster("a").set(Mode::Healthy);
     h.factory.cluster("b").set(Mode::Healthy);
+    assert_eq!(h.gateway.metrics().inflight_bytes.get(), 0);
     let results = second.produce_batch("orders", batch(2)).await.unwrap();
     assert!(results.iter().all(Result::is_ok));
     h.stop().await;
@@ -782,7 +810,10 @@ impl Pki {
     fn issue(&self, names: &[&str], server: bool) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].clone());
         params.extended_key_usages = vec![if server {
             rcgen::ExtendedKeyUsagePurpose::ServerAuth
         } else {
@@ -976,5 +1007,369 @@ async fn mutual_tls_requires_a_client_certificate_from_the_client_ca() {
         .await
         .unwrap();
     assert_eq!(stored(&h), 2);
+    h.stop().await;
+}
+
+/// `config` plus a group of cluster a alone, serving topic "solo": what a cannot take has nowhere
+/// else to go.
+fn solo(config: &str) -> String {
+    config
+        .replace("[routes]", "[groups.solo]\nclusters = { a = 1 }\n[routes]")
+        .replace("moving = \"main\"", "moving = \"main\", solo = \"solo\"")
+}
+
+async fn wait_for_breaker(h: &Harness, cluster: &str, state: State, within: Duration) {
+    let deadline = Instant::now() + within;
+    while h.breaker(cluster) != state {
+        assert!(
+            Instant::now() < deadline,
+            "the breaker of {cluster} is {:?}, not {state:?}",
+            h.breaker(cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Three failed batches to "solo" (consecutive_failures = 3 in BASE) open a's breaker.
+async fn open_breaker_of_a(h: &mut Harness) {
+    h.factory
+        .cluster("a")
+        .set(Mode::Failing(ErrorKind::Unavailable));
+    for _ in 0..3 {
+        h.client.produce_batch("solo", keyed(1, 1)).await.unwrap();
+    }
+    assert_eq!(h.breaker("a"), State::Open);
+}
+
+/// Issue 14, item 4: a request dropped while it holds a half-open admission (the caller
+/// cancelled, or its deadline passed and tonic dropped the request) must give the admission
+/// back; before, each such drop leaked one, and once `half_open_max_calls` had leaked the
+/// breaker admitted nothing, forever, while staying half-open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_admissions_are_released_by_cancelled_and_timed_out_calls() {
+    // One call admitted at a time while half-open; enough successes needed to stay half-open
+    // through the three dropped calls below.
+    let config = solo(BASE).replace("half_open_successes = 2", "half_open_successes = 10");
+    let mut h = Harness::start(&config).await;
+    open_breaker_of_a(&mut h).await;
+    let a = h.factory.cluster("a");
+    a.set(Mode::Delayed(Duration::from_millis(300)));
+    wait_for_breaker(&h, "a", State::HalfOpen, Duration::from_secs(3)).await;
+    // Cancelled: the caller goes away while its message is with a.
+    let mut caller = h.client.clone();
+    let call = tokio::spawn(async move { caller.produce_batch("solo", keyed(1, 1)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Timed out: the caller's 50 ms deadline passes while a holds the message.
+    let mut quick = h.client.clone().with_timeout(Duration::from_millis(50));
+    let _ = quick.produce_batch("solo", keyed(1, 1)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Dropped by whoever awaits the gateway's future (a timeout around it). It must have been
+    // admitted: the two calls above gave their admission back.
+    let request = fjord_gateway::pb::ProduceBatchRequest {
+        topic: "solo".into(),
+        messages: vec![fjord_gateway::pb::Message {
+            value: b"dropped".to_vec().into(),
+            ..Default::default()
+        }],
+    };
+    let dropped = tokio::time::timeout(Duration::from_millis(50), async {
+        match h.gateway.start("tester", request, None).await {
+            Ok(outcomes) => Some(outcomes.await),
+            Err(_) => None,
+        }
+    })
+    .await;
+    assert!(
+        dropped.is_err(),
+        "not admitted: the dropped calls leaked a's half-open admission ({:?})",
+        dropped.map(|o| o.map(|o| format!("{o:?}")))
+    );
+    assert_eq!(h.breaker("a"), State::HalfOpen);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The cluster is healthy: the breaker must close, not stay wedged half-open.
+    a.set(Mode::Healthy);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.breaker("a") != State::Closed {
+        assert!(
+            Instant::now() < deadline,
+            "the breaker of a is wedged {:?}",
+            h.breaker("a")
+        );
+        let _ = h.client.produce_batch("solo", keyed(1, 1)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.stop().await;
+}
+
+/// Issue 14, item 5: callers whose deadlines are shorter than the attempt timeout never saw a
+/// hung cluster fail (their rounds ended unanswered and counted nothing), so its breaker never
+/// opened. A cluster that holds a record past the attempt timeout counts as failed, whether or
+/// not its caller is still waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_cluster_opens_its_breaker_for_callers_with_short_deadlines() {
+    let config = solo(&BASE.replace("attempt_timeout_ms = 1000", "attempt_timeout_ms = 300"));
+    let h = Harness::start(&config).await;
+    let a = h.factory.cluster("a");
+    a.set(Mode::Hanging);
+    let started = Instant::now();
+    let mut quick = h.client.clone().with_timeout(Duration::from_millis(100));
+    let mut calls = 0;
+    while h.breaker("a") != State::Open {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the breaker of the hung cluster is still {:?} after {calls} calls",
+            h.breaker("a")
+        );
+        let _ = quick.produce_batch("solo", keyed(1, 1)).await;
+        calls += 1;
+    }
+    // Back to health: probed, half-open, closed.
+    a.set(Mode::Healthy);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.breaker("a") != State::Closed {
+        assert!(Instant::now() < deadline, "the breaker of a did not close");
+        let _ = quick.produce_batch("solo", keyed(1, 1)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.stop().await;
+}
+
+/// Issue 14, item 6: a message that timed out on a (so a may have stored it) and was then
+/// rejected by b must not be answered REJECTED / not retriable: its outcome is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_then_a_rejection_is_answered_outcome_unknown() {
+    let mut h = Harness::start(BASE).await;
+    h.factory
+        .cluster("a")
+        .set(Mode::Failing(ErrorKind::Timeout));
+    h.factory
+        .cluster("b")
+        .set(Mode::Failing(ErrorKind::Rejected));
+    let results = h
+        .client
+        .produce_batch("orders", keyed(40, 40))
+        .await
+        .unwrap();
+    let mut unknown = 0;
+    for r in results {
+        let f = r.unwrap_err();
+        if f.clusters_tried == ["a", "b"] {
+            assert_eq!(f.code, ErrorCode::OutcomeUnknown, "{}", f.message);
+            assert!(f.retriable, "{}", f.message);
+            assert!(f.message.contains("cluster a"), "{}", f.message);
+            unknown += 1;
+        } else {
+            assert_eq!(f.clusters_tried, ["b"]);
+            assert_eq!(f.code, ErrorCode::Rejected);
+            assert!(!f.retriable);
+        }
+    }
+    assert!(unknown > 0);
+    h.stop().await;
+}
+
+/// Issue 14, item 7: a full client queue on a healthy cluster is backpressure, answered to the
+/// caller (retriable), not a reason to move the key to another healthy cluster; nor does it count
+/// against the cluster's breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_full_backpressures_the_caller_instead_of_moving_the_key() {
+    let mut h = Harness::start(BASE).await;
+    let first = h
+        .client
+        .produce_batch("orders", keyed(40, 40))
+        .await
+        .unwrap();
+    let home: Vec<String> = first.into_iter().map(|r| r.unwrap().cluster).collect();
+    assert!(home.iter().any(|c| c == "a") && home.iter().any(|c| c == "b"));
+    let on_b = h.factory.cluster("b").records("orders").len();
+    h.factory
+        .cluster("a")
+        .set(Mode::Failing(ErrorKind::QueueFull));
+    for _ in 0..5 {
+        let results = h
+            .client
+            .produce_batch("orders", keyed(40, 40))
+            .await
+            .unwrap();
+        for (r, home) in results.into_iter().zip(&home) {
+            if home == "a" {
+                let f = r.unwrap_err();
+                assert_eq!(f.code, ErrorCode::ResourceExhausted, "{}", f.message);
+                assert!(f.retriable);
+                assert_eq!(f.clusters_tried, ["a"]);
+            } else {
+                assert_eq!(r.unwrap().cluster, "b");
+            }
+        }
+    }
+    let b_keys = home.iter().filter(|c| *c == "b").count();
+    assert_eq!(
+        h.factory.cluster("b").records("orders").len(),
+        on_b + 5 * b_keys,
+        "only b's own keys went to b"
+    );
+    assert_eq!(h.breaker("a"), State::Closed);
+    h.stop().await;
+}
+
+/// Issue 14, item 8: a request dropped before its answer (the caller cancelled) gives its bytes
+/// back to the in-flight gauge and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_requests_update_the_inflight_gauge_and_the_request_counters() {
+    use fjord_gateway::metrics::RequestLabels;
+    let h = Harness::start(BASE).await;
+    for c in ["a", "b"] {
+        h.factory
+            .cluster(c)
+            .set(Mode::Delayed(Duration::from_millis(200)));
+    }
+    let mut caller = h.client.clone();
+    let call = tokio::spawn(async move { caller.produce_batch("orders", keyed(5, 5)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(h.gateway.metrics().inflight_bytes.get() > 0);
+    call.abort();
+    let _ = call.await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let metrics = h.gateway.metrics();
+    assert_eq!(metrics.inflight_bytes.get(), 0);
+    let cancelled = metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method: "ProduceBatch",
+            code: "cancelled",
+        })
+        .get();
+    assert_eq!(cancelled, 1);
+    h.stop().await;
+}
+
+/// Issue 14, item 8: `max_inflight_bytes` bounds what the producers hold too: a request whose
+/// caller's deadline passed keeps its room until the clusters have answered its records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflight_room_is_held_until_the_clusters_answer() {
+    let config = BASE.replace(
+        "max_request_bytes = 100000\nmax_inflight_bytes = 1000000",
+        "max_request_bytes = 1500\nmax_inflight_bytes = 2000\nadmission_wait_ms = 50",
+    );
+    let h = Harness::start(&config).await;
+    for c in ["a", "b"] {
+        h.factory
+            .cluster(c)
+            .set(Mode::Delayed(Duration::from_millis(500)));
+    }
+    let batch = |n: usize| vec![Message::new(vec![b'x'; 500]); n];
+    let mut quick = h.client.clone().with_timeout(Duration::from_millis(100));
+    assert!(quick.produce_batch("orders", batch(3)).await.is_err());
+    // The caller gave up, but the clusters still hold its 1500 bytes.
+    let mut second = h.client.clone();
+    match second.produce_batch("orders", batch(2)).await.unwrap_err() {
+        fjord_gateway_client::ClientError::Status(s) => {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{s}")
+        }
+        other => panic!("{other}"),
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(h.gateway.metrics().inflight_bytes.get(), 0);
+    let results = second.produce_batch("orders", batch(2)).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    h.stop().await;
+}
+
+/// Issue 14, item 8: SIGTERM with a stream whose caller stopped reading must not hang: the
+/// drain is bounded by `drain_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_when_a_stream_caller_stops_reading() {
+    let config = format!("drain_timeout_ms = 500\n{BASE}");
+    let h = Harness::start(&config).await;
+    // A small receive window: the gateway's answers stall once it is full.
+    let channel = Endpoint::from_shared(format!("http://{}", h.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = GatewayClient::from_channel(channel);
+    let requests: Vec<pb::ProduceStreamRequest> = (0..100u64)
+        .map(|id| pb::ProduceStreamRequest {
+            request_id: id,
+            batch: Some(pb::ProduceBatchRequest {
+                topic: "orders".into(),
+                messages: (0..100)
+                    .map(|i| pb::Message {
+                        key: Some(format!("k{}", i % 10).into_bytes()),
+                        value: vec![b'v'; 50],
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        })
+        .collect();
+    // Never read.
+    let _responses = client
+        .raw()
+        .produce_stream(futures::stream::iter(requests))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    h.shutdown.cancel();
+    let served = tokio::time::timeout(Duration::from_secs(10), h.server)
+        .await
+        .expect("shutdown hung on a stream whose caller stopped reading");
+    served.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Issue 14, item 9: with mutual TLS, the caller of the rate limits is the client certificate's
+/// identity; rotating `x-fjord-caller` does not get a fresh budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_the_rate_limited_caller_whatever_its_header() {
+    let server_pki = Pki::new("gateway");
+    let clients = Pki::new("clients");
+    let clients_ca = server_pki.write("clients-ca.pem", &clients.ca_pem());
+    let alice = clients.issue(&["alice.clients.test"], false);
+    let config = tls_config(&server_pki, Some(&clients_ca)).replace(
+        "[limits]",
+        "[limits]\ncaller_messages_per_sec = 1\ncaller_burst_messages = 10",
+    );
+    let h = Harness::start_with_client(
+        &config,
+        Some(client_tls(&server_pki.ca_pem(), Some(&alice))),
+    )
+    .await;
+    let one = || {
+        vec![pb::Message {
+            value: b"m".to_vec(),
+            ..Default::default()
+        }]
+    };
+    for i in 0..10 {
+        produce_as(&h.client, &format!("rotating-{i}"), one())
+            .await
+            .unwrap();
+    }
+    let refused = produce_as(&h.client, "rotating-10", one())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("CN=alice.clients.test"),
+        "{}",
+        refused.message()
+    );
+    // Another certificate is another caller.
+    let bob = clients.issue(&["bob.clients.test"], false);
+    let channel = tls_channel(h.addr, client_tls(&server_pki.ca_pem(), Some(&bob)))
+        .await
+        .unwrap();
+    let bob = GatewayClient::from_channel(channel);
+    produce_as(&bob, "rotating-0", one()).await.unwrap();
     h.stop().await;
 }

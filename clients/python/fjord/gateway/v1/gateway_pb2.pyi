@@ -16,6 +16,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_UNKNOWN_TOPIC_OR_PARTITION: _ClassVar[ErrorCode]
     ERROR_CODE_REJECTED: _ClassVar[ErrorCode]
     ERROR_CODE_BACKEND_UNAVAILABLE: _ClassVar[ErrorCode]
+    ERROR_CODE_OUTCOME_UNKNOWN: _ClassVar[ErrorCode]
+    ERROR_CODE_RESOURCE_EXHAUSTED: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_TIMEOUT: ErrorCode
 ERROR_CODE_NO_HEALTHY_CLUSTER: ErrorCode
@@ -23,6 +25,8 @@ ERROR_CODE_MESSAGE_TOO_LARGE: ErrorCode
 ERROR_CODE_UNKNOWN_TOPIC_OR_PARTITION: ErrorCode
 ERROR_CODE_REJECTED: ErrorCode
 ERROR_CODE_BACKEND_UNAVAILABLE: ErrorCode
+ERROR_CODE_OUTCOME_UNKNOWN: ErrorCode
+ERROR_CODE_RESOURCE_EXHAUSTED: ErrorCode
 
 class Header(_message.Message):
     __slots__ = ("key", "value")
