@@ -115,14 +115,29 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Closes `consumer` off the runtime's worker threads: closing polls librdkafka until the group
-/// is left (a revocation callback and a synchronous commit included) and blocks meanwhile.
-/// `consumer` must be the last handle (a handle left elsewhere would close it later, on whatever
-/// thread drops it); returns whether it was.
-async fn close(consumer: Arc<StreamConsumer<Context>>, subscription: &str, cluster: &str) -> bool {
+/// Commits `last` synchronously and closes `consumer`, both off the runtime's worker threads:
+/// each blocks until the group coordinator answers (closing polls librdkafka until the group is
+/// left, a revocation callback included). `consumer` must be the last handle (a handle left
+/// elsewhere would close it later, on whatever thread drops it); returns whether it was.
+async fn close(
+    consumer: Arc<StreamConsumer<Context>>,
+    last: TopicPartitionList,
+    subscription: &str,
+    cluster: &str,
+) -> bool {
     match Arc::try_unwrap(consumer) {
         Ok(consumer) => {
-            if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+            let (sub, cl) = (subscription.to_string(), cluster.to_string());
+            let closing = move || {
+                if last.count() > 0 {
+                    if let Err(e) = consumer.commit(&last, CommitMode::Sync) {
+                        tracing::warn!(subscription = %sub, cluster = %cl, error = %e,
+                            "the last commit failed (the records after the previous one will be delivered again)");
+                    }
+                }
+                drop(consumer);
+            };
+            if let Err(e) = tokio::task::spawn_blocking(closing).await {
                 tracing::warn!(%subscription, %cluster, error = %e, "closing the consumer");
             }
             true
@@ -277,7 +292,7 @@ impl Worker {
                     if all {
                         recommit.as_mut().reset(Instant::now() + RECOMMIT_EVERY);
                     }
-                    self.commit(CommitMode::Async, all);
+                    self.commit(all);
                     self.rebalance_flow();
                 }
             }
@@ -305,7 +320,7 @@ impl Worker {
                 }
             }
         }
-        self.commit(CommitMode::Sync, true);
+        let last = self.commit_list(true);
         {
             // Nothing of ours is committed after this (the close's revocation finds no work).
             let mut st = self.state.lock();
@@ -321,7 +336,7 @@ impl Worker {
             cluster,
             ..
         } = self;
-        let closed = close(consumer, sub.name(), &cluster).await;
+        let closed = close(consumer, last, sub.name(), &cluster).await;
         match failure {
             Some(failure) => Err(failure),
             None if !closed => Err(ForwardError::Task(format!(
@@ -722,9 +737,27 @@ impl Worker {
         }
     }
 
-    /// Commits every partition whose commit point moved since its last commit, or (`all`) every
-    /// partition's commit point.
-    fn commit(&self, mode: CommitMode, all: bool) {
+    /// Commits, asynchronously, every partition whose commit point moved since its last commit,
+    /// or (`all`) every partition's commit point.
+    fn commit(&self, all: bool) {
+        let tpl = self.commit_list(all);
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(subscription = %self.sub.name(), cluster = %self.cluster, error = %e,
+                "offset commit failed; retried at the next tick");
+            let mut st = self.state.lock();
+            for elem in tpl.elements() {
+                if let Offset::Offset(offset) = elem.offset() {
+                    st.commit_failed(&(elem.topic().to_string(), elem.partition()), offset);
+                }
+            }
+        }
+    }
+
+    /// The commit points to commit (see [`Worker::commit`]), recorded as committed.
+    fn commit_list(&self, all: bool) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         {
             let mut st = self.state.lock();
@@ -747,19 +780,7 @@ impl Worker {
                 }
             }
         }
-        if tpl.count() == 0 {
-            return;
-        }
-        if let Err(e) = self.consumer.commit(&tpl, mode) {
-            tracing::warn!(subscription = %self.sub.name(), cluster = %self.cluster, error = %e,
-                "offset commit failed; retried at the next tick");
-            let mut st = self.state.lock();
-            for elem in tpl.elements() {
-                if let Offset::Offset(offset) = elem.offset() {
-                    st.commit_failed(&(elem.topic().to_string(), elem.partition()), offset);
-                }
-            }
-        }
+        tpl
     }
 }
 

@@ -230,11 +230,14 @@ async fn an_unwritable_dead_letter_topic_stops_the_worker_with_a_clear_error() {
     );
 }
 
-/// Issue 14, item 3: the event loop kept a handle of the consumer until it returned, so the
-/// consumer was closed (a blocking call that polls until the group is left) on a runtime worker
-/// thread instead of the blocking pool. A worker that stops must hand its last handle to the
-/// closing task: `stop()` reports an error otherwise.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Issue 14, item 3: a stopping worker made its last synchronous commit and closed its consumer
+/// (a blocking call that polls until the group is left) on a runtime worker thread, stalling
+/// every task scheduled there until the group coordinator answered. Here the runtime has a
+/// single thread, which also runs the broker: a blocking commit or close on it waits for an
+/// answer that thread can never give, and the worker never stops. Both now run on the blocking
+/// pool, and a worker must hand its last consumer handle to them (`stop()` reports an error
+/// otherwise).
+#[tokio::test(flavor = "current_thread")]
 async fn a_stopping_worker_closes_its_consumer_off_the_runtime() {
     let cluster = Cluster::start(true).await;
     let topic = "close";
