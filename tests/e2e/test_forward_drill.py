@@ -41,7 +41,7 @@ def _member(procs, fjord_bin, tmp_path, bootstrap: str, sub: dict, name: str) ->
 @pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
 def test_forward_drill_slow_endpoint_and_rebalances_deliver_everything(
         strategy, broker_factory, topic, fjord_bin, tmp_path, procs, record_property):
-    """The endpoint is slow (every record takes 150 ms more) while 6 partitions hold more
+    """The endpoint is slow (every record takes 400 ms more) while 6 partitions hold more
     records than the forwarder may keep pending, so fetching pauses; meanwhile members join and
     leave every 2-3 s. Then the endpoint recovers. Every record must be acknowledged and every
     partition's committed offset must reach its end: a partition left paused by a rebalance
@@ -50,7 +50,7 @@ def test_forward_drill_slow_endpoint_and_rebalances_deliver_everything(
     partitions, n = 6, 2400
     create_topic(broker.bootstrap, topic, partitions)
     recovered = tmp_path / "endpoint-recovered"
-    behaviour = Behaviour(slow_until_file=str(recovered), slow_until_ms=150)
+    behaviour = Behaviour(slow_until_file=str(recovered), slow_until_ms=400)
     handler = HandlerProcess(tmp_path, free_port(), behaviour).start()
     procs.append(handler)
     sub = {
@@ -98,6 +98,8 @@ def test_forward_drill_slow_endpoint_and_rebalances_deliver_everything(
         fw.stop()
     assert max_paused >= 2, "the drill did not put the forwarder under backpressure"
 
+    backlog = n - len({e["v"] for e in handler.events() if e["r"] == "ack"})
+    assert backlog > 0, "everything was delivered before the endpoint recovered: no backlog"
     recovered.touch()
     t0 = time.monotonic()
 
@@ -114,6 +116,7 @@ def test_forward_drill_slow_endpoint_and_rebalances_deliver_everything(
     assert first.metric("fjord_forwarder_paused") == 0
     record_property("membership_changes", steps)
     record_property("max_paused_partitions", max_paused)
+    record_property("backlog_at_recovery", backlog)
     record_property("drain_after_recovery_s", round(drained_s, 1))
     first.stop()
 
