@@ -46,3 +46,32 @@ def test_bench_gateway_short_run(fjord_bin: Path):
         assert "msgs/s" in row and "p99" in row, row
     assert "% of direct" in rows[3] and "added p99" in rows[3], rows[3]
     assert "NaN" not in out.stdout, out.stdout
+
+
+@pytest.mark.timeout(120)
+def test_bench_soak_short_run(fjord_bin: Path):
+    """``fjord-bench soak`` for a few seconds (issue 15, item 7) samples the broker over time:
+    every row has the figures a soak is read by, the samples are in time order and the records
+    produced are acknowledged. The bounds themselves are bench/run's to report."""
+    import json
+
+    bench = Path(os.environ.get("FJORD_BENCH_BIN", REPO_ROOT / "target" / "release" / "fjord-bench"))
+    assert bench.exists(), f"{bench} missing: cargo build --release -p fjord-bench"
+    out = subprocess.run(
+        [str(bench), "--fjord", str(fjord_bin), "--json", "soak", "--minutes", "0.1",
+         "--interval-s", "2", "--retention-ms", "1000", "--rate-mb", "1", "--topics", "2",
+         "--partitions", "2", "--compacted-keys", "50"],
+        capture_output=True, text=True, timeout=110,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) >= 4, out.stdout
+    assert all(r["scenario"] == "soak" for r in rows)
+    for r in rows:
+        assert set(r["values"]) >= {"seconds", "acked", "rss_bytes", "metadata_bytes", "objects",
+                                    "object_bytes", "puts", "gets", "deletes", "lists"}, r
+    seconds = [r["values"]["seconds"] for r in rows]
+    assert seconds == sorted(seconds), seconds
+    last = rows[-1]["values"]
+    assert last["acked"] > 1000 and last["puts"] > 0 and last["rss_bytes"] > 0, last
+    assert last["metadata_bytes"] > 0, last

@@ -95,6 +95,11 @@ impl BrokerProcess {
         terminate(&mut self.child);
     }
 
+    /// The broker's data dir (`--data-dir`): the embedded coordinator and the local store.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     /// The broker's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -134,6 +139,8 @@ impl BrokerProcess {
             put_bytes: get("fjord_object_store_bytes_total{op=\"put\"}"),
             gets: get("fjord_object_store_requests_total{op=\"get\"}"),
             get_bytes: get("fjord_object_store_bytes_total{op=\"get\"}"),
+            deletes: get("fjord_object_store_requests_total{op=\"delete\"}"),
+            lists: get("fjord_object_store_requests_total{op=\"list\"}"),
         })
     }
 
@@ -280,6 +287,10 @@ pub struct StoreCounts {
     pub gets: f64,
     /// Bytes received by GETs.
     pub get_bytes: f64,
+    /// DELETE requests.
+    pub deletes: f64,
+    /// LIST requests.
+    pub lists: f64,
 }
 
 impl std::ops::Sub for StoreCounts {
@@ -290,6 +301,8 @@ impl std::ops::Sub for StoreCounts {
             put_bytes: self.put_bytes - o.put_bytes,
             gets: self.gets - o.gets,
             get_bytes: self.get_bytes - o.get_bytes,
+            deletes: self.deletes - o.deletes,
+            lists: self.lists - o.lists,
         }
     }
 }

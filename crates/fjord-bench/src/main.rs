@@ -22,6 +22,7 @@ mod produce;
 mod report;
 mod s3server;
 mod samples;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -170,6 +171,35 @@ enum Scenario {
     },
     /// Produce through `fjord gateway` (gRPC) vs. directly with librdkafka, one broker.
     Gateway(gateway::GatewaySpec),
+    /// Produce at a fixed rate for a while into topics with a short retention (and a compacted
+    /// topic) and print, over time, RSS, coordinator metadata, objects and object-store requests.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Offered rate over all topics, MB/s of values.
+        #[arg(long, default_value_t = 10.0)]
+        rate_mb: f64,
+        #[arg(long, default_value_t = 1024)]
+        record_size: usize,
+        #[arg(long, default_value_t = 4)]
+        topics: usize,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long, default_value_t = 60_000)]
+        retention_ms: u64,
+        /// Keys of the compacted topic (0: none).
+        #[arg(long, default_value_t = 1000)]
+        compacted_keys: u64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 60)]
+        interval_s: u64,
+        /// Run the broker on this PostgreSQL coordinator (postgres://...) and measure its tables;
+        /// default: the embedded coordinator.
+        #[arg(long)]
+        postgres: Option<String>,
+        #[arg(long, value_enum, default_value_t = Store::Local)]
+        store: Store,
+    },
     /// The standard matrix (minutes).
     All,
     /// A few seconds of each kind, for CI.
@@ -288,6 +318,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fanout_row(b, &mut table, groups, mb, store).await?
         }
         Scenario::Connections { count } => connections_row(b, &mut table, count).await?,
+        Scenario::Soak {
+            minutes,
+            rate_mb,
+            record_size,
+            topics,
+            partitions,
+            retention_ms,
+            compacted_keys,
+            interval_s,
+            postgres,
+            store,
+        } => {
+            if store == Store::S3 {
+                anyhow::bail!("soak measures the local store's files: use --store local or sim-s3");
+            }
+            let spec = soak::SoakSpec {
+                duration: Duration::from_secs_f64(minutes.max(0.0) * 60.0),
+                rate_mb,
+                record_size,
+                topics: topics.max(1),
+                partitions,
+                retention_ms,
+                compacted_keys,
+                interval: Duration::from_secs(interval_s.max(1)),
+                postgres,
+            };
+            soak::run(b, &mut table, &spec, &store.args()).await?
+        }
         Scenario::Forward {
             partitions,
             records,

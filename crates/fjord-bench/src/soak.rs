@@ -1,0 +1,351 @@
+//! `soak`: produces at a fixed rate for a while into topics with a short retention (and,
+//! optionally, one compacted topic over a fixed key space) and samples, at a fixed interval, what
+//! the broker holds: its RSS, the coordinator's metadata (embedded: the journal and snapshot
+//! files; PostgreSQL: the size of its tables and indexes), the objects and bytes in the local
+//! object store, and the object-store requests issued. Bounded metadata shows as figures that
+//! level off while the bytes produced keep growing (issue 15, item 7).
+//!
+//! One row per sample, so the table reads as figures over time.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use crate::broker::{BrokerProcess, StoreCounts};
+use crate::report::{Row, Table};
+
+/// What one soak run does.
+#[derive(Debug, Clone)]
+pub struct SoakSpec {
+    /// How long to produce.
+    pub duration: Duration,
+    /// Offered rate over all topics, in MB/s of values.
+    pub rate_mb: f64,
+    /// Value bytes per record.
+    pub record_size: usize,
+    /// Topics with a short retention.
+    pub topics: usize,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// `retention.ms` of those topics.
+    pub retention_ms: u64,
+    /// Keys of the compacted topic (0: no compacted topic). It gets a tenth of the rate.
+    pub compacted_keys: u64,
+    /// Time between samples.
+    pub interval: Duration,
+    /// `Some(url)`: the broker's coordinator is this PostgreSQL database, measured there.
+    pub postgres: Option<String>,
+}
+
+/// Counts the producer's delivery reports.
+#[derive(Default)]
+struct Acks {
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Reports(Arc<Acks>);
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let counter = if result.is_ok() {
+            &self.0.acked
+        } else {
+            &self.0.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One sample of what the broker holds.
+struct Sample {
+    seconds: f64,
+    acked: u64,
+    failed: u64,
+    rss: u64,
+    metadata_bytes: u64,
+    objects: u64,
+    object_bytes: u64,
+    store: StoreCounts,
+}
+
+/// Runs a soak against a broker it starts with `broker_args`, one row per sample into `table`.
+pub async fn run(
+    binary: &Path,
+    table: &mut Table,
+    spec: &SoakSpec,
+    broker_args: &[String],
+) -> anyhow::Result<()> {
+    let mut args = broker_args.to_vec();
+    if let Some(url) = &spec.postgres {
+        args.extend(["--coordinator".to_string(), url.clone()]);
+    }
+    let broker = BrokerProcess::start(binary, &args)?;
+    let pg = match &spec.postgres {
+        Some(url) => Some(connect(url).await?),
+        None => None,
+    };
+
+    let mut topics: Vec<(String, Option<u64>)> = Vec::new();
+    let retention = spec.retention_ms.to_string();
+    for i in 0..spec.topics {
+        let name = format!("soak-retention-{i}");
+        create(
+            &broker.bootstrap,
+            &name,
+            spec.partitions,
+            &[("retention.ms", &retention)],
+        )
+        .await?;
+        topics.push((name, None));
+    }
+    if spec.compacted_keys > 0 {
+        let name = "soak-compacted".to_string();
+        create(
+            &broker.bootstrap,
+            &name,
+            spec.partitions,
+            &[("cleanup.policy", "compact")],
+        )
+        .await
+        .context("a compacted topic (turn it off with --compacted-keys 0)")?;
+        topics.push((name, Some(spec.compacted_keys)));
+    }
+
+    let acks = Arc::new(Acks::default());
+    let producer: ThreadedProducer<Reports> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create_with_context(Reports(acks.clone()))
+        .context("creating the producer")?;
+
+    let value = vec![b's'; spec.record_size];
+    let per_second = (spec.rate_mb * 1e6 / spec.record_size.max(1) as f64).max(1.0);
+    let setup = format!(
+        "{} topics × {} partitions, retention.ms {}, {}{} MB/s of {} B records, {} coordinator",
+        spec.topics,
+        spec.partitions,
+        spec.retention_ms,
+        if spec.compacted_keys > 0 {
+            format!("a compacted topic over {} keys, ", spec.compacted_keys)
+        } else {
+            String::new()
+        },
+        spec.rate_mb,
+        spec.record_size,
+        if spec.postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "embedded"
+        }
+    );
+
+    let start = Instant::now();
+    let mut next_sample = start;
+    let mut sent: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let first = broker.store_counts().await?;
+    loop {
+        tick.tick().await;
+        let elapsed = start.elapsed();
+        if Instant::now() >= next_sample {
+            let s = sample(&broker, pg.as_ref(), start, &acks, first).await?;
+            table.push(row(&setup, &s));
+            next_sample += spec.interval;
+        }
+        if elapsed >= spec.duration {
+            break;
+        }
+        let due = (elapsed.as_secs_f64() * per_second) as u64;
+        while sent < due {
+            // Every tenth record goes to the compacted topic, when there is one.
+            let which = if sent % 10 == 9 && topics.len() > spec.topics {
+                topics.len() - 1
+            } else {
+                (sent as usize) % spec.topics.max(1)
+            };
+            let (topic, keys) = &topics[which];
+            let key = match keys {
+                Some(n) => format!("key-{}", sent % n),
+                None => format!("k{sent}"),
+            };
+            let record = BaseRecord::to(topic).key(&key).payload(&value);
+            match producer.send(record) {
+                Ok(()) => sent += 1,
+                // The local queue is full: the broker does not keep up with the offered rate.
+                Err((e, _)) => {
+                    if sent == 0 {
+                        bail!("producing: {e}");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flushing the producer")?;
+    // A last sample after a retention period of idling: what expired should be gone.
+    tokio::time::sleep(Duration::from_millis(spec.retention_ms) + spec.interval).await;
+    let s = sample(&broker, pg.as_ref(), start, &acks, first).await?;
+    table.push(row(&format!("{setup}; idle after producing"), &s));
+    if s.failed > 0 {
+        bail!("{} records failed", s.failed);
+    }
+    Ok(())
+}
+
+async fn sample(
+    broker: &BrokerProcess,
+    pg: Option<&tokio_postgres::Client>,
+    start: Instant,
+    acks: &Acks,
+    first: StoreCounts,
+) -> anyhow::Result<Sample> {
+    let (rss, _) = broker.usage()?;
+    let metadata_bytes = match pg {
+        Some(client) => postgres_bytes(client).await?,
+        None => dir_size(&broker.data_dir().join("coordinator"))?.1,
+    };
+    let (objects, object_bytes) = dir_size(&broker.data_dir().join("objects"))?;
+    Ok(Sample {
+        seconds: start.elapsed().as_secs_f64(),
+        acked: acks.acked.load(Ordering::Relaxed),
+        failed: acks.failed.load(Ordering::Relaxed),
+        rss,
+        metadata_bytes,
+        objects,
+        object_bytes,
+        store: broker.store_counts().await? - first,
+    })
+}
+
+fn row(setup: &str, s: &Sample) -> Row {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    Row {
+        scenario: "soak".into(),
+        setup: format!("{setup}; t={:.0} s", s.seconds),
+        figures: format!(
+            "{} records acked; RSS {:.0} MiB; metadata {:.1} MiB; {} objects, {:.0} MiB; \
+             {:.0} PUT / {:.0} GET / {:.0} DELETE / {:.0} LIST",
+            s.acked,
+            mib(s.rss),
+            mib(s.metadata_bytes),
+            s.objects,
+            mib(s.object_bytes),
+            s.store.puts,
+            s.store.gets,
+            s.store.deletes,
+            s.store.lists,
+        ),
+        values: vec![
+            ("seconds", s.seconds),
+            ("acked", s.acked as f64),
+            ("rss_bytes", s.rss as f64),
+            ("metadata_bytes", s.metadata_bytes as f64),
+            ("objects", s.objects as f64),
+            ("object_bytes", s.object_bytes as f64),
+            ("puts", s.store.puts),
+            ("gets", s.store.gets),
+            ("deletes", s.store.deletes),
+            ("lists", s.store.lists),
+        ],
+    }
+}
+
+/// Files and bytes under `dir` (0, 0 when it does not exist).
+fn dir_size(dir: &Path) -> anyhow::Result<(u64, u64)> {
+    let mut files = 0;
+    let mut bytes = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", d.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            // A file may be deleted (GC, a journal rotation) between listing and stat.
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+    }
+    Ok((files, bytes))
+}
+
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("soak: the PostgreSQL connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Bytes of every table in the coordinator's schema, indexes and TOAST included.
+async fn postgres_bytes(client: &tokio_postgres::Client) -> anyhow::Result<u64> {
+    let row = client
+        .query_one(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::BIGINT \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname = current_schema()",
+            &[],
+        )
+        .await
+        .context("measuring the coordinator's tables")?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
+/// Creates `topic` with `configs`.
+async fn create(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("creating an admin client")?;
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    let results = admin
+        .create_topics(
+            &[new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+    for r in results {
+        if let Err((name, code)) = r {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("creating topic {name}: {code}");
+            }
+        }
+    }
+    Ok(())
+}
