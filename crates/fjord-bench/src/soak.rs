@@ -13,14 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::broker::{BrokerProcess, StoreCounts};
+use crate::produce::create_topic_with;
 use crate::report::{Row, Table};
 
 /// What one soak run does.
@@ -103,7 +101,7 @@ pub async fn run(
     let retention = spec.retention_ms.to_string();
     for i in 0..spec.topics {
         let name = format!("soak-retention-{i}");
-        create(
+        create_topic_with(
             &broker.bootstrap,
             &name,
             spec.partitions,
@@ -114,7 +112,7 @@ pub async fn run(
     }
     if spec.compacted_keys > 0 {
         let name = "soak-compacted".to_string();
-        create(
+        create_topic_with(
             &broker.bootstrap,
             &name,
             spec.partitions,
@@ -317,35 +315,4 @@ async fn postgres_bytes(client: &tokio_postgres::Client) -> anyhow::Result<u64> 
         .await
         .context("measuring the coordinator's tables")?;
     Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
-}
-
-/// Creates `topic` with `configs`.
-async fn create(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    configs: &[(&str, &str)],
-) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .context("creating an admin client")?;
-    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        new = new.set(k, v);
-    }
-    let results = admin
-        .create_topics(
-            &[new],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await?;
-    for r in results {
-        if let Err((name, code)) = r {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
-                bail!("creating topic {name}: {code}");
-            }
-        }
-    }
-    Ok(())
 }
