@@ -780,7 +780,8 @@ pub struct RetainedRow {
 /// order (possibly only a prefix of them); `retained_bytes` is the length of all of them (only
 /// read when `limits.max_bytes` is set). Whole rows are dropped from the front while each is
 /// expired by time (its max timestamp is before `limits.expire_before_ms`, Kafka's test on a
-/// segment's largest timestamp) or by size (what remains after dropping it is still at least
+/// segment's largest timestamp; a row with no timestamp, max -1, is never expired by time) or by
+/// size (what remains after dropping it is still at least
 /// `limits.max_bytes`, Kafka's `retention.bytes` test); the first row that is neither stops it.
 /// The new log start is one past the last dropped row, never beyond the high watermark, never
 /// below the current log start.
@@ -794,9 +795,11 @@ pub fn retention_decision(
     let mut remaining = retained_bytes;
     let mut expired = 0;
     for row in rows {
+        // A row without timestamps (-1: a pre-0.10 style client) has no age to expire by; it
+        // goes by size or DeleteRecords only, never the moment it is written.
         let by_time = limits
             .expire_before_ms
-            .is_some_and(|before| row.max_timestamp < before);
+            .is_some_and(|before| row.max_timestamp >= 0 && row.max_timestamp < before);
         let by_size = limits
             .max_bytes
             .is_some_and(|max| remaining >= row.length && remaining - row.length >= max);
@@ -1478,6 +1481,66 @@ mod tests {
         assert_eq!(effects.high_watermarks[&tp(0)], 106);
         assert_eq!(effects.high_watermarks[&tp(1)], 1);
         assert!(effects.producers.is_empty());
+    }
+
+    #[test]
+    fn retention_passes_whole_rows_by_time_or_size() {
+        let row = |last_offset, max_timestamp| RetainedRow {
+            last_offset,
+            length: 100,
+            max_timestamp,
+        };
+        let offsets = PartitionOffsets {
+            log_start: 5,
+            high_watermark: 40,
+        };
+        let rows = [row(9, 10), row(19, 20), row(29, -1), row(39, 5)];
+        let time = |before| RetentionLimits {
+            expire_before_ms: Some(before),
+            max_bytes: None,
+        };
+        assert_eq!(retention_decision(offsets, &rows, 400, &time(10)), (5, 0));
+        assert_eq!(retention_decision(offsets, &rows, 400, &time(11)), (10, 1));
+        // The row without timestamps stops time retention; the older row behind it waits.
+        assert_eq!(
+            retention_decision(offsets, &rows, 400, &time(i64::MAX)),
+            (20, 2)
+        );
+        let size = |max| RetentionLimits {
+            expire_before_ms: None,
+            max_bytes: Some(max),
+        };
+        // Drop rows while at least the limit remains: 200 bytes do, 100 would not.
+        assert_eq!(retention_decision(offsets, &rows, 400, &size(150)), (20, 2));
+        assert_eq!(retention_decision(offsets, &rows, 400, &size(100)), (30, 3));
+        assert_eq!(retention_decision(offsets, &rows, 400, &size(0)), (40, 4));
+        assert_eq!(retention_decision(offsets, &rows, 400, &size(401)), (5, 0));
+        // Never beyond the high watermark, never below the current start.
+        let short = PartitionOffsets {
+            log_start: 5,
+            high_watermark: 35,
+        };
+        assert_eq!(retention_decision(short, &rows, 400, &size(0)), (35, 4));
+        assert_eq!(retention_decision(offsets, &[], 0, &size(0)), (5, 0));
+    }
+
+    #[test]
+    fn delete_records_targets() {
+        let offsets = PartitionOffsets {
+            log_start: 5,
+            high_watermark: 40,
+        };
+        assert_eq!(delete_records_target(offsets, -1).unwrap(), 40);
+        assert_eq!(delete_records_target(offsets, 3).unwrap(), 5);
+        assert_eq!(delete_records_target(offsets, 40).unwrap(), 40);
+        assert!(matches!(
+            delete_records_target(offsets, 41),
+            Err(CoordinatorError::OffsetOutOfRange(_))
+        ));
+        assert!(matches!(
+            delete_records_target(offsets, -2),
+            Err(CoordinatorError::OffsetOutOfRange(_))
+        ));
     }
 
     #[test]
