@@ -1,10 +1,11 @@
 //! [`LogLifecycle`](crate::LogLifecycle) on PostgreSQL: log start offsets in `fjord_partitions`.
 //!
-//! Each call is one transaction that locks the partition row (`FOR UPDATE`, the one row, so it
+//! Each change is one transaction that locks the partition row (`FOR UPDATE`, the one row, so it
 //! cannot deadlock with commits, which lock partition rows in sorted order, or with topic
 //! deletion, which locks the topic first and then its partitions), decides with the same pure
 //! rules as the embedded coordinator ([`crate::state`]) and raises `log_start` with `GREATEST`,
-//! so concurrent or repeated calls never lower it. A change notifies the commit channel, so other
+//! so concurrent or repeated calls never lower it. Retention first decides without the lock and
+//! takes it only when it has something to expire, so idle partitions cost one read per pass. A change notifies the commit channel, so other
 //! brokers' offset caches (keyed by commit notifications) reload the partition.
 
 use deadpool_postgres::Transaction;
@@ -24,14 +25,34 @@ const RETAINED_ROWS: &str = "topic_id = $1 AND partition = $2 AND last_offset >=
         WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3), $3)";
 
 async fn lock_partition(tx: &Transaction<'_>, tp: TopicPartition) -> Result<PartitionOffsets> {
+    partition_row(
+        tx,
+        tp,
+        "SELECT log_start, high_watermark FROM fjord_partitions
+         WHERE topic_id = $1 AND partition = $2 FOR UPDATE",
+    )
+    .await
+}
+
+async fn read_partition(tx: &Transaction<'_>, tp: TopicPartition) -> Result<PartitionOffsets> {
+    partition_row(
+        tx,
+        tp,
+        "SELECT log_start, high_watermark FROM fjord_partitions
+         WHERE topic_id = $1 AND partition = $2",
+    )
+    .await
+}
+
+async fn partition_row(
+    tx: &Transaction<'_>,
+    tp: TopicPartition,
+    sql: &str,
+) -> Result<PartitionOffsets> {
     let row = tx
-        .query_opt(
-            "SELECT log_start, high_watermark FROM fjord_partitions
-             WHERE topic_id = $1 AND partition = $2 FOR UPDATE",
-            &[&tp.topic_id, &tp.partition],
-        )
+        .query_opt(sql, &[&tp.topic_id, &tp.partition])
         .await
-        .map_err(db("locking a partition"))?
+        .map_err(db("reading a partition"))?
         .ok_or_else(|| unknown_partition(tp))?;
     Ok(PartitionOffsets {
         log_start: get(&row, 0)?,
@@ -90,12 +111,34 @@ pub(super) async fn apply_retention(
     limits: RetentionLimits,
     max_rows: usize,
 ) -> Result<RetentionStep> {
+    // Decide without the partition lock first: most calls find nothing to expire, and need not
+    // queue behind (or hold up) commits to the partition. Only a decision to advance is taken
+    // again under the lock (rows below the high watermark never change, so it decides the same
+    // or, after a concurrent advance, nothing).
+    let unlocked = retention_step(c, tp, &limits, max_rows, false).await?;
+    if unlocked.rows_expired == 0 {
+        return Ok(unlocked);
+    }
+    retention_step(c, tp, &limits, max_rows, true).await
+}
+
+async fn retention_step(
+    c: &PostgresCoordinator,
+    tp: TopicPartition,
+    limits: &RetentionLimits,
+    max_rows: usize,
+    write: bool,
+) -> Result<RetentionStep> {
     let mut client = c.client().await?;
     let tx = client
         .transaction()
         .await
         .map_err(db("starting a retention step"))?;
-    let offsets = lock_partition(&tx, tp).await?;
+    let offsets = if write {
+        lock_partition(&tx, tp).await?
+    } else {
+        read_partition(&tx, tp).await?
+    };
     let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
     let rows: Vec<RetainedRow> = tx
         .query(
@@ -132,11 +175,15 @@ pub(super) async fn apply_retention(
         }
         None => 0,
     };
-    let (log_start, expired) = retention_decision(offsets, &rows, retained_bytes, &limits);
-    let offsets = advance_and_commit(tx, tp, offsets, log_start).await?;
-    Ok(RetentionStep {
+    let (log_start, expired) = retention_decision(offsets, &rows, retained_bytes, limits);
+    let step = |offsets| RetentionStep {
         offsets,
         rows_expired: expired as u64,
         more: expired == max_rows && max_rows > 0,
-    })
+    };
+    if !write {
+        tx.commit().await.map_err(db("ending a retention check"))?;
+        return Ok(step(offsets));
+    }
+    Ok(step(advance_and_commit(tx, tp, offsets, log_start).await?))
 }
