@@ -442,8 +442,13 @@ impl LogLifecycle for EmbeddedCoordinator {
         limits: RetentionLimits,
         max_rows: usize,
     ) -> Result<RetentionStep> {
-        // Decided on the writer, so no commit to the partition lands between deciding and
-        // writing (not that one could change the decision: commits only append).
+        // Most calls find nothing to expire: decide under the read lock first, and queue on the
+        // writer (behind commits) only to advance. There it is decided again, so nothing lands
+        // between deciding and writing.
+        let (step, entry) = self.read(|s| s.decide_retention(tp, &limits, max_rows))?;
+        if entry.is_none() {
+            return Ok(step);
+        }
         self.on_writer(move |w| {
             let (step, entry) = w.state.read().decide_retention(tp, &limits, max_rows)?;
             if let Some(entry) = entry {
