@@ -1,5 +1,6 @@
 """Runs tests/js/roundtrip.js (kafkajs: createTopics, produce 1,000
-messages, fetchTopicOffsets) against a broker; see that file for the checks."""
+messages, fetchTopicOffsets, a consumer group, deleteTopicRecords) against a broker; see that file
+for the checks."""
 
 from __future__ import annotations
 

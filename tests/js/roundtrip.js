@@ -13,6 +13,8 @@
 // 4. A consumer group (subscribe, autoCommit) reads all 1,000 back: keys,
 //    values, headers and per-partition order intact; committed offsets equal
 //    the high watermarks.
+// 5. admin.deleteTopicRecords moves the low watermarks (partition 0 to 10,
+//    partition 1 to its end).
 //
 // Exit code 0 = pass; anything else = fail (reason on stderr).  A watchdog
 // ends the process after 120 s.
@@ -165,7 +167,19 @@ async function main() {
     for (const o of committed[0].partitions) {
       check(String(o.offset) === String(sent[o.partition]), `committed offset of partition ${o.partition} is ${o.offset}, want ${sent[o.partition]}`);
     }
-    console.log(`roundtrip.js: OK, ${total} messages produced and consumed; committed ${JSON.stringify(committed[0].partitions)}`);
+    // 5. admin.deleteTopicRecords (DeleteRecords): partition 0 before offset 10, partition 1
+    //    everything (-1); the low watermarks move there, the high watermarks stay.
+    await admin.deleteTopicRecords({
+      topic,
+      partitions: [{ partition: 0, offset: '10' }, { partition: 1, offset: '-1' }],
+    });
+    const trimmed = await admin.fetchTopicOffsets(topic);
+    for (const o of trimmed) {
+      const want = { 0: '10', 1: String(sent[1]), 2: '0' }[o.partition];
+      check(String(o.low) === want, `after deleteTopicRecords, partition ${o.partition}: low watermark ${o.low}, want ${want}`);
+      check(String(o.high) === String(sent[o.partition]), `after deleteTopicRecords, partition ${o.partition}: high watermark ${o.high}`);
+    }
+    console.log(`roundtrip.js: OK, ${total} messages produced and consumed; committed ${JSON.stringify(committed[0].partitions)}; deleteTopicRecords moved the low watermarks`);
   } finally {
     await producer.disconnect().catch(() => {});
     await admin.disconnect().catch(() => {});

@@ -172,6 +172,7 @@ pub async fn start_from(
         ApiKey::DeleteTopics => run(ctx, frame, move |r| {
             handlers::admin::delete_topics(b, r, version)
         }),
+        ApiKey::DeleteRecords => run(ctx, frame, move |r| handlers::delete_records::handle(b, r)),
         ApiKey::CreatePartitions => run(ctx, frame, move |r| {
             handlers::admin::create_partitions(b, r)
         }),

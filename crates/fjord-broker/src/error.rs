@@ -17,6 +17,7 @@ pub fn coordinator_code(e: &CoordinatorError) -> ResponseError {
             ResponseError::CoordinatorNotAvailable
         }
         CoordinatorError::Corrupt(_) => ResponseError::UnknownServerError,
+        CoordinatorError::OffsetOutOfRange(_) => ResponseError::OffsetOutOfRange,
         // Another broker wrote what this one read: its view was stale.
         CoordinatorError::Fenced(_) => ResponseError::NotCoordinator,
     }

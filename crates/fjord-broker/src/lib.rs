@@ -13,6 +13,7 @@ pub mod groups;
 mod handlers;
 pub mod memory;
 pub mod offsets_cache;
+pub mod retention;
 pub mod testkit;
 pub mod topic_config;
 mod topics;

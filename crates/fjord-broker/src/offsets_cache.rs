@@ -8,7 +8,9 @@
 //! other brokers' commits), and concurrent misses for one partition share one query.
 //!
 //! Invariants: an entry is used only while the commit counter still has the value it was loaded
-//! under, so offsets are never older than the last commit this broker has heard of; errors are
+//! under, so offsets are never older than the last commit this broker has heard of; a log start
+//! moved by this broker (DeleteRecords, retention) drops the entry, one moved by another broker
+//! arrives as a commit notification (PostgreSQL); errors are
 //! not cached; the cache holds at most [`MAX_ENTRIES`] partitions (it is cleared when full).
 
 use std::collections::HashMap;
@@ -71,6 +73,12 @@ impl OffsetsCache {
             }
         }
         result
+    }
+
+    /// Forgets `tp`, so that the next fetch reads its offsets from the store (after this broker
+    /// moved its log start: that is no commit, so the generation does not change).
+    pub fn invalidate(&self, tp: TopicPartition) {
+        self.entries.lock().remove(&tp);
     }
 
     /// Partitions currently cached.

@@ -1,8 +1,10 @@
 //! The topic configs Fjord knows: names, defaults, types and validation.
 //!
-//! Configs are stored and returned even where they are not enforced yet (most retention and
-//! compaction settings), so tools and clients that set them keep working. Unknown names are
-//! rejected with INVALID_CONFIG, as Kafka does.
+//! Configs are stored and returned even where they are not enforced yet (compaction and segment
+//! settings, among others), so tools and clients that set them keep working. Unknown names are
+//! rejected with INVALID_CONFIG, as Kafka does. Enforced: `max.message.bytes`,
+//! `message.timestamp.type`, and `retention.ms`, `retention.bytes` and `cleanup.policy`'s
+//! `delete` through [`crate::retention`].
 
 /// Kafka's config value types (DescribeConfigs v3+ `config_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

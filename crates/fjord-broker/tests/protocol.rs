@@ -1272,3 +1272,85 @@ async fn fetch_shares_max_bytes_in_partition_order() {
         }
     }
 }
+
+fn delete_records(name: &str, partition: i32, offset: i64) -> DeleteRecordsRequest {
+    DeleteRecordsRequest::default()
+        .with_timeout_ms(1000)
+        .with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
+            .with_name(TopicName(sb(name)))
+            .with_partitions(vec![
+                delete_records_request::DeleteRecordsPartition::default()
+                    .with_partition_index(partition)
+                    .with_offset(offset),
+            ])])
+}
+
+fn low_watermark(r: &DeleteRecordsResponse) -> (i16, i64) {
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.low_watermark)
+}
+
+/// DeleteRecords moves the log start at every version; Fetch below it is out of range and every
+/// fetch answer carries it; ListOffsets(earliest) and timestamp lookups answer from it.
+#[tokio::test]
+async fn delete_records_moves_the_log_start() {
+    let h = harness();
+    create(&h, "dr", 1).await;
+    for i in 0..4 {
+        let r = call(
+            &h,
+            common::produce_request("dr", 0, records(3, 1000 + 3 * i)),
+            9,
+        )
+        .await;
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let out_of_range = ResponseError::OffsetOutOfRange.code();
+    let unknown = ResponseError::UnknownTopicOrPartition.code();
+    for (v, before, expected) in [(0, 2, (0, 2)), (1, 4, (0, 4)), (2, 1, (0, 4))] {
+        let r = call(&h, delete_records("dr", 0, before), v).await;
+        assert_eq!(low_watermark(&r), expected, "v{v}");
+    }
+    let r = call(&h, delete_records("dr", 0, 13), 2).await;
+    assert_eq!(low_watermark(&r), (out_of_range, -1));
+    let r = call(&h, delete_records("dr", 1, 0), 2).await;
+    assert_eq!(low_watermark(&r), (unknown, -1));
+    let r = call(&h, delete_records("nope", 0, 0), 2).await;
+    assert_eq!(low_watermark(&r), (unknown, -1));
+
+    // Below the start: out of range, with the log start in the answer.
+    let r = call(&h, common::fetch_request("dr", &[(0, 3)], 1 << 20), 12).await;
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(p.error_code, out_of_range);
+    assert_eq!((p.log_start_offset, p.high_watermark), (4, 12));
+    // At the start: the batch holding it (from offset 3; clients skip what is before 4).
+    let r = call(&h, common::fetch_request("dr", &[(0, 4)], 1 << 20), 12).await;
+    let p = &r.responses[0].partitions[0];
+    assert_eq!((p.error_code, p.log_start_offset), (0, 4));
+    let mut bytes = p.records.clone().unwrap();
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).unwrap();
+    assert_eq!(sets[0].records[0].offset, 3);
+
+    let ask = |ts: i64| {
+        ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(sb("dr")))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(ts),
+                ])])
+    };
+    let offset = |r: &ListOffsetsResponse| r.topics[0].partitions[0].offset;
+    assert_eq!(offset(&call(&h, ask(-2), 8).await), 4);
+    // Timestamp 1000 is at offset 0, which is gone: the first readable offset answers.
+    assert_eq!(offset(&call(&h, ask(1000), 8).await), 4);
+    assert_eq!(offset(&call(&h, ask(1007), 8).await), 7);
+
+    // -1: up to the high watermark.
+    let r = call(&h, delete_records("dr", 0, -1), 2).await;
+    assert_eq!(low_watermark(&r), (0, 12));
+    assert_eq!(offset(&call(&h, ask(-2), 8).await), 12);
+    assert_eq!(offset(&call(&h, ask(1000), 8).await), -1);
+}

@@ -27,6 +27,9 @@ pub enum CoordinatorError {
     /// The coordinator is shutting down or failed earlier and refuses further writes.
     #[error("coordinator is unavailable: {0}")]
     Unavailable(String),
+    /// An offset outside the partition's log (DeleteRecords beyond the high watermark).
+    #[error("offset out of range: {0}")]
+    OffsetOutOfRange(String),
     /// A conditional write found the state changed since the caller read it (another broker
     /// wrote it); nothing was written.
     #[error("fenced: {0}")]

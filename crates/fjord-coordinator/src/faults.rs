@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::model::*;
-use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, Result};
+use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, Result};
 
 /// An operation faults can be armed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -319,6 +319,22 @@ impl GroupStore for FaultyCoordinator {
 
     async fn delete_group(&self, group: &str, fence: Option<i64>) -> Result<bool> {
         self.inner.delete_group(group, fence).await
+    }
+}
+
+#[async_trait]
+impl LogLifecycle for FaultyCoordinator {
+    async fn delete_records(&self, tp: TopicPartition, before: i64) -> Result<PartitionOffsets> {
+        self.inner.delete_records(tp, before).await
+    }
+
+    async fn apply_retention(
+        &self,
+        tp: TopicPartition,
+        limits: RetentionLimits,
+        max_rows: usize,
+    ) -> Result<RetentionStep> {
+        self.inner.apply_retention(tp, limits, max_rows).await
     }
 }
 

@@ -21,6 +21,8 @@
 //!   leaves groups' offsets for it in place. A group's blob is written by compare-and-set on a
 //!   version that never repeats, and offset commits can be made conditional on it
 //!   ([`GroupStore`]): two brokers that both believe they coordinate a group cannot both write it.
+//! - A partition's log start offset never goes down and never passes its high watermark
+//!   ([`LogLifecycle`]).
 //! - At most one incarnation of a broker node id holds a live lease at any time.
 
 mod broker_registry;
@@ -29,6 +31,7 @@ pub mod embedded;
 mod error;
 pub mod faults;
 mod group_store;
+mod log_lifecycle;
 mod model;
 pub mod postgres;
 pub mod state;
@@ -37,17 +40,18 @@ pub mod testsuite;
 pub use broker_registry::BrokerRegistry;
 pub use error::{CoordinatorError, Result};
 pub use group_store::GroupStore;
+pub use log_lifecycle::LogLifecycle;
 pub use model::*;
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
 /// The metadata store behind a broker: topics, the log index and producer ids here; consumer
-/// groups ([`GroupStore`]) and the live-broker registry ([`BrokerRegistry`]) in traits of their
-/// own, each with its conformance tests in [`testsuite`]. Implementations are cheap to share
+/// groups ([`GroupStore`]), the live-broker registry ([`BrokerRegistry`]) and log start offsets
+/// ([`LogLifecycle`]: retention, DeleteRecords) in traits of their own, each with its conformance tests in [`testsuite`]. Implementations are cheap to share
 /// (`Arc<dyn Coordinator>`).
 #[async_trait]
-pub trait Coordinator: GroupStore + BrokerRegistry + Send + Sync + 'static {
+pub trait Coordinator: GroupStore + BrokerRegistry + LogLifecycle + Send + Sync + 'static {
     /// Creates a topic. Fails with [`CoordinatorError::TopicExists`] if the name is taken.
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicMeta>;
 

@@ -125,6 +125,36 @@ pub struct PartitionOffsets {
     pub high_watermark: i64,
 }
 
+/// What retention keeps of a partition, resolved from its topic's configs by the caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionLimits {
+    /// Rows whose max timestamp is before this (ms) are expired (`now - retention.ms`); `None`:
+    /// no time limit.
+    pub expire_before_ms: Option<i64>,
+    /// Rows are dropped from the front while what remains is still at least this many bytes
+    /// (Kafka's `retention.bytes`); `None`: no size limit.
+    pub max_bytes: Option<u64>,
+}
+
+impl RetentionLimits {
+    /// Whether these limits can never expire anything.
+    pub fn is_unlimited(&self) -> bool {
+        self.expire_before_ms.is_none() && self.max_bytes.is_none()
+    }
+}
+
+/// What one [`crate::LogLifecycle::apply_retention`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionStep {
+    /// The partition's offsets after the call.
+    pub offsets: PartitionOffsets,
+    /// How many index rows the log start moved past.
+    pub rows_expired: u64,
+    /// Whether the call stopped at its row limit with every row it looked at expired: another
+    /// call may expire more.
+    pub more: bool,
+}
+
 /// A contiguous run of batches of one partition inside one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRow {

@@ -105,6 +105,14 @@ pub enum Entry {
         /// The new watermark (ms).
         at_ms: i64,
     },
+    /// A partition's log start was raised (retention, DeleteRecords; see
+    /// [`crate::LogLifecycle`]). Applying it never lowers the log start.
+    LogStart {
+        /// The partition.
+        tp: TopicPartition,
+        /// The new log start offset.
+        log_start: i64,
+    },
 }
 
 /// The offset a group committed for one partition (its topic and partition are the map keys).
@@ -404,6 +412,52 @@ impl State {
         }))
     }
 
+    /// Decides a DeleteRecords on `tp`: the offsets after it, and the entry to write (`None` when
+    /// the log start does not move).
+    pub fn decide_delete_records(
+        &self,
+        tp: TopicPartition,
+        before: i64,
+    ) -> Result<(PartitionOffsets, Option<Entry>)> {
+        let offsets = self.partition_offsets(tp)?;
+        let log_start = delete_records_target(offsets, before)?;
+        Ok(advance(tp, offsets, log_start))
+    }
+
+    /// Decides a retention step on `tp` (see [`crate::LogLifecycle::apply_retention`]).
+    pub fn decide_retention(
+        &self,
+        tp: TopicPartition,
+        limits: &RetentionLimits,
+        max_rows: usize,
+    ) -> Result<(RetentionStep, Option<Entry>)> {
+        let p = self.partition(tp)?;
+        let offsets = self.partition_offsets(tp)?;
+        let retained = || p.rows.range(retained_from(p)..).map(|(_, row)| row);
+        let rows: Vec<RetainedRow> = retained()
+            .take(max_rows)
+            .map(|row| RetainedRow {
+                last_offset: row.last_offset,
+                length: row.length,
+                max_timestamp: row.max_timestamp,
+            })
+            .collect();
+        let retained_bytes = match limits.max_bytes {
+            Some(_) => retained().map(|row| row.length).sum(),
+            None => 0,
+        };
+        let (log_start, expired) = retention_decision(offsets, &rows, retained_bytes, limits);
+        let (offsets, entry) = advance(tp, offsets, log_start);
+        Ok((
+            RetentionStep {
+                offsets,
+                rows_expired: expired as u64,
+                more: expired == max_rows && max_rows > 0,
+            },
+            entry,
+        ))
+    }
+
     fn known_topic(&self, name: &str) -> Result<&TopicMeta> {
         self.topics
             .get(name)
@@ -516,6 +570,11 @@ impl State {
             Entry::CommitWatermark { at_ms } => {
                 self.commit_watermark_ms = self.commit_watermark_ms.max(*at_ms);
             }
+            Entry::LogStart { tp, log_start } => {
+                if let Some(p) = self.partitions.get_mut(tp) {
+                    p.log_start = p.log_start.max(*log_start).min(p.high_watermark);
+                }
+            }
         }
     }
 
@@ -615,10 +674,10 @@ impl State {
         tp: TopicPartition,
         timestamp: i64,
     ) -> Result<Option<IndexRow>> {
-        Ok(self
-            .partition(tp)?
-            .rows
-            .values()
+        let p = self.partition(tp)?;
+        Ok(p.rows
+            .range(retained_from(p)..)
+            .map(|(_, row)| row)
             .find(|row| row.max_timestamp >= timestamp)
             .cloned())
     }
@@ -626,7 +685,8 @@ impl State {
     /// The earliest row holding the partition's largest timestamp.
     pub fn row_with_max_timestamp(&self, tp: TopicPartition) -> Result<Option<IndexRow>> {
         let mut best: Option<&IndexRow> = None;
-        for row in self.partition(tp)?.rows.values() {
+        let p = self.partition(tp)?;
+        for (_, row) in p.rows.range(retained_from(p)..) {
             if best.is_none_or(|b| row.max_timestamp > b.max_timestamp) {
                 best = Some(row);
             }
@@ -655,6 +715,102 @@ impl State {
         }
         refs
     }
+}
+
+/// The base offset of the first index row of `p` that holds offsets at or after its log start
+/// (rows wholly below it are no longer part of the log).
+fn retained_from(p: &PartitionState) -> i64 {
+    p.rows
+        .range(..=p.log_start)
+        .next_back()
+        .filter(|(_, row)| row.last_offset >= p.log_start)
+        .map_or(p.log_start, |(base, _)| *base)
+}
+
+/// The offsets after raising `offsets.log_start` to `log_start`, and the entry that does it
+/// (`None` when it does not move).
+fn advance(
+    tp: TopicPartition,
+    offsets: PartitionOffsets,
+    log_start: i64,
+) -> (PartitionOffsets, Option<Entry>) {
+    if log_start <= offsets.log_start {
+        return (offsets, None);
+    }
+    (
+        PartitionOffsets {
+            log_start,
+            high_watermark: offsets.high_watermark,
+        },
+        Some(Entry::LogStart { tp, log_start }),
+    )
+}
+
+/// The log start a DeleteRecords of records before `before` asks for: `before` itself, the high
+/// watermark for -1, or [`CoordinatorError::OffsetOutOfRange`] beyond the high watermark or
+/// below -1. At or below the current log start it is the current log start (nothing moves).
+pub fn delete_records_target(offsets: PartitionOffsets, before: i64) -> Result<i64> {
+    let target = match before {
+        -1 => offsets.high_watermark,
+        b if b < 0 || b > offsets.high_watermark => {
+            return Err(CoordinatorError::OffsetOutOfRange(format!(
+                "cannot delete records before offset {before}: the log ends at {}",
+                offsets.high_watermark
+            )));
+        }
+        b => b,
+    };
+    Ok(target.max(offsets.log_start))
+}
+
+/// An index row as retention sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainedRow {
+    /// Last offset of the row (inclusive).
+    pub last_offset: i64,
+    /// Bytes the row references.
+    pub length: u64,
+    /// Largest timestamp in the row.
+    pub max_timestamp: i64,
+}
+
+/// Retention's decision for one partition: the new log start and how many of `rows` it passes.
+///
+/// `rows` are the partition's first index rows from the one holding the log start on, in offset
+/// order (possibly only a prefix of them); `retained_bytes` is the length of all of them (only
+/// read when `limits.max_bytes` is set). Whole rows are dropped from the front while each is
+/// expired by time (its max timestamp is before `limits.expire_before_ms`, Kafka's test on a
+/// segment's largest timestamp; a row with no timestamp, max -1, is never expired by time) or by
+/// size (what remains after dropping it is still at least
+/// `limits.max_bytes`, Kafka's `retention.bytes` test); the first row that is neither stops it.
+/// The new log start is one past the last dropped row, never beyond the high watermark, never
+/// below the current log start.
+pub fn retention_decision(
+    offsets: PartitionOffsets,
+    rows: &[RetainedRow],
+    retained_bytes: u64,
+    limits: &RetentionLimits,
+) -> (i64, usize) {
+    let mut log_start = offsets.log_start;
+    let mut remaining = retained_bytes;
+    let mut expired = 0;
+    for row in rows {
+        // A row without timestamps (-1: a pre-0.10 style client) has no age to expire by; it
+        // goes by size or DeleteRecords only, never the moment it is written.
+        let by_time = limits
+            .expire_before_ms
+            .is_some_and(|before| row.max_timestamp >= 0 && row.max_timestamp < before);
+        let by_size = limits
+            .max_bytes
+            .is_some_and(|max| remaining >= row.length && remaining - row.length >= max);
+        if !(by_time || by_size) {
+            break;
+        }
+        remaining = remaining.saturating_sub(row.length);
+        log_start = log_start.max(row.last_offset.saturating_add(1));
+        expired += 1;
+    }
+    (log_start.min(offsets.high_watermark), expired)
 }
 
 impl CommitView for State {
@@ -1325,6 +1481,66 @@ mod tests {
         assert_eq!(effects.high_watermarks[&tp(0)], 106);
         assert_eq!(effects.high_watermarks[&tp(1)], 1);
         assert!(effects.producers.is_empty());
+    }
+
+    #[test]
+    fn retention_passes_whole_rows_by_time_or_size() {
+        let row = |last_offset, max_timestamp| RetainedRow {
+            last_offset,
+            length: 100,
+            max_timestamp,
+        };
+        let offsets = PartitionOffsets {
+            log_start: 5,
+            high_watermark: 40,
+        };
+        let rows = [row(9, 10), row(19, 20), row(29, -1), row(39, 5)];
+        let time = |before| RetentionLimits {
+            expire_before_ms: Some(before),
+            max_bytes: None,
+        };
+        assert_eq!(retention_decision(offsets, &rows, 400, &time(10)), (5, 0));
+        assert_eq!(retention_decision(offsets, &rows, 400, &time(11)), (10, 1));
+        // The row without timestamps stops time retention; the older row behind it waits.
+        assert_eq!(
+            retention_decision(offsets, &rows, 400, &time(i64::MAX)),
+            (20, 2)
+        );
+        let size = |max| RetentionLimits {
+            expire_before_ms: None,
+            max_bytes: Some(max),
+        };
+        // Drop rows while at least the limit remains: 200 bytes do, 100 would not.
+        assert_eq!(retention_decision(offsets, &rows, 400, &size(150)), (20, 2));
+        assert_eq!(retention_decision(offsets, &rows, 400, &size(100)), (30, 3));
+        assert_eq!(retention_decision(offsets, &rows, 400, &size(0)), (40, 4));
+        assert_eq!(retention_decision(offsets, &rows, 400, &size(401)), (5, 0));
+        // Never beyond the high watermark, never below the current start.
+        let short = PartitionOffsets {
+            log_start: 5,
+            high_watermark: 35,
+        };
+        assert_eq!(retention_decision(short, &rows, 400, &size(0)), (35, 4));
+        assert_eq!(retention_decision(offsets, &[], 0, &size(0)), (5, 0));
+    }
+
+    #[test]
+    fn delete_records_targets() {
+        let offsets = PartitionOffsets {
+            log_start: 5,
+            high_watermark: 40,
+        };
+        assert_eq!(delete_records_target(offsets, -1).unwrap(), 40);
+        assert_eq!(delete_records_target(offsets, 3).unwrap(), 5);
+        assert_eq!(delete_records_target(offsets, 40).unwrap(), 40);
+        assert!(matches!(
+            delete_records_target(offsets, 41),
+            Err(CoordinatorError::OffsetOutOfRange(_))
+        ));
+        assert!(matches!(
+            delete_records_target(offsets, -2),
+            Err(CoordinatorError::OffsetOutOfRange(_))
+        ));
     }
 
     #[test]

@@ -71,6 +71,13 @@ pub struct ServeConfig {
     pub shutdown_timeout_secs: u64,
     /// Seconds between object garbage-collection passes.
     pub gc_interval_secs: u64,
+    /// `retention.ms` of topics that do not set it (Kafka's `log.retention.ms`); -1: forever.
+    pub log_retention_ms: i64,
+    /// `retention.bytes` of topics that do not set it (Kafka's `log.retention.bytes`); -1: no
+    /// limit.
+    pub log_retention_bytes: i64,
+    /// Milliseconds between retention passes (Kafka's `log.retention.check.interval.ms`).
+    pub log_retention_check_interval_ms: u64,
     /// How long (ms) a new consumer group waits for more members before its first rebalance
     /// completes (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -134,6 +141,9 @@ impl Default for ServeConfig {
             listen_backlog: 1024,
             shutdown_timeout_secs: 30,
             gc_interval_secs: 60,
+            log_retention_ms: fjord_broker::retention::DEFAULT_RETENTION_MS,
+            log_retention_bytes: -1,
+            log_retention_check_interval_ms: 30_000,
             group_initial_rebalance_delay_ms: 3000,
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
@@ -227,6 +237,18 @@ pub struct ServeArgs {
     /// Seconds between object garbage-collection passes [default: 60].
     #[arg(long, env = "FJORD_GC_INTERVAL_SECS")]
     pub gc_interval_secs: Option<u64>,
+    /// `retention.ms` of topics that do not set it, like Kafka's log.retention.ms; -1: keep
+    /// forever [default: 604800000, 7 days].
+    #[arg(long, env = "FJORD_LOG_RETENTION_MS", allow_hyphen_values = true)]
+    pub log_retention_ms: Option<i64>,
+    /// `retention.bytes` of topics that do not set it (per partition), like Kafka's
+    /// log.retention.bytes; -1: no size limit [default: -1].
+    #[arg(long, env = "FJORD_LOG_RETENTION_BYTES", allow_hyphen_values = true)]
+    pub log_retention_bytes: Option<i64>,
+    /// Milliseconds between retention passes, like Kafka's log.retention.check.interval.ms:
+    /// expired data becomes unreadable within about this long [default: 30000].
+    #[arg(long, env = "FJORD_LOG_RETENTION_CHECK_INTERVAL_MS")]
+    pub log_retention_check_interval_ms: Option<u64>,
     /// Seconds an unreferenced or never-committed object is kept before deletion [default: 600].
     #[arg(long, env = "FJORD_GC_GRACE_SECS")]
     pub gc_grace_secs: Option<u64>,
@@ -315,6 +337,9 @@ impl ServeArgs {
             listen_backlog,
             shutdown_timeout_secs,
             gc_interval_secs,
+            log_retention_ms,
+            log_retention_bytes,
+            log_retention_check_interval_ms,
             gc_grace_secs,
             upload_hedge_ms,
             read_hedge_ms
@@ -383,6 +408,12 @@ impl ServeConfig {
         }
         if self.gc_interval_secs == 0 {
             bail!("gc_interval_secs must be positive");
+        }
+        if self.log_retention_ms < -1 || self.log_retention_bytes < -1 {
+            bail!("log_retention_ms and log_retention_bytes must be -1 (no limit) or at least 0");
+        }
+        if self.log_retention_check_interval_ms == 0 {
+            bail!("log_retention_check_interval_ms must be positive");
         }
         if self.gc_grace_secs < 60 {
             bail!("gc_grace_secs must be at least 60: it must outlast any upload and commit");

@@ -12,6 +12,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use axum::Router;
 use fjord_broker::cluster::ClusterView;
+use fjord_broker::retention::RetentionStats;
 use fjord_storage::instrumented::StoreStats;
 use fjord_storage::writer_metrics::WriterMetrics;
 use prometheus_client::collector::Collector;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 struct BrokerCollector {
     store: Arc<StoreStats>,
+    retention: Arc<RetentionStats>,
     cluster: watch::Receiver<Arc<ClusterView>>,
 }
 
@@ -73,6 +75,26 @@ impl Collector for BrokerCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(i64::from(view.runs_background_duties())).encode(duties)?;
+        for (name, help, value) in [
+            (
+                "fjord_retention_passes",
+                "Retention passes run by this broker",
+                &self.retention.passes,
+            ),
+            (
+                "fjord_retention_errors",
+                "Retention coordinator calls that failed (logged; retried next pass)",
+                &self.retention.errors,
+            ),
+            (
+                "fjord_retention_expired_rows",
+                "Index rows that retention moved log start offsets past",
+                &self.retention.rows_expired,
+            ),
+        ] {
+            let counter = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value.load(std::sync::atomic::Ordering::Relaxed)).encode(counter)?;
+        }
         Ok(())
     }
 }
@@ -83,11 +105,16 @@ pub async fn serve(
     store: Arc<StoreStats>,
     writer: Arc<WriterMetrics>,
     hedged_gets: Counter,
+    retention: Arc<RetentionStats>,
     cluster: watch::Receiver<Arc<ClusterView>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(BrokerCollector { store, cluster }));
+    registry.register_collector(Box::new(BrokerCollector {
+        store,
+        retention,
+        cluster,
+    }));
     writer.register(&mut registry);
     registry.register(
         "fjord_read_hedged_gets",

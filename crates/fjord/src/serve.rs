@@ -209,6 +209,18 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         Duration::from_secs(config.gc_grace_secs),
         shutdown.clone(),
     ));
+    let retention_stats = Arc::new(fjord_broker::retention::RetentionStats::default());
+    let retention = tokio::spawn(fjord_broker::retention::run(
+        broker.clone(),
+        fjord_broker::retention::RetentionSettings {
+            default_retention_ms: config.log_retention_ms,
+            default_retention_bytes: config.log_retention_bytes,
+            check_interval: Duration::from_millis(config.log_retention_check_interval_ms),
+            ..Default::default()
+        },
+        retention_stats.clone(),
+        shutdown.clone(),
+    ));
     let metrics = match &config.metrics_listen {
         Some(address) => {
             let listener = TcpListener::bind(address)
@@ -219,6 +231,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
                 store_stats,
                 broker.writer.metrics(),
                 broker.reader.hedged_gets(),
+                retention_stats.clone(),
                 cluster.clone(),
                 shutdown.clone(),
             )))
@@ -277,6 +290,9 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         tracing::error!(error = %e, "listener task failed");
     }
     let _ = gc.await;
+    if let Err(e) = retention.await {
+        tracing::warn!(error = %e, "retention task failed");
+    }
     if let Some(metrics) = metrics {
         match metrics.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "metrics endpoint failed"),

@@ -104,7 +104,10 @@ async fn lookup(
                 None => Ok((-1, -1)),
                 Some(row) => {
                     let raw = read(broker, &row).await?;
-                    Ok(record_with_max_timestamp(&raw, &row).unwrap_or((-1, -1)))
+                    Ok(at_or_after_start(
+                        record_with_max_timestamp(&raw, &row),
+                        offsets.log_start,
+                    ))
                 }
             }
         }
@@ -118,11 +121,24 @@ async fn lookup(
                 None => Ok((-1, -1)),
                 Some(row) => {
                     let raw = read(broker, &row).await?;
-                    Ok(first_record_at_or_after(&raw, &row, t).unwrap_or((-1, -1)))
+                    Ok(at_or_after_start(
+                        first_record_at_or_after(&raw, &row, t),
+                        offsets.log_start,
+                    ))
                 }
             }
         }
         _ => Err(ResponseError::InvalidRequest),
+    }
+}
+
+/// A found (offset, timestamp), or (-1, -1) when none; an offset below the log start (in the
+/// part of a row that DeleteRecords removed) becomes the log start, the first offset a consumer
+/// can read.
+fn at_or_after_start(found: Option<(i64, i64)>, log_start: i64) -> (i64, i64) {
+    match found {
+        Some((offset, timestamp)) => (offset.max(log_start), timestamp),
+        None => (-1, -1),
     }
 }
 

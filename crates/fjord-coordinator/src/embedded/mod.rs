@@ -31,7 +31,7 @@ pub use journal::Journal;
 use crate::clock::Clock;
 use crate::model::*;
 use crate::state::{check_group_id, Entry, State};
-use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, Result};
+use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, Result};
 
 /// Journal size after which the writer folds it into a new snapshot.
 const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
@@ -420,6 +420,43 @@ impl GroupStore for EmbeddedCoordinator {
         let group = group.to_string();
         self.on_writer(move |w| w.decide_and_maybe_write(|s| s.decide_delete_group(&group, fence)))
             .await
+    }
+}
+
+#[async_trait]
+impl LogLifecycle for EmbeddedCoordinator {
+    async fn delete_records(&self, tp: TopicPartition, before: i64) -> Result<PartitionOffsets> {
+        self.on_writer(move |w| {
+            let (offsets, entry) = w.state.read().decide_delete_records(tp, before)?;
+            if let Some(entry) = entry {
+                w.write(entry)?;
+            }
+            Ok(offsets)
+        })
+        .await
+    }
+
+    async fn apply_retention(
+        &self,
+        tp: TopicPartition,
+        limits: RetentionLimits,
+        max_rows: usize,
+    ) -> Result<RetentionStep> {
+        // Most calls find nothing to expire: decide under the read lock first, and queue on the
+        // writer (behind commits) only to advance. There it is decided again, so nothing lands
+        // between deciding and writing.
+        let (step, entry) = self.read(|s| s.decide_retention(tp, &limits, max_rows))?;
+        if entry.is_none() {
+            return Ok(step);
+        }
+        self.on_writer(move |w| {
+            let (step, entry) = w.state.read().decide_retention(tp, &limits, max_rows)?;
+            if let Some(entry) = entry {
+                w.write(entry)?;
+            }
+            Ok(step)
+        })
+        .await
     }
 }
 

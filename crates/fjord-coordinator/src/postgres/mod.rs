@@ -20,6 +20,7 @@
 //! - Driver and server failures are [`CoordinatorError::Storage`] (retriable; a transaction that
 //!   failed changed nothing). A re-commit of an object whose commit outcome was lost returns the
 //!   recorded outcomes (kept for an hour).
+//! - Log start offsets (the `lifecycle` module) only rise, under the partition row's lock.
 //! - Broker leases (the `brokers` module) are measured by the database's clock, never the
 //!   broker's, so brokers with skewed clocks agree on who is live.
 //! - A commit that appended data notifies every listening session of the database when it
@@ -31,6 +32,7 @@ mod brokers;
 mod commit;
 mod db;
 mod groups;
+mod lifecycle;
 mod listen;
 mod migrate;
 #[cfg(test)]
@@ -55,7 +57,7 @@ use crate::state::{
     apply_config_changes, bump_target, check_new_partition_count, check_partition_increase,
     producer_decision, ProducerDecision,
 };
-use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, Result};
+use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, Result};
 
 pub use self::listen::{CommitListener, LISTENER_APPLICATION_NAME};
 
@@ -519,7 +521,7 @@ impl Coordinator for PostgresCoordinator {
             "SELECT r.* FROM fjord_partitions AS p LEFT JOIN LATERAL (
                  SELECT {INDEX_ROW_COLUMNS} FROM fjord_index_rows AS i
                  WHERE i.topic_id = p.topic_id AND i.partition = p.partition
-                   AND i.max_timestamp >= $3
+                   AND i.last_offset >= p.log_start AND i.max_timestamp >= $3
                  ORDER BY i.base_offset LIMIT 1
              ) AS r ON true
              WHERE p.topic_id = $1 AND p.partition = $2"
@@ -539,6 +541,7 @@ impl Coordinator for PostgresCoordinator {
             "SELECT r.* FROM fjord_partitions AS p LEFT JOIN LATERAL (
                  SELECT {INDEX_ROW_COLUMNS} FROM fjord_index_rows AS i
                  WHERE i.topic_id = p.topic_id AND i.partition = p.partition
+                   AND i.last_offset >= p.log_start
                  ORDER BY i.max_timestamp DESC, i.base_offset LIMIT 1
              ) AS r ON true
              WHERE p.topic_id = $1 AND p.partition = $2"
@@ -701,6 +704,22 @@ impl GroupStore for PostgresCoordinator {
 
     async fn delete_group(&self, group: &str, fence: Option<i64>) -> Result<bool> {
         groups::delete_group(self, group, fence).await
+    }
+}
+
+#[async_trait]
+impl LogLifecycle for PostgresCoordinator {
+    async fn delete_records(&self, tp: TopicPartition, before: i64) -> Result<PartitionOffsets> {
+        lifecycle::delete_records(self, tp, before).await
+    }
+
+    async fn apply_retention(
+        &self,
+        tp: TopicPartition,
+        limits: RetentionLimits,
+        max_rows: usize,
+    ) -> Result<RetentionStep> {
+        lifecycle::apply_retention(self, tp, limits, max_rows).await
     }
 }
 

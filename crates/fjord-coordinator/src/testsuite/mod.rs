@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 mod brokers;
 mod groups;
+mod lifecycle;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ where
     objects_below_the_commit_watermark_are_refused(fresh().await).await;
     deleted_topics_release_objects(fresh().await).await;
     groups::run_all(&fresh).await;
+    lifecycle::run_all(&fresh).await;
     brokers::run_all(&fresh).await;
 }
 
@@ -583,6 +585,8 @@ where
         ))
         .await
         .unwrap();
+        // The log start survives too.
+        c.delete_records(tp(&t, 1), 3).await.unwrap();
         (t, pid)
     };
     let c = open().await;
@@ -590,8 +594,11 @@ where
     assert_eq!(t.id, topic.id);
     assert_eq!(t.configs["retention.ms"], "5");
     assert_eq!(
-        c.partition_offsets(tp(&t, 1)).await.unwrap().high_watermark,
-        7
+        c.partition_offsets(tp(&t, 1)).await.unwrap(),
+        PartitionOffsets {
+            log_start: 3,
+            high_watermark: 7
+        }
     );
     assert_eq!(c.index_rows(tp(&t, 1), 0, u64::MAX).await.unwrap().len(), 1);
     // Producer state survives: a retry is still a duplicate, and ids are not reused.

@@ -1,4 +1,4 @@
-//! `fjord topic create|list|describe|delete|alter`.
+//! `fjord topic create|list|describe|delete|alter|trim`.
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -57,6 +57,18 @@ pub enum TopicCommand {
         /// Remove config KEY, back to its default (repeatable).
         #[arg(long = "delete-config")]
         delete_configs: Vec<String>,
+    },
+    /// Delete a partition's records before an offset (DeleteRecords): its log start moves there.
+    Trim {
+        /// Topic name.
+        name: String,
+        /// Partition index.
+        #[arg(long, short)]
+        partition: i32,
+        /// The new log start: records before it are deleted (-1: all records, up to the high
+        /// watermark).
+        #[arg(long, allow_negative_numbers = true)]
+        before: i64,
     },
 }
 
@@ -138,6 +150,14 @@ pub async fn run(bootstrap: &str, command: TopicCommand) -> anyhow::Result<()> {
             }
         }
         TopicCommand::Describe { name } => describe(bootstrap, &name).await?,
+        TopicCommand::Trim {
+            name,
+            partition,
+            before,
+        } => {
+            let low_watermark = trim(bootstrap, &name, partition, before).await?;
+            println!("topic {name} partition {partition}: log start is now {low_watermark}");
+        }
         TopicCommand::Delete { name } => {
             let mut client = controller(bootstrap).await?;
             let response = client
@@ -221,6 +241,53 @@ pub async fn run(bootstrap: &str, command: TopicCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sends DeleteRecords for one partition to its leader (any broker on Fjord; the leader on Apache
+/// Kafka) and returns the new low watermark.
+async fn trim(bootstrap: &str, name: &str, partition: i32, before: i64) -> anyhow::Result<i64> {
+    let (client, md) = metadata(bootstrap, Some(vec![name.to_string()])).await?;
+    let topic = md.topics.first().context("the broker returned no topic")?;
+    check(topic.error_code, None, &format!("topic '{name}'"))?;
+    let leader = topic
+        .partitions
+        .iter()
+        .find(|p| p.partition_index == partition)
+        .with_context(|| format!("topic '{name}' has no partition {partition}"))?
+        .leader_id
+        .0;
+    let mut client = match md.brokers.iter().find(|b| b.node_id.0 == leader) {
+        Some(b) if md.brokers.len() > 1 => {
+            super::Client::connect(&format!("{}:{}", b.host.as_str(), b.port)).await?
+        }
+        _ => client,
+    };
+    let response = client
+        .call(
+            DeleteRecordsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
+                    .with_name(TopicName(sb(name)))
+                    .with_partitions(vec![
+                        delete_records_request::DeleteRecordsPartition::default()
+                            .with_partition_index(partition)
+                            .with_offset(before),
+                    ])]),
+        )
+        .await
+        .context("DeleteRecords")?;
+    let result = response
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.partition_index == partition)
+        .context("the broker answered DeleteRecords without the partition")?;
+    check(
+        result.error_code,
+        None,
+        &format!("trimming topic '{name}' partition {partition} before {before}"),
+    )?;
+    Ok(result.low_watermark)
 }
 
 async fn describe(bootstrap: &str, name: &str) -> anyhow::Result<()> {

@@ -1,0 +1,41 @@
+//! The log's lifecycle in the store: where each partition's log starts (retention and
+//! DeleteRecords move it).
+//!
+//! A partition's log start offset only ever rises, and never beyond its high watermark. Offsets
+//! below it are gone for readers: Fetch answers OFFSET_OUT_OF_RANGE, ListOffsets(earliest)
+//! answers the log start, and timestamp lookups skip rows wholly below it. Index rows below the
+//! log start stay in the store for now; deleting them and the objects nothing live references
+//! any more is the object lifecycle's job, which decides from the log start.
+//!
+//! Both calls are single-partition transactions serialized with commits to the partition (the
+//! embedded coordinator's one writer; PostgreSQL's partition row lock) and idempotent: they
+//! raise the log start to `max(current, target)`, so two brokers running retention at once, or
+//! a retried call, are harmless. A partition deleted meanwhile answers
+//! [`CoordinatorError::UnknownTopic`](crate::CoordinatorError::UnknownTopic).
+
+use async_trait::async_trait;
+
+use crate::model::{PartitionOffsets, RetentionLimits, RetentionStep, TopicPartition};
+use crate::Result;
+
+/// Moving partitions' log start offsets: DeleteRecords and retention.
+#[async_trait]
+pub trait LogLifecycle: Send + Sync {
+    /// DeleteRecords: raises the log start of `tp` to `before` (`-1`: the high watermark) and
+    /// returns the partition's offsets after. Kafka's semantics: the new start may fall inside a
+    /// stored batch (readers skip the records before it); a `before` at or below the current log
+    /// start changes nothing. A `before` above the high watermark, or negative other than -1, is
+    /// [`CoordinatorError::OffsetOutOfRange`](crate::CoordinatorError::OffsetOutOfRange).
+    async fn delete_records(&self, tp: TopicPartition, before: i64) -> Result<PartitionOffsets>;
+
+    /// Retention: advances the log start of `tp` past the leading whole index rows that `limits`
+    /// expire ([`crate::state::retention_decision`]), looking at no more than `max_rows` rows
+    /// from the log start on (bounded work; [`RetentionStep::more`] tells the caller to call
+    /// again). Never moves into the middle of a row.
+    async fn apply_retention(
+        &self,
+        tp: TopicPartition,
+        limits: RetentionLimits,
+        max_rows: usize,
+    ) -> Result<RetentionStep>;
+}

@@ -1,0 +1,189 @@
+//! [`LogLifecycle`](crate::LogLifecycle) on PostgreSQL: log start offsets in `fjord_partitions`.
+//!
+//! Each change is one transaction that locks the partition row (`FOR UPDATE`, the one row, so it
+//! cannot deadlock with commits, which lock partition rows in sorted order, or with topic
+//! deletion, which locks the topic first and then its partitions), decides with the same pure
+//! rules as the embedded coordinator ([`crate::state`]) and raises `log_start` with `GREATEST`,
+//! so concurrent or repeated calls never lower it. Retention first decides without the lock and
+//! takes it only when it has something to expire, so idle partitions cost one read per pass. A change notifies the commit channel, so other
+//! brokers' offset caches (keyed by commit notifications) reload the partition.
+
+use deadpool_postgres::Transaction;
+
+use super::db::{db, from_db, get, unknown_partition};
+use super::{listen, PostgresCoordinator};
+use crate::model::*;
+use crate::state::{delete_records_target, retention_decision, RetainedRow};
+use crate::Result;
+
+/// The row holding the log start and those after it, as `WHERE` conditions on
+/// `fjord_index_rows` (`$1` topic id, `$2` partition, `$3` log start): an index probe from the
+/// last row starting at or before the log start.
+const RETAINED_ROWS: &str = "topic_id = $1 AND partition = $2 AND last_offset >= $3
+    AND base_offset >= COALESCE((
+        SELECT max(base_offset) FROM fjord_index_rows
+        WHERE topic_id = $1 AND partition = $2 AND base_offset <= $3), $3)";
+
+async fn lock_partition(tx: &Transaction<'_>, tp: TopicPartition) -> Result<PartitionOffsets> {
+    partition_row(
+        tx,
+        tp,
+        "SELECT log_start, high_watermark FROM fjord_partitions
+         WHERE topic_id = $1 AND partition = $2 FOR UPDATE",
+    )
+    .await
+}
+
+async fn read_partition(tx: &Transaction<'_>, tp: TopicPartition) -> Result<PartitionOffsets> {
+    partition_row(
+        tx,
+        tp,
+        "SELECT log_start, high_watermark FROM fjord_partitions
+         WHERE topic_id = $1 AND partition = $2",
+    )
+    .await
+}
+
+async fn partition_row(
+    tx: &Transaction<'_>,
+    tp: TopicPartition,
+    sql: &str,
+) -> Result<PartitionOffsets> {
+    let row = tx
+        .query_opt(sql, &[&tp.topic_id, &tp.partition])
+        .await
+        .map_err(db("reading a partition"))?
+        .ok_or_else(|| unknown_partition(tp))?;
+    Ok(PartitionOffsets {
+        log_start: get(&row, 0)?,
+        high_watermark: get(&row, 1)?,
+    })
+}
+
+/// Raises the log start of `tp` to `log_start` if that is higher, commits, and returns the
+/// offsets after.
+async fn advance_and_commit(
+    tx: Transaction<'_>,
+    tp: TopicPartition,
+    offsets: PartitionOffsets,
+    log_start: i64,
+) -> Result<PartitionOffsets> {
+    if log_start <= offsets.log_start {
+        tx.commit().await.map_err(db("ending a log start check"))?;
+        return Ok(offsets);
+    }
+    tx.execute(
+        "UPDATE fjord_partitions SET log_start = GREATEST(log_start, LEAST($3, high_watermark))
+         WHERE topic_id = $1 AND partition = $2",
+        &[&tp.topic_id, &tp.partition, &log_start],
+    )
+    .await
+    .map_err(db("raising a log start"))?;
+    let payload = format!("log-start {}/{}", tp.topic_id, tp.partition);
+    tx.execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &payload])
+        .await
+        .map_err(db("notifying a log start change"))?;
+    tx.commit().await.map_err(db("committing a log start"))?;
+    Ok(PartitionOffsets {
+        log_start,
+        high_watermark: offsets.high_watermark,
+    })
+}
+
+pub(super) async fn delete_records(
+    c: &PostgresCoordinator,
+    tp: TopicPartition,
+    before: i64,
+) -> Result<PartitionOffsets> {
+    let mut client = c.client().await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db("starting DeleteRecords"))?;
+    let offsets = lock_partition(&tx, tp).await?;
+    let log_start = delete_records_target(offsets, before)?;
+    advance_and_commit(tx, tp, offsets, log_start).await
+}
+
+pub(super) async fn apply_retention(
+    c: &PostgresCoordinator,
+    tp: TopicPartition,
+    limits: RetentionLimits,
+    max_rows: usize,
+) -> Result<RetentionStep> {
+    // Decide without the partition lock first: most calls find nothing to expire, and need not
+    // queue behind (or hold up) commits to the partition. Only a decision to advance is taken
+    // again under the lock (rows below the high watermark never change, so it decides the same
+    // or, after a concurrent advance, nothing).
+    let unlocked = retention_step(c, tp, &limits, max_rows, false).await?;
+    if unlocked.rows_expired == 0 {
+        return Ok(unlocked);
+    }
+    retention_step(c, tp, &limits, max_rows, true).await
+}
+
+async fn retention_step(
+    c: &PostgresCoordinator,
+    tp: TopicPartition,
+    limits: &RetentionLimits,
+    max_rows: usize,
+    write: bool,
+) -> Result<RetentionStep> {
+    let mut client = c.client().await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db("starting a retention step"))?;
+    let offsets = if write {
+        lock_partition(&tx, tp).await?
+    } else {
+        read_partition(&tx, tp).await?
+    };
+    let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
+    let rows: Vec<RetainedRow> = tx
+        .query(
+            &format!(
+                "SELECT last_offset, length, max_timestamp FROM fjord_index_rows
+                 WHERE {RETAINED_ROWS} ORDER BY base_offset LIMIT $4"
+            ),
+            &[&tp.topic_id, &tp.partition, &offsets.log_start, &limit],
+        )
+        .await
+        .map_err(db("reading rows for retention"))?
+        .iter()
+        .map(|row| {
+            Ok(RetainedRow {
+                last_offset: get(row, 0)?,
+                length: from_db(get(row, 1)?, "length")?,
+                max_timestamp: get(row, 2)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let retained_bytes = match limits.max_bytes {
+        Some(_) => {
+            let row = tx
+                .query_one(
+                    &format!(
+                        "SELECT COALESCE(sum(length), 0)::bigint FROM fjord_index_rows
+                         WHERE {RETAINED_ROWS}"
+                    ),
+                    &[&tp.topic_id, &tp.partition, &offsets.log_start],
+                )
+                .await
+                .map_err(db("measuring a partition for retention"))?;
+            from_db(get(&row, 0)?, "retained bytes")?
+        }
+        None => 0,
+    };
+    let (log_start, expired) = retention_decision(offsets, &rows, retained_bytes, limits);
+    let step = |offsets| RetentionStep {
+        offsets,
+        rows_expired: expired as u64,
+        more: expired == max_rows && max_rows > 0,
+    };
+    if !write {
+        tx.commit().await.map_err(db("ending a retention check"))?;
+        return Ok(step(offsets));
+    }
+    Ok(step(advance_and_commit(tx, tp, offsets, log_start).await?))
+}
