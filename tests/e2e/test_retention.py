@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import (
     AlterConfigOpType,
     ConfigEntry,
+    ConfigSource,
     ConfigResource,
     NewTopic,
     ResourceType,
@@ -300,3 +301,35 @@ def test_retention_in_a_postgres_cluster_runs_on_one_broker(broker_factory, topi
     for broker in (a, b):
         assert watermarks(broker.bootstrap, topic, [0]) == {0: (12, 15)}
         assert [m.offset() for m in read_all(broker.bootstrap, topic, [0])[0]] == [12, 13, 14]
+
+
+def test_describe_shows_what_is_in_force(fjord_bin, broker_factory, topic):
+    """What `fjord topic describe` and DescribeConfigs show is what the broker enforces: a
+    broker-wide retention flag appears as the topic's retention.ms (source: broker flag, as Kafka
+    reports log.retention.ms), and a stored setting Fjord does not act on (log compaction, a
+    retention.ms on a compact-only topic, segment.ms) says so instead of looking enforced."""
+    broker = broker_factory("--log-retention-ms", "3600000")
+    create(broker.bootstrap, topic, 1)
+    create(broker.bootstrap, f"{topic}-c", 1, **{"cleanup.policy": "compact", "retention.ms": "1000",
+                                                 "segment.ms": "1000"})
+
+    def describe(name: str) -> dict[str, str]:
+        res = subprocess.run([str(fjord_bin), "topic", "describe", name, "--bootstrap", broker.bootstrap],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return {line.split(" = ")[0].strip(): line.split(" = ", 1)[1]
+                for line in res.stdout.splitlines() if " = " in line}
+
+    plain = describe(topic)
+    assert plain["retention.ms"] == "3600000 (broker flag)", plain
+    assert plain["retention.bytes"] == "-1 (default)", plain
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    admin = admin_client(broker.bootstrap)  # kept alive until the result is in
+    configs = admin.describe_configs([resource])[resource].result(30)
+    assert configs["retention.ms"].value == "3600000"
+    assert configs["retention.ms"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+
+    compacted = describe(f"{topic}-c")
+    assert compacted["cleanup.policy"].startswith("compact (set; not in force: log compaction"), compacted
+    assert compacted["retention.ms"].startswith("1000 (set; not in force: cleanup.policy has no `delete`"), compacted
+    assert compacted["segment.ms"].startswith("1000 (set; not in force:"), compacted

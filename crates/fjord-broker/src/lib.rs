@@ -52,6 +52,26 @@ pub struct BrokerSettings {
     pub fetch_max_bytes: i32,
     /// Most record bytes all fetch responses being built or sent hold at once.
     pub fetch_memory_bytes: usize,
+    /// `retention.ms` of topics that do not set it (Kafka's `log.retention.ms`; -1: forever).
+    pub retention_ms: i64,
+    /// `retention.bytes` of topics that do not set it (Kafka's `log.retention.bytes`).
+    pub retention_bytes: i64,
+}
+
+impl BrokerSettings {
+    /// The value this broker gives topic config `name` when a topic does not set it, where that
+    /// comes from a broker setting (a flag) rather than Kafka's default; `None`: Kafka's default
+    /// (`topic_config`). DescribeConfigs reports these, so what clients see is what is enforced.
+    pub fn topic_default(&self, name: &str) -> Option<String> {
+        let value = match name {
+            "retention.ms" => self.retention_ms.to_string(),
+            "retention.bytes" => self.retention_bytes.to_string(),
+            "max.message.bytes" => self.message_max_bytes.to_string(),
+            _ => return None,
+        };
+        let kafka = topic_config::lookup(name).map(|d| d.default);
+        (kafka != Some(value.as_str())).then_some(value)
+    }
 }
 
 /// Kafka's default `fetch.max.bytes`: 55 MiB.
@@ -71,6 +91,8 @@ impl Default for BrokerSettings {
             max_partitions_per_topic: 10_000,
             fetch_max_bytes: DEFAULT_FETCH_MAX_BYTES,
             fetch_memory_bytes: 512 << 20,
+            retention_ms: retention::DEFAULT_RETENTION_MS,
+            retention_bytes: -1,
         }
     }
 }

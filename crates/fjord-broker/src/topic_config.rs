@@ -1,10 +1,13 @@
 //! The topic configs Fjord knows: names, defaults, types and validation.
 //!
 //! Configs are stored and returned even where they are not enforced yet (compaction and segment
-//! settings, among others), so tools and clients that set them keep working. Unknown names are
-//! rejected with INVALID_CONFIG, as Kafka does. Enforced: `max.message.bytes`,
+//! settings, among others), so tools and clients that set them keep working; [`not_in_force`]
+//! says which and why, and `fjord topic describe` shows it next to every such setting. Unknown
+//! names are rejected with INVALID_CONFIG, as Kafka does. Enforced: `max.message.bytes`,
 //! `message.timestamp.type`, and `retention.ms`, `retention.bytes` and `cleanup.policy`'s
-//! `delete` through [`crate::retention`].
+//! `delete` through [`crate::retention`]. A topic that does not set `retention.ms`,
+//! `retention.bytes` or `max.message.bytes` gets the broker's flag
+//! ([`crate::BrokerSettings::topic_default`]), and DescribeConfigs reports that value.
 
 /// Kafka's config value types (DescribeConfigs v3+ `config_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +114,40 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     ),
 ];
 
+/// Why a topic config set to `value` is not in force on Fjord, if it is not. Tools may set any
+/// Kafka topic config and Fjord stores it, but `fjord topic describe` must never present a stored
+/// setting as one in force. `cleanup_policy` is the topic's policy (retention applies only with
+/// `delete` in it).
+pub fn not_in_force(name: &str, value: &str, cleanup_policy: &str) -> Option<&'static str> {
+    let has = |policy: &str| cleanup_policy.split(',').any(|p| p.trim() == policy);
+    match name {
+        "max.message.bytes" | "message.timestamp.type" => None,
+        "retention.ms" | "retention.bytes" if !has("delete") => {
+            Some("cleanup.policy has no `delete`: nothing expires")
+        }
+        "retention.ms" | "retention.bytes" => None,
+        "cleanup.policy" if value.split(',').any(|p| p.trim() == "compact") => {
+            Some("log compaction is not built yet: no record is removed by key")
+        }
+        "cleanup.policy" => None,
+        "min.insync.replicas"
+        | "unclean.leader.election.enable"
+        | "preallocate"
+        | "flush.messages"
+        | "flush.ms"
+        | "segment.bytes"
+        | "segment.index.bytes"
+        | "segment.jitter.ms"
+        | "local.retention.bytes"
+        | "local.retention.ms"
+        | "remote.storage.enable"
+        | "message.downconversion.enable" => Some(
+            "does not apply: records are stored in object storage, not in local segments or replicas",
+        ),
+        _ => Some("stored only: Fjord does not act on it yet"),
+    }
+}
+
 /// The definition of a known config.
 pub fn lookup(name: &str) -> Option<&'static ConfigDef> {
     TOPIC_CONFIGS.iter().find(|d| d.name == name)
@@ -160,6 +197,27 @@ mod tests {
             validate(d.name, d.default).unwrap();
         }
         assert!(validate("retention.ms", "abc").is_err());
+    }
+
+    /// A setting Fjord stores but does not act on is never shown as in force.
+    #[test]
+    fn settings_not_in_force_say_so() {
+        assert_eq!(not_in_force("retention.ms", "1000", "delete"), None);
+        assert_eq!(
+            not_in_force("retention.bytes", "10", "compact,delete"),
+            None
+        );
+        assert!(not_in_force("retention.ms", "1000", "compact").is_some());
+        assert!(not_in_force("cleanup.policy", "compact", "compact").is_some());
+        assert!(not_in_force("cleanup.policy", "delete,compact", "delete,compact").is_some());
+        assert_eq!(not_in_force("cleanup.policy", "delete", "delete"), None);
+        assert_eq!(not_in_force("max.message.bytes", "100", "delete"), None);
+        assert!(not_in_force("min.compaction.lag.ms", "100", "compact").is_some());
+        assert!(not_in_force("segment.ms", "100", "delete").is_some());
+        for def in TOPIC_CONFIGS {
+            // Every config has an answer; an unknown one is "stored only".
+            let _ = not_in_force(def.name, def.default, "delete");
+        }
         assert!(validate("cleanup.policy", "compact,delete").is_ok());
         assert!(validate("cleanup.policy", "bogus").is_err());
         assert!(validate("message.timestamp.type", "LogAppendTime").is_ok());

@@ -169,6 +169,8 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             rack: config.zone.clone(),
             fetch_max_bytes: config.fetch_max_bytes,
             fetch_memory_bytes: config.fetch_memory_bytes,
+            retention_ms: config.log_retention_ms,
+            retention_bytes: config.log_retention_bytes,
             ..BrokerSettings::default()
         },
         fetch_memory: fjord_broker::memory::MemoryBudget::new(config.fetch_memory_bytes),

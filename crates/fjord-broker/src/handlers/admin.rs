@@ -134,11 +134,22 @@ pub async fn create_topics(
                 TOPIC_CONFIGS
                     .iter()
                     .map(|d| {
-                        let value = configs.get(d.name).map(String::as_str).unwrap_or(d.default);
+                        let broker_default = broker.settings.topic_default(d.name);
+                        // Sources as in DescribeConfigs: 1 topic, 4 broker flag, 5 default.
+                        let source = match (configs.get(d.name), &broker_default) {
+                            (Some(_), _) => 1,
+                            (None, Some(_)) => 4,
+                            (None, None) => 5,
+                        };
+                        let value = configs
+                            .get(d.name)
+                            .cloned()
+                            .or(broker_default)
+                            .unwrap_or_else(|| d.default.to_string());
                         CreatableTopicConfigs::default()
                             .with_name(s(d.name))
-                            .with_value(Some(s(value)))
-                            .with_config_source(if configs.contains_key(d.name) { 1 } else { 5 })
+                            .with_value(Some(s(&value)))
+                            .with_config_source(source)
                     })
                     .collect(),
             );

@@ -26,6 +26,9 @@ use crate::Broker;
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
 const SOURCE_TOPIC: i8 = 1;
+/// STATIC_BROKER_CONFIG: a broker flag (e.g. `--log-retention-ms`), as Kafka reports
+/// `log.retention.ms` from server.properties.
+const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
 /// Describes topic (and broker) configs.
@@ -55,13 +58,17 @@ pub async fn describe(
                         .iter()
                         .filter(|d| wanted(d.name))
                         .map(|d| {
-                            let explicit = meta.configs.get(d.name);
-                            let value = explicit.map(String::as_str).unwrap_or(d.default);
-                            let source = if explicit.is_some() {
-                                SOURCE_TOPIC
-                            } else {
-                                SOURCE_DEFAULT
+                            let explicit = meta.configs.get(d.name).cloned();
+                            let broker_default = broker.settings.topic_default(d.name);
+                            let source = match (&explicit, &broker_default) {
+                                (Some(_), _) => SOURCE_TOPIC,
+                                (None, Some(_)) => SOURCE_STATIC_BROKER,
+                                (None, None) => SOURCE_DEFAULT,
                             };
+                            let value = explicit
+                                .or(broker_default)
+                                .unwrap_or_else(|| d.default.to_string());
+                            let value = value.as_str();
                             let mut entry = DescribeConfigsResourceResult::default()
                                 .with_name(s(d.name))
                                 .with_value(Some(s(value)))

@@ -14,6 +14,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::{controller, metadata};
+use fjord_broker::topic_config;
 
 /// Topic commands.
 #[derive(Debug, Subcommand)]
@@ -350,15 +351,35 @@ async fn describe(bootstrap: &str, name: &str) -> anyhow::Result<()> {
     for r in &configs.results {
         check(r.error_code, r.error_message.as_ref(), "describing configs")?;
         println!("configs:");
+        let policy = r
+            .configs
+            .iter()
+            .find(|c| c.name.as_str() == "cleanup.policy")
+            .map_or("delete", config_value);
         for c in &r.configs {
-            let value = c.value.as_ref().map(|v| v.as_str()).unwrap_or("(null)");
-            let source = if c.config_source == 5 {
-                "default"
-            } else {
-                "set"
+            let value = config_value(c);
+            // Kafka's DescribeConfigs config_source: 1 the topic's, 4 a broker flag, 5 default.
+            let set = c.config_source == 1;
+            let source = match c.config_source {
+                1 => "set",
+                4 => "broker flag",
+                _ => "default",
             };
-            println!("  {} = {} ({source})", c.name.as_str(), value);
+            // A stored setting is never shown as one in force (only those set: the defaults of
+            // the rest are what Fjord does anyway).
+            match topic_config::not_in_force(c.name.as_str(), value, policy).filter(|_| set) {
+                Some(why) => println!(
+                    "  {} = {value} ({source}; not in force: {why})",
+                    c.name.as_str()
+                ),
+                None => println!("  {} = {value} ({source})", c.name.as_str()),
+            }
         }
     }
     Ok(())
+}
+
+/// A described config's value, `(null)` when it has none.
+fn config_value(c: &describe_configs_response::DescribeConfigsResourceResult) -> &str {
+    c.value.as_ref().map_or("(null)", |v| v.as_str())
 }
