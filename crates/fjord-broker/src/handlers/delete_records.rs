@@ -10,12 +10,10 @@
 
 use std::sync::Arc;
 
-use fjord_coordinator::TopicPartition;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
-use kafka_protocol::ResponseError;
 
 use crate::error::coordinator_code;
 use crate::Broker;
@@ -31,20 +29,10 @@ pub async fn handle(broker: Arc<Broker>, request: DeleteRecordsRequest) -> Delet
             let mut r = DeleteRecordsPartitionResult::default()
                 .with_partition_index(p.partition_index)
                 .with_low_watermark(-1);
-            let tp = match &meta {
-                Ok(Some(m)) if p.partition_index >= 0 && p.partition_index < m.partitions => {
-                    TopicPartition {
-                        topic_id: m.id,
-                        partition: p.partition_index,
-                    }
-                }
-                Ok(_) => {
-                    r.error_code = ResponseError::UnknownTopicOrPartition.code();
-                    partitions.push(r);
-                    continue;
-                }
-                Err(e) => {
-                    r.error_code = coordinator_code(e).code();
+            let tp = match super::partition_of(&meta, p.partition_index) {
+                Ok(tp) => tp,
+                Err(code) => {
+                    r.error_code = code.code();
                     partitions.push(r);
                     continue;
                 }

@@ -44,20 +44,10 @@ pub async fn handle(
                 .with_timestamp(-1)
                 .with_offset(-1)
                 .with_leader_epoch(leader_epoch);
-            let tp = match &meta {
-                Ok(Some(m)) if p.partition_index >= 0 && p.partition_index < m.partitions => {
-                    TopicPartition {
-                        topic_id: m.id,
-                        partition: p.partition_index,
-                    }
-                }
-                Ok(_) => {
-                    r.error_code = ResponseError::UnknownTopicOrPartition.code();
-                    partitions.push(r);
-                    continue;
-                }
-                Err(e) => {
-                    r.error_code = coordinator_code(e).code();
+            let tp = match super::partition_of(&meta, p.partition_index) {
+                Ok(tp) => tp,
+                Err(code) => {
+                    r.error_code = code.code();
                     partitions.push(r);
                     continue;
                 }
