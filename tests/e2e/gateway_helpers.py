@@ -220,6 +220,29 @@ class StoredRecord:
     headers: dict
 
 
+def start_over_two_clusters(broker_factory, gateway_factory, topic: str, partitions: int,
+                            sections: dict):
+    """Two single-broker Fjord clusters, each with ``topic``, and a gateway routing ``topic`` to
+    both with equal weight (group ``both``) and the given config ``sections``: the setting of the
+    failover tests and drills. Returns (a, b, gateway)."""
+    from kafka_helpers import create_topic
+
+    a = broker_factory(name="cluster-a")
+    b = broker_factory(name="cluster-b")
+    for cluster in (a, b):
+        create_topic(cluster.bootstrap, topic, partitions)
+    gw = gateway_factory()
+    gw.start(
+        gw.config(
+            clusters={"a": a.bootstrap, "b": b.bootstrap},
+            groups={"both": {"a": 1.0, "b": 1.0}},
+            topics={topic: "both"},
+            sections=sections,
+        )
+    )
+    return a, b, gw
+
+
 def read_cluster(bootstrap: str, topic: str, timeout: float = 60.0) -> list[StoredRecord]:
     """Every record of ``topic`` on the cluster at ``bootstrap`` (empty if the topic does not
     exist there)."""

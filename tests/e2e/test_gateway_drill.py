@@ -34,8 +34,7 @@ import pytest
 
 from fjord.gateway.v1 import gateway_pb2 as pb
 from fjord.gateway.v1 import gateway_pb2_grpc as pb_grpc
-from gateway_helpers import GatewayProc, gateway_factory  # noqa: F401 (fixture)
-from kafka_helpers import create_topic
+from gateway_helpers import GatewayProc, gateway_factory, start_over_two_clusters  # noqa: F401 (fixture)
 from test_gateway import _health
 
 PARTITIONS = 2
@@ -168,34 +167,25 @@ def _wait(what: str, cond, timeout: float, gw: GatewayProc, interval: float = 0.
 def test_breaker_recovers_after_flaps_with_cancelling_and_timing_out_callers(
     broker_factory, gateway_factory, topic, record_property
 ):
-    a = broker_factory(name="cluster-a")
-    b = broker_factory(name="cluster-b")
-    for cluster in (a, b):
-        create_topic(cluster.bootstrap, topic, PARTITIONS)
-    gw = gateway_factory()
-    gw.start(
-        gw.config(
-            clusters={"a": a.bootstrap, "b": b.bootstrap},
-            groups={"both": {"a": 1.0, "b": 1.0}},
-            topics={topic: "both"},
-            sections={
-                "delivery": {
-                    "attempt_timeout_ms": ATTEMPT_TIMEOUT_MS,
-                    "delivery_timeout_ms": 3000,
-                    "max_attempts": 2,
-                },
-                "breaker": {
-                    "consecutive_failures": 3,
-                    "min_calls": 1000,
-                    "open_ms": OPEN_MS,
-                    "probe_timeout_ms": PROBE_TIMEOUT_MS,
-                    # A long half-open phase (10 batches to close, 2 at a time): plenty of
-                    # cancelled and timed-out calls hold half-open admissions.
-                    "half_open_max_calls": 2,
-                    "half_open_successes": 10,
-                },
+    a, b, gw = start_over_two_clusters(
+        broker_factory, gateway_factory, topic, PARTITIONS,
+        {
+            "delivery": {
+                "attempt_timeout_ms": ATTEMPT_TIMEOUT_MS,
+                "delivery_timeout_ms": 3000,
+                "max_attempts": 2,
             },
-        )
+            "breaker": {
+                "consecutive_failures": 3,
+                "min_calls": 1000,
+                "open_ms": OPEN_MS,
+                "probe_timeout_ms": PROBE_TIMEOUT_MS,
+                # A long half-open phase (10 batches to close, 2 at a time): plenty of
+                # cancelled and timed-out calls hold half-open admissions.
+                "half_open_max_calls": 2,
+                "half_open_successes": 10,
+            },
+        },
     )
 
     def state(cluster: str) -> float:

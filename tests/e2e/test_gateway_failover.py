@@ -21,8 +21,8 @@ import fjord
 import pytest
 
 from checker import Ack, Failed, Read, assert_clean, check
-from gateway_helpers import GatewayProc, gateway_factory, assert_seq_order, read_cluster
-from kafka_helpers import create_topic
+from gateway_helpers import (GatewayProc, gateway_factory, assert_seq_order, read_cluster,  # noqa: F401
+                             start_over_two_clusters)
 
 MESSAGES = 50_000
 KEYS = 200
@@ -92,26 +92,17 @@ class KeyedPublisher(threading.Thread):
 
 @pytest.mark.timeout(240)
 def test_sigkill_of_one_cluster_loses_no_delivered_message(broker_factory, gateway_factory, topic):
-    a = broker_factory(name="cluster-a")
-    b = broker_factory(name="cluster-b")
-    for cluster in (a, b):
-        create_topic(cluster.bootstrap, topic, PARTITIONS)
-    gw = gateway_factory()
-    gw.start(
-        gw.config(
-            clusters={"a": a.bootstrap, "b": b.bootstrap},
-            groups={"both": {"a": 1.0, "b": 1.0}},
-            topics={topic: "both"},
-            sections={
-                "delivery": {"attempt_timeout_ms": 2000, "delivery_timeout_ms": 10000, "max_attempts": 2},
-                "breaker": {
-                    "consecutive_failures": 3,
-                    "open_ms": 1000,
-                    "probe_timeout_ms": 500,
-                    "half_open_successes": 3,
-                },
+    a, b, gw = start_over_two_clusters(
+        broker_factory, gateway_factory, topic, PARTITIONS,
+        {
+            "delivery": {"attempt_timeout_ms": 2000, "delivery_timeout_ms": 10000, "max_attempts": 2},
+            "breaker": {
+                "consecutive_failures": 3,
+                "open_ms": 1000,
+                "probe_timeout_ms": 500,
+                "half_open_successes": 3,
             },
-        )
+        },
     )
     try:
         per_thread = KEYS // THREADS
