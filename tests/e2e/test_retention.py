@@ -21,8 +21,18 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from kafka_helpers import admin_client, make_consumer, watermarks
 
-#: Retention passes every half second, so the tests wait seconds, not the 30 s default.
-FAST_RETENTION = ("--log-retention-check-interval-ms", "500")
+#: Retention passes every half second, so the tests wait seconds, not the 30 s default; garbage
+#: collection every second deletes objects half a second after their last row went.
+FAST_RETENTION = (
+    "--log-retention-check-interval-ms", "500",
+    "--gc-interval-secs", "1",
+    "--log-segment-delete-delay-ms", "500",
+)
+
+
+def object_bytes(data_dir) -> int:
+    """Bytes of the objects under a broker's data dir (the default local object store)."""
+    return sum(f.stat().st_size for f in (data_dir / "objects").rglob("*.fjd") if f.is_file())
 
 
 def create(bootstrap: str, topic: str, partitions: int, **configs: str) -> None:
@@ -125,6 +135,8 @@ def test_retention_ms_expires_old_data_on_every_partition(broker_factory, topic)
 
     marks = wait_for("every record to expire", all_gone, timeout=20)
     assert {p: marks[p][0] for p in range(3)} == {p: len(old[p]) + 30 for p in range(3)}
+    # Their objects are deleted (file.delete.delay.ms after their last row went).
+    wait_for("the objects to be deleted", lambda: object_bytes(broker.data_dir) == 0, timeout=20)
     # The topic goes on: new records get the next offsets and are readable.
     produce(broker.bootstrap, topic, 0, [b"after"])
     got = read_all(broker.bootstrap, topic, [0])
@@ -148,8 +160,13 @@ def test_retention_bytes_keeps_the_newest_data(broker_factory, topic):
         marks = watermarks(broker.bootstrap, topic, range(2))
         return marks if marks[0][0] == 160 else None
 
+    written = object_bytes(broker.data_dir)
+    assert written > 20_000, written
     marks = wait_for("retention.bytes to trim partition 0", trimmed, timeout=15)
     assert marks == {0: (160, 200), 1: (0, 0)}
+    # Objects of the rows that went are deleted; those of the two retained rows stay.
+    wait_for("the trimmed objects to be deleted", lambda: object_bytes(broker.data_dir) < 7_000, timeout=20)
+    assert object_bytes(broker.data_dir) > 4_000
     time.sleep(1.5)  # a few more passes change nothing
     assert watermarks(broker.bootstrap, topic, range(2)) == marks
     got = read_all(broker.bootstrap, topic, [0])
@@ -301,6 +318,20 @@ def test_retention_in_a_postgres_cluster_runs_on_one_broker(broker_factory, topi
     for broker in (a, b):
         assert watermarks(broker.bootstrap, topic, [0]) == {0: (12, 15)}
         assert [m.offset() for m in read_all(broker.bootstrap, topic, [0])[0]] == [12, 13, 14]
+
+    # Once both partitions are emptied, the duty broker deletes every object (the ledger in
+    # PostgreSQL says which; file.delete.delay.ms later), and only it does.
+    done = admin.delete_records([TopicPartition(topic, 0, -1), TopicPartition(topic, 1, -1)])
+    for f in done.values():
+        f.result(timeout=30)
+
+    def shared_bytes():
+        return sum(f.stat().st_size for f in (tmp_path / "objects").rglob("*.fjd") if f.is_file())
+
+    wait_for("the objects to be deleted", lambda: shared_bytes() == 0, timeout=20)
+    duty = {n: scrape(port) for n, port in ports.items()}
+    assert duty[1]["fjord_gc_deleted_objects_total"] >= 2
+    assert duty[2].get("fjord_gc_deleted_objects_total", 0) == 0
 
 
 def test_describe_shows_what_is_in_force(fjord_bin, broker_factory, topic):

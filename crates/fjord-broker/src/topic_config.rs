@@ -121,7 +121,9 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
 pub fn not_in_force(name: &str, value: &str, cleanup_policy: &str) -> Option<&'static str> {
     let has = |policy: &str| cleanup_policy.split(',').any(|p| p.trim() == policy);
     match name {
-        "max.message.bytes" | "message.timestamp.type" => None,
+        // Objects are deleted no sooner than this after their last row went (the longest of the
+        // broker's delay and every topic's, as objects hold many topics' data).
+        "max.message.bytes" | "message.timestamp.type" | "file.delete.delay.ms" => None,
         "retention.ms" | "retention.bytes" if !has("delete") => {
             Some("cleanup.policy has no `delete`: nothing expires")
         }

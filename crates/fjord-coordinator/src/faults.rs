@@ -7,7 +7,7 @@
 //! error, or stop at a [`Hold`] until the test releases it (the test can wait until a call has
 //! arrived there). With no faults armed it changes nothing.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::model::*;
-use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, Result};
+use crate::{
+    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, ObjectLedger, Result,
+};
 
 /// An operation faults can be armed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,8 +33,8 @@ pub enum Op {
     SaveGroup,
     /// [`GroupStore::load_group`].
     LoadGroup,
-    /// [`Coordinator::object_references`].
-    ObjectReferences,
+    /// [`ObjectLedger::known_objects`].
+    KnownObjects,
 }
 
 /// What happens to the next call of an operation.
@@ -259,10 +261,17 @@ impl Coordinator for FaultyCoordinator {
     async fn init_producer_id(&self, request: InitProducer) -> Result<ProducerIdentity> {
         self.inner.init_producer_id(request).await
     }
+}
 
-    async fn object_references(&self) -> Result<ObjectReferences> {
-        self.faults.before(Op::ObjectReferences).await?;
-        self.inner.object_references().await
+#[async_trait]
+impl ObjectLedger for FaultyCoordinator {
+    async fn dead_objects(&self, dead_before_ms: i64, limit: usize) -> Result<Vec<DeadObject>> {
+        self.inner.dead_objects(dead_before_ms, limit).await
+    }
+
+    async fn known_objects(&self, keys: Vec<String>) -> Result<BTreeSet<String>> {
+        self.faults.before(Op::KnownObjects).await?;
+        self.inner.known_objects(keys).await
     }
 
     async fn forget_objects(&self, keys: Vec<String>) -> Result<()> {

@@ -22,7 +22,8 @@
 //!   version that never repeats, and offset commits can be made conditional on it
 //!   ([`GroupStore`]): two brokers that both believe they coordinate a group cannot both write it.
 //! - A partition's log start offset never goes down and never passes its high watermark
-//!   ([`LogLifecycle`]).
+//!   ([`LogLifecycle`]); index rows wholly below it are deleted with it.
+//! - An object is reported dead only once no index row references it ([`ObjectLedger`]).
 //! - At most one incarnation of a broker node id holds a live lease at any time.
 
 mod broker_registry;
@@ -33,6 +34,7 @@ pub mod faults;
 mod group_store;
 mod log_lifecycle;
 mod model;
+mod object_ledger;
 pub mod postgres;
 pub mod state;
 pub mod testsuite;
@@ -42,16 +44,20 @@ pub use error::{CoordinatorError, Result};
 pub use group_store::GroupStore;
 pub use log_lifecycle::LogLifecycle;
 pub use model::*;
+pub use object_ledger::ObjectLedger;
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
 /// The metadata store behind a broker: topics, the log index and producer ids here; consumer
-/// groups ([`GroupStore`]), the live-broker registry ([`BrokerRegistry`]) and log start offsets
-/// ([`LogLifecycle`]: retention, DeleteRecords) in traits of their own, each with its conformance tests in [`testsuite`]. Implementations are cheap to share
-/// (`Arc<dyn Coordinator>`).
+/// groups ([`GroupStore`]), the live-broker registry ([`BrokerRegistry`]), log start offsets
+/// ([`LogLifecycle`]: retention, DeleteRecords) and object bookkeeping ([`ObjectLedger`]) in
+/// traits of their own, each with its conformance tests in [`testsuite`]. Implementations are
+/// cheap to share (`Arc<dyn Coordinator>`).
 #[async_trait]
-pub trait Coordinator: GroupStore + BrokerRegistry + LogLifecycle + Send + Sync + 'static {
+pub trait Coordinator:
+    GroupStore + BrokerRegistry + LogLifecycle + ObjectLedger + Send + Sync + 'static
+{
     /// Creates a topic. Fails with [`CoordinatorError::TopicExists`] if the name is taken.
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicMeta>;
 
@@ -120,19 +126,4 @@ pub trait Coordinator: GroupStore + BrokerRegistry + LogLifecycle + Send + Sync 
 
     /// Allocates a producer id, or bumps the epoch of an existing one (KIP-360).
     async fn init_producer_id(&self, request: InitProducer) -> Result<ProducerIdentity>;
-
-    /// Objects that no index row references any more and that were unreferenced at or before
-    /// `older_than_ms`; and all objects the store knows, for reconciling a bucket listing.
-    async fn object_references(&self) -> Result<ObjectReferences>;
-
-    /// Forgets objects after they were deleted from object storage.
-    async fn forget_objects(&self, keys: Vec<String>) -> Result<()>;
-
-    /// Raises the commit watermark to `at_ms` (it never goes down) and returns it. From then on
-    /// a commit of an object whose key was made before the watermark
-    /// ([`state::object_key_time_ms`]) is refused with [`CoordinatorError::Fenced`], in the same
-    /// serialization order as commits: garbage collection raises it before it reads which
-    /// objects are referenced, and deletes unreferenced objects only below it, so an object it
-    /// deletes can never become referenced afterwards.
-    async fn raise_commit_watermark(&self, at_ms: i64) -> Result<i64>;
 }

@@ -188,14 +188,13 @@ pub struct ProducerIdentity {
     pub producer_epoch: i16,
 }
 
-/// What the coordinator knows of objects, for garbage collection.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectReferences {
-    /// Every object key any index row references.
-    pub live: std::collections::BTreeSet<String>,
-    /// Objects once committed that nothing references any more, with the time (ms) they became
-    /// unreferenced.
-    pub dead: BTreeMap<String, i64>,
+/// An object no index row references any more (see [`crate::ObjectLedger`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadObject {
+    /// The object's key.
+    pub key: String,
+    /// When its last reference went away (ms, coordinator clock).
+    pub dead_since_ms: i64,
 }
 
 /// An offset committed by a consumer group for one partition.

@@ -106,12 +106,17 @@ pub enum Entry {
         at_ms: i64,
     },
     /// A partition's log start was raised (retention, DeleteRecords; see
-    /// [`crate::LogLifecycle`]). Applying it never lowers the log start.
+    /// [`crate::LogLifecycle`]). Applying it never lowers the log start, and deletes the index
+    /// rows wholly below the new start (their objects lose those references).
     LogStart {
         /// The partition.
         tp: TopicPartition,
         /// The new log start offset.
         log_start: i64,
+        /// When (ms): objects whose last reference goes are dead from then (0 in journals
+        /// written before rows were deleted: such objects are collectable at once).
+        #[serde(default)]
+        at_ms: i64,
     },
 }
 
@@ -418,10 +423,11 @@ impl State {
         &self,
         tp: TopicPartition,
         before: i64,
+        at_ms: i64,
     ) -> Result<(PartitionOffsets, Option<Entry>)> {
         let offsets = self.partition_offsets(tp)?;
         let log_start = delete_records_target(offsets, before)?;
-        Ok(advance(tp, offsets, log_start))
+        Ok(advance(tp, offsets, log_start, at_ms))
     }
 
     /// Decides a retention step on `tp` (see [`crate::LogLifecycle::apply_retention`]).
@@ -430,6 +436,7 @@ impl State {
         tp: TopicPartition,
         limits: &RetentionLimits,
         max_rows: usize,
+        at_ms: i64,
     ) -> Result<(RetentionStep, Option<Entry>)> {
         let p = self.partition(tp)?;
         let offsets = self.partition_offsets(tp)?;
@@ -447,7 +454,7 @@ impl State {
             None => 0,
         };
         let (log_start, expired) = retention_decision(offsets, &rows, retained_bytes, limits);
-        let (offsets, entry) = advance(tp, offsets, log_start);
+        let (offsets, entry) = advance(tp, offsets, log_start, at_ms);
         Ok((
             RetentionStep {
                 offsets,
@@ -570,10 +577,15 @@ impl State {
             Entry::CommitWatermark { at_ms } => {
                 self.commit_watermark_ms = self.commit_watermark_ms.max(*at_ms);
             }
-            Entry::LogStart { tp, log_start } => {
+            Entry::LogStart {
+                tp,
+                log_start,
+                at_ms,
+            } => {
                 if let Some(p) = self.partitions.get_mut(tp) {
                     p.log_start = p.log_start.max(*log_start).min(p.high_watermark);
                 }
+                self.prune_rows(*tp, *at_ms);
             }
         }
     }
@@ -620,6 +632,38 @@ impl State {
             .push_back((flush.object_key.clone(), outcomes.to_vec()));
         while self.recent_commits.len() > RECENT_COMMITS {
             self.recent_commits.pop_front();
+        }
+    }
+
+    /// Deletes the index rows of `tp` wholly below its log start; their objects lose a
+    /// reference each at `at_ms`.
+    fn prune_rows(&mut self, tp: TopicPartition, at_ms: i64) {
+        let Some(p) = self.partitions.get_mut(&tp) else {
+            return;
+        };
+        let keep = retained_from(p);
+        let kept = p.rows.split_off(&keep);
+        let pruned = std::mem::replace(&mut p.rows, kept);
+        for row in pruned.values() {
+            self.unreference(&row.object_key, at_ms);
+        }
+    }
+
+    /// Deletes the index rows wholly below every partition's log start (a store written before
+    /// rows were deleted with the log start); their objects lose those references at `at_ms`.
+    pub fn prune_all_rows(&mut self, at_ms: i64) {
+        let below: Vec<TopicPartition> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| {
+                p.rows
+                    .first_key_value()
+                    .is_some_and(|(_, row)| row.last_offset < p.log_start)
+            })
+            .map(|(tp, _)| *tp)
+            .collect();
+        for tp in below {
+            self.prune_rows(tp, at_ms);
         }
     }
 
@@ -700,20 +744,23 @@ impl State {
         })
     }
 
-    /// Object references for garbage collection.
-    pub fn object_references(&self) -> ObjectReferences {
-        let mut refs = ObjectReferences::default();
-        for (key, object) in &self.objects {
-            match object.dead_since {
-                Some(at) if object.rows == 0 => {
-                    refs.dead.insert(key.clone(), at);
-                }
-                _ => {
-                    refs.live.insert(key.clone());
-                }
-            }
-        }
-        refs
+    /// Up to `limit` dead objects whose last reference went at or before `dead_before_ms`,
+    /// oldest first (see [`crate::ObjectLedger::dead_objects`]).
+    pub fn dead_objects(&self, dead_before_ms: i64, limit: usize) -> Vec<DeadObject> {
+        let mut dead: Vec<DeadObject> = self
+            .objects
+            .iter()
+            .filter_map(|(key, object)| match object.dead_since {
+                Some(at) if object.rows == 0 && at <= dead_before_ms => Some(DeadObject {
+                    key: key.clone(),
+                    dead_since_ms: at,
+                }),
+                _ => None,
+            })
+            .collect();
+        dead.sort_by(|a, b| (a.dead_since_ms, &a.key).cmp(&(b.dead_since_ms, &b.key)));
+        dead.truncate(limit);
+        dead
     }
 }
 
@@ -733,6 +780,7 @@ fn advance(
     tp: TopicPartition,
     offsets: PartitionOffsets,
     log_start: i64,
+    at_ms: i64,
 ) -> (PartitionOffsets, Option<Entry>) {
     if log_start <= offsets.log_start {
         return (offsets, None);
@@ -742,7 +790,11 @@ fn advance(
             log_start,
             high_watermark: offsets.high_watermark,
         },
-        Some(Entry::LogStart { tp, log_start }),
+        Some(Entry::LogStart {
+            tp,
+            log_start,
+            at_ms,
+        }),
     )
 }
 

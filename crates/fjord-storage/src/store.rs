@@ -149,7 +149,9 @@ pub fn local(dir: &Path, fsync: bool) -> Result<Arc<dyn ObjectStore>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let fs = LocalFileSystem::new_with_prefix(dir)
         .map_err(|e| e.to_string())?
-        .with_fsync(fsync);
+        .with_fsync(fsync)
+        // Hour directories of objects (see `gc`) go when their last object does.
+        .with_automatic_cleanup(true);
     Ok(Arc::new(fs))
 }
 

@@ -470,7 +470,7 @@ fn seal(buffer: Buffer, sealer: &Sealer, hedger: &Hedger, permit: OwnedSemaphore
     }
     let object = builder.finish(settings.broker_id, now);
     metrics.flush_bytes.observe(object.len() as f64);
-    let object_key = object_key(now);
+    let object_key = crate::gc::object_key(now);
     let upload = tokio::spawn(upload(
         store.clone(),
         object_key.clone(),
@@ -495,22 +495,6 @@ fn seal(buffer: Buffer, sealer: &Sealer, hedger: &Hedger, permit: OwnedSemaphore
         sealed_at: Instant::now(),
         _permit: permit,
     }
-}
-
-/// A new object's key: a UUIDv7 of `now_ms` (its time orders keys, and garbage collection reads
-/// it back, see [`crate::gc`]).
-fn object_key(now_ms: i64) -> String {
-    let ms = u64::try_from(now_ms).unwrap_or(0);
-    let ts = uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        ms / 1000,
-        u32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
-    );
-    format!(
-        "{}/{}.fjd",
-        crate::gc::OBJECTS_PREFIX,
-        uuid::Uuid::new_v7(ts)
-    )
 }
 
 /// Exponential backoff from 20 ms to 2 s until `deadline`.

@@ -87,8 +87,13 @@ pub struct ServeConfig {
     /// Heartbeat interval (ms) told to consumer-protocol group members
     /// (Kafka's `group.consumer.heartbeat.interval.ms`).
     pub group_consumer_heartbeat_interval_ms: u64,
-    /// Seconds an unreferenced or never-committed object is kept before deletion.
+    /// Seconds a never-committed object is kept before the orphan sweep may delete it.
     pub gc_grace_secs: u64,
+    /// Milliseconds an object is kept after its last index row went (Kafka's
+    /// `log.segment.delete.delay.ms`; a topic's `file.delete.delay.ms` can lengthen it).
+    pub log_segment_delete_delay_ms: u64,
+    /// Seconds between orphan sweeps (bucket listings for objects never committed).
+    pub gc_orphan_sweep_interval_secs: u64,
     /// Connections each broker keeps to a PostgreSQL coordinator (plus one for commit
     /// notifications).
     pub postgres_pool_size: usize,
@@ -148,6 +153,8 @@ impl Default for ServeConfig {
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
             gc_grace_secs: 600,
+            log_segment_delete_delay_ms: 60_000,
+            gc_orphan_sweep_interval_secs: 3_600,
             broker_lease_ms: 6_000,
             peer_probe_interval_ms: 100,
             postgres_pool_size: 8,
@@ -249,9 +256,20 @@ pub struct ServeArgs {
     /// expired data becomes unreadable within about this long [default: 30000].
     #[arg(long, env = "FJORD_LOG_RETENTION_CHECK_INTERVAL_MS")]
     pub log_retention_check_interval_ms: Option<u64>,
-    /// Seconds an unreferenced or never-committed object is kept before deletion [default: 600].
+    /// Seconds a never-committed object (its broker died between upload and commit) is kept
+    /// before the orphan sweep deletes it [default: 600].
     #[arg(long, env = "FJORD_GC_GRACE_SECS")]
     pub gc_grace_secs: Option<u64>,
+    /// Milliseconds an object is kept once no index row references it (retention, DeleteRecords
+    /// or topic deletion removed its last one), so reads that looked it up finish; like Kafka's
+    /// log.segment.delete.delay.ms. A topic's file.delete.delay.ms can lengthen it, never
+    /// shorten it [default: 60000].
+    #[arg(long, env = "FJORD_LOG_SEGMENT_DELETE_DELAY_MS")]
+    pub log_segment_delete_delay_ms: Option<u64>,
+    /// Seconds between orphan sweeps, the only bucket listings (one hour prefix at a time)
+    /// [default: 3600].
+    #[arg(long, env = "FJORD_GC_ORPHAN_SWEEP_INTERVAL_SECS")]
+    pub gc_orphan_sweep_interval_secs: Option<u64>,
     /// Coordinator: "embedded" or postgres://user:pass@host/db [default: embedded].
     #[arg(long, env = "FJORD_COORDINATOR")]
     pub coordinator: Option<String>,
@@ -341,6 +359,8 @@ impl ServeArgs {
             log_retention_bytes,
             log_retention_check_interval_ms,
             gc_grace_secs,
+            log_segment_delete_delay_ms,
+            gc_orphan_sweep_interval_secs,
             upload_hedge_ms,
             read_hedge_ms
         );

@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use fjord_broker::cluster::ClusterView;
 use fjord_broker::retention::RetentionStats;
+use fjord_storage::gc::GcStats;
 use fjord_storage::instrumented::StoreStats;
 use fjord_storage::writer_metrics::WriterMetrics;
 use prometheus_client::collector::Collector;
@@ -25,11 +26,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Reads the object store's counts and the cluster view at scrape time.
+/// The counts of the broker's background duties.
+#[derive(Debug, Clone, Default)]
+pub struct DutyStats {
+    /// Retention passes.
+    pub retention: Arc<RetentionStats>,
+    /// Object garbage collection.
+    pub gc: Arc<GcStats>,
+}
+
+/// Reads the object store's counts, the duties' counts and the cluster view at scrape time.
 #[derive(Debug)]
 struct BrokerCollector {
     store: Arc<StoreStats>,
-    retention: Arc<RetentionStats>,
+    duties: DutyStats,
     cluster: watch::Receiver<Arc<ClusterView>>,
 }
 
@@ -70,7 +80,7 @@ impl Collector for BrokerCollector {
         ConstGauge::new(view.members().len() as i64).encode(brokers)?;
         let duties = encoder.encode_descriptor(
             "fjord_cluster_background_duties",
-            "1 if this broker runs the cluster's background duties (object GC)",
+            "1 if this broker runs the cluster's background duties (retention, object GC)",
             None,
             MetricType::Gauge,
         )?;
@@ -79,17 +89,42 @@ impl Collector for BrokerCollector {
             (
                 "fjord_retention_passes",
                 "Retention passes run by this broker",
-                &self.retention.passes,
+                &self.duties.retention.passes,
             ),
             (
                 "fjord_retention_errors",
                 "Retention coordinator calls that failed (logged; retried next pass)",
-                &self.retention.errors,
+                &self.duties.retention.errors,
             ),
             (
                 "fjord_retention_expired_rows",
                 "Index rows that retention moved log start offsets past",
-                &self.retention.rows_expired,
+                &self.duties.retention.rows_expired,
+            ),
+            (
+                "fjord_gc_passes",
+                "Object garbage-collection passes run by this broker",
+                &self.duties.gc.passes,
+            ),
+            (
+                "fjord_gc_errors",
+                "Garbage-collection passes that failed (logged; retried next pass)",
+                &self.duties.gc.errors,
+            ),
+            (
+                "fjord_gc_deleted_objects",
+                "Objects deleted after their last index row went (file.delete.delay.ms later)",
+                &self.duties.gc.deleted_dead,
+            ),
+            (
+                "fjord_gc_deleted_orphans",
+                "Objects deleted that were uploaded but never committed",
+                &self.duties.gc.deleted_orphans,
+            ),
+            (
+                "fjord_gc_listed_keys",
+                "Object keys listed by orphan sweeps",
+                &self.duties.gc.listed,
             ),
         ] {
             let counter = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -105,14 +140,14 @@ pub async fn serve(
     store: Arc<StoreStats>,
     writer: Arc<WriterMetrics>,
     hedged_gets: Counter,
-    retention: Arc<RetentionStats>,
+    duties: DutyStats,
     cluster: watch::Receiver<Arc<ClusterView>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BrokerCollector {
         store,
-        retention,
+        duties,
         cluster,
     }));
     writer.register(&mut registry);

@@ -202,13 +202,25 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     // clients here while this one drains.
     let leave = CancellationToken::new();
     let mut membership_task = tokio::spawn(membership.run(leave.clone()));
+    let gc_stats = Arc::new(fjord_storage::gc::GcStats::default());
     let gc = tokio::spawn(gc_loop(
-        store.clone(),
-        broker.coordinator.clone(),
+        fjord_storage::gc::Collector::new(
+            store.clone(),
+            broker.coordinator.clone(),
+            fjord_storage::gc::GcSettings {
+                grace_ms: millis(Duration::from_secs(config.gc_grace_secs)),
+                delete_delay_ms: i64::try_from(config.log_segment_delete_delay_ms)
+                    .unwrap_or(i64::MAX),
+                sweep_interval_ms: millis(Duration::from_secs(
+                    config.gc_orphan_sweep_interval_secs,
+                )),
+                ..Default::default()
+            },
+        ),
+        gc_stats.clone(),
         clock.clone(),
         cluster.clone(),
         Duration::from_secs(config.gc_interval_secs),
-        Duration::from_secs(config.gc_grace_secs),
         shutdown.clone(),
     ));
     let retention_stats = Arc::new(fjord_broker::retention::RetentionStats::default());
@@ -233,7 +245,10 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
                 store_stats,
                 broker.writer.metrics(),
                 broker.reader.hedged_gets(),
-                retention_stats.clone(),
+                crate::metrics::DutyStats {
+                    retention: retention_stats.clone(),
+                    gc: gc_stats.clone(),
+                },
                 cluster.clone(),
                 shutdown.clone(),
             )))
@@ -313,15 +328,18 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     }
 }
 
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Deletes garbage objects every `interval` until `shutdown`, while this broker is the one that
 /// runs the cluster's background duties (the live broker with the lowest node id).
 async fn gc_loop(
-    store: Arc<dyn object_store::ObjectStore>,
-    coordinator: Arc<dyn Coordinator>,
+    mut collector: fjord_storage::gc::Collector,
+    stats: Arc<fjord_storage::gc::GcStats>,
     clock: Arc<dyn fjord_coordinator::clock::Clock>,
     cluster: watch::Receiver<Arc<ClusterView>>,
     interval: Duration,
-    grace: Duration,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -336,14 +354,19 @@ async fn gc_loop(
             continue;
         }
         let now = clock.now_ms();
-        let pass = fjord_storage::gc::collect(&store, &coordinator, now, grace.as_millis() as i64);
+        let started = tokio::time::Instant::now();
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            result = pass => result,
+            result = collector.pass(now) => result,
         };
+        stats.record(&result);
         match result {
-            Ok(report) if report.deleted_dead + report.deleted_orphans > 0 => {
-                tracing::info!(?report, "garbage collection")
+            Ok(report) if report.deleted_dead + report.deleted_orphans > 0 || report.swept => {
+                tracing::info!(
+                    ?report,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "garbage collection"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "garbage collection failed; will retry"),

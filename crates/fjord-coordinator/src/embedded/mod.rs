@@ -18,6 +18,7 @@ mod brokers;
 mod journal;
 mod overlay;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,7 +32,9 @@ pub use journal::Journal;
 use crate::clock::Clock;
 use crate::model::*;
 use crate::state::{check_group_id, Entry, State};
-use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, Result};
+use crate::{
+    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, ObjectLedger, Result,
+};
 
 /// Journal size after which the writer folds it into a new snapshot.
 const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
@@ -137,7 +140,9 @@ impl EmbeddedCoordinator {
 
     /// [`open`](Self::open) with the clock that times topic deletions and broker leases.
     pub fn open_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Result<EmbeddedCoordinator> {
-        let (journal, state) = Journal::open(dir)?;
+        let (journal, mut state) = Journal::open(dir)?;
+        // Stores written before index rows were deleted with the log start still hold them.
+        state.prune_all_rows(clock.now_ms());
         let state = Arc::new(RwLock::new(state));
         let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
         let mut writer = Writer {
@@ -324,9 +329,20 @@ impl Coordinator for EmbeddedCoordinator {
         })
         .await
     }
+}
 
-    async fn object_references(&self) -> Result<ObjectReferences> {
-        Ok(self.read(|s| s.object_references()))
+#[async_trait]
+impl ObjectLedger for EmbeddedCoordinator {
+    async fn dead_objects(&self, dead_before_ms: i64, limit: usize) -> Result<Vec<DeadObject>> {
+        Ok(self.read(|s| s.dead_objects(dead_before_ms, limit)))
+    }
+
+    async fn known_objects(&self, keys: Vec<String>) -> Result<BTreeSet<String>> {
+        Ok(self.read(|s| {
+            keys.into_iter()
+                .filter(|key| s.objects.contains_key(key))
+                .collect()
+        }))
     }
 
     async fn forget_objects(&self, keys: Vec<String>) -> Result<()> {
@@ -426,8 +442,9 @@ impl GroupStore for EmbeddedCoordinator {
 #[async_trait]
 impl LogLifecycle for EmbeddedCoordinator {
     async fn delete_records(&self, tp: TopicPartition, before: i64) -> Result<PartitionOffsets> {
+        let at_ms = self.clock.now_ms();
         self.on_writer(move |w| {
-            let (offsets, entry) = w.state.read().decide_delete_records(tp, before)?;
+            let (offsets, entry) = w.state.read().decide_delete_records(tp, before, at_ms)?;
             if let Some(entry) = entry {
                 w.write(entry)?;
             }
@@ -445,12 +462,16 @@ impl LogLifecycle for EmbeddedCoordinator {
         // Most calls find nothing to expire: decide under the read lock first, and queue on the
         // writer (behind commits) only to advance. There it is decided again, so nothing lands
         // between deciding and writing.
-        let (step, entry) = self.read(|s| s.decide_retention(tp, &limits, max_rows))?;
+        let at_ms = self.clock.now_ms();
+        let (step, entry) = self.read(|s| s.decide_retention(tp, &limits, max_rows, at_ms))?;
         if entry.is_none() {
             return Ok(step);
         }
         self.on_writer(move |w| {
-            let (step, entry) = w.state.read().decide_retention(tp, &limits, max_rows)?;
+            let (step, entry) = w
+                .state
+                .read()
+                .decide_retention(tp, &limits, max_rows, at_ms)?;
             if let Some(entry) = entry {
                 w.write(entry)?;
             }

@@ -4,14 +4,19 @@
 //! cannot deadlock with commits, which lock partition rows in sorted order, or with topic
 //! deletion, which locks the topic first and then its partitions), decides with the same pure
 //! rules as the embedded coordinator ([`crate::state`]) and raises `log_start` with `GREATEST`,
-//! so concurrent or repeated calls never lower it. Retention first decides without the lock and
-//! takes it only when it has something to expire, so idle partitions cost one read per pass. A change notifies the commit channel, so other
-//! brokers' offset caches (keyed by commit notifications) reload the partition.
+//! so concurrent or repeated calls never lower it. In the same transaction it deletes the index
+//! rows wholly below the new log start, at most a bounded number per transaction, and releases
+//! their objects ([`super::objects::release_rows`]); DeleteRecords goes on in further
+//! transactions until none is left, and retention reports `more` so its caller calls again.
+//! Retention first decides without the lock and takes it only when it has something to expire
+//! or rows to delete, so idle partitions cost two index probes per pass. A change notifies the
+//! commit channel, so other brokers' offset caches (keyed by commit notifications) reload the
+//! partition.
 
 use deadpool_postgres::Transaction;
 
 use super::db::{db, from_db, get, unknown_partition};
-use super::{listen, PostgresCoordinator};
+use super::{listen, objects, PostgresCoordinator};
 use crate::model::*;
 use crate::state::{delete_records_target, retention_decision, RetainedRow};
 use crate::Result;
@@ -60,16 +65,18 @@ async fn partition_row(
     })
 }
 
-/// Raises the log start of `tp` to `log_start` if that is higher, commits, and returns the
-/// offsets after.
-async fn advance_and_commit(
-    tx: Transaction<'_>,
+/// Most index rows one transaction deletes below a log start.
+const RELEASE_BATCH: usize = 10_000;
+
+/// Raises the log start of `tp` to `log_start` if that is higher (and tells other brokers), and
+/// returns the offsets after; the transaction stays open.
+async fn advance(
+    tx: &Transaction<'_>,
     tp: TopicPartition,
     offsets: PartitionOffsets,
     log_start: i64,
 ) -> Result<PartitionOffsets> {
     if log_start <= offsets.log_start {
-        tx.commit().await.map_err(db("ending a log start check"))?;
         return Ok(offsets);
     }
     tx.execute(
@@ -83,11 +90,23 @@ async fn advance_and_commit(
     tx.execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &payload])
         .await
         .map_err(db("notifying a log start change"))?;
-    tx.commit().await.map_err(db("committing a log start"))?;
     Ok(PartitionOffsets {
         log_start,
         high_watermark: offsets.high_watermark,
     })
+}
+
+/// Whether `tp` has index rows wholly below `log_start` (left to delete).
+async fn rows_below(tx: &Transaction<'_>, tp: TopicPartition, log_start: i64) -> Result<bool> {
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM fjord_index_rows
+                 WHERE topic_id = $1 AND partition = $2 AND base_offset < $3 AND last_offset < $3)",
+            &[&tp.topic_id, &tp.partition, &log_start],
+        )
+        .await
+        .map_err(db("looking for rows below a log start"))?;
+    get(&row, 0)
 }
 
 pub(super) async fn delete_records(
@@ -102,7 +121,39 @@ pub(super) async fn delete_records(
         .map_err(db("starting DeleteRecords"))?;
     let offsets = lock_partition(&tx, tp).await?;
     let log_start = delete_records_target(offsets, before)?;
-    advance_and_commit(tx, tp, offsets, log_start).await
+    let after = advance(&tx, tp, offsets, log_start).await?;
+    let at_ms = c.clock().now_ms();
+    let mut released = objects::release_rows(
+        &tx,
+        tp.topic_id,
+        tp.partition,
+        after.log_start,
+        RELEASE_BATCH,
+        at_ms,
+    )
+    .await?;
+    tx.commit().await.map_err(db("committing DeleteRecords"))?;
+    // The log start has moved; the rows below it go in further bounded transactions.
+    while released == RELEASE_BATCH as u64 {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting to delete rows below a log start"))?;
+        lock_partition(&tx, tp).await?;
+        released = objects::release_rows(
+            &tx,
+            tp.topic_id,
+            tp.partition,
+            after.log_start,
+            RELEASE_BATCH,
+            at_ms,
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(db("committing deleted rows below a log start"))?;
+    }
+    Ok(after)
 }
 
 pub(super) async fn apply_retention(
@@ -115,11 +166,11 @@ pub(super) async fn apply_retention(
     // queue behind (or hold up) commits to the partition. Only a decision to advance is taken
     // again under the lock (rows below the high watermark never change, so it decides the same
     // or, after a concurrent advance, nothing).
-    let unlocked = retention_step(c, tp, &limits, max_rows, false).await?;
-    if unlocked.rows_expired == 0 {
+    let (unlocked, below) = retention_step(c, tp, &limits, max_rows, false).await?;
+    if unlocked.rows_expired == 0 && !below {
         return Ok(unlocked);
     }
-    retention_step(c, tp, &limits, max_rows, true).await
+    Ok(retention_step(c, tp, &limits, max_rows, true).await?.0)
 }
 
 async fn retention_step(
@@ -128,7 +179,7 @@ async fn retention_step(
     limits: &RetentionLimits,
     max_rows: usize,
     write: bool,
-) -> Result<RetentionStep> {
+) -> Result<(RetentionStep, bool)> {
     let mut client = c.client().await?;
     let tx = client
         .transaction()
@@ -176,14 +227,34 @@ async fn retention_step(
         None => 0,
     };
     let (log_start, expired) = retention_decision(offsets, &rows, retained_bytes, limits);
-    let step = |offsets| RetentionStep {
-        offsets,
-        rows_expired: expired as u64,
-        more: expired == max_rows && max_rows > 0,
-    };
+    let more = expired == max_rows && max_rows > 0;
     if !write {
+        let below = rows_below(&tx, tp, offsets.log_start).await?;
         tx.commit().await.map_err(db("ending a retention check"))?;
-        return Ok(step(offsets));
+        let step = RetentionStep {
+            offsets,
+            rows_expired: expired as u64,
+            more,
+        };
+        return Ok((step, below));
     }
-    Ok(step(advance_and_commit(tx, tp, offsets, log_start).await?))
+    let after = advance(&tx, tp, offsets, log_start).await?;
+    let released = objects::release_rows(
+        &tx,
+        tp.topic_id,
+        tp.partition,
+        after.log_start,
+        max_rows.max(1),
+        c.clock().now_ms(),
+    )
+    .await?;
+    tx.commit()
+        .await
+        .map_err(db("committing a retention step"))?;
+    let step = RetentionStep {
+        offsets: after,
+        rows_expired: expired as u64,
+        more: more || released == max_rows.max(1) as u64,
+    };
+    Ok((step, false))
 }

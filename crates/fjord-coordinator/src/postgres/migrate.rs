@@ -54,6 +54,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0005_commit_watermark",
         sql: include_str!("../../migrations/postgres/0005_commit_watermark.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_object_lifecycle",
+        sql: include_str!("../../migrations/postgres/0006_object_lifecycle.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).

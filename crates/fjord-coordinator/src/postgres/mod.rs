@@ -20,7 +20,9 @@
 //! - Driver and server failures are [`CoordinatorError::Storage`] (retriable; a transaction that
 //!   failed changed nothing). A re-commit of an object whose commit outcome was lost returns the
 //!   recorded outcomes (kept for an hour).
-//! - Log start offsets (the `lifecycle` module) only rise, under the partition row's lock.
+//! - Log start offsets (the `lifecycle` module) only rise, under the partition row's lock; the
+//!   index rows wholly below go with them, and their objects' row counts (the `objects` module)
+//!   fall in the same transaction.
 //! - Broker leases (the `brokers` module) are measured by the database's clock, never the
 //!   broker's, so brokers with skewed clocks agree on who is live.
 //! - A commit that appended data notifies every listening session of the database when it
@@ -35,11 +37,12 @@ mod groups;
 mod lifecycle;
 mod listen;
 mod migrate;
+mod objects;
 #[cfg(test)]
 mod tests;
 mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +60,9 @@ use crate::state::{
     apply_config_changes, bump_target, check_new_partition_count, check_partition_increase,
     producer_decision, ProducerDecision,
 };
-use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, Result};
+use crate::{
+    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, ObjectLedger, Result,
+};
 
 pub use self::listen::{CommitListener, LISTENER_APPLICATION_NAME};
 
@@ -603,62 +608,24 @@ impl Coordinator for PostgresCoordinator {
         tx.commit().await.map_err(db("committing InitProducerId"))?;
         Ok(identity)
     }
+}
 
-    async fn object_references(&self) -> Result<ObjectReferences> {
-        let rows = self
-            .query(
-                "SELECT key, row_count, dead_since FROM fjord_objects",
-                &[],
-                "listing objects",
-            )
-            .await?;
-        let mut refs = ObjectReferences::default();
-        for row in &rows {
-            let key: String = get(row, 0)?;
-            let row_count: i64 = get(row, 1)?;
-            match get::<Option<i64>>(row, 2)? {
-                Some(at) if row_count == 0 => {
-                    refs.dead.insert(key, at);
-                }
-                _ => {
-                    refs.live.insert(key);
-                }
-            }
-        }
-        Ok(refs)
+#[async_trait]
+impl ObjectLedger for PostgresCoordinator {
+    async fn dead_objects(&self, dead_before_ms: i64, limit: usize) -> Result<Vec<DeadObject>> {
+        objects::dead_objects(self, dead_before_ms, limit).await
+    }
+
+    async fn known_objects(&self, keys: Vec<String>) -> Result<BTreeSet<String>> {
+        objects::known_objects(self, keys).await
     }
 
     async fn forget_objects(&self, keys: Vec<String>) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let client = self.client().await?;
-        // Locks in key order, like topic deletion; objects referenced again are kept.
-        client
-            .execute(
-                "DELETE FROM fjord_objects WHERE key IN (
-                     SELECT key FROM fjord_objects WHERE key = ANY($1) AND row_count = 0
-                     ORDER BY key FOR UPDATE)",
-                &[&keys],
-            )
-            .await
-            .map_err(db("forgetting objects"))?;
-        Ok(())
+        objects::forget_objects(self, keys).await
     }
 
     async fn raise_commit_watermark(&self, at_ms: i64) -> Result<i64> {
-        let rows = self
-            .query(
-                "UPDATE fjord_gc SET commit_watermark_ms = GREATEST(commit_watermark_ms, $1)
-                 WHERE id = 1 RETURNING commit_watermark_ms",
-                &[&at_ms],
-                "raising the commit watermark",
-            )
-            .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| CoordinatorError::Corrupt("postgres: fjord_gc has no row".into()))?;
-        get(row, 0)
+        objects::raise_commit_watermark(self, at_ms).await
     }
 }
 

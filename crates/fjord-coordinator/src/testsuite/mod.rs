@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 mod brokers;
 mod groups;
 mod lifecycle;
+mod objects;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,9 +33,9 @@ where
     producer_ids(fresh().await).await;
     producer_epoch_bump_retry_is_answered_again(fresh().await).await;
     objects_below_the_commit_watermark_are_refused(fresh().await).await;
-    deleted_topics_release_objects(fresh().await).await;
     groups::run_all(&fresh).await;
     lifecycle::run_all(&fresh).await;
+    objects::run_all(&fresh).await;
     brokers::run_all(&fresh).await;
 }
 
@@ -524,43 +525,6 @@ async fn producer_epoch_bump_retry_is_answered_again(c: Arc<dyn Coordinator>) {
     ));
 }
 
-async fn deleted_topics_release_objects(c: Arc<dyn Coordinator>) {
-    let t = c.create_topic(spec("t", 1)).await.unwrap();
-    let u = c.create_topic(spec("u", 1)).await.unwrap();
-    c.commit(flush(
-        "shared",
-        vec![batch(tp(&t, 0), 0, 1, 1), batch(tp(&u, 0), 100, 1, 1)],
-    ))
-    .await
-    .unwrap();
-    c.commit(flush("only-t", vec![batch(tp(&t, 0), 0, 1, 1)]))
-        .await
-        .unwrap();
-    let refs = c.object_references().await.unwrap();
-    assert!(refs.live.contains("shared") && refs.live.contains("only-t"));
-    assert!(refs.dead.is_empty());
-
-    c.delete_topic("t").await.unwrap();
-    let refs = c.object_references().await.unwrap();
-    assert!(refs.live.contains("shared"));
-    assert!(refs.dead.contains_key("only-t"));
-
-    c.forget_objects(vec!["only-t".into()]).await.unwrap();
-    let refs = c.object_references().await.unwrap();
-    assert!(!refs.dead.contains_key("only-t"));
-
-    // An object none of whose batches was appended is garbage at once.
-    c.commit(flush("rejected", vec![batch(tp(&t, 0), 0, 1, 1)]))
-        .await
-        .unwrap();
-    assert!(c
-        .object_references()
-        .await
-        .unwrap()
-        .dead
-        .contains_key("rejected"));
-}
-
 /// Everything committed survives reopening the store: `open` must return the same store each
 /// time it is called.
 pub async fn durability<F, Fut>(open: F)
@@ -587,6 +551,11 @@ where
         .unwrap();
         // The log start survives too.
         c.delete_records(tp(&t, 1), 3).await.unwrap();
+        // So do dead objects, and the rows deleted with a log start stay deleted.
+        c.commit(flush("d0", vec![batch(tp(&t, 0), 0, 4, 9)]))
+            .await
+            .unwrap();
+        c.delete_records(tp(&t, 0), -1).await.unwrap();
         (t, pid)
     };
     let c = open().await;
@@ -601,6 +570,12 @@ where
         }
     );
     assert_eq!(c.index_rows(tp(&t, 1), 0, u64::MAX).await.unwrap().len(), 1);
+    assert!(c
+        .index_rows(tp(&t, 0), 0, u64::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(objects::dead(&c).await.contains("d0"));
     // Producer state survives: a retry is still a duplicate, and ids are not reused.
     let out = c
         .commit(flush(
