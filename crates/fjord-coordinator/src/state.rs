@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use imbl::{HashMap as SharedHashMap, OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -189,9 +190,9 @@ pub struct PartitionState {
     /// Next offset to assign.
     pub high_watermark: i64,
     /// Index rows by base offset.
-    pub rows: BTreeMap<i64, IndexRow>,
+    pub rows: OrdMap<i64, IndexRow>,
     /// Idempotent producer state by producer id.
-    pub producers: HashMap<i64, ProducerPartitionState>,
+    pub producers: SharedHashMap<i64, ProducerPartitionState>,
 }
 
 /// Reference counting of objects, for garbage collection.
@@ -204,24 +205,28 @@ pub struct ObjectState {
 }
 
 /// The whole coordinator state.
+///
+/// Its maps are persistent ([`imbl`]): a clone is O(1) and shares structure with the original,
+/// and a change after a clone copies only the path it touches. The embedded coordinator clones
+/// the state to write a snapshot in the background while its writer goes on changing it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Topics by name.
-    pub topics: BTreeMap<String, TopicMeta>,
+    pub topics: OrdMap<String, TopicMeta>,
     /// Partitions (serialized as a list because JSON keys must be strings).
     #[serde(with = "partitions_as_list")]
-    pub partitions: HashMap<TopicPartition, PartitionState>,
+    pub partitions: SharedHashMap<TopicPartition, PartitionState>,
     /// The next unused producer id.
     pub next_producer_id: i64,
     /// The current epoch of every producer id handed out.
-    pub producer_epochs: BTreeMap<i64, i16>,
+    pub producer_epochs: OrdMap<i64, i16>,
     /// Objects known to the index.
-    pub objects: BTreeMap<String, ObjectState>,
+    pub objects: OrdMap<String, ObjectState>,
     /// Outcomes of recent commits by object key, so that a repeated commit is idempotent.
-    pub recent_commits: VecDeque<(String, Vec<BatchOutcome>)>,
+    pub recent_commits: Vector<(String, Vec<BatchOutcome>)>,
     /// Consumer groups by id (absent from snapshots written before groups existed).
     #[serde(default)]
-    pub groups: BTreeMap<String, GroupState>,
+    pub groups: OrdMap<String, GroupState>,
     /// The last group blob version handed out (versions never repeat, across groups too).
     #[serde(default)]
     pub group_versions: i64,
@@ -1298,7 +1303,7 @@ fn next_sequence(last: i32) -> i32 {
 }
 
 mod partitions_as_list {
-    use std::collections::HashMap;
+    use imbl::HashMap;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
