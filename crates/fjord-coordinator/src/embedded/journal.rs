@@ -122,7 +122,9 @@ impl Journal {
                         snapshot.format
                     )));
                 }
-                (snapshot.seq, snapshot.state)
+                let mut state = snapshot.state;
+                state.rebuild_time_indexes();
+                (snapshot.seq, state)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, State::default()),
             Err(e) => return Err(io_err("opening", &snapshot_path, e)),
