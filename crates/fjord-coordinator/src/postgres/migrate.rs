@@ -54,6 +54,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0005_commit_watermark",
         sql: include_str!("../../migrations/postgres/0005_commit_watermark.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_timestamp_index",
+        sql: include_str!("../../migrations/postgres/0008_timestamp_index.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).
