@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use imbl::{HashMap as SharedHashMap, OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -194,9 +195,58 @@ pub struct PartitionState {
     /// Next offset to assign.
     pub high_watermark: i64,
     /// Index rows by base offset.
-    pub rows: BTreeMap<i64, IndexRow>,
+    pub rows: OrdMap<i64, IndexRow>,
     /// Idempotent producer state by producer id.
-    pub producers: HashMap<i64, ProducerPartitionState>,
+    pub producers: SharedHashMap<i64, ProducerPartitionState>,
+    /// The time index: the retained rows whose max timestamp is larger than that of every
+    /// retained row before them, as max timestamp -> base offset (both strictly increasing). The
+    /// first row at or after the log start with a max timestamp >= T is the first entry at or
+    /// above T; the earliest row with the largest timestamp is the last entry. Derived from the
+    /// rows and the log start (not serialized: rebuilt on load, [`State::rebuild_time_indexes`]).
+    #[serde(skip)]
+    pub time_index: OrdMap<i64, i64>,
+}
+
+impl PartitionState {
+    /// Notes a row appended at the end of the partition in the time index.
+    fn index_appended_row(&mut self, row: &IndexRow) {
+        if self
+            .time_index
+            .get_max()
+            .is_none_or(|(max, _)| row.max_timestamp > *max)
+        {
+            self.time_index.insert(row.max_timestamp, row.base_offset);
+        }
+    }
+
+    /// Brings the time index up to date after the log start moved up: entries for rows no
+    /// longer retained go, and the retained rows before the first entry left (which the dropped
+    /// rows' timestamps hid) are indexed. That costs the rows between the new start and the first
+    /// retained row larger than all before it: usually a few, as timestamps mostly grow.
+    fn reindex_from_log_start(&mut self) {
+        let from = retained_from(self);
+        while let Some((ts, base)) = self.time_index.get_min().copied() {
+            if base >= from {
+                break;
+            }
+            self.time_index.remove(&ts);
+        }
+        let until = self
+            .time_index
+            .get_min()
+            .map_or(i64::MAX, |(_, base)| *base);
+        let mut max = None;
+        let mut found = Vec::new();
+        for (base, row) in self.rows.range(from..until) {
+            if max.is_none_or(|max| row.max_timestamp > max) {
+                max = Some(row.max_timestamp);
+                found.push((row.max_timestamp, *base));
+            }
+        }
+        for (ts, base) in found {
+            self.time_index.insert(ts, base);
+        }
+    }
 }
 
 /// Reference counting of objects, for garbage collection.
@@ -209,24 +259,28 @@ pub struct ObjectState {
 }
 
 /// The whole coordinator state.
+///
+/// Its maps are persistent ([`imbl`]): a clone is O(1) and shares structure with the original,
+/// and a change after a clone copies only the path it touches. The embedded coordinator clones
+/// the state to write a snapshot in the background while its writer goes on changing it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Topics by name.
-    pub topics: BTreeMap<String, TopicMeta>,
+    pub topics: OrdMap<String, TopicMeta>,
     /// Partitions (serialized as a list because JSON keys must be strings).
     #[serde(with = "partitions_as_list")]
-    pub partitions: HashMap<TopicPartition, PartitionState>,
+    pub partitions: SharedHashMap<TopicPartition, PartitionState>,
     /// The next unused producer id.
     pub next_producer_id: i64,
     /// The current epoch of every producer id handed out.
-    pub producer_epochs: BTreeMap<i64, i16>,
+    pub producer_epochs: OrdMap<i64, i16>,
     /// Objects known to the index.
-    pub objects: BTreeMap<String, ObjectState>,
+    pub objects: OrdMap<String, ObjectState>,
     /// Outcomes of recent commits by object key, so that a repeated commit is idempotent.
-    pub recent_commits: VecDeque<(String, Vec<BatchOutcome>)>,
+    pub recent_commits: Vector<(String, Vec<BatchOutcome>)>,
     /// Consumer groups by id (absent from snapshots written before groups existed).
     #[serde(default)]
-    pub groups: BTreeMap<String, GroupState>,
+    pub groups: OrdMap<String, GroupState>,
     /// The last group blob version handed out (versions never repeat, across groups too).
     #[serde(default)]
     pub group_versions: i64,
@@ -246,6 +300,15 @@ impl State {
     /// Topic by id.
     pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicMeta> {
         self.topics.values().find(|t| t.id == id)
+    }
+
+    /// Rebuilds every partition's time index from its rows (after loading a snapshot, which
+    /// does not hold them).
+    pub fn rebuild_time_indexes(&mut self) {
+        for (_, p) in self.partitions.iter_mut() {
+            p.time_index = OrdMap::new();
+            p.reindex_from_log_start();
+        }
     }
 
     /// Decides a topic creation.
@@ -583,7 +646,11 @@ impl State {
                 at_ms,
             } => {
                 if let Some(p) = self.partitions.get_mut(tp) {
+                    let before = p.log_start;
                     p.log_start = p.log_start.max(*log_start).min(p.high_watermark);
+                    if p.log_start != before {
+                        p.reindex_from_log_start();
+                    }
                 }
                 self.prune_rows(*tp, *at_ms);
             }
@@ -601,6 +668,7 @@ impl State {
         let mut rows_added = 0u64;
         for (tp, row) in effects.rows {
             if let Some(partition) = self.partitions.get_mut(&tp) {
+                partition.index_appended_row(&row);
                 partition.rows.insert(row.base_offset, row);
                 rows_added += 1;
             }
@@ -642,8 +710,11 @@ impl State {
             return;
         };
         let keep = retained_from(p);
-        let kept = p.rows.split_off(&keep);
-        let pruned = std::mem::replace(&mut p.rows, kept);
+        let (pruned, at_keep, kept) = p.rows.split_lookup(&keep);
+        p.rows = kept;
+        if let Some(row) = at_keep {
+            p.rows.insert(keep, row);
+        }
         for row in pruned.values() {
             self.unreference(&row.object_key, at_ms);
         }
@@ -657,7 +728,7 @@ impl State {
             .iter()
             .filter(|(_, p)| {
                 p.rows
-                    .first_key_value()
+                    .get_min()
                     .is_some_and(|(_, row)| row.last_offset < p.log_start)
             })
             .map(|(tp, _)| *tp)
@@ -719,23 +790,20 @@ impl State {
         timestamp: i64,
     ) -> Result<Option<IndexRow>> {
         let p = self.partition(tp)?;
-        Ok(p.rows
-            .range(retained_from(p)..)
-            .map(|(_, row)| row)
-            .find(|row| row.max_timestamp >= timestamp)
+        Ok(p.time_index
+            .range(timestamp..)
+            .next()
+            .and_then(|(_, base)| p.rows.get(base))
             .cloned())
     }
 
     /// The earliest row holding the partition's largest timestamp.
     pub fn row_with_max_timestamp(&self, tp: TopicPartition) -> Result<Option<IndexRow>> {
-        let mut best: Option<&IndexRow> = None;
         let p = self.partition(tp)?;
-        for (_, row) in p.rows.range(retained_from(p)..) {
-            if best.is_none_or(|b| row.max_timestamp > b.max_timestamp) {
-                best = Some(row);
-            }
-        }
-        Ok(best.cloned())
+        Ok(p.time_index
+            .get_max()
+            .and_then(|(_, base)| p.rows.get(base))
+            .cloned())
     }
 
     fn partition(&self, tp: TopicPartition) -> Result<&PartitionState> {
@@ -1350,7 +1418,7 @@ fn next_sequence(last: i32) -> i32 {
 }
 
 mod partitions_as_list {
-    use std::collections::HashMap;
+    use imbl::HashMap;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -1673,5 +1741,68 @@ mod tests {
         old.as_object_mut().unwrap().remove("groups");
         let state: State = serde_json::from_value(old).unwrap();
         assert!(state.groups.is_empty());
+    }
+
+    /// The time index kept up to date by commits and log start moves is the one rebuilt from
+    /// scratch (as after loading a snapshot), whatever the order of timestamps.
+    #[test]
+    fn time_index_maintained_equals_rebuilt() {
+        let meta = TopicMeta {
+            name: "t".into(),
+            id: Uuid::nil(),
+            partitions: 1,
+            configs: Default::default(),
+        };
+        let mut state = State::default();
+        state.apply(&Entry::CreateTopic(meta));
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        for i in 0..2000u64 {
+            if next() % 5 == 0 {
+                let hw = state.partitions[&tp(0)].high_watermark;
+                let log_start = state.partitions[&tp(0)].log_start;
+                let step = (next() % 40) as i64;
+                state.apply(&Entry::LogStart {
+                    tp: tp(0),
+                    log_start: (log_start + step).min(hw),
+                    at_ms: 0,
+                });
+            } else {
+                let ts = (next() % 1000) as i64 + i as i64 / 4 - 1;
+                let flush = FlushCommit {
+                    object_key: format!("o{i}"),
+                    object_size: 10,
+                    timestamp_ms: 0,
+                    batches: vec![CommitBatch {
+                        max_timestamp: ts,
+                        ..batch(0, 0, 1 + (next() % 5) as i64)
+                    }],
+                };
+                let outcomes = decide_commit(&state, &flush);
+                state.apply(&Entry::Commit { flush, outcomes });
+            }
+            let mut rebuilt = state.clone();
+            rebuilt.rebuild_time_indexes();
+            assert_eq!(
+                state.partitions[&tp(0)].time_index,
+                rebuilt.partitions[&tp(0)].time_index,
+                "after step {i}"
+            );
+            let p = &state.partitions[&tp(0)];
+            for target in [-1, 0, 250, 500, 999, 1500] {
+                let scanned = p
+                    .rows
+                    .range(retained_from(p)..)
+                    .map(|(_, row)| row)
+                    .find(|row| row.max_timestamp >= target)
+                    .cloned();
+                assert_eq!(state.row_for_timestamp(tp(0), target).unwrap(), scanned);
+            }
+        }
     }
 }

@@ -1,18 +1,29 @@
-//! The embedded coordinator's files: a snapshot and an append-only journal.
+//! The embedded coordinator's files: a snapshot and an append-only journal in segments.
 //!
 //! - `snapshot.json`: the whole [`State`] after entry number `seq`, replaced atomically
 //!   (write a temp file, fsync, rename, fsync the directory).
-//! - `journal.log`: entries after the snapshot, each framed as
-//!   `[u32 length][u32 crc32c][u64 seq][JSON entry]` (lengths and sequence big-endian; the CRC
-//!   covers the sequence and the JSON). An entry is durable once `append` returns: the file is
-//!   fsynced first.
+//! - `journal-<first seq, 20 digits>.log`: journal segments, each framed as
+//!   `[u32 length][u32 crc32c][u64 seq][JSON entry]` per entry (lengths and sequence
+//!   big-endian; the CRC covers the sequence and the JSON). An entry is durable once `append`
+//!   returns: the file is fsynced first. Only the last segment is appended to. A data dir from
+//!   before segments has one `journal.log` instead, read as the first segment and appended to
+//!   until the first snapshot retires it (an upgrade in place).
 //!
-//! Recovery reads the snapshot, then replays journal entries with `seq` greater than the
-//! snapshot's. A torn or corrupt tail (a crash mid-append) ends the replay and is cut off: it was
-//! never acknowledged, since acknowledgement waits for the fsync.
+//! Snapshots do not stop appends. [`Journal::rotate`] starts a new segment at `seq + 1`; the
+//! state as of `seq` (an O(1) clone, see [`State`]) is then written by [`write_snapshot`] on
+//! another thread, and only after the snapshot is durable are the older segments deleted
+//! ([`remove_segments`]).
+//!
+//! Recovery reads the snapshot, then every segment in order, replaying the entries with a `seq`
+//! greater than the snapshot's (so entries a snapshot already holds are skipped, whichever crash
+//! window left them behind: a segment not yet deleted, a snapshot not yet renamed). Entries past
+//! the snapshot must follow each other without a gap. A torn or corrupt tail of the last segment
+//! (a crash mid-append) ends the replay and is cut off: it was never acknowledged, since
+//! acknowledgement waits for the fsync; damage anywhere else refuses recovery. Segments wholly
+//! covered by the snapshot are deleted once recovery is done.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -21,25 +32,41 @@ use crate::state::{Entry, State};
 use crate::{CoordinatorError, Result};
 
 const SNAPSHOT: &str = "snapshot.json";
-const JOURNAL: &str = "journal.log";
+const SNAPSHOT_TMP: &str = "snapshot.json.tmp";
+/// The single journal file of data dirs from before segments.
+const LEGACY_JOURNAL: &str = "journal.log";
 const FRAME_HEADER: usize = 16;
 /// Upper bound on one entry, far above any real one; a larger length means corruption.
 const MAX_ENTRY_BYTES: usize = 256 << 20;
+/// Snapshot format written: 2 means "the journal is in segments" (the state's JSON is the same
+/// as in format 1), so that a build that only knows `journal.log` refuses the dir instead of
+/// silently missing entries.
+const SNAPSHOT_FORMAT: u32 = 2;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Snapshot {
     format: u32,
     seq: u64,
     state: State,
 }
 
-/// An open journal, positioned at its end.
+/// The snapshot as written: borrowing the state.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    format: u32,
+    seq: u64,
+    state: &'a State,
+}
+
+/// An open journal, positioned at the end of its last segment.
 pub struct Journal {
     dir: PathBuf,
+    /// The segment appended to.
+    path: PathBuf,
     file: File,
     /// Sequence number of the last entry written or replayed.
     seq: u64,
-    /// Bytes in the journal file.
+    /// Bytes in the segment appended to.
     len: u64,
 }
 
@@ -47,82 +74,140 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> CoordinatorError {
     CoordinatorError::Storage(format!("{what} {}: {e}", path.display()))
 }
 
+fn segment_name(first_seq: u64) -> String {
+    format!("journal-{first_seq:020}.log")
+}
+
+/// The journal segments in `dir`, in order: the legacy `journal.log` first, then by first seq.
+pub(super) fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found: Vec<(u64, PathBuf)> = Vec::new();
+    let listing = std::fs::read_dir(dir).map_err(|e| io_err("listing", dir, e))?;
+    for item in listing {
+        let item = item.map_err(|e| io_err("listing", dir, e))?;
+        let name = item.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let order = if name == LEGACY_JOURNAL {
+            0
+        } else if let Some(seq) = name
+            .strip_prefix("journal-")
+            .and_then(|rest| rest.strip_suffix(".log"))
+            .and_then(|digits| digits.parse::<u64>().ok())
+        {
+            // Segments start at 1 or later; the legacy file sorts before them all.
+            seq.saturating_add(1)
+        } else {
+            continue;
+        };
+        found.push((order, item.path()));
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
 impl Journal {
     /// Opens (creating if needed) the journal in `dir` and rebuilds the state it records.
     pub fn open(dir: &Path) -> Result<(Journal, State)> {
         create_dir_durably(dir)?;
         let snapshot_path = dir.join(SNAPSHOT);
-        let (mut seq, mut state) = match File::open(&snapshot_path) {
+        let (snapshot_seq, mut state) = match File::open(&snapshot_path) {
             Ok(file) => {
                 let snapshot: Snapshot =
                     serde_json::from_reader(BufReader::new(file)).map_err(|e| {
                         CoordinatorError::Corrupt(format!("{}: {e}", snapshot_path.display()))
                     })?;
-                if snapshot.format != 1 {
+                if !(1..=SNAPSHOT_FORMAT).contains(&snapshot.format) {
                     return Err(CoordinatorError::Corrupt(format!(
                         "{}: unknown snapshot format {}",
                         snapshot_path.display(),
                         snapshot.format
                     )));
                 }
-                (snapshot.seq, snapshot.state)
+                let mut state = snapshot.state;
+                state.rebuild_time_indexes();
+                (snapshot.seq, state)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, State::default()),
             Err(e) => return Err(io_err("opening", &snapshot_path, e)),
         };
+        let mut seq = snapshot_seq;
 
-        let journal_path = dir.join(JOURNAL);
-        let existed = journal_path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&journal_path)
-            .map_err(|e| io_err("opening", &journal_path, e))?;
-        if !existed {
+        let mut paths = segments(dir)?;
+        if paths.is_empty() {
+            let path = dir.join(segment_name(seq + 1));
+            File::create(&path).map_err(|e| io_err("creating", &path, e))?;
             // The new file's directory entry must be on disk before any entry appended to it is
             // acknowledged: fsyncing the file alone does not persist its name.
             sync_dir(dir)?;
+            paths.push(path);
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| io_err("reading", &journal_path, e))?;
-
-        let mut pos = 0usize;
+        let last = paths.len() - 1;
         let mut replayed = 0u64;
-        while let Frame::Entry(entry_seq, entry, next) = read_frame(&bytes, pos)? {
-            if entry_seq > seq {
-                if entry_seq != seq + 1 {
+        // Segments whose entries the snapshot holds all: deleted once recovery is done.
+        let mut covered = Vec::new();
+        let mut tail = None;
+        for (i, path) in paths.iter().enumerate() {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| io_err("opening", path, e))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)
+                .map_err(|e| io_err("reading", path, e))?;
+            let mut pos = 0usize;
+            let mut newest = None;
+            while let Frame::Entry(entry_seq, entry, next) = read_frame(&bytes, pos)
+                .map_err(|e| CoordinatorError::Corrupt(format!("{}: {e}", path.display())))?
+            {
+                if entry_seq > seq {
+                    if entry_seq != seq + 1 {
+                        return Err(CoordinatorError::Corrupt(format!(
+                            "{}: entry {entry_seq} follows {seq}",
+                            path.display()
+                        )));
+                    }
+                    state.apply(&entry);
+                    seq = entry_seq;
+                    replayed += 1;
+                }
+                newest = Some(entry_seq);
+                pos = next;
+            }
+            if pos < bytes.len() {
+                if i != last {
                     return Err(CoordinatorError::Corrupt(format!(
-                        "{}: entry {entry_seq} follows {seq}",
-                        journal_path.display()
+                        "{}: damaged at byte {pos}, and later segments follow it",
+                        path.display()
                     )));
                 }
-                state.apply(&entry);
-                seq = entry_seq;
-                replayed += 1;
+                tracing::warn!(
+                    path = %path.display(),
+                    valid = pos,
+                    total = bytes.len(),
+                    "cutting off a torn journal tail (an entry never acknowledged)"
+                );
+                file.set_len(pos as u64)
+                    .map_err(|e| io_err("truncating", path, e))?;
+                file.sync_all().map_err(|e| io_err("syncing", path, e))?;
             }
-            pos = next;
+            if i == last {
+                tail = Some((file, pos as u64));
+            } else if newest.is_none_or(|newest| newest <= snapshot_seq) {
+                covered.push(path.clone());
+            }
         }
-        if pos < bytes.len() {
-            tracing::warn!(
-                path = %journal_path.display(),
-                valid = pos,
-                total = bytes.len(),
-                "cutting off a torn journal tail (an entry never acknowledged)"
-            );
-            file.set_len(pos as u64)
-                .map_err(|e| io_err("truncating", &journal_path, e))?;
-            file.sync_all()
-                .map_err(|e| io_err("syncing", &journal_path, e))?;
-        }
+        let (file, len) = tail.ok_or_else(|| {
+            CoordinatorError::Storage(format!("no journal segment in {}", dir.display()))
+        })?;
+        remove_segments(dir, &covered)?;
         tracing::info!(seq, replayed, "embedded coordinator state recovered");
         Ok((
             Journal {
                 dir: dir.to_path_buf(),
+                path: paths[last].clone(),
                 file,
                 seq,
-                len: pos as u64,
+                len,
             },
             state,
         ))
@@ -162,52 +247,110 @@ impl Journal {
         if frames.is_empty() {
             return Ok(());
         }
-        let path = self.dir.join(JOURNAL);
         self.file
             .write_all(&frames)
-            .map_err(|e| io_err("appending to", &path, e))?;
+            .map_err(|e| io_err("appending to", &self.path, e))?;
         self.file
             .sync_data()
-            .map_err(|e| io_err("syncing", &path, e))?;
+            .map_err(|e| io_err("syncing", &self.path, e))?;
         self.seq = seq;
         self.len += frames.len() as u64;
         Ok(())
     }
 
-    /// Bytes in the journal since the last snapshot.
+    /// Bytes in the segment appended to.
     pub fn size_bytes(&self) -> u64 {
         self.len
     }
 
-    /// Writes a snapshot of `state` (which must include every appended entry) and empties the
-    /// journal.
-    pub fn snapshot(&mut self, state: &State) -> Result<()> {
-        let tmp = self.dir.join("snapshot.json.tmp");
-        let path = self.dir.join(SNAPSHOT);
-        {
-            let mut file = File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
-            let snapshot = Snapshot {
-                format: 1,
-                seq: self.seq,
-                state: state.clone(),
-            };
-            serde_json::to_writer(&mut file, &snapshot)
-                .map_err(|e| CoordinatorError::Storage(format!("writing snapshot: {e}")))?;
-            file.sync_all().map_err(|e| io_err("syncing", &tmp, e))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(|e| io_err("renaming", &tmp, e))?;
-        sync_dir(&self.dir)?;
-        // Entries up to `seq` are in the snapshot; replay skips them even if truncation is lost.
-        let journal_path = self.dir.join(JOURNAL);
-        self.file
-            .set_len(0)
-            .map_err(|e| io_err("truncating", &journal_path, e))?;
-        self.file
-            .sync_all()
-            .map_err(|e| io_err("syncing", &journal_path, e))?;
-        self.len = 0;
-        Ok(())
+    /// The directory of the journal's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
+
+    /// Sequence number of the last entry appended (or replayed).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Starts a new segment at `seq + 1` and appends there from now on. Returns the older
+    /// segments: once a snapshot as of [`seq`](Self::seq) is durable ([`write_snapshot`]), they
+    /// hold nothing recovery needs ([`remove_segments`]). On an error nothing changed (appends go
+    /// on to the current segment).
+    pub fn rotate(&mut self) -> Result<Vec<PathBuf>> {
+        let path = self.dir.join(segment_name(self.seq + 1));
+        let older: Vec<PathBuf> = segments(&self.dir)?
+            .into_iter()
+            .filter(|p| *p != path)
+            .collect();
+        let created = File::create(&path)
+            .map_err(|e| io_err("creating", &path, e))
+            .and_then(|file| {
+                sync_dir(&self.dir)?;
+                Ok(file)
+            });
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => {
+                // An empty segment left behind is harmless: recovery reads segments in order
+                // and checks entries by sequence number.
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        self.path = path;
+        self.file = file;
+        self.len = 0;
+        Ok(older)
+    }
+
+    /// Writes a snapshot of `state` (which must include every appended entry) and deletes the
+    /// older segments, all on the calling thread. Tests use it; the coordinator snapshots in the
+    /// background ([`rotate`](Self::rotate), [`write_snapshot`], [`remove_segments`]).
+    pub fn snapshot(&mut self, state: &State) -> Result<()> {
+        let older = self.rotate()?;
+        write_snapshot(&self.dir, self.seq, state)?;
+        remove_segments(&self.dir, &older)
+    }
+}
+
+/// Writes `state`, the state after entry `seq`, as the snapshot of `dir`, atomically and
+/// durably. Safe to run while the journal appends (to a segment started after `seq`).
+pub fn write_snapshot(dir: &Path, seq: u64, state: &State) -> Result<()> {
+    let tmp = dir.join(SNAPSHOT_TMP);
+    let path = dir.join(SNAPSHOT);
+    {
+        let file = File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let snapshot = SnapshotRef {
+            format: SNAPSHOT_FORMAT,
+            seq,
+            state,
+        };
+        serde_json::to_writer(&mut out, &snapshot)
+            .map_err(|e| CoordinatorError::Storage(format!("writing snapshot: {e}")))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| io_err("writing", &tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| io_err("syncing", &tmp, e))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| io_err("renaming", &tmp, e))?;
+    sync_dir(dir)
+}
+
+/// Deletes journal segments a durable snapshot covers (a segment already gone is fine).
+pub fn remove_segments(dir: &Path, paths: &[PathBuf]) -> Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("deleting", path, e)),
+        }
+    }
+    sync_dir(dir)
 }
 
 /// Creates `dir` and any missing parents, fsyncing the parent of each directory created, so that
@@ -330,6 +473,13 @@ mod tests {
         assert!(SYNCED_DIRS.with(|s| s.borrow().is_empty()));
     }
 
+    /// The one journal segment in `dir`.
+    fn only_segment(dir: &Path) -> PathBuf {
+        let found = segments(dir).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        found[0].clone()
+    }
+
     fn topic(name: &str) -> Entry {
         Entry::CreateTopic(TopicMeta {
             name: name.into(),
@@ -347,7 +497,7 @@ mod tests {
             journal.append(&topic("a")).unwrap();
             journal.append(&topic("b")).unwrap();
         }
-        let path = dir.path().join(JOURNAL);
+        let path = only_segment(dir.path());
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..full.len() - 3]).unwrap();
         let (mut journal, state) = Journal::open(dir.path()).unwrap();
@@ -366,7 +516,7 @@ mod tests {
             journal.append(&topic("a")).unwrap();
             journal.append(&topic("b")).unwrap();
         }
-        let path = dir.path().join(JOURNAL);
+        let path = only_segment(dir.path());
         let good = std::fs::read(&path).unwrap();
         let mut bad = good.clone();
         bad[20] ^= 0xff; // inside the first entry, which is not the last
@@ -443,5 +593,169 @@ mod tests {
         let (_, recovered) = Journal::open(dir.path()).unwrap();
         assert_eq!(recovered, state);
         assert_eq!(recovered.groups["g"].state.as_ref(), Some(&blob));
+    }
+
+    fn names(state: &State) -> Vec<String> {
+        state.topics.keys().cloned().collect()
+    }
+
+    /// A journal with topics a and b in its first segment, rotated, and c in the second; the
+    /// state as of b (what a snapshot started at the rotation holds) and the older segments.
+    fn rotated(dir: &Path) -> (Journal, State, u64, Vec<PathBuf>) {
+        let (mut journal, mut state) = Journal::open(dir).unwrap();
+        for name in ["a", "b"] {
+            let e = topic(name);
+            journal.append(&e).unwrap();
+            state.apply(&e);
+        }
+        let at_rotation = state.clone();
+        let older = journal.rotate().unwrap();
+        let seq = journal.seq();
+        journal.append(&topic("c")).unwrap();
+        (journal, at_rotation, seq, older)
+    }
+
+    /// Crash after the rotation, before the snapshot was written (or while it was, leaving a
+    /// partial temp file): both segments are replayed.
+    #[test]
+    fn crash_before_the_snapshot_replays_every_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _, _, older) = rotated(dir.path());
+        drop(journal);
+        std::fs::write(
+            dir.path().join(SNAPSHOT_TMP),
+            b"{\"format\":2,\"seq\":2,\"sta",
+        )
+        .unwrap();
+        let (_, state) = Journal::open(dir.path()).unwrap();
+        assert_eq!(names(&state), ["a", "b", "c"]);
+        assert!(older.iter().all(|p| p.exists()), "no snapshot covers them");
+        assert_eq!(segments(dir.path()).unwrap().len(), 2);
+    }
+
+    /// Crash after the snapshot was renamed into place, before the older segments were deleted:
+    /// their entries are skipped by sequence number, and recovery deletes them.
+    #[test]
+    fn crash_after_the_snapshot_skips_and_deletes_covered_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, at_rotation, seq, older) = rotated(dir.path());
+        write_snapshot(dir.path(), seq, &at_rotation).unwrap();
+        journal.append(&topic("d")).unwrap();
+        drop(journal);
+        let (mut journal, state) = Journal::open(dir.path()).unwrap();
+        assert_eq!(names(&state), ["a", "b", "c", "d"]);
+        assert!(
+            older.iter().all(|p| !p.exists()),
+            "covered segments are deleted"
+        );
+        journal.append(&topic("e")).unwrap();
+        drop(journal);
+        let (_, state) = Journal::open(dir.path()).unwrap();
+        assert_eq!(names(&state), ["a", "b", "c", "d", "e"]);
+    }
+
+    /// Crash half way through deleting covered segments: the ones left are skipped.
+    #[test]
+    fn crash_while_deleting_covered_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, mut state) = Journal::open(dir.path()).unwrap();
+        for name in ["a", "b", "c"] {
+            let e = topic(name);
+            journal.append(&e).unwrap();
+            state.apply(&e);
+            journal.rotate().unwrap();
+        }
+        // Four segments: a, b, c, and the empty current one.
+        let all = segments(dir.path()).unwrap();
+        assert_eq!(all.len(), 4);
+        write_snapshot(dir.path(), journal.seq(), &state).unwrap();
+        std::fs::remove_file(&all[1]).unwrap();
+        journal.append(&topic("d")).unwrap();
+        drop(journal);
+        let (_, recovered) = Journal::open(dir.path()).unwrap();
+        assert_eq!(names(&recovered), ["a", "b", "c", "d"]);
+        assert_eq!(segments(dir.path()).unwrap(), vec![all[3].clone()]);
+    }
+
+    /// A segment missing that no snapshot covers is a gap in the entries: recovery refuses.
+    #[test]
+    fn a_missing_segment_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _, _, older) = rotated(dir.path());
+        journal.rotate().unwrap();
+        journal.append(&topic("d")).unwrap();
+        drop(journal);
+        let all = segments(dir.path()).unwrap();
+        assert_eq!(all[0], older[0]);
+        std::fs::remove_file(&all[1]).unwrap(); // holds c
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(CoordinatorError::Corrupt(_))
+        ));
+    }
+
+    /// A torn tail in a segment that is not the last is damage, not a crash mid-append.
+    #[test]
+    fn a_torn_segment_before_the_last_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _, _, older) = rotated(dir.path());
+        drop(journal);
+        let full = std::fs::read(&older[0]).unwrap();
+        std::fs::write(&older[0], &full[..full.len() - 3]).unwrap();
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(CoordinatorError::Corrupt(_))
+        ));
+    }
+
+    /// One frame as journal.log and segments hold it.
+    fn frame(seq: u64, entry: &Entry) -> Vec<u8> {
+        let json = serde_json::to_vec(entry).unwrap();
+        let mut out = Vec::new();
+        out.extend_from_slice(&((json.len() + 8) as u32).to_be_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&seq.to_be_bytes()), &json);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&json);
+        out
+    }
+
+    /// A data dir from before segments (a format 1 snapshot and journal.log, which may still
+    /// hold entries the snapshot has when its truncation was lost) opens, goes on appending to
+    /// journal.log, and moves to segments at its first snapshot.
+    #[test]
+    fn a_data_dir_from_before_segments_opens_and_upgrades() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = State::default();
+        old.apply(&topic("a"));
+        let snapshot = serde_json::json!({ "format": 1, "seq": 1, "state": old });
+        std::fs::write(dir.path().join(SNAPSHOT), snapshot.to_string()).unwrap();
+        let mut legacy = frame(1, &topic("a"));
+        legacy.extend(frame(2, &topic("b")));
+        std::fs::write(dir.path().join(LEGACY_JOURNAL), &legacy).unwrap();
+
+        let (mut journal, mut state) = Journal::open(dir.path()).unwrap();
+        assert_eq!(names(&state), ["a", "b"]);
+        let e = topic("c");
+        journal.append(&e).unwrap();
+        state.apply(&e);
+        drop(journal);
+        assert_eq!(
+            segments(dir.path()).unwrap(),
+            vec![dir.path().join(LEGACY_JOURNAL)]
+        );
+
+        let (mut journal, reopened) = Journal::open(dir.path()).unwrap();
+        assert_eq!(reopened, state);
+        journal.snapshot(&state).unwrap();
+        journal.append(&topic("d")).unwrap();
+        drop(journal);
+        assert!(!dir.path().join(LEGACY_JOURNAL).exists());
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(SNAPSHOT)).unwrap()).unwrap();
+        assert_eq!(written["format"], 2);
+        assert_eq!(written["seq"], 3);
+        let (_, state) = Journal::open(dir.path()).unwrap();
+        assert_eq!(names(&state), ["a", "b", "c", "d"]);
     }
 }

@@ -5,6 +5,12 @@
 //! applied, so no reader ever sees an effect that a crash could undo. Readers take a short read
 //! lock and never wait for disk I/O.
 //!
+//! Snapshots never stop the writer: once the journal's current segment passes
+//! [`SNAPSHOT_AFTER_BYTES`], the writer starts a new segment and hands an O(1) clone of the state
+//! (its maps are persistent, see [`State`]) to a snapshot thread, which serializes it and then
+//! deletes the segments the snapshot covers; commits go on meanwhile. One snapshot at a time: while
+//! one is being written, the current segment just grows.
+//!
 //! If a journal write fails, the state on disk is unknown, so the coordinator refuses every
 //! further write ([`CoordinatorError::Unavailable`]); a restart recovers from the journal. (An
 //! entry the journal refuses before writing, as too large, fails only its own call.)
@@ -19,7 +25,8 @@ mod journal;
 mod overlay;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -36,14 +43,88 @@ use crate::{
     BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, ObjectLedger, Result,
 };
 
-/// Journal size after which the writer folds it into a new snapshot.
+/// Size of the journal's current segment after which the writer starts a snapshot.
 const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
 
 type Job = Box<dyn FnOnce(&mut Writer) + Send>;
 
+/// How an [`EmbeddedCoordinator`] on disk snapshots (tests and benchmarks change it).
+#[derive(Clone)]
+pub(crate) struct Options {
+    /// Size of the current journal segment after which a snapshot starts.
+    pub snapshot_after_bytes: u64,
+    /// Called on the snapshot thread before it writes a snapshot (a test can hold it there).
+    pub before_snapshot: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            snapshot_after_bytes: SNAPSHOT_AFTER_BYTES,
+            before_snapshot: None,
+        }
+    }
+}
+
+/// A snapshot to write: the state after entry `seq`, and the journal segments it makes obsolete.
+struct SnapshotJob {
+    dir: PathBuf,
+    seq: u64,
+    state: State,
+    obsolete: Vec<PathBuf>,
+}
+
+/// The background thread that writes snapshots, one at a time.
+struct Snapshotter {
+    jobs: std::sync::mpsc::Sender<SnapshotJob>,
+    /// Set while a job is queued or being written.
+    busy: Arc<AtomicBool>,
+    after_bytes: u64,
+}
+
+impl Snapshotter {
+    fn start(options: Options) -> Result<Snapshotter> {
+        let (jobs, rx) = std::sync::mpsc::channel::<SnapshotJob>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let done = busy.clone();
+        std::thread::Builder::new()
+            .name("fjord-snapshot".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    if let Some(hook) = &options.before_snapshot {
+                        hook();
+                    }
+                    let started = std::time::Instant::now();
+                    let written = journal::write_snapshot(&job.dir, job.seq, &job.state)
+                        .and_then(|()| journal::remove_segments(&job.dir, &job.obsolete));
+                    match written {
+                        Ok(()) => tracing::info!(
+                            seq = job.seq,
+                            ms = started.elapsed().as_millis() as u64,
+                            "coordinator snapshot written"
+                        ),
+                        // The segments still hold everything; only compaction was lost, and the
+                        // next snapshot retries it.
+                        Err(e) => tracing::warn!("snapshot failed, journal keeps growing: {e}"),
+                    }
+                    drop(job);
+                    done.store(false, Ordering::Release);
+                }
+            })
+            .map_err(|e| CoordinatorError::Storage(format!("starting the snapshot thread: {e}")))?;
+        Ok(Snapshotter {
+            jobs,
+            busy,
+            after_bytes: options.snapshot_after_bytes,
+        })
+    }
+}
+
 struct Writer {
     /// `None` for a coordinator that keeps its state in memory only ([`EmbeddedCoordinator::in_memory`]).
     journal: Option<Journal>,
+    /// `None` with no journal.
+    snapshots: Option<Snapshotter>,
     state: Arc<RwLock<State>>,
     failed: Option<String>,
 }
@@ -79,16 +160,37 @@ impl Writer {
                 state.apply(entry);
             }
         }
-        if let Some(journal) = &mut self.journal {
-            if journal.size_bytes() > SNAPSHOT_AFTER_BYTES {
-                let state = self.state.read();
-                if let Err(e) = journal.snapshot(&state) {
-                    // The journal still holds everything; only compaction was lost.
-                    tracing::warn!("snapshot failed, journal keeps growing: {e}");
-                }
-            }
-        }
+        self.maybe_snapshot();
         Ok(())
+    }
+
+    /// Starts a background snapshot if the journal's current segment is large enough and none
+    /// is being written. Costs the writer a new segment and an O(1) clone of the state.
+    fn maybe_snapshot(&mut self) {
+        let (Some(journal), Some(snapshots)) = (&mut self.journal, &self.snapshots) else {
+            return;
+        };
+        if journal.size_bytes() <= snapshots.after_bytes || snapshots.busy.load(Ordering::Acquire) {
+            return;
+        }
+        let obsolete = match journal.rotate() {
+            Ok(obsolete) => obsolete,
+            Err(e) => {
+                tracing::warn!("starting a journal segment failed, no snapshot for now: {e}");
+                return;
+            }
+        };
+        let job = SnapshotJob {
+            dir: journal.dir().to_path_buf(),
+            seq: journal.seq(),
+            state: self.state.read().clone(),
+            obsolete,
+        };
+        snapshots.busy.store(true, Ordering::Release);
+        if snapshots.jobs.send(job).is_err() {
+            snapshots.busy.store(false, Ordering::Release);
+            tracing::warn!("the snapshot thread stopped, journal keeps growing");
+        }
     }
 
     fn decide_and_write(&mut self, decide: impl FnOnce(&State) -> Result<Entry>) -> Result<Entry> {
@@ -140,6 +242,15 @@ impl EmbeddedCoordinator {
 
     /// [`open`](Self::open) with the clock that times topic deletions and broker leases.
     pub fn open_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Result<EmbeddedCoordinator> {
+        Self::open_with_options(dir, clock, Options::default())
+    }
+
+    /// [`open_with_clock`](Self::open_with_clock) with snapshot options.
+    pub(crate) fn open_with_options(
+        dir: &Path,
+        clock: Arc<dyn Clock>,
+        options: Options,
+    ) -> Result<EmbeddedCoordinator> {
         let (journal, mut state) = Journal::open(dir)?;
         // Stores written before index rows were deleted with the log start still hold them.
         state.prune_all_rows(clock.now_ms());
@@ -147,6 +258,7 @@ impl EmbeddedCoordinator {
         let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
         let mut writer = Writer {
             journal: Some(journal),
+            snapshots: Some(Snapshotter::start(options)?),
             state: state.clone(),
             failed: None,
         };
@@ -174,6 +286,7 @@ impl EmbeddedCoordinator {
         let state = Arc::new(RwLock::new(State::default()));
         let writer = Writer {
             journal: None,
+            snapshots: None,
             state: state.clone(),
             failed: None,
         };
@@ -534,6 +647,80 @@ mod tests {
             Arc::new(EmbeddedCoordinator::in_memory(crate::clock::system())) as Arc<dyn Coordinator>
         })
         .await;
+    }
+
+    fn one_batch(tp: TopicPartition, key: &str) -> FlushCommit {
+        FlushCommit {
+            object_key: key.into(),
+            object_size: 10,
+            timestamp_ms: 1,
+            batches: vec![CommitBatch {
+                tp,
+                position: 0,
+                length: 10,
+                offset_count: 1,
+                max_timestamp: 1,
+                producer: None,
+                append: 0,
+            }],
+        }
+    }
+
+    /// A snapshot held on its thread (as a slow disk would) does not hold commits: they complete
+    /// while it is being written, and everything is there after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_complete_while_a_snapshot_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = parking_lot::Mutex::new(held);
+        let hook_entered = entered.clone();
+        let options = Options {
+            // Every write starts a snapshot when none is running.
+            snapshot_after_bytes: 0,
+            before_snapshot: Some(Arc::new(move || {
+                hook_entered.fetch_add(1, Ordering::SeqCst);
+                let _ = held.lock().recv_timeout(std::time::Duration::from_secs(30));
+            })),
+        };
+        let c = EmbeddedCoordinator::open_with_options(dir.path(), crate::clock::system(), options)
+            .unwrap();
+        let t = c
+            .create_topic(TopicSpec {
+                name: "t".into(),
+                partitions: 1,
+                configs: Default::default(),
+            })
+            .await
+            .unwrap();
+        let tp = TopicPartition {
+            topic_id: t.id,
+            partition: 0,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while entered.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no snapshot started");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for i in 0..20 {
+            let commit = c.commit(one_batch(tp, &format!("o{i}")));
+            let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), commit)
+                .await
+                .unwrap_or_else(|_| panic!("commit {i} waited for the snapshot"))
+                .unwrap();
+            assert_eq!(outcome, vec![BatchOutcome::Appended { base_offset: i }]);
+        }
+        assert_eq!(entered.load(Ordering::SeqCst), 1, "one snapshot at a time");
+        release.send(()).unwrap();
+        // The snapshot finishes: it deletes the segments it covers, leaving the current one.
+        while journal::segments(dir.path()).unwrap().len() > 1 {
+            assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(20));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop(c);
+        let reopened = EmbeddedCoordinator::open(dir.path()).unwrap();
+        let offsets = reopened.partition_offsets(tp).await.unwrap();
+        assert_eq!(offsets.high_watermark, 20);
     }
 
     #[tokio::test]

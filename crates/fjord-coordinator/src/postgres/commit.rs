@@ -65,6 +65,22 @@ const INSERT_ROWS: &str = "INSERT INTO fjord_index_rows
     FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::int8[], $6::int8[], $7::int8[], $8::int8[])
         AS u(t, p, b, l, pos, len, ts)";
 
+/// The new rows that beat every retained row before them (the partition's last time index entry
+/// and the earlier new rows) join the time index (see migration 0007).
+const INSERT_TIME_INDEX: &str = "INSERT INTO fjord_time_index
+    (topic_id, partition, base_offset, max_timestamp)
+    SELECT n.t, n.p, n.b, n.ts FROM (
+        SELECT u.t, u.p, u.b, u.ts, GREATEST(
+            max(u.ts) OVER (PARTITION BY u.t, u.p ORDER BY u.b
+                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+            (SELECT x.max_timestamp FROM fjord_time_index AS x
+             WHERE x.topic_id = u.t AND x.partition = u.p
+             ORDER BY x.max_timestamp DESC LIMIT 1)
+        ) AS before
+        FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::int8[]) AS u(t, p, b, ts)
+    ) AS n
+    WHERE n.before IS NULL OR n.ts > n.before";
+
 const SET_HIGH_WATERMARKS: &str = "UPDATE fjord_partitions AS p SET high_watermark = u.hw
     FROM UNNEST($1::uuid[], $2::int4[], $3::int8[]) AS u(topic_id, partition, hw)
     WHERE p.topic_id = u.topic_id AND p.partition = u.partition";
@@ -258,9 +274,10 @@ pub(super) async fn commit(pool: &Pool, flushes: &[FlushCommit]) -> Result<Vec<V
     }
 
     // 3: write, every statement of every flush pipelined.
-    let (insert_rows, set_hws, upsert_producers, upsert_object, record, notify) =
+    let (insert_rows, insert_time_index, set_hws, upsert_producers, upsert_object, record, notify) =
         futures::try_join!(
             tx.prepare_cached(INSERT_ROWS),
+            tx.prepare_cached(INSERT_TIME_INDEX),
             tx.prepare_cached(SET_HIGH_WATERMARKS),
             tx.prepare_cached(UPSERT_PRODUCERS),
             tx.prepare_cached(UPSERT_OBJECT),
@@ -281,6 +298,15 @@ pub(super) async fn commit(pool: &Pool, flushes: &[FlushCommit]) -> Result<Vec<V
                     &w.object_key,
                     &w.rows.positions,
                     &w.rows.lengths,
+                    &w.rows.max_timestamps,
+                ],
+            ));
+            statements.push((
+                &insert_time_index,
+                vec![
+                    &w.rows.topics,
+                    &w.rows.partitions,
+                    &w.rows.base_offsets,
                     &w.rows.max_timestamps,
                 ],
             ));

@@ -65,6 +65,48 @@ async fn partition_row(
     })
 }
 
+/// The base offset of the partition's ($1, $2) first retained row: the row holding the log start,
+/// else the log start (the rows from there on are retained).
+macro_rules! retained_from {
+    () => {
+        "(SELECT COALESCE(
+            (SELECT CASE WHEN r.last_offset >= p.log_start THEN r.base_offset ELSE p.log_start END
+             FROM fjord_index_rows AS r
+             WHERE r.topic_id = $1 AND r.partition = $2 AND r.base_offset <= p.log_start
+             ORDER BY r.base_offset DESC LIMIT 1),
+            p.log_start)
+        FROM fjord_partitions AS p WHERE p.topic_id = $1 AND p.partition = $2)"
+    };
+}
+
+/// After a log start moved up (see migration 0007), time index entries of rows no longer
+/// retained go...
+const TIME_INDEX_DROP: &str = concat!(
+    "DELETE FROM fjord_time_index WHERE topic_id = $1 AND partition = $2 AND base_offset < ",
+    retained_from!()
+);
+
+/// ...and the retained rows before the first entry left, which the dropped rows' timestamps
+/// hid, are indexed: usually a few rows, as timestamps mostly grow.
+const TIME_INDEX_FILL: &str = concat!(
+    "INSERT INTO fjord_time_index (topic_id, partition, base_offset, max_timestamp)
+    SELECT $1, $2, n.b, n.ts FROM (
+        SELECT i.base_offset AS b, i.max_timestamp AS ts,
+               max(i.max_timestamp) OVER (ORDER BY i.base_offset
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
+        FROM fjord_index_rows AS i
+        WHERE i.topic_id = $1 AND i.partition = $2
+          AND i.base_offset < COALESCE(
+              (SELECT min(x.base_offset) FROM fjord_time_index AS x
+               WHERE x.topic_id = $1 AND x.partition = $2),
+              9223372036854775807)
+          AND i.base_offset >= ",
+    retained_from!(),
+    "
+    ) AS n
+    WHERE n.before IS NULL OR n.ts > n.before"
+);
+
 /// Most index rows one transaction deletes below a log start.
 const RELEASE_BATCH: usize = 10_000;
 
@@ -86,6 +128,17 @@ async fn advance(
     )
     .await
     .map_err(db("raising a log start"))?;
+    for (sql, what) in [
+        (
+            TIME_INDEX_DROP,
+            "dropping time index entries below a log start",
+        ),
+        (TIME_INDEX_FILL, "indexing rows after a log start"),
+    ] {
+        tx.execute(sql, &[&tp.topic_id, &tp.partition])
+            .await
+            .map_err(db(what))?;
+    }
     let payload = format!("log-start {}/{}", tp.topic_id, tp.partition);
     tx.execute("SELECT pg_notify($1, $2)", &[&listen::CHANNEL, &payload])
         .await

@@ -59,6 +59,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0006_object_lifecycle",
         sql: include_str!("../../migrations/postgres/0006_object_lifecycle.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_timestamp_index",
+        sql: include_str!("../../migrations/postgres/0007_timestamp_index.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).

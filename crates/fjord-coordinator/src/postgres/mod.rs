@@ -526,8 +526,11 @@ impl Coordinator for PostgresCoordinator {
             "SELECT r.* FROM fjord_partitions AS p LEFT JOIN LATERAL (
                  SELECT {INDEX_ROW_COLUMNS} FROM fjord_index_rows AS i
                  WHERE i.topic_id = p.topic_id AND i.partition = p.partition
-                   AND i.last_offset >= p.log_start AND i.max_timestamp >= $3
-                 ORDER BY i.base_offset LIMIT 1
+                   AND i.base_offset = (
+                       SELECT x.base_offset FROM fjord_time_index AS x
+                       WHERE x.topic_id = p.topic_id AND x.partition = p.partition
+                         AND x.max_timestamp >= $3
+                       ORDER BY x.max_timestamp LIMIT 1)
              ) AS r ON true
              WHERE p.topic_id = $1 AND p.partition = $2"
         );
@@ -546,8 +549,10 @@ impl Coordinator for PostgresCoordinator {
             "SELECT r.* FROM fjord_partitions AS p LEFT JOIN LATERAL (
                  SELECT {INDEX_ROW_COLUMNS} FROM fjord_index_rows AS i
                  WHERE i.topic_id = p.topic_id AND i.partition = p.partition
-                   AND i.last_offset >= p.log_start
-                 ORDER BY i.max_timestamp DESC, i.base_offset LIMIT 1
+                   AND i.base_offset = (
+                       SELECT x.base_offset FROM fjord_time_index AS x
+                       WHERE x.topic_id = p.topic_id AND x.partition = p.partition
+                       ORDER BY x.max_timestamp DESC LIMIT 1)
              ) AS r ON true
              WHERE p.topic_id = $1 AND p.partition = $2"
         );

@@ -30,6 +30,7 @@ where
     commit_is_idempotent_per_object(fresh().await).await;
     group_commit_is_commits_in_order(fresh().await).await;
     index_lookups(fresh().await).await;
+    timestamp_lookups_with_unordered_timestamps_and_a_log_start(fresh().await).await;
     producer_ids(fresh().await).await;
     producer_epoch_bump_retry_is_answered_again(fresh().await).await;
     objects_below_the_commit_watermark_are_refused(fresh().await).await;
@@ -470,6 +471,94 @@ async fn index_lookups(c: Arc<dyn Coordinator>) {
     assert!(c.row_for_timestamp(p, 301).await.unwrap().is_none());
     let row = c.row_with_max_timestamp(p).await.unwrap().unwrap();
     assert_eq!(row.base_offset, 10);
+}
+
+/// ListOffsets by timestamp and by max timestamp (-3): the first row at or after the log start
+/// whose max timestamp is at or above the target, and the earliest row with the largest
+/// timestamp, with timestamps that go up and down, and rows with larger timestamps than any
+/// retained one dropped below the log start.
+async fn timestamp_lookups_with_unordered_timestamps_and_a_log_start(c: Arc<dyn Coordinator>) {
+    let t = c.create_topic(spec("ts", 1)).await.unwrap();
+    let p = tp(&t, 0);
+    let commit = |i: usize, ts: i64| {
+        let c = c.clone();
+        async move {
+            c.commit(flush(&format!("ts{i}"), vec![batch(p, 0, 10, ts)]))
+                .await
+                .unwrap();
+        }
+    };
+    // Rows of 10 offsets: base 0, 10, ... 50.
+    for (i, ts) in [500, 100, 300, 200, 400, 300].into_iter().enumerate() {
+        commit(i, ts).await;
+    }
+    let at = |ts: i64| {
+        let c = c.clone();
+        async move {
+            c.row_for_timestamp(p, ts)
+                .await
+                .unwrap()
+                .map(|r| r.base_offset)
+        }
+    };
+    let max = || {
+        let c = c.clone();
+        async move {
+            c.row_with_max_timestamp(p)
+                .await
+                .unwrap()
+                .map(|r| (r.base_offset, r.max_timestamp))
+        }
+    };
+    assert_eq!(at(50).await, Some(0));
+    assert_eq!(at(450).await, Some(0));
+    assert_eq!(at(500).await, Some(0));
+    assert_eq!(at(501).await, None);
+    assert_eq!(max().await, Some((0, 500)));
+
+    // The log start inside the second row: the first row (500) is gone, the second is retained.
+    c.delete_records(p, 15).await.unwrap();
+    assert_eq!(at(50).await, Some(10));
+    assert_eq!(at(150).await, Some(20));
+    assert_eq!(at(300).await, Some(20));
+    assert_eq!(at(301).await, Some(40));
+    assert_eq!(at(401).await, None);
+    assert_eq!(max().await, Some((40, 400)));
+
+    c.delete_records(p, 20).await.unwrap();
+    assert_eq!(at(50).await, Some(20));
+    assert_eq!(at(250).await, Some(20));
+    assert_eq!(at(350).await, Some(40));
+
+    c.delete_records(p, 45).await.unwrap();
+    assert_eq!(at(100).await, Some(40));
+    assert_eq!(at(400).await, Some(40));
+    assert_eq!(at(401).await, None);
+    assert_eq!(max().await, Some((40, 400)));
+
+    // New rows: equal largest timestamps answer with the earliest.
+    commit(6, 450).await;
+    commit(7, 450).await;
+    commit(8, 420).await;
+    assert_eq!(at(420).await, Some(60));
+    assert_eq!(at(450).await, Some(60));
+    assert_eq!(max().await, Some((60, 450)));
+    c.delete_records(p, 65).await.unwrap();
+    assert_eq!(at(0).await, Some(60));
+    c.delete_records(p, 70).await.unwrap();
+    assert_eq!(at(0).await, Some(70));
+    assert_eq!(at(421).await, Some(70));
+    assert_eq!(max().await, Some((70, 450)));
+    c.delete_records(p, 80).await.unwrap();
+    assert_eq!(at(0).await, Some(80));
+    assert_eq!(max().await, Some((80, 420)));
+    // Everything deleted: no row.
+    c.delete_records(p, -1).await.unwrap();
+    assert_eq!(at(0).await, None);
+    assert_eq!(max().await, None);
+    commit(9, 10).await;
+    assert_eq!(at(0).await, Some(90));
+    assert_eq!(max().await, Some((90, 10)));
 }
 
 async fn producer_ids(c: Arc<dyn Coordinator>) {
