@@ -6,6 +6,7 @@
 //! never write them. Errors become Kafka error codes only in [`error`].
 
 pub mod cluster;
+pub mod compaction;
 pub mod dispatch;
 pub mod error;
 pub mod fetch_session;

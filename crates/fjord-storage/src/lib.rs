@@ -1,6 +1,7 @@
 //! Fjord's storage layer: how record batches get into object storage and back out.
 //!
 //! - [`batch`]: views over Kafka v2 record batch headers (validation, base-offset rewrite).
+//! - [`compactor`]: object compaction, merging small flush objects into per-partition objects.
 //! - [`object`]: the immutable object format (batches grouped by partition, self-describing
 //!   footer).
 //! - [`faults`]: a fault-injecting store decorator for tests.
@@ -13,6 +14,7 @@
 //! - [`records`]: the records inside a batch, scanned with bounded decompression.
 
 pub mod batch;
+pub mod compactor;
 pub mod faults;
 pub mod gc;
 pub mod hedge;

@@ -1,0 +1,251 @@
+//! Object compaction: the background duty that merges small flush objects' data into large
+//! per-partition objects ([`fjord_storage::compactor`]), so that a partition's index holds a
+//! few rows per 64 MiB instead of one per flush, and a cold catch-up read fetches about 8 MiB
+//! per GET.
+//!
+//! Every [`CompactionDutySettings::interval`], the broker that runs the cluster's background
+//! duties ([`crate::cluster::ClusterView::runs_background_duties`], as for retention and object
+//! GC) runs one [`pass`]: it visits partitions round robin from where the last pass stopped and
+//! lets the compactor merge what its plan chooses, rows older than the minimum age only (the
+//! hot tail, which readers mostly find in the cache and which is still arriving, is left
+//! alone). Topics whose `cleanup.policy` includes `compact` are left to log compaction, which
+//! rewrites them through the same swap.
+//!
+//! Bounded work: a pass merges at most [`CompactionDutySettings::bytes_per_pass`] bytes and
+//! visits at most [`CompactionDutySettings::partitions_per_pass`] partitions; a pass that runs
+//! out stops and the next starts where it stopped. The compactor remembers per partition where
+//! its next scan may start (rows before are settled), so a long settled log is not rescanned.
+//!
+//! Safety: every merge ends in a compare-and-swap on the rows it replaces, so two brokers that
+//! both believe they run background duties, retention, DeleteRecords or topic deletion at the
+//! same time make a merge lose cleanly, never lose or duplicate data. A failed merge is logged
+//! and counted and the pass goes on with the next partition. Times come from the injected
+//! clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_coordinator::{CoordinatorError, TopicMeta, TopicPartition};
+use fjord_storage::compactor::Compactor;
+use tokio_util::sync::CancellationToken;
+
+use crate::Broker;
+
+/// How often and how much the duty compacts.
+#[derive(Debug, Clone)]
+pub struct CompactionDutySettings {
+    /// Time between passes.
+    pub interval: Duration,
+    /// Most bytes of rows one pass merges.
+    pub bytes_per_pass: u64,
+    /// Most partitions one pass visits.
+    pub partitions_per_pass: usize,
+}
+
+impl Default for CompactionDutySettings {
+    fn default() -> Self {
+        CompactionDutySettings {
+            interval: Duration::from_secs(30),
+            bytes_per_pass: 1 << 30,
+            partitions_per_pass: 10_000,
+        }
+    }
+}
+
+/// Counters of the compaction duty since the broker started.
+#[derive(Debug, Default)]
+pub struct CompactionStats {
+    /// Passes run.
+    pub passes: AtomicU64,
+    /// Merges swapped in.
+    pub swaps: AtomicU64,
+    /// Merges that lost their swap (to retention, DeleteRecords, topic deletion or another
+    /// swap).
+    pub lost: AtomicU64,
+    /// Merges or lookups that failed (logged; retried next pass).
+    pub errors: AtomicU64,
+    /// Bytes of merged objects uploaded.
+    pub bytes_written: AtomicU64,
+    /// Index rows replaced by swaps.
+    pub rows_replaced: AtomicU64,
+    /// Index rows written by swaps.
+    pub rows_written: AtomicU64,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Partitions visited.
+    pub partitions: u64,
+    /// Merges swapped in.
+    pub swaps: u64,
+    /// Merges lost.
+    pub lost: u64,
+    /// Index rows replaced.
+    pub rows_replaced: u64,
+    /// Index rows written.
+    pub rows_written: u64,
+    /// Bytes uploaded.
+    pub bytes_written: u64,
+    /// Failures.
+    pub errors: u64,
+    /// Whether the pass stopped at its budget (the next one resumes there).
+    pub incomplete: bool,
+}
+
+/// Where passes are: the next partition to visit and, per partition, where its next scan may
+/// start.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The next pass starts at this topic name and partition.
+    pub cursor: Option<(String, i32)>,
+    /// Scan start per partition (rows before it are settled).
+    pub resume: HashMap<TopicPartition, i64>,
+}
+
+/// Whether object compaction handles `topic` (log compaction handles compacted topics).
+pub fn compacts(topic: &TopicMeta) -> bool {
+    !topic
+        .configs
+        .get("cleanup.policy")
+        .is_some_and(|p| p.split(',').any(|v| v.trim() == "compact"))
+}
+
+/// Runs one pass from `progress` on.
+pub async fn pass(
+    broker: &Broker,
+    compactor: &Compactor,
+    settings: &CompactionDutySettings,
+    stats: &CompactionStats,
+    progress: &mut Progress,
+) -> PassReport {
+    let mut report = PassReport::default();
+    stats.passes.fetch_add(1, Ordering::Relaxed);
+    let topics = match broker.coordinator.list_topics().await {
+        Ok(topics) => topics,
+        Err(e) => {
+            tracing::warn!(error = %e, "compaction: listing topics failed; will retry");
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            report.errors += 1;
+            return report;
+        }
+    };
+    // Forget partitions of topics that are gone.
+    progress.resume.retain(|tp, _| {
+        topics
+            .iter()
+            .any(|t| t.id == tp.topic_id && tp.partition < t.partitions)
+    });
+    let cursor = progress.cursor.take();
+    let split = cursor
+        .as_ref()
+        .map_or(0, |(name, _)| topics.partition_point(|t| t.name < *name));
+    let (before, after) = topics.split_at(split);
+    let mut budget = settings.bytes_per_pass;
+    for topic in after.iter().chain(before) {
+        if !compacts(topic) {
+            continue;
+        }
+        let first = match &cursor {
+            Some((name, partition)) if *name == topic.name => {
+                (*partition).clamp(0, topic.partitions)
+            }
+            _ => 0,
+        };
+        for partition in (first..topic.partitions).chain(0..first) {
+            if budget == 0 || report.partitions as usize >= settings.partitions_per_pass {
+                report.incomplete = true;
+                progress.cursor = Some((topic.name.clone(), partition));
+                return report;
+            }
+            let tp = TopicPartition {
+                topic_id: topic.id,
+                partition,
+            };
+            report.partitions += 1;
+            let from = progress.resume.get(&tp).copied().unwrap_or(0);
+            match compactor.compact_partition(tp, from, budget).await {
+                Ok(done) => {
+                    budget = budget.saturating_sub(done.bytes_written);
+                    report.swaps += done.swaps;
+                    report.lost += done.lost;
+                    report.rows_replaced += done.rows_replaced;
+                    report.rows_written += done.rows_written;
+                    report.bytes_written += done.bytes_written;
+                    stats.swaps.fetch_add(done.swaps, Ordering::Relaxed);
+                    stats.lost.fetch_add(done.lost, Ordering::Relaxed);
+                    stats
+                        .rows_replaced
+                        .fetch_add(done.rows_replaced, Ordering::Relaxed);
+                    stats
+                        .rows_written
+                        .fetch_add(done.rows_written, Ordering::Relaxed);
+                    stats
+                        .bytes_written
+                        .fetch_add(done.bytes_written, Ordering::Relaxed);
+                    match done.resume_from {
+                        Some(at) => progress.resume.insert(tp, at),
+                        None => progress.resume.remove(&tp),
+                    };
+                }
+                Err(fjord_storage::compactor::CompactionError::Coordinator(
+                    CoordinatorError::UnknownTopic(_),
+                )) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        topic = %topic.name,
+                        partition,
+                        error = %e,
+                        "compaction: merge failed; will retry"
+                    );
+                    progress.resume.remove(&tp);
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    report.errors += 1;
+                }
+            }
+        }
+    }
+    report
+}
+
+/// Runs a pass every `settings.interval` while `broker` runs the cluster's background duties,
+/// until `shutdown` (which also stops a pass in the middle: a merge cut short leaves at most an
+/// uploaded object nothing references, which the orphan sweep deletes).
+pub async fn run(
+    broker: Arc<Broker>,
+    compactor: Compactor,
+    settings: CompactionDutySettings,
+    stats: Arc<CompactionStats>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(settings.interval.max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut progress = Progress::default();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !broker.view().runs_background_duties() {
+            // Another broker may compact meanwhile: start afresh when this one takes over.
+            progress = Progress::default();
+            continue;
+        }
+        let started = tokio::time::Instant::now();
+        let one = pass(&broker, &compactor, &settings, &stats, &mut progress);
+        let report = tokio::select! {
+            () = shutdown.cancelled() => return,
+            done = one => done,
+        };
+        if report.swaps + report.lost + report.errors > 0 || report.incomplete {
+            tracing::info!(
+                ?report,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "compaction pass"
+            );
+        }
+    }
+}
