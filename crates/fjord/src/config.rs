@@ -94,6 +94,23 @@ pub struct ServeConfig {
     pub log_segment_delete_delay_ms: u64,
     /// Seconds between orphan sweeps (bucket listings for objects never committed).
     pub gc_orphan_sweep_interval_secs: u64,
+    /// Milliseconds between object compaction passes; 0 turns object compaction off.
+    pub compaction_interval_ms: u64,
+    /// Object compaction writes per-partition objects of about this many bytes.
+    pub compaction_target_bytes: u64,
+    /// Index rows of compacted objects hold at most this many bytes (one GET each on a cold
+    /// read).
+    pub compaction_max_row_bytes: u64,
+    /// Only rows whose objects were written at least this long ago (ms) are compacted.
+    pub compaction_min_age_ms: u64,
+    /// Most bytes one compaction pass merges.
+    pub compaction_bytes_per_pass: u64,
+    /// Test setting: the compactor waits this long (ms) between uploading a merged object and
+    /// swapping it in, so a test can kill the broker mid-merge. 0 (the default) in production.
+    pub compaction_test_pause_before_swap_ms: u64,
+    /// Test and benchmark setting: this broker's wall clock runs this many ms ahead of the
+    /// system's (e.g. to show the hourly orphan sweep at work). 0 (the default) in production.
+    pub simulated_clock_offset_ms: i64,
     /// Connections each broker keeps to a PostgreSQL coordinator (plus one for commit
     /// notifications).
     pub postgres_pool_size: usize,
@@ -155,6 +172,13 @@ impl Default for ServeConfig {
             gc_grace_secs: 600,
             log_segment_delete_delay_ms: 60_000,
             gc_orphan_sweep_interval_secs: 3_600,
+            compaction_interval_ms: 30_000,
+            compaction_target_bytes: 64 << 20,
+            compaction_max_row_bytes: 8 << 20,
+            compaction_min_age_ms: 300_000,
+            compaction_bytes_per_pass: 1 << 30,
+            compaction_test_pause_before_swap_ms: 0,
+            simulated_clock_offset_ms: 0,
             broker_lease_ms: 6_000,
             peer_probe_interval_ms: 100,
             postgres_pool_size: 8,
@@ -270,6 +294,32 @@ pub struct ServeArgs {
     /// [default: 3600].
     #[arg(long, env = "FJORD_GC_ORPHAN_SWEEP_INTERVAL_SECS")]
     pub gc_orphan_sweep_interval_secs: Option<u64>,
+    /// Milliseconds between object compaction passes (merging small flush objects into
+    /// per-partition objects); 0 turns it off [default: 30000].
+    #[arg(long, env = "FJORD_COMPACTION_INTERVAL_MS")]
+    pub compaction_interval_ms: Option<u64>,
+    /// Size of the per-partition objects object compaction writes [default: 67108864, 64 MiB].
+    #[arg(long, env = "FJORD_COMPACTION_TARGET_BYTES")]
+    pub compaction_target_bytes: Option<u64>,
+    /// Largest index row of a compacted object: a cold read fetches one row per GET
+    /// [default: 8388608, 8 MiB].
+    #[arg(long, env = "FJORD_COMPACTION_MAX_ROW_BYTES")]
+    pub compaction_max_row_bytes: Option<u64>,
+    /// Object compaction leaves data written less than this many ms ago alone (the hot tail)
+    /// [default: 300000].
+    #[arg(long, env = "FJORD_COMPACTION_MIN_AGE_MS")]
+    pub compaction_min_age_ms: Option<u64>,
+    /// Most bytes one compaction pass merges [default: 1073741824, 1 GiB].
+    #[arg(long, env = "FJORD_COMPACTION_BYTES_PER_PASS")]
+    pub compaction_bytes_per_pass: Option<u64>,
+    /// Test setting: pause (ms) between uploading a merged object and swapping it in, so a test
+    /// can kill the broker mid-merge. Never set it in production [default: 0].
+    #[arg(long, env = "FJORD_COMPACTION_TEST_PAUSE_BEFORE_SWAP_MS", hide = true)]
+    pub compaction_test_pause_before_swap_ms: Option<u64>,
+    /// Test and benchmark setting: run this broker's wall clock this many ms ahead of the
+    /// system's (0 to 7 days). Never set it in production [default: 0].
+    #[arg(long, env = "FJORD_SIMULATED_CLOCK_OFFSET_MS", hide = true)]
+    pub simulated_clock_offset_ms: Option<i64>,
     /// Coordinator: "embedded" or postgres://user:pass@host/db [default: embedded].
     #[arg(long, env = "FJORD_COORDINATOR")]
     pub coordinator: Option<String>,
@@ -362,7 +412,14 @@ impl ServeArgs {
             log_segment_delete_delay_ms,
             gc_orphan_sweep_interval_secs,
             upload_hedge_ms,
-            read_hedge_ms
+            read_hedge_ms,
+            compaction_interval_ms,
+            compaction_target_bytes,
+            compaction_max_row_bytes,
+            compaction_min_age_ms,
+            compaction_bytes_per_pass,
+            compaction_test_pause_before_swap_ms,
+            simulated_clock_offset_ms
         );
         c.object_store_options
             .extend(self.object_store_options.iter().cloned());
@@ -437,6 +494,20 @@ impl ServeConfig {
         }
         if self.gc_grace_secs < 60 {
             bail!("gc_grace_secs must be at least 60: it must outlast any upload and commit");
+        }
+        if self.compaction_max_row_bytes == 0
+            || self.compaction_target_bytes < self.compaction_max_row_bytes
+        {
+            bail!("compaction_max_row_bytes must be positive and at most compaction_target_bytes");
+        }
+        if self.compaction_bytes_per_pass == 0 {
+            bail!("compaction_bytes_per_pass must be positive");
+        }
+        if self.compaction_test_pause_before_swap_ms > 600_000 {
+            bail!("compaction_test_pause_before_swap_ms must be at most 600000 (a test setting)");
+        }
+        if !(0..=7 * 86_400_000).contains(&self.simulated_clock_offset_ms) {
+            bail!("simulated_clock_offset_ms must be between 0 and 604800000 (a test setting)");
         }
         if let Some(spec) = &self.simulated_store_latency {
             fjord_storage::instrumented::LatencyModel::parse(spec)

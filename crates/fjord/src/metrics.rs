@@ -12,6 +12,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use axum::Router;
 use fjord_broker::cluster::ClusterView;
+use fjord_broker::compaction::CompactionStats;
 use fjord_broker::retention::RetentionStats;
 use fjord_storage::gc::GcStats;
 use fjord_storage::instrumented::StoreStats;
@@ -33,6 +34,8 @@ pub struct DutyStats {
     pub retention: Arc<RetentionStats>,
     /// Object garbage collection.
     pub gc: Arc<GcStats>,
+    /// Object compaction.
+    pub compaction: Arc<CompactionStats>,
 }
 
 /// Reads the object store's counts, the duties' counts and the cluster view at scrape time.
@@ -80,7 +83,7 @@ impl Collector for BrokerCollector {
         ConstGauge::new(view.members().len() as i64).encode(brokers)?;
         let duties = encoder.encode_descriptor(
             "fjord_cluster_background_duties",
-            "1 if this broker runs the cluster's background duties (retention, object GC)",
+            "1 if this broker runs the cluster's background duties (retention, object compaction, object GC)",
             None,
             MetricType::Gauge,
         )?;
@@ -120,6 +123,41 @@ impl Collector for BrokerCollector {
                 "fjord_gc_deleted_orphans",
                 "Objects deleted that were uploaded but never committed",
                 &self.duties.gc.deleted_orphans,
+            ),
+            (
+                "fjord_compaction_passes",
+                "Object compaction passes run by this broker",
+                &self.duties.compaction.passes,
+            ),
+            (
+                "fjord_compaction_swaps",
+                "Merged per-partition objects swapped in for the index rows they replace",
+                &self.duties.compaction.swaps,
+            ),
+            (
+                "fjord_compaction_lost",
+                "Merges that lost their swap to retention, DeleteRecords, topic deletion or another swap",
+                &self.duties.compaction.lost,
+            ),
+            (
+                "fjord_compaction_errors",
+                "Merges that failed (logged; retried next pass)",
+                &self.duties.compaction.errors,
+            ),
+            (
+                "fjord_compaction_bytes_written",
+                "Bytes of merged objects uploaded by object compaction",
+                &self.duties.compaction.bytes_written,
+            ),
+            (
+                "fjord_compaction_rows_replaced",
+                "Index rows replaced by compaction swaps",
+                &self.duties.compaction.rows_replaced,
+            ),
+            (
+                "fjord_compaction_rows_written",
+                "Index rows written by compaction swaps",
+                &self.duties.compaction.rows_written,
             ),
             (
                 "fjord_gc_listed_keys",

@@ -23,7 +23,15 @@ use crate::config::ServeConfig;
 /// Runs a broker until SIGTERM or SIGINT, then shuts down gracefully. `open_files` is the
 /// process's open-file limit (see [`fjord_server::fdlimit`]), which bounds the connections served.
 pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result<()> {
-    let clock = fjord_coordinator::clock::system();
+    let clock: Arc<dyn fjord_coordinator::clock::Clock> = if config.simulated_clock_offset_ms != 0 {
+        tracing::warn!(
+            offset_ms = config.simulated_clock_offset_ms,
+            "this broker's wall clock is SIMULATED to run ahead (a test setting)"
+        );
+        Arc::new(OffsetClock(config.simulated_clock_offset_ms))
+    } else {
+        fjord_coordinator::clock::system()
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let mut postgres = None;
@@ -235,6 +243,38 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         retention_stats.clone(),
         shutdown.clone(),
     ));
+    let compaction_stats = Arc::new(fjord_broker::compaction::CompactionStats::default());
+    let compaction = (config.compaction_interval_ms > 0).then(|| {
+        let compactor = fjord_storage::compactor::Compactor::new(
+            store.clone(),
+            broker.coordinator.clone(),
+            clock.clone(),
+            fjord_storage::compactor::CompactionSettings {
+                target_object_bytes: config.compaction_target_bytes,
+                max_row_bytes: config.compaction_max_row_bytes,
+                settled_row_bytes: config.compaction_max_row_bytes / 2,
+                min_age_ms: i64::try_from(config.compaction_min_age_ms).unwrap_or(i64::MAX),
+                broker_id: node_id,
+                ..Default::default()
+            },
+        )
+        .with_before_swap((config.compaction_test_pause_before_swap_ms > 0).then(|| {
+            fjord_storage::compactor::pause_before_swap(Duration::from_millis(
+                config.compaction_test_pause_before_swap_ms,
+            ))
+        }));
+        tokio::spawn(fjord_broker::compaction::run(
+            broker.clone(),
+            compactor,
+            fjord_broker::compaction::CompactionDutySettings {
+                interval: Duration::from_millis(config.compaction_interval_ms),
+                bytes_per_pass: config.compaction_bytes_per_pass,
+                ..Default::default()
+            },
+            compaction_stats.clone(),
+            shutdown.clone(),
+        ))
+    });
     let metrics = match &config.metrics_listen {
         Some(address) => {
             let listener = TcpListener::bind(address)
@@ -248,6 +288,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
                 crate::metrics::DutyStats {
                     retention: retention_stats.clone(),
                     gc: gc_stats.clone(),
+                    compaction: compaction_stats.clone(),
                 },
                 cluster.clone(),
                 shutdown.clone(),
@@ -310,6 +351,11 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     if let Err(e) = retention.await {
         tracing::warn!(error = %e, "retention task failed");
     }
+    if let Some(compaction) = compaction {
+        if let Err(e) = compaction.await {
+            tracing::warn!(error = %e, "compaction task failed");
+        }
+    }
     if let Some(metrics) = metrics {
         match metrics.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "metrics endpoint failed"),
@@ -325,6 +371,18 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     match fenced {
         Some(e) => Err(e.context("stopped because this broker lost its place in the cluster")),
         None => Ok(()),
+    }
+}
+
+/// The system's clock, `.0` ms ahead (`--simulated-clock-offset-ms`, a test setting).
+#[derive(Debug)]
+struct OffsetClock(i64);
+
+impl fjord_coordinator::clock::Clock for OffsetClock {
+    fn now_ms(&self) -> i64 {
+        fjord_coordinator::clock::SystemClock
+            .now_ms()
+            .saturating_add(self.0)
     }
 }
 
