@@ -56,8 +56,10 @@ pub struct CompactionSettings {
     pub target_object_bytes: u64,
     /// Rows of a merged object hold at most this many bytes (unless one batch is larger).
     pub max_row_bytes: u64,
-    /// Rows at least this large are left alone (a merge already wrote them, or they are large
-    /// enough to read in one GET).
+    /// Rows at least this large are left alone: a merge wrote them (its rows are of even size,
+    /// close to `max_row_bytes`). Flush objects' rows are smaller (4 MiB flushes by default), so
+    /// that a cold read of old data fetches about `max_row_bytes` per GET. Three quarters of
+    /// `max_row_bytes` by default.
     pub settled_row_bytes: u64,
     /// Rows whose object was made less than this long ago (ms) are left alone (the hot tail).
     pub min_age_ms: i64,
@@ -76,7 +78,7 @@ impl Default for CompactionSettings {
         CompactionSettings {
             target_object_bytes: 64 << 20,
             max_row_bytes: 8 << 20,
-            settled_row_bytes: 4 << 20,
+            settled_row_bytes: 6 << 20,
             min_age_ms: 300_000,
             min_rows: 16,
             scan_bytes: 1 << 30,
@@ -287,7 +289,8 @@ pub fn split_rows(rows: &[IndexRow], raw: &[Bytes]) -> Result<Vec<PlacedBatch>, 
 }
 
 /// Builds one object holding `batches` of partition `tp` (in offset order) as one chunk, cut
-/// into index rows of at most `max_row_bytes` (a larger batch is a row of its own) and at every
+/// into index rows of at most `max_row_bytes` (a larger batch is a row of its own), of about
+/// even sizes (so that 64 MiB makes eight rows of 8 MiB, not eight and a sliver), and at every
 /// gap between offsets (a row's offsets are dense). The rows' object keys are left empty.
 pub fn build_partition_object(
     tp: TopicPartition,
@@ -297,6 +300,10 @@ pub fn build_partition_object(
     now_ms: i64,
 ) -> Result<BuiltObject, crate::batch::BatchError> {
     let total: usize = batches.iter().map(|b| b.bytes.len()).sum();
+    // Rows of even size: as few rows as `max_row_bytes` allows, none of them a small leftover.
+    let max_row_bytes = max_row_bytes.max(1);
+    let rows_needed = (total as u64).div_ceil(max_row_bytes).max(1);
+    let even = (total as u64).div_ceil(rows_needed);
     let mut builder = ObjectBuilder::with_capacity(total);
     let mut rows: Vec<IndexRow> = Vec::new();
     for batch in batches {
@@ -311,7 +318,9 @@ pub fn build_partition_object(
         );
         let length = batch.bytes.len() as u64;
         let extend = rows.last().is_some_and(|row| {
-            row.last_offset + 1 == batch.base_offset && row.length + length <= max_row_bytes
+            row.last_offset + 1 == batch.base_offset
+                && row.length < even
+                && row.length + length <= max_row_bytes
         });
         match rows.last_mut() {
             Some(row) if extend => {

@@ -252,7 +252,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             fjord_storage::compactor::CompactionSettings {
                 target_object_bytes: config.compaction_target_bytes,
                 max_row_bytes: config.compaction_max_row_bytes,
-                settled_row_bytes: config.compaction_max_row_bytes / 2,
+                settled_row_bytes: config.compaction_max_row_bytes / 4 * 3,
                 min_age_ms: i64::try_from(config.compaction_min_age_ms).unwrap_or(i64::MAX),
                 broker_id: node_id,
                 ..Default::default()
