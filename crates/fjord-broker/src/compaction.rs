@@ -13,7 +13,9 @@
 //!
 //! Bounded work: a pass merges at most [`CompactionDutySettings::bytes_per_pass`] bytes and
 //! visits at most [`CompactionDutySettings::partitions_per_pass`] partitions; a pass that runs
-//! out stops and the next starts where it stopped. The compactor remembers per partition where
+//! out stops and the next starts where it stopped, at once rather than an interval later, so
+//! that a backlog (or produce faster than a pass per interval can merge) is worked off in
+//! bounded steps. The compactor remembers per partition where
 //! its next scan may start (rows before are settled), so a long settled log is not rescanned.
 //!
 //! Safety: every merge ends in a compare-and-swap on the rows it replaces, so two brokers that
@@ -224,11 +226,22 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut progress = Progress::default();
+    let mut behind = false;
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
+        if behind {
+            // The last pass stopped at its budget: go on at once (a backlog is worked off in
+            // bounded passes back to back, so the compactor keeps up with produce).
+            tokio::task::yield_now().await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
         }
+        behind = false;
         if !broker.view().runs_background_duties() {
             // Another broker may compact meanwhile: start afresh when this one takes over.
             progress = Progress::default();
@@ -240,6 +253,7 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             done = one => done,
         };
+        behind = report.incomplete && report.errors == 0;
         if report.swaps + report.lost + report.errors > 0 || report.incomplete {
             tracing::info!(
                 ?report,

@@ -597,6 +597,32 @@ mod tests {
         std::fs::write(&file, "lisen = \"x\"\n").unwrap();
         let err = args.resolve().unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        for bad in [
+            ServeArgs {
+                compaction_max_row_bytes: Some(0),
+                ..Default::default()
+            },
+            ServeArgs {
+                compaction_target_bytes: Some(1 << 20),
+                compaction_max_row_bytes: Some(2 << 20),
+                ..Default::default()
+            },
+            ServeArgs {
+                simulated_clock_offset_ms: Some(-1),
+                ..Default::default()
+            },
+            ServeArgs {
+                compaction_test_pause_before_swap_ms: Some(3_600_000),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.resolve().is_err(), "{bad:?}");
+        }
+        let c = ServeArgs::default().resolve().unwrap();
+        assert_eq!(
+            (c.compaction_target_bytes, c.compaction_max_row_bytes),
+            (64 << 20, 8 << 20)
+        );
         assert!(split_host_port("[::1]:9092").is_ok());
         assert!(split_host_port("host").is_err());
         assert!(split_host_port("host:99999").is_err());
