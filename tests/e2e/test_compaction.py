@@ -61,8 +61,27 @@ def wait_for(what: str, check, timeout: float = 60.0):
 def test_object_compaction_under_concurrent_produce_and_consume(broker_factory, topic):
     port = free_port()
     broker = broker_factory(*COMPACT_FAST, "--metrics-listen", f"127.0.0.1:{port}")
-    create_topic(broker.bootstrap, topic, 4)
-    work = Workload([broker.bootstrap], topic, f"{topic}-group", rate=1500, consumers=2).start()
+    compaction_under_load(broker, [broker.bootstrap], port, topic)
+
+
+def test_object_compaction_in_a_postgres_cluster(broker_factory, topic, postgres_db, tmp_path):
+    """Two brokers on one PostgreSQL database; node 1 compacts, clients use both."""
+    from kafka_helpers import wait_for_brokers
+
+    shared = ["--coordinator", postgres_db, "--object-store", f"file://{tmp_path / 'objects'}",
+              *COMPACT_FAST]
+    port = free_port()
+    a = broker_factory(*shared, "--node-id", "1", "--metrics-listen", f"127.0.0.1:{port}")
+    b = broker_factory(*shared, "--node-id", "2")
+    wait_for_brokers(a.bootstrap, {1, 2})
+    wait_for_brokers(b.bootstrap, {1, 2})
+    compaction_under_load(a, [a.bootstrap, b.bootstrap], port, topic)
+
+
+def compaction_under_load(broker, bootstraps, port, topic):
+    """A producer and a consumer group while ``broker`` (metrics on ``port``) compacts."""
+    create_topic(bootstraps[-1], topic, 4)
+    work = Workload(bootstraps, topic, f"{topic}-group", rate=1500, consumers=2).start()
     started = time.monotonic()
     # Run until the compactor has swapped a good number of merges in, at least 10 s.
     wait_for("compaction swaps", lambda: metric(port, "fjord_compaction_swaps_total") >= 8
