@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::model::*;
-use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, Result};
+use crate::{
+    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, MetadataExpiry, Result,
+};
 
 /// An operation faults can be armed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -335,6 +337,20 @@ impl LogLifecycle for FaultyCoordinator {
         max_rows: usize,
     ) -> Result<RetentionStep> {
         self.inner.apply_retention(tp, limits, max_rows).await
+    }
+}
+
+#[async_trait]
+impl MetadataExpiry for FaultyCoordinator {
+    async fn expire_producers(
+        &self,
+        now_ms: i64,
+        expiration_ms: i64,
+        max: usize,
+    ) -> Result<ProducerExpiryStep> {
+        self.inner
+            .expire_producers(now_ms, expiration_ms, max)
+            .await
     }
 }
 

@@ -24,11 +24,13 @@
 //! - A partition's log start offset never goes down and never passes its high watermark
 //!   ([`LogLifecycle`]).
 //! - At most one incarnation of a broker node id holds a live lease at any time.
+//! - Idempotent-producer memory is bounded in time: it expires ([`MetadataExpiry`]).
 
 mod broker_registry;
 pub mod clock;
 pub mod embedded;
 mod error;
+mod expiry;
 pub mod faults;
 mod group_store;
 mod log_lifecycle;
@@ -39,6 +41,7 @@ pub mod testsuite;
 
 pub use broker_registry::BrokerRegistry;
 pub use error::{CoordinatorError, Result};
+pub use expiry::MetadataExpiry;
 pub use group_store::GroupStore;
 pub use log_lifecycle::LogLifecycle;
 pub use model::*;
@@ -48,10 +51,13 @@ use uuid::Uuid;
 
 /// The metadata store behind a broker: topics, the log index and producer ids here; consumer
 /// groups ([`GroupStore`]), the live-broker registry ([`BrokerRegistry`]) and log start offsets
-/// ([`LogLifecycle`]: retention, DeleteRecords) in traits of their own, each with its conformance tests in [`testsuite`]. Implementations are cheap to share
+/// ([`LogLifecycle`]: retention, DeleteRecords) and expiry of producer memory
+/// ([`MetadataExpiry`]) in traits of their own, each with its conformance tests in [`testsuite`]. Implementations are cheap to share
 /// (`Arc<dyn Coordinator>`).
 #[async_trait]
-pub trait Coordinator: GroupStore + BrokerRegistry + LogLifecycle + Send + Sync + 'static {
+pub trait Coordinator:
+    GroupStore + BrokerRegistry + LogLifecycle + MetadataExpiry + Send + Sync + 'static
+{
     /// Creates a topic. Fails with [`CoordinatorError::TopicExists`] if the name is taken.
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicMeta>;
 

@@ -31,7 +31,9 @@ pub use journal::Journal;
 use crate::clock::Clock;
 use crate::model::*;
 use crate::state::{check_group_id, Entry, State};
-use crate::{BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, Result};
+use crate::{
+    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, MetadataExpiry, Result,
+};
 
 /// Journal size after which the writer folds it into a new snapshot.
 const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
@@ -315,8 +317,9 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     async fn init_producer_id(&self, request: InitProducer) -> Result<ProducerIdentity> {
+        let now_ms = self.clock.now_ms();
         self.on_writer(move |w| {
-            let (identity, entry) = w.state.read().decide_producer(request)?;
+            let (identity, entry) = w.state.read().decide_producer(request, now_ms)?;
             if let Some(entry) = entry {
                 w.write(entry)?;
             }
@@ -387,9 +390,13 @@ impl GroupStore for EmbeddedCoordinator {
 
     async fn save_group(&self, group: &str, expected: i64, state: Vec<u8>) -> Result<i64> {
         let group = group.to_string();
+        let now_ms = self.clock.now_ms();
         // Not `decide_and_write`: that would copy the blob once more to return the entry.
         self.on_writer(move |w| {
-            let (entry, version) = w.state.read().decide_save_group(&group, expected, state)?;
+            let (entry, version) = w
+                .state
+                .read()
+                .decide_save_group(&group, expected, state, now_ms)?;
             w.write(entry)?;
             Ok(version)
         })
@@ -403,6 +410,7 @@ impl GroupStore for EmbeddedCoordinator {
             Some(StoredGroup {
                 state: g.state.clone()?,
                 version: g.version,
+                saved_ms: g.saved_ms,
             })
         }))
     }
@@ -451,6 +459,33 @@ impl LogLifecycle for EmbeddedCoordinator {
         }
         self.on_writer(move |w| {
             let (step, entry) = w.state.read().decide_retention(tp, &limits, max_rows)?;
+            if let Some(entry) = entry {
+                w.write(entry)?;
+            }
+            Ok(step)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MetadataExpiry for EmbeddedCoordinator {
+    async fn expire_producers(
+        &self,
+        now_ms: i64,
+        expiration_ms: i64,
+        max: usize,
+    ) -> Result<ProducerExpiryStep> {
+        // As retention: decide under the read lock, and queue on the writer only to change.
+        let (step, entry) = self.read(|s| s.decide_expire_producers(now_ms, expiration_ms, max));
+        if entry.is_none() {
+            return Ok(step);
+        }
+        self.on_writer(move |w| {
+            let (step, entry) = w
+                .state
+                .read()
+                .decide_expire_producers(now_ms, expiration_ms, max);
             if let Some(entry) = entry {
                 w.write(entry)?;
             }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 mod brokers;
+mod expiry;
 mod groups;
 mod lifecycle;
 
@@ -35,6 +36,7 @@ where
     deleted_topics_release_objects(fresh().await).await;
     groups::run_all(&fresh).await;
     lifecycle::run_all(&fresh).await;
+    expiry::run_all(&fresh).await;
     brokers::run_all(&fresh).await;
 }
 
