@@ -12,6 +12,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use axum::Router;
 use fjord_broker::cluster::ClusterView;
+use fjord_broker::expiry::ExpiryStats;
 use fjord_broker::retention::RetentionStats;
 use fjord_storage::instrumented::StoreStats;
 use fjord_storage::writer_metrics::WriterMetrics;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 struct BrokerCollector {
     store: Arc<StoreStats>,
     retention: Arc<RetentionStats>,
+    expiry: Arc<ExpiryStats>,
     cluster: watch::Receiver<Arc<ClusterView>>,
 }
 
@@ -91,6 +93,46 @@ impl Collector for BrokerCollector {
                 "Index rows that retention moved log start offsets past",
                 &self.retention.rows_expired,
             ),
+            (
+                "fjord_producer_expiry_passes",
+                "Producer id expiry passes run by this broker",
+                &self.expiry.producer_passes,
+            ),
+            (
+                "fjord_offset_expiry_passes",
+                "Group offset expiry passes run by this broker",
+                &self.expiry.group_passes,
+            ),
+            (
+                "fjord_expiry_errors",
+                "Metadata expiry coordinator calls that failed (logged; retried next pass)",
+                &self.expiry.errors,
+            ),
+            (
+                "fjord_expired_producer_states",
+                "Per-partition idempotent-producer states expired (producer.id.expiration.ms)",
+                &self.expiry.producer_states_expired,
+            ),
+            (
+                "fjord_expired_producers",
+                "Producer ids expired (producer.id.expiration.ms)",
+                &self.expiry.producers_expired,
+            ),
+            (
+                "fjord_expired_group_offsets",
+                "Committed offsets of empty consumer groups expired (offsets.retention.minutes)",
+                &self.expiry.group_offsets_expired,
+            ),
+            (
+                "fjord_expired_groups",
+                "Empty consumer groups deleted after their offsets expired",
+                &self.expiry.groups_deleted,
+            ),
+            (
+                "fjord_expiry_fenced",
+                "Group expiries refused because the group was written meanwhile (retried)",
+                &self.expiry.fenced,
+            ),
         ] {
             let counter = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value.load(std::sync::atomic::Ordering::Relaxed)).encode(counter)?;
@@ -106,6 +148,7 @@ pub async fn serve(
     writer: Arc<WriterMetrics>,
     hedged_gets: Counter,
     retention: Arc<RetentionStats>,
+    expiry: Arc<ExpiryStats>,
     cluster: watch::Receiver<Arc<ClusterView>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -113,6 +156,7 @@ pub async fn serve(
     registry.register_collector(Box::new(BrokerCollector {
         store,
         retention,
+        expiry,
         cluster,
     }));
     writer.register(&mut registry);

@@ -173,7 +173,7 @@ impl GroupCoordinator {
         let now = Instant::now();
         let stored = self.load(id).await?;
         let (version, saved, decoded) = match stored {
-            Some((StoredGroup { state, version }, decoded)) => (version, Some(state), decoded),
+            Some((StoredGroup { state, version, .. }, decoded)) => (version, Some(state), decoded),
             None if !create => return Ok(None),
             None => (0, None, None),
         };
