@@ -46,7 +46,7 @@ use fjord_coordinator::clock::Clock;
 use fjord_coordinator::{CommittedOffset, Coordinator, CoordinatorError, StoredGroup};
 use tokio_util::sync::CancellationToken;
 
-use crate::groups::Stored;
+use crate::groups::{GroupCoordinator, Stored};
 use crate::Broker;
 
 /// Kafka's `producer.id.expiration.ms` default: 1 day.
@@ -222,11 +222,13 @@ pub async fn producer_pass(
 pub type GroupCursor = Option<String>;
 
 /// Runs one group pass from `cursor` on; returns the report and where the next pass starts.
+/// Groups it deletes leave `local`'s memory (this broker's group coordinator) if idle there.
 pub async fn group_pass(
     coordinator: &Arc<dyn Coordinator>,
     clock: &dyn Clock,
     settings: &ExpirySettings,
     stats: &ExpiryStats,
+    local: Option<&GroupCoordinator>,
     cursor: GroupCursor,
 ) -> (PassReport, GroupCursor) {
     let mut report = PassReport::default();
@@ -251,11 +253,17 @@ pub async fn group_pass(
         }
         last = Some(group);
         report.groups += 1;
+        let deleted = report.groups_deleted;
         if let Err(e) = expire_group(coordinator, clock, settings, stats, group, &mut report).await
         {
             tracing::warn!(group = %group, error = %e, "offset expiry failed; will retry");
             stats.errors.fetch_add(1, Ordering::Relaxed);
             report.errors += 1;
+        }
+        if report.groups_deleted > deleted {
+            if let Some(local) = local {
+                local.forget_idle(group);
+            }
         }
     }
     (report, None)
@@ -354,6 +362,7 @@ pub async fn run(
                 &*broker.clock,
                 &settings,
                 &stats,
+                Some(&broker.groups),
                 cursor.take(),
             );
             let (report, next) = tokio::select! {

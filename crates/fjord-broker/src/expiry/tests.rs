@@ -135,11 +135,11 @@ async fn a_group_pass_expires_empty_groups_by_the_injected_clock() {
     let stats = ExpiryStats::default();
     let s = settings(60_000);
     clock.advance(59_999);
-    let (report, cursor) = group_pass(&c, &*clock, &s, &stats, None).await;
+    let (report, cursor) = group_pass(&c, &*clock, &s, &stats, None, None).await;
     assert_eq!((report.groups, report.offsets_expired), (3, 0));
     assert!(cursor.is_none());
     clock.advance(1);
-    let (report, _) = group_pass(&c, &*clock, &s, &stats, None).await;
+    let (report, _) = group_pass(&c, &*clock, &s, &stats, None, None).await;
     assert_eq!((report.offsets_expired, report.groups_deleted), (2, 1));
     assert_eq!(c.list_groups().await.unwrap(), vec!["busy".to_string()]);
     assert_eq!(c.fetch_offsets("busy").await.unwrap().len(), 1);
@@ -167,7 +167,7 @@ async fn a_group_pass_is_bounded_and_the_next_resumes() {
     let mut cursor = None;
     let mut passes = 0;
     loop {
-        let (report, next) = group_pass(&c, &*clock, &s, &stats, cursor).await;
+        let (report, next) = group_pass(&c, &*clock, &s, &stats, None, cursor).await;
         assert!(report.groups <= 2);
         passes += 1;
         cursor = next;
