@@ -141,22 +141,30 @@ impl Collector for BrokerCollector {
     }
 }
 
+/// Counters of the background duties (retention, metadata expiry).
+#[derive(Debug, Clone)]
+pub struct DutyStats {
+    /// Retention.
+    pub retention: Arc<RetentionStats>,
+    /// Expiry of producer ids and group offsets.
+    pub expiry: Arc<ExpiryStats>,
+}
+
 /// Serves `/metrics` on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<StoreStats>,
     writer: Arc<WriterMetrics>,
     hedged_gets: Counter,
-    retention: Arc<RetentionStats>,
-    expiry: Arc<ExpiryStats>,
+    duties: DutyStats,
     cluster: watch::Receiver<Arc<ClusterView>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BrokerCollector {
         store,
-        retention,
-        expiry,
+        retention: duties.retention,
+        expiry: duties.expiry,
         cluster,
     }));
     writer.register(&mut registry);

@@ -250,8 +250,10 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
                 store_stats,
                 broker.writer.metrics(),
                 broker.reader.hedged_gets(),
-                retention_stats.clone(),
-                expiry_stats.clone(),
+                crate::metrics::DutyStats {
+                    retention: retention_stats.clone(),
+                    expiry: expiry_stats.clone(),
+                },
                 cluster.clone(),
                 shutdown.clone(),
             )))
