@@ -654,6 +654,30 @@ where
     assert_eq!(load(&c, "deleted").await.unwrap(), None);
     assert!(c.fetch_offsets("deleted").await.unwrap().is_empty());
     assert_eq!(c.list_groups().await.unwrap(), vec!["blob-only", "g"]);
+    // The time a blob was saved survives.
+    let saved_ms = c.load_group("g").await.unwrap().unwrap().saved_ms;
+    assert!(saved_ms > 0);
+
+    // Producer expiry survives: the producer's memory of partition 1 (appended at 1 000 ms)
+    // stays forgotten, so its next sequence is unknown rather than appended.
+    let day = 24 * 60 * 60 * 1000;
+    let far = crate::clock::Clock::now_ms(&crate::clock::SystemClock) + 2 * day;
+    let step = c.expire_producers(far, day, 1_000).await.unwrap();
+    assert!(step.states_expired >= 1, "{step:?}");
+    drop(c);
+    let c = open().await;
+    assert_eq!(c.load_group("g").await.unwrap().unwrap().saved_ms, saved_ms);
+    let out = c
+        .commit(flush(
+            "d3",
+            vec![idem(batch(tp(&t, 1), 0, 1, 9), pid, 0, 7)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Rejected(BatchRejection::UnknownProducerId)]
+    );
 }
 
 /// An object key as the writer makes it: a UUIDv7 of time `ms`.
