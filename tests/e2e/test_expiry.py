@@ -1,11 +1,14 @@
-"""Bounded metadata end to end, with confluent-kafka: committed offsets of empty consumer groups
-expire (offsets.retention.minutes, here --offsets-retention-ms), those of a group with members
-stay; an idempotent producer's state expires (producer.id.expiration.ms) and the producer goes on
-without losing, duplicating or reordering anything."""
+"""Bounded metadata end to end, with confluent-kafka, on the embedded and the PostgreSQL
+coordinator: committed offsets of empty consumer groups expire (offsets.retention.minutes, here
+--offsets-retention-ms), those of a group with members stay; an idempotent producer's state
+expires (producer.id.expiration.ms) and the producer goes on without losing, duplicating or
+reordering anything."""
 
 from __future__ import annotations
 
 import time
+
+import pytest
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka import OFFSET_INVALID
@@ -21,6 +24,14 @@ FAST_OFFSETS = (
     "--offsets-retention-ms", "3000",
     "--offsets-retention-check-interval-ms", "500",
 )
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def coordinator_args(request) -> tuple[str, ...]:
+    """Broker arguments selecting the coordinator (a fresh PostgreSQL database for postgres)."""
+    if request.param == "embedded":
+        return ()
+    return ("--coordinator", request.getfixturevalue("postgres_db"))
 
 
 def committed(bootstrap: str, group: str, topic: str, partition: int = 0) -> int:
@@ -59,8 +70,10 @@ def subscribed_consumer(bootstrap: str, group: str, topic: str, want: int) -> Co
     return c
 
 
-def test_offsets_of_empty_groups_expire_and_groups_with_members_keep_theirs(broker_factory, topic):
-    broker = broker_factory(*FAST_OFFSETS)
+def test_offsets_of_empty_groups_expire_and_groups_with_members_keep_theirs(
+    broker_factory, topic, coordinator_args
+):
+    broker = broker_factory(*coordinator_args, *FAST_OFFSETS)
     create_topic(broker.bootstrap, topic, 1)
     produce(broker.bootstrap, topic, 0, [b"v%d" % i for i in range(10)])
 
@@ -118,9 +131,12 @@ def test_offsets_of_empty_groups_expire_and_groups_with_members_keep_theirs(brok
         again.close()
 
 
-def test_idempotent_producer_goes_on_after_its_state_expires(broker_factory, topic):
+def test_idempotent_producer_goes_on_after_its_state_expires(
+    broker_factory, topic, coordinator_args
+):
     port = free_port()
     broker = broker_factory(
+        *coordinator_args,
         "--metrics-listen", f"127.0.0.1:{port}",
         "--producer-id-expiration-ms", "2000",
         "--producer-id-expiration-check-interval-ms", "500",
