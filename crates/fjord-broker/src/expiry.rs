@@ -79,7 +79,7 @@ impl Default for ExpirySettings {
         ExpirySettings {
             producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
             producer_check_interval: Duration::from_secs(600),
-            producers_per_step: 1_000,
+            producers_per_step: 10_000,
             producers_per_pass: 100_000,
             offsets_retention_ms: (DEFAULT_OFFSETS_RETENTION_MINUTES * 60_000) as i64,
             offsets_check_interval: Duration::from_secs(600),

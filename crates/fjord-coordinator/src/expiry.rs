@@ -14,9 +14,11 @@
 //!
 //! Memory from before times were recorded (old snapshots, journals, rows) is not expired but
 //! stamped with the time of the first expiry call that sees it, so it expires one expiration
-//! later. Calls are bounded (`max` changes each) and serialized with commits (the embedded
-//! coordinator's writer; in PostgreSQL each deletion rechecks its condition on the row it
-//! deletes), so a producer that appends while its memory is being expired keeps it.
+//! later. Calls are bounded (`max` changes each) and a producer that appends while its memory
+//! is being expired keeps it: the embedded coordinator decides with one scan under its read lock
+//! and rechecks only the decided items on its writer, behind commits
+//! ([`crate::state::State::recheck_expire_producers`]); in PostgreSQL each deletion repeats its
+//! condition on the row it deletes.
 
 use async_trait::async_trait;
 

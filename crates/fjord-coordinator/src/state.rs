@@ -1364,28 +1364,56 @@ pub fn producer_expired(last_ms: i64, now_ms: i64, expiration_ms: i64) -> bool {
     last_ms > 0 && now_ms.saturating_sub(last_ms) >= expiration_ms
 }
 
+/// How many changes a [`Entry::ExpireProducers`] makes (0 for any other entry), and what it
+/// reports.
+pub fn expiry_changes(entry: &Entry) -> usize {
+    match entry {
+        Entry::ExpireProducers {
+            states,
+            ids,
+            stamped_states,
+            stamped_ids,
+            ..
+        } => states.len() + ids.len() + stamped_states.len() + stamped_ids.len(),
+        _ => 0,
+    }
+}
+
+/// What an expiry entry (or none) did, as [`crate::MetadataExpiry::expire_producers`] reports
+/// it; `more` when the decision used its whole budget.
+pub fn expiry_step(entry: Option<&Entry>, more: bool) -> ProducerExpiryStep {
+    match entry {
+        Some(Entry::ExpireProducers { states, ids, .. }) => ProducerExpiryStep {
+            states_expired: states.len() as u64,
+            ids_expired: ids.len() as u64,
+            more,
+        },
+        _ => ProducerExpiryStep {
+            more,
+            ..ProducerExpiryStep::default()
+        },
+    }
+}
+
 impl State {
     /// Decides one bounded step of producer expiry at `now_ms` (see
     /// [`crate::MetadataExpiry::expire_producers`]): per-partition states whose last append is
     /// expired, then producer ids with no per-partition state left whose last (re)initialisation
-    /// is expired; states and ids without a time are stamped `now_ms`. At most `max` changes.
+    /// is expired; states and ids without a time are stamped `now_ms`. At most `max` changes;
+    /// `None` when there is nothing to change. One scan of all producer memory, in no particular
+    /// order (the entry lists what it changes, so replaying it is deterministic).
     pub fn decide_expire_producers(
         &self,
         now_ms: i64,
         expiration_ms: i64,
         max: usize,
-    ) -> (ProducerExpiryStep, Option<Entry>) {
+    ) -> Option<Entry> {
         let mut states = Vec::new();
         let mut stamped_states = Vec::new();
         let mut kept: std::collections::HashSet<i64> = std::collections::HashSet::new();
         let mut budget = max;
-        let mut partitions: Vec<(&TopicPartition, &PartitionState)> =
-            self.partitions.iter().collect();
-        partitions.sort_by_key(|(tp, _)| **tp);
-        for (tp, p) in partitions {
-            let mut producers: Vec<(&i64, &ProducerPartitionState)> = p.producers.iter().collect();
-            producers.sort_by_key(|(id, _)| **id);
-            for (id, state) in producers {
+        for (tp, p) in &self.partitions {
+            for (id, state) in &p.producers {
                 if budget > 0 && state.last_append_ms <= 0 {
                     stamped_states.push((*tp, *id));
                     budget -= 1;
@@ -1414,23 +1442,65 @@ impl State {
             }
             budget -= 1;
         }
-        let step = ProducerExpiryStep {
-            states_expired: states.len() as u64,
-            ids_expired: ids.len() as u64,
-            more: max > 0 && budget == 0,
-        };
-        let changes = !(states.is_empty()
-            && ids.is_empty()
-            && stamped_states.is_empty()
-            && stamped_ids.is_empty());
-        let entry = changes.then_some(Entry::ExpireProducers {
+        let entry = Entry::ExpireProducers {
             at_ms: now_ms,
             states,
             ids,
             stamped_states,
             stamped_ids,
-        });
-        (step, entry)
+        };
+        (expiry_changes(&entry) > 0).then_some(entry)
+    }
+
+    /// Keeps of an expiry `entry` decided earlier (against an older state, without blocking
+    /// writers) what still holds now, checking only the items it lists: states still present
+    /// and expired (an append meanwhile refreshed the others), ids still present and expired (a
+    /// bump meanwhile refreshed the others), stamps still missing. An id that got a
+    /// per-partition state meanwhile may still go: its next InitProducerId then hands out a fresh
+    /// id instead of bumping the epoch, which clients accept, and its state expires on its own.
+    pub fn recheck_expire_producers(&self, entry: Entry, expiration_ms: i64) -> Option<Entry> {
+        let Entry::ExpireProducers {
+            at_ms,
+            states,
+            ids,
+            stamped_states,
+            stamped_ids,
+        } = entry
+        else {
+            return None;
+        };
+        let state = |(tp, id): &(TopicPartition, i64)| {
+            self.partitions
+                .get(tp)
+                .and_then(|p| p.producers.get(id))
+                .map(|s| s.last_append_ms)
+        };
+        let entry = Entry::ExpireProducers {
+            at_ms,
+            states: states
+                .into_iter()
+                .filter(|k| state(k).is_some_and(|t| producer_expired(t, at_ms, expiration_ms)))
+                .collect(),
+            ids: ids
+                .into_iter()
+                .filter(|id| {
+                    self.producer_init_ms
+                        .get(id)
+                        .is_some_and(|t| producer_expired(*t, at_ms, expiration_ms))
+                })
+                .collect(),
+            stamped_states: stamped_states
+                .into_iter()
+                .filter(|k| state(k).is_some_and(|t| t <= 0))
+                .collect(),
+            stamped_ids: stamped_ids
+                .into_iter()
+                .filter(|id| {
+                    self.producer_epochs.contains_key(id) && !self.producer_init_ms.contains_key(id)
+                })
+                .collect(),
+        };
+        (expiry_changes(&entry) > 0).then_some(entry)
     }
 
     fn apply_expire_producers(
@@ -1816,30 +1886,48 @@ mod tests {
             .insert(7, old);
         state.producer_epochs.insert(7, 0);
         state.producer_epochs.insert(8, 2);
-        let (step, entry) = state.decide_expire_producers(1_000_000, 100, 10);
+        let entry = state.decide_expire_producers(1_000_000, 100, 10).unwrap();
+        let step = expiry_step(Some(&entry), false);
         assert_eq!((step.states_expired, step.ids_expired), (0, 0));
-        let entry = entry.unwrap();
+        assert_eq!(expiry_changes(&entry), 3); // state 7, ids 7 and 8
         let json = serde_json::to_string(&entry).unwrap();
         assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), entry);
         state.apply(&entry);
         assert_eq!(state.partitions[&p].producers[&7].last_append_ms, 1_000_000);
         assert_eq!(state.producer_init_ms[&8], 1_000_000);
         // Nothing more to stamp, nothing expired yet.
-        assert_eq!(state.decide_expire_producers(1_000_099, 100, 10).1, None);
+        assert_eq!(state.decide_expire_producers(1_000_099, 100, 10), None);
         // One expiration later the state goes, and with it id 7; id 8 too (no state).
-        let (step, entry) = state.decide_expire_producers(1_000_100, 100, 10);
+        let entry = state.decide_expire_producers(1_000_100, 100, 10).unwrap();
+        let step = expiry_step(Some(&entry), false);
+        assert_eq!((step.states_expired, step.ids_expired), (1, 2));
+        // Rechecked after an append refreshed the state: the state stays; the ids still go.
+        let mut appended = state.clone();
+        appended
+            .partitions
+            .get_mut(&p)
+            .unwrap()
+            .producers
+            .get_mut(&7)
+            .unwrap()
+            .last_append_ms = 1_000_050;
+        let rechecked = appended
+            .recheck_expire_producers(entry.clone(), 100)
+            .unwrap();
+        let step = expiry_step(Some(&rechecked), false);
+        assert_eq!((step.states_expired, step.ids_expired), (0, 2));
         assert_eq!(
-            (step.states_expired, step.ids_expired, step.more),
-            (1, 2, false)
+            state.recheck_expire_producers(entry.clone(), 100),
+            Some(entry.clone())
         );
-        state.apply(&entry.unwrap());
+        state.apply(&entry);
         assert!(state.partitions[&p].producers.is_empty());
         assert!(state.producer_epochs.is_empty() && state.producer_init_ms.is_empty());
         // A limit of one change: `more`.
         state.producer_epochs.insert(9, 0);
         state.producer_epochs.insert(10, 0);
-        let (step, _) = state.decide_expire_producers(1, 100, 1);
-        assert!(step.more);
+        let entry = state.decide_expire_producers(1, 100, 1).unwrap();
+        assert_eq!(expiry_changes(&entry), 1);
     }
 
     /// Commits stamp the producer state with the flush's time.

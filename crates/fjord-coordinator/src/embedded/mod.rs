@@ -30,7 +30,7 @@ pub use journal::Journal;
 
 use crate::clock::Clock;
 use crate::model::*;
-use crate::state::{check_group_id, Entry, State};
+use crate::state::{check_group_id, expiry_changes, expiry_step, Entry, State};
 use crate::{
     BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, MetadataExpiry, Result,
 };
@@ -476,20 +476,22 @@ impl MetadataExpiry for EmbeddedCoordinator {
         expiration_ms: i64,
         max: usize,
     ) -> Result<ProducerExpiryStep> {
-        // As retention: decide under the read lock, and queue on the writer only to change.
-        let (step, entry) = self.read(|s| s.decide_expire_producers(now_ms, expiration_ms, max));
-        if entry.is_none() {
-            return Ok(step);
-        }
+        // Decide under the read lock (one scan of all producer memory), and on the writer, behind
+        // commits, only recheck the items decided, so commits never wait for the scan.
+        let Some(entry) = self.read(|s| s.decide_expire_producers(now_ms, expiration_ms, max))
+        else {
+            return Ok(ProducerExpiryStep::default());
+        };
+        let more = max > 0 && expiry_changes(&entry) >= max;
         self.on_writer(move |w| {
-            let (step, entry) = w
+            let entry = w
                 .state
                 .read()
-                .decide_expire_producers(now_ms, expiration_ms, max);
-            if let Some(entry) = entry {
-                w.write(entry)?;
+                .recheck_expire_producers(entry, expiration_ms);
+            if let Some(entry) = &entry {
+                w.write(entry.clone())?;
             }
-            Ok(step)
+            Ok(expiry_step(entry.as_ref(), more))
         })
         .await
     }
