@@ -287,10 +287,16 @@ async fn expire_group(
     );
     let fence = Some(stored.as_ref().map_or(0, |s| s.version));
     let result = if decision.delete_group {
-        coordinator.delete_group(group, fence).await.map(|_| {
-            report.groups_deleted += 1;
-            stats.groups_deleted.fetch_add(1, Ordering::Relaxed);
-        })
+        match coordinator.delete_group(group, fence).await {
+            Ok(true) => {
+                report.groups_deleted += 1;
+                stats.groups_deleted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            // Gone meanwhile (deleted by an admin): nothing expired here.
+            Ok(false) => return Ok(()),
+            Err(e) => Err(e),
+        }
     } else if !decision.offsets.is_empty() {
         coordinator
             .delete_offsets(group, decision.offsets.clone(), fence)
