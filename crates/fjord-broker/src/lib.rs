@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod dispatch;
 pub mod error;
+pub mod expiry;
 pub mod fetch_session;
 pub mod groups;
 mod handlers;

@@ -12,6 +12,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use axum::Router;
 use fjord_broker::cluster::ClusterView;
+use fjord_broker::expiry::ExpiryStats;
 use fjord_broker::retention::RetentionStats;
 use fjord_storage::gc::GcStats;
 use fjord_storage::instrumented::StoreStats;
@@ -33,6 +34,8 @@ pub struct DutyStats {
     pub retention: Arc<RetentionStats>,
     /// Object garbage collection.
     pub gc: Arc<GcStats>,
+    /// Expiry of producer ids and group offsets.
+    pub expiry: Arc<ExpiryStats>,
 }
 
 /// Reads the object store's counts, the duties' counts and the cluster view at scrape time.
@@ -125,6 +128,46 @@ impl Collector for BrokerCollector {
                 "fjord_gc_listed_keys",
                 "Object keys listed by orphan sweeps",
                 &self.duties.gc.listed,
+            ),
+            (
+                "fjord_producer_expiry_passes",
+                "Producer id expiry passes run by this broker",
+                &self.duties.expiry.producer_passes,
+            ),
+            (
+                "fjord_offset_expiry_passes",
+                "Group offset expiry passes run by this broker",
+                &self.duties.expiry.group_passes,
+            ),
+            (
+                "fjord_expiry_errors",
+                "Metadata expiry coordinator calls that failed (logged; retried next pass)",
+                &self.duties.expiry.errors,
+            ),
+            (
+                "fjord_expired_producer_states",
+                "Per-partition idempotent-producer states expired (producer.id.expiration.ms)",
+                &self.duties.expiry.producer_states_expired,
+            ),
+            (
+                "fjord_expired_producers",
+                "Producer ids expired (producer.id.expiration.ms)",
+                &self.duties.expiry.producers_expired,
+            ),
+            (
+                "fjord_expired_group_offsets",
+                "Committed offsets of empty consumer groups expired (offsets.retention.minutes)",
+                &self.duties.expiry.group_offsets_expired,
+            ),
+            (
+                "fjord_expired_groups",
+                "Empty consumer groups deleted after their offsets expired",
+                &self.duties.expiry.groups_deleted,
+            ),
+            (
+                "fjord_expiry_fenced",
+                "Group expiries refused because the group was written meanwhile (retried)",
+                &self.duties.expiry.fenced,
             ),
         ] {
             let counter = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

@@ -235,6 +235,23 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         retention_stats.clone(),
         shutdown.clone(),
     ));
+    let expiry_stats = Arc::new(fjord_broker::expiry::ExpiryStats::default());
+    let expiry = tokio::spawn(fjord_broker::expiry::run(
+        broker.clone(),
+        fjord_broker::expiry::ExpirySettings {
+            producer_id_expiration_ms: config.producer_id_expiration_ms,
+            producer_check_interval: Duration::from_millis(
+                config.producer_id_expiration_check_interval_ms,
+            ),
+            offsets_retention_ms: config.offsets_retention_ms(),
+            offsets_check_interval: Duration::from_millis(
+                config.offsets_retention_check_interval_ms,
+            ),
+            ..Default::default()
+        },
+        expiry_stats.clone(),
+        shutdown.clone(),
+    ));
     let metrics = match &config.metrics_listen {
         Some(address) => {
             let listener = TcpListener::bind(address)
@@ -248,6 +265,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
                 crate::metrics::DutyStats {
                     retention: retention_stats.clone(),
                     gc: gc_stats.clone(),
+                    expiry: expiry_stats.clone(),
                 },
                 cluster.clone(),
                 shutdown.clone(),
@@ -309,6 +327,9 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     let _ = gc.await;
     if let Err(e) = retention.await {
         tracing::warn!(error = %e, "retention task failed");
+    }
+    if let Err(e) = expiry.await {
+        tracing::warn!(error = %e, "metadata expiry task failed");
     }
     if let Some(metrics) = metrics {
         match metrics.await {
