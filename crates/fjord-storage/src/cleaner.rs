@@ -21,16 +21,23 @@
 //! records are recompressed with the same codec. A batch that loses nothing is kept
 //! byte-for-byte; control batches are kept as they are.
 //!
-//! A batch that loses every record is dropped, not kept as an empty batch. Kafka keeps the last
-//! batch of each producer as an empty batch because its broker rebuilds producer state (the
-//! last sequence per producer id, for idempotence) by reading the log; losing the batch would
-//! make a retry of that producer look like a sequence gap. Fjord never rebuilds producer state
-//! from the log: the coordinator keeps it (and expires it on `producer.id.expiration.ms`),
-//! independent of which batches survive, so an empty batch would protect nothing and would only
-//! cost bytes and an index row and be one more thing for every client's fetch path to handle.
-//! Dropping batches leaves offset gaps between batches, which consumers of compacted topics
-//! handle; [`ObjectPlan`] starts a new index row at each gap, because a row's batches must be
-//! contiguous in offsets.
+//! A batch that loses every record is dropped, not kept as an empty batch, with one exception
+//! below. Kafka keeps the last batch of each producer as an empty batch because its broker
+//! rebuilds producer state (the last sequence per producer id, for idempotence) by reading the
+//! log; losing the batch would make a retry of that producer look like a sequence gap. Fjord
+//! never rebuilds producer state from the log: the coordinator keeps it (and expires it on
+//! `producer.id.expiration.ms`), independent of which batches survive, so per-producer empty
+//! batches would protect nothing and would only cost bytes and index rows. Dropping batches
+//! leaves offset gaps between batches, which consumers of compacted topics handle (a fetch in a
+//! gap gets the next batch); [`ObjectPlan`] starts a new index row at each gap, because a row's
+//! batches must be contiguous in offsets.
+//!
+//! The exception: with [`CleanParams::keep_last_batch`], the last batch of the run is kept even
+//! when it loses every record, as an empty batch (header only, uncompressed, `lastOffsetDelta`
+//! kept, record count 0), as Kafka writes them. A consumer only moves past offsets by receiving a
+//! batch that covers them; were the log's tail a gap (its last records were superseded
+//! tombstones that expired), a consumer fetching there would get nothing and never reach the
+//! log end. The cleaner asks for it on the last run it rewrites.
 
 use std::collections::HashMap;
 
@@ -165,6 +172,8 @@ pub struct CleanParams {
     pub delete_tombstones_before_ms: i64,
     /// Most decompressed bytes read from one batch.
     pub cap: u64,
+    /// Keep the run's last batch, empty if need be (see the module docs).
+    pub keep_last_batch: bool,
 }
 
 /// What a cleaning did, for metrics and logs.
@@ -184,6 +193,9 @@ pub struct CleanStats {
     pub bytes_in: u64,
     /// Bytes written.
     pub bytes_out: u64,
+    /// The smallest max timestamp of the batches in which a tombstone was kept: when the oldest
+    /// kept tombstone becomes removable (plus `delete.retention.ms`).
+    pub oldest_kept_tombstone_ms: Option<i64>,
 }
 
 /// One batch after cleaning.
@@ -213,11 +225,17 @@ pub fn clean_batches(
     stats: &mut CleanStats,
 ) -> Result<Vec<CleanedBatch>, CleanError> {
     let mut out = Vec::new();
-    for (base, header, bytes) in split_batches(run)? {
+    let batches = split_batches(run)?;
+    let count = batches.len();
+    for (i, (base, header, bytes)) in batches.into_iter().enumerate() {
         stats.batches_in += 1;
         stats.bytes_in += bytes.len() as u64;
         stats.records_in += u64::try_from(header.record_count).unwrap_or(0);
-        if let Some(cleaned) = clean_batch(base, header, bytes, map, params, stats)? {
+        let mut cleaned = clean_batch(base, header, bytes, map, params, stats)?;
+        if cleaned.is_none() && params.keep_last_batch && i + 1 == count {
+            cleaned = Some(empty_batch(base, bytes)?);
+        }
+        if let Some(cleaned) = cleaned {
             stats.batches_out += 1;
             stats.bytes_out += cleaned.bytes.len() as u64;
             stats.records_out += u64::try_from(cleaned.header.record_count).unwrap_or(0);
@@ -264,6 +282,11 @@ fn clean_batch(
             kept.push(record);
         }
     }
+    if kept.iter().any(|r| !r.has_value) {
+        let t = header.max_timestamp;
+        stats.oldest_kept_tombstone_ms =
+            Some(stats.oldest_kept_tombstone_ms.map_or(t, |o| o.min(t)));
+    }
     if kept.len() == records.len() {
         return Ok(Some(whole()));
     }
@@ -304,6 +327,27 @@ fn clean_batch(
         header,
         bytes,
     }))
+}
+
+/// The empty form of a batch: its header with no records (uncompressed), its offsets, producer
+/// fields and timestamps kept.
+fn empty_batch(base: i64, bytes: &[u8]) -> Result<CleanedBatch, CleanError> {
+    let mut out = BytesMut::with_capacity(HEADER_LEN);
+    out.extend_from_slice(&bytes[..HEADER_LEN]);
+    out[0..8].copy_from_slice(&base.to_be_bytes());
+    out[8..12].copy_from_slice(&((HEADER_LEN - 12) as i32).to_be_bytes());
+    let attributes = i16::from_be_bytes([out[21], out[22]]) & !0x07;
+    out[21..23].copy_from_slice(&attributes.to_be_bytes());
+    out[57..61].copy_from_slice(&0i32.to_be_bytes());
+    let crc = crc32c::crc32c(&out[21..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    let bytes = out.freeze();
+    let header = peek_header(&bytes)?;
+    Ok(CleanedBatch {
+        base_offset: base,
+        header,
+        bytes,
+    })
 }
 
 /// A per-partition object of cleaned batches and the index rows that point into it.
@@ -449,6 +493,7 @@ mod tests {
     const KEEP_TOMBSTONES: CleanParams = CleanParams {
         delete_tombstones_before_ms: i64::MIN,
         cap: 1 << 20,
+        keep_last_batch: false,
     };
 
     #[test]
@@ -625,6 +670,7 @@ mod tests {
         let params = CleanParams {
             delete_tombstones_before_ms: 5000,
             cap: 1 << 20,
+            keep_last_batch: false,
         };
         let cleaned = clean_batches(&log, &map, params, &mut stats).unwrap();
         let s = |v: &str| Some(v.to_string());
@@ -637,10 +683,26 @@ mod tests {
         let params = CleanParams {
             delete_tombstones_before_ms: 5001,
             cap: 1 << 20,
+            keep_last_batch: false,
         };
         let cleaned = clean_batches(&log, &map, params, &mut stats).unwrap();
         assert_eq!(decode(&cleaned), vec![(1, s("b"), s("1"))]);
         assert_eq!(stats.tombstones_dropped, 1);
+        // At the end of what is cleaned, the emptied last batch stays, empty, so that consumers
+        // can still reach the log end.
+        let params = CleanParams {
+            keep_last_batch: true,
+            ..params
+        };
+        let cleaned = clean_batches(&log, &map, params, &mut stats).unwrap();
+        assert_eq!(decode(&cleaned), vec![(1, s("b"), s("1"))]);
+        let last = &cleaned[1];
+        assert_eq!((last.base_offset, last.last_offset()), (2, 2));
+        assert_eq!(last.header.record_count, 0);
+        assert_eq!(last.header.compression(), 0);
+        assert_eq!(last.bytes.len(), HEADER_LEN);
+        let crc = u32::from_be_bytes(last.bytes[17..21].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c(&last.bytes[21..]));
     }
 
     /// Records after the map's range (not yet indexed) and keys the map does not hold are kept:
