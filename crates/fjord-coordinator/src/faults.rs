@@ -345,6 +345,14 @@ impl LogLifecycle for FaultyCoordinator {
     ) -> Result<RetentionStep> {
         self.inner.apply_retention(tp, limits, max_rows).await
     }
+
+    async fn swap_rows(&self, swap: RowSwap) -> Result<SwapOutcome> {
+        self.inner.swap_rows(swap).await
+    }
+
+    async fn cleaned_to(&self, tp: TopicPartition) -> Result<i64> {
+        self.inner.cleaned_to(tp).await
+    }
 }
 
 #[async_trait]

@@ -1,5 +1,6 @@
 //! The log's lifecycle in the store: where each partition's log starts (retention and
-//! DeleteRecords move it).
+//! DeleteRecords move it), and compaction swaps that replace a partition's index rows by fewer
+//! rows in a new object.
 //!
 //! A partition's log start offset only ever rises, and never beyond its high watermark. Offsets
 //! below it are gone for readers: Fetch answers OFFSET_OUT_OF_RANGE, ListOffsets(earliest)
@@ -15,7 +16,9 @@
 
 use async_trait::async_trait;
 
-use crate::model::{PartitionOffsets, RetentionLimits, RetentionStep, TopicPartition};
+use crate::model::{
+    PartitionOffsets, RetentionLimits, RetentionStep, RowSwap, SwapOutcome, TopicPartition,
+};
 use crate::Result;
 
 /// Moving partitions' log start offsets: DeleteRecords and retention.
@@ -38,4 +41,21 @@ pub trait LogLifecycle: Send + Sync {
         limits: RetentionLimits,
         max_rows: usize,
     ) -> Result<RetentionStep>;
+
+    /// Compaction (object merging and log compaction): replaces `swap.replaced` by `swap.rows`
+    /// in one transaction, serialized with commits and log start moves on the partition, if
+    /// and only if every replaced row is still there unchanged and no other row lies between
+    /// them (compare-and-swap); otherwise [`SwapOutcome::Lost`] and nothing changes. Either way
+    /// the new object enters the object ledger: referenced by its rows, or dead at once. The
+    /// replaced rows' objects lose those references. Refused like a commit
+    /// ([`CoordinatorError::Fenced`](crate::CoordinatorError::Fenced)) when the new object was
+    /// made before the commit watermark; [`CoordinatorError::Invalid`](crate::CoordinatorError::Invalid)
+    /// when the swap is malformed (new rows outside the replaced offsets, overlapping or out of
+    /// order, in another object, or an object key already known); a deleted partition is
+    /// [`CoordinatorError::UnknownTopic`](crate::CoordinatorError::UnknownTopic).
+    async fn swap_rows(&self, swap: RowSwap) -> Result<SwapOutcome>;
+
+    /// Log compaction's checkpoint: the partition is clean (deduplicated) below this offset
+    /// (0 when it never was cleaned; see [`RowSwap::cleaned_to`]).
+    async fn cleaned_to(&self, tp: TopicPartition) -> Result<i64>;
 }

@@ -155,6 +155,61 @@ pub struct RetentionStep {
     pub more: bool,
 }
 
+/// An index row a swap replaces, as the compactor read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowRef {
+    /// First offset of the row.
+    pub base_offset: i64,
+    /// Last offset of the row (inclusive).
+    pub last_offset: i64,
+    /// The object holding its bytes.
+    pub object_key: String,
+}
+
+impl From<&IndexRow> for RowRef {
+    fn from(row: &IndexRow) -> Self {
+        RowRef {
+            base_offset: row.base_offset,
+            last_offset: row.last_offset,
+            object_key: row.object_key.clone(),
+        }
+    }
+}
+
+/// A compaction swap (see [`crate::LogLifecycle::swap_rows`]): consecutive index rows of one
+/// partition replaced by rows in one new object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowSwap {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The rows replaced: every row of the partition from the first one's base offset to the
+    /// last one's last offset, in offset order, none missing.
+    pub replaced: Vec<RowRef>,
+    /// The new object's key (made like a flush object's: it carries its time).
+    pub object_key: String,
+    /// The new object's size in bytes.
+    pub object_size: u64,
+    /// The rows that replace them, in offset order, not overlapping, all in `object_key`, within
+    /// the replaced rows' offsets (log compaction leaves gaps; offsets are never renumbered).
+    /// Empty when everything the replaced rows held was compacted away.
+    pub rows: Vec<IndexRow>,
+    /// Log compaction: the partition is clean (deduplicated) up to this offset (exclusive)
+    /// after the swap; `None` leaves the cleaner checkpoint as it is.
+    pub cleaned_to: Option<i64>,
+}
+
+/// What a [`crate::LogLifecycle::swap_rows`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SwapOutcome {
+    /// The rows were replaced; the new object is referenced by the new rows (or dead at once if
+    /// there are none).
+    Swapped,
+    /// Some replaced row is gone or changed (retention, DeleteRecords, another swap, topic
+    /// deletion): nothing changed, and the new object is dead at once (garbage collection
+    /// deletes it).
+    Lost,
+}
+
 /// A contiguous run of batches of one partition inside one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRow {

@@ -119,6 +119,16 @@ pub enum Entry {
         #[serde(default)]
         at_ms: i64,
     },
+    /// A compaction swap was decided (see [`crate::LogLifecycle::swap_rows`]).
+    SwapRows {
+        /// The swap.
+        swap: RowSwap,
+        /// Whether it replaced the rows or lost its compare-and-swap.
+        outcome: SwapOutcome,
+        /// When (ms): objects whose last reference goes, and a lost swap's object, are dead
+        /// from then.
+        at_ms: i64,
+    },
 }
 
 /// The offset a group committed for one partition (its topic and partition are the map keys).
@@ -198,6 +208,9 @@ pub struct PartitionState {
     pub rows: OrdMap<i64, IndexRow>,
     /// Idempotent producer state by producer id.
     pub producers: SharedHashMap<i64, ProducerPartitionState>,
+    /// Log compaction's checkpoint: the partition is deduplicated below this offset.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cleaned_to: i64,
     /// The time index: the retained rows whose max timestamp is larger than that of every
     /// retained row before them, as max timestamp -> base offset (both strictly increasing). The
     /// first row at or after the log start with a max timestamp >= T is the first entry at or
@@ -528,6 +541,28 @@ impl State {
         ))
     }
 
+    /// Decides a compaction swap (see [`crate::LogLifecycle::swap_rows`]).
+    pub fn decide_swap(&self, swap: &RowSwap) -> Result<SwapOutcome> {
+        let p = self.partition(swap.tp)?;
+        check_commit_watermark(&swap.object_key, self.commit_watermark_ms)?;
+        check_swap(swap)?;
+        if self.objects.contains_key(&swap.object_key) {
+            return Err(already_known(&swap.object_key));
+        }
+        let (first, last) = swap_span(swap)?;
+        let current: Vec<RowRef> = p.rows.range(first..=last).map(|(_, r)| r.into()).collect();
+        Ok(if current == swap.replaced {
+            SwapOutcome::Swapped
+        } else {
+            SwapOutcome::Lost
+        })
+    }
+
+    /// Log compaction's checkpoint of `tp`.
+    pub fn cleaned_to(&self, tp: TopicPartition) -> Result<i64> {
+        Ok(self.partition(tp)?.cleaned_to)
+    }
+
     fn known_topic(&self, name: &str) -> Result<&TopicMeta> {
         self.topics
             .get(name)
@@ -654,6 +689,44 @@ impl State {
                 }
                 self.prune_rows(*tp, *at_ms);
             }
+            Entry::SwapRows {
+                swap,
+                outcome,
+                at_ms,
+            } => self.apply_swap(swap, *outcome, *at_ms),
+        }
+    }
+
+    fn apply_swap(&mut self, swap: &RowSwap, outcome: SwapOutcome, at_ms: i64) {
+        let swapped = outcome == SwapOutcome::Swapped && self.partitions.contains_key(&swap.tp);
+        let mut released = Vec::new();
+        if swapped {
+            if let Some(p) = self.partitions.get_mut(&swap.tp) {
+                for old in &swap.replaced {
+                    if let Some(row) = p.rows.remove(&old.base_offset) {
+                        released.push(row.object_key);
+                    }
+                }
+                for row in &swap.rows {
+                    p.rows.insert(row.base_offset, row.clone());
+                }
+                if let Some(c) = swap.cleaned_to {
+                    p.cleaned_to = p.cleaned_to.max(c);
+                }
+                p.time_index = OrdMap::new();
+                p.reindex_from_log_start();
+            }
+        }
+        let rows = if swapped { swap.rows.len() as u64 } else { 0 };
+        self.objects.insert(
+            swap.object_key.clone(),
+            ObjectState {
+                rows,
+                dead_since: (rows == 0).then_some(at_ms),
+            },
+        );
+        for key in released {
+            self.unreference(&key, at_ms);
         }
     }
 
@@ -1113,6 +1186,53 @@ pub fn object_key_time_ms(key: &str) -> Option<i64> {
         .ok()?
         .checked_mul(1000)?
         .checked_add(i64::from(nanos / 1_000_000))
+}
+
+/// The offsets a swap's replaced rows span (first base, last offset).
+fn swap_span(swap: &RowSwap) -> Result<(i64, i64)> {
+    match (swap.replaced.first(), swap.replaced.last()) {
+        (Some(first), Some(last)) => Ok((first.base_offset, last.last_offset)),
+        _ => Err(CoordinatorError::Invalid(
+            "a compaction swap must replace at least one row".into(),
+        )),
+    }
+}
+
+fn already_known(key: &str) -> CoordinatorError {
+    CoordinatorError::Invalid(format!(
+        "object {key} is already known: a swap needs a new object"
+    ))
+}
+
+/// Checks a swap's shape: replaced rows in order and not overlapping; new rows in order, not
+/// overlapping, within the replaced offsets and all in the new object.
+pub fn check_swap(swap: &RowSwap) -> Result<()> {
+    let (first, last) = swap_span(swap)?;
+    let invalid = |why: &str| Err(CoordinatorError::Invalid(format!("compaction swap: {why}")));
+    let mut prev_last = None;
+    for row in &swap.replaced {
+        if row.last_offset < row.base_offset || prev_last.is_some_and(|p| row.base_offset <= p) {
+            return invalid("replaced rows out of order or overlapping");
+        }
+        prev_last = Some(row.last_offset);
+    }
+    let mut prev_last = None;
+    for row in &swap.rows {
+        if row.last_offset < row.base_offset || prev_last.is_some_and(|p| row.base_offset <= p) {
+            return invalid("new rows out of order or overlapping");
+        }
+        if row.base_offset < first || row.last_offset > last {
+            return invalid("a new row outside the replaced offsets");
+        }
+        if row.object_key != swap.object_key {
+            return invalid("a new row in another object than the swap's");
+        }
+        prev_last = Some(row.last_offset);
+    }
+    if swap.cleaned_to.is_some_and(|c| c < 0) {
+        return invalid("negative cleaned_to");
+    }
+    Ok(())
 }
 
 /// Refuses a commit of an object made before the commit watermark.

@@ -592,6 +592,24 @@ impl LogLifecycle for EmbeddedCoordinator {
         })
         .await
     }
+
+    async fn swap_rows(&self, swap: RowSwap) -> Result<SwapOutcome> {
+        let at_ms = self.clock.now_ms();
+        self.on_writer(move |w| {
+            let outcome = w.state.read().decide_swap(&swap)?;
+            w.write(Entry::SwapRows {
+                swap,
+                outcome,
+                at_ms,
+            })?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn cleaned_to(&self, tp: TopicPartition) -> Result<i64> {
+        self.read(|s| s.cleaned_to(tp))
+    }
 }
 
 #[async_trait]

@@ -64,6 +64,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0007_timestamp_index",
         sql: include_str!("../../migrations/postgres/0007_timestamp_index.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_compaction",
+        sql: include_str!("../../migrations/postgres/0008_compaction.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).

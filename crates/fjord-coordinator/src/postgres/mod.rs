@@ -38,6 +38,7 @@ mod lifecycle;
 mod listen;
 mod migrate;
 mod objects;
+mod swap;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -692,6 +693,14 @@ impl LogLifecycle for PostgresCoordinator {
         max_rows: usize,
     ) -> Result<RetentionStep> {
         lifecycle::apply_retention(self, tp, limits, max_rows).await
+    }
+
+    async fn swap_rows(&self, swap: RowSwap) -> Result<SwapOutcome> {
+        swap::swap_rows(self, swap).await
+    }
+
+    async fn cleaned_to(&self, tp: TopicPartition) -> Result<i64> {
+        swap::cleaned_to(self, tp).await
     }
 }
 

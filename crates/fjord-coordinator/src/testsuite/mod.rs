@@ -11,6 +11,7 @@ mod brokers;
 mod groups;
 mod lifecycle;
 mod objects;
+mod swaps;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ where
     groups::run_all(&fresh).await;
     lifecycle::run_all(&fresh).await;
     objects::run_all(&fresh).await;
+    swaps::run_all(&fresh).await;
     brokers::run_all(&fresh).await;
 }
 
@@ -645,6 +647,24 @@ where
             .await
             .unwrap();
         c.delete_records(tp(&t, 0), -1).await.unwrap();
+        // A compaction swap and its checkpoint.
+        c.commit(flush("d3", vec![batch(tp(&t, 0), 0, 2, 9)]))
+            .await
+            .unwrap();
+        let replaced = c.index_rows(tp(&t, 0), 0, u64::MAX).await.unwrap();
+        let merged = key_at(u64::try_from(clock::system().now_ms()).unwrap());
+        let swap = RowSwap {
+            tp: tp(&t, 0),
+            replaced: replaced.iter().map(RowRef::from).collect(),
+            object_key: merged.clone(),
+            object_size: 100,
+            rows: vec![IndexRow {
+                object_key: merged,
+                ..replaced[0].clone()
+            }],
+            cleaned_to: Some(6),
+        };
+        assert_eq!(c.swap_rows(swap).await.unwrap(), SwapOutcome::Swapped);
         (t, pid)
     };
     let c = open().await;
@@ -659,12 +679,16 @@ where
         }
     );
     assert_eq!(c.index_rows(tp(&t, 1), 0, u64::MAX).await.unwrap().len(), 1);
-    assert!(c
-        .index_rows(tp(&t, 0), 0, u64::MAX)
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(objects::dead(&c).await.contains("d0"));
+    let p0_rows = c.index_rows(tp(&t, 0), 0, u64::MAX).await.unwrap();
+    assert_eq!(p0_rows.len(), 1, "only the swapped row");
+    assert_eq!((p0_rows[0].base_offset, p0_rows[0].last_offset), (4, 5));
+    assert_eq!(c.cleaned_to(tp(&t, 0)).await.unwrap(), 6);
+    assert_eq!(
+        c.row_for_timestamp(tp(&t, 0), 0).await.unwrap(),
+        Some(p0_rows[0].clone())
+    );
+    let dead = objects::dead(&c).await;
+    assert!(dead.contains("d0") && dead.contains("d3"));
     // Producer state survives: a retry is still a duplicate, and ids are not reused.
     let out = c
         .commit(flush(
