@@ -82,7 +82,29 @@ def read_from_beginning(bootstrap: str, topic: str, partitions, timeout: float =
 
 
 def test_compaction_keeps_the_latest_value_of_every_live_key(broker_factory, topic):
-    broker = broker_factory(*FAST_CLEANER)
+    from conftest import free_port
+    from test_metrics import scrape
+
+    port = free_port()
+    broker = broker_factory(*FAST_CLEANER, "--metrics-listen", f"127.0.0.1:{port}")
+    written = compact_and_check(broker, topic)
+    m = scrape(port)
+    assert m["fjord_cleaner_cleanings_total"] >= 2, m
+    assert m["fjord_cleaner_records_removed_total"] >= written - 300, m
+    assert m["fjord_cleaner_errors_total"] == 0, m
+
+
+def test_compaction_on_postgres(broker_factory, topic, postgres_db, tmp_path):
+    broker = broker_factory(
+        "--coordinator", postgres_db, "--object-store", f"file://{tmp_path / 'objects'}",
+        *FAST_CLEANER,
+    )
+    compact_and_check(broker, topic)
+
+
+def compact_and_check(broker, topic) -> int:
+    """The scenario of the issue: 50,000 updates over 300 keys, 30 of them then deleted; returns
+    how many records were written."""
     partitions = 2
     create(
         broker.bootstrap,
@@ -167,3 +189,26 @@ def test_compaction_keeps_the_latest_value_of_every_live_key(broker_factory, top
     after = read_from_beginning(broker.bootstrap, topic, range(partitions))
     values = {k: v for records in after.values() for _, k, v in records}
     assert values[b"key-001"] == b"after"
+    return written
+
+
+def test_compaction_happens_within_a_minute_with_default_settings(broker, topic):
+    """No flag and no topic setting but cleanup.policy: data is compacted within a minute of
+    being written on an otherwise idle broker (--log-roll-ms 30 s, cleaner every 15 s)."""
+    create(broker.bootstrap, topic, 1, **{"cleanup.policy": "compact"})
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    latest = {}
+    for i in range(2_000):
+        key = b"k%d" % (i % 20)
+        latest[key] = b"v%d" % i
+        p.produce(topic, key=key, value=latest[key])
+    assert p.flush(30) == 0
+    written = time.monotonic()
+    while True:
+        got = read_from_beginning(broker.bootstrap, topic, [0])[0]
+        if len(got) == len(latest):
+            break
+        assert time.monotonic() - written < 60, f"{len(got)} records after a minute"
+        time.sleep(1)
+    print(f"compacted {time.monotonic() - written:.1f}s after the last write")
+    assert {k: v for _, k, v in got} == latest
