@@ -92,6 +92,16 @@ pub struct ServeConfig {
     /// Milliseconds between offset expiry passes (Kafka's
     /// `offsets.retention.check.interval.ms`).
     pub offsets_retention_check_interval_ms: u64,
+    /// `segment.ms` of topics that do not set it (Kafka's `log.roll.ms`): compacted data written
+    /// longer ago than this is closed and may be cleaned.
+    pub log_roll_ms: i64,
+    /// Whether the log cleaner compacts `cleanup.policy=compact` topics (Kafka's
+    /// `log.cleaner.enable`).
+    pub log_cleaner_enable: bool,
+    /// Milliseconds between log cleaner passes (Kafka's `log.cleaner.backoff.ms`).
+    pub log_cleaner_backoff_ms: u64,
+    /// Most memory one cleaning's key map holds (Kafka's `log.cleaner.dedupe.buffer.size`).
+    pub log_cleaner_dedupe_buffer_size: usize,
     /// How long (ms) a new consumer group waits for more members before its first rebalance
     /// completes (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -168,6 +178,10 @@ impl Default for ServeConfig {
             offsets_retention_minutes: fjord_broker::expiry::DEFAULT_OFFSETS_RETENTION_MINUTES,
             offsets_retention_ms: None,
             offsets_retention_check_interval_ms: 600_000,
+            log_roll_ms: fjord_broker::cleaner::DEFAULT_SEGMENT_MS,
+            log_cleaner_enable: true,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_size: 128 << 20,
             group_initial_rebalance_delay_ms: 3000,
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
@@ -295,6 +309,24 @@ pub struct ServeArgs {
     /// offsets.retention.check.interval.ms [default: 600000].
     #[arg(long, env = "FJORD_OFFSETS_RETENTION_CHECK_INTERVAL_MS")]
     pub offsets_retention_check_interval_ms: Option<u64>,
+    /// `segment.ms` of topics that do not set it, like Kafka's log.roll.ms (whose default is 7
+    /// days): compacted data written longer ago than this counts as closed and may be cleaned
+    /// [default: 30000].
+    #[arg(long, env = "FJORD_LOG_ROLL_MS")]
+    pub log_roll_ms: Option<i64>,
+    /// Whether the log cleaner compacts topics with cleanup.policy=compact, like Kafka's
+    /// log.cleaner.enable [default: true].
+    #[arg(long, env = "FJORD_LOG_CLEANER_ENABLE")]
+    pub log_cleaner_enable: Option<bool>,
+    /// Milliseconds between log cleaner passes, like Kafka's log.cleaner.backoff.ms
+    /// [default: 15000].
+    #[arg(long, env = "FJORD_LOG_CLEANER_BACKOFF_MS")]
+    pub log_cleaner_backoff_ms: Option<u64>,
+    /// Most memory (bytes) the key map of one cleaning holds, like Kafka's
+    /// log.cleaner.dedupe.buffer.size; a dirty range with more keys is cleaned in steps
+    /// [default: 134217728].
+    #[arg(long, env = "FJORD_LOG_CLEANER_DEDUPE_BUFFER_SIZE")]
+    pub log_cleaner_dedupe_buffer_size: Option<usize>,
     /// Seconds a never-committed object (its broker died between upload and commit) is kept
     /// before the orphan sweep deletes it [default: 600].
     #[arg(long, env = "FJORD_GC_GRACE_SECS")]
@@ -401,6 +433,10 @@ impl ServeArgs {
             producer_id_expiration_check_interval_ms,
             offsets_retention_minutes,
             offsets_retention_check_interval_ms,
+            log_roll_ms,
+            log_cleaner_enable,
+            log_cleaner_backoff_ms,
+            log_cleaner_dedupe_buffer_size,
             gc_grace_secs,
             log_segment_delete_delay_ms,
             gc_orphan_sweep_interval_secs,
@@ -502,6 +538,12 @@ impl ServeConfig {
                 "producer_id_expiration_check_interval_ms and \
                  offsets_retention_check_interval_ms must be positive"
             );
+        }
+        if self.log_roll_ms < 0 || self.log_cleaner_backoff_ms == 0 {
+            bail!("log_roll_ms must not be negative and log_cleaner_backoff_ms must be positive");
+        }
+        if self.log_cleaner_dedupe_buffer_size < 1 << 20 {
+            bail!("log_cleaner_dedupe_buffer_size must be at least 1 MiB");
         }
         if self.gc_grace_secs < 60 {
             bail!("gc_grace_secs must be at least 60: it must outlast any upload and commit");

@@ -11,6 +11,7 @@ use anyhow::Context;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use axum::Router;
+use fjord_broker::cleaner::CleanerStats;
 use fjord_broker::cluster::ClusterView;
 use fjord_broker::expiry::ExpiryStats;
 use fjord_broker::retention::RetentionStats;
@@ -32,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 pub struct DutyStats {
     /// Retention passes.
     pub retention: Arc<RetentionStats>,
+    /// Log cleaner (compaction) passes.
+    pub cleaner: Arc<CleanerStats>,
     /// Object garbage collection.
     pub gc: Arc<GcStats>,
     /// Expiry of producer ids and group offsets.
@@ -103,6 +106,46 @@ impl Collector for BrokerCollector {
                 "fjord_retention_expired_rows",
                 "Index rows that retention moved log start offsets past",
                 &self.duties.retention.rows_expired,
+            ),
+            (
+                "fjord_cleaner_passes",
+                "Log cleaner (compaction) passes run by this broker",
+                &self.duties.cleaner.passes,
+            ),
+            (
+                "fjord_cleaner_errors",
+                "Log cleaner failures (logged; the partition is retried next pass)",
+                &self.duties.cleaner.errors,
+            ),
+            (
+                "fjord_cleaner_cleanings",
+                "Partition cleanings finished (the cleaner checkpoint moved)",
+                &self.duties.cleaner.cleanings,
+            ),
+            (
+                "fjord_cleaner_swaps_lost",
+                "Cleaner row swaps lost to a concurrent change (retried next pass)",
+                &self.duties.cleaner.swaps_lost,
+            ),
+            (
+                "fjord_cleaner_records_read",
+                "Records read by log cleaner rewrites",
+                &self.duties.cleaner.records_read,
+            ),
+            (
+                "fjord_cleaner_records_removed",
+                "Records removed by the log cleaner (superseded, keyless, expired tombstones)",
+                &self.duties.cleaner.records_removed,
+            ),
+            (
+                "fjord_cleaner_read_bytes",
+                "Bytes read by log cleaner rewrites",
+                &self.duties.cleaner.bytes_read,
+            ),
+            (
+                "fjord_cleaner_written_bytes",
+                "Bytes written by log cleaner rewrites",
+                &self.duties.cleaner.bytes_written,
             ),
             (
                 "fjord_gc_passes",
