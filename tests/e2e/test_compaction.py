@@ -1,163 +1,214 @@
-"""Object compaction end to end: the broker's compactor merges small flush objects into
-per-partition objects while real clients produce and consume.
-
-* Under concurrent produce and consume (an idempotent producer and a consumer group reading
-  while the compactor swaps rows behind them), ``tests/checker.py`` finds nothing lost,
-  duplicated or out of order; a group reading the compacted partitions from the beginning
-  afterwards gets every acknowledged record, in order.
-* SIGKILL during a merge (the merged object uploaded, its swap not yet made): after a restart
-  every record is there, the merges complete, and the half-done merge's object, which nothing
-  references, is deleted by the garbage collector's orphan sweep. The sweep only looks at
-  hours of object keys wholly behind its commit watermark (now minus a grace of at least a
-  minute), so the restarted broker runs with its clock two hours ahead
-  (``--simulated-clock-offset-ms``, a test setting) instead of the test waiting an hour.
-"""
+"""Log compaction (cleanup.policy=compact, compact,delete) end to end with confluent-kafka: a
+compacted topic refuses records without a key as Kafka does (INVALID_RECORD per record), and
+the cleaner keeps the latest record of every key, drops deleted keys once delete.retention.ms
+has passed, and never renumbers offsets."""
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka.admin import NewTopic
 
-from checker import assert_clean
-from cluster_workload import Workload
-from conftest import free_port
-from kafka_helpers import consume_partitions, create_topic, flush_all
+from kafka_helpers import admin_client, make_consumer, watermarks
 
-COMPACT_FAST = (
-    "--compaction-interval-ms", "300",
-    "--compaction-min-age-ms", "1500",
-    "--compaction-target-bytes", "262144",
-    "--compaction-max-row-bytes", "32768",
+
+def create(bootstrap: str, topic: str, partitions: int, **configs: str) -> None:
+    admin = admin_client(bootstrap)
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, config=configs)])
+    futures[topic].result(timeout=30)
+
+
+def test_keyless_records_are_refused_by_a_compacted_topic(broker, topic):
+    create(broker.bootstrap, topic, 2, **{"cleanup.policy": "compact"})
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0, "retries": 0})
+    results: list[tuple[bytes | None, int, object]] = []
+
+    def report(err, msg):
+        results.append((msg.key(), msg.partition(), err))
+
+    # Keyless records to partition 0, keyed ones to partition 1: one request may carry both,
+    # and only partition 0's records fail.
+    for i in range(3):
+        p.produce(topic, value=b"no key %d" % i, partition=0, on_delivery=report)
+        p.produce(topic, key=b"k%d" % i, value=b"v%d" % i, partition=1, on_delivery=report)
+    assert p.flush(30) == 0
+    keyless = [(k, part, err) for k, part, err in results if k is None]
+    keyed = [(k, part, err) for k, part, err in results if k is not None]
+    assert len(keyless) == 3 and len(keyed) == 3, results
+    for _, _, err in keyless:
+        assert err is not None and err.code() == KafkaError.INVALID_RECORD, err
+        assert not err.retriable()
+    for _, _, err in keyed:
+        assert err is None, err
+    # Nothing of the refused records was stored.
+    marks = watermarks(broker.bootstrap, topic, [0, 1])
+    assert marks[0] == (0, 0), marks
+    assert marks[1] == (0, 3), marks
+
+
+#: The cleaner looks every half second; data counts as closed after a second (segment.ms) and
+#: tombstones go two seconds after they were written; GC deletes replaced objects soon after.
+FAST_CLEANER = (
+    "--log-cleaner-backoff-ms", "500",
+    "--gc-interval-secs", "1",
+    "--log-segment-delete-delay-ms", "500",
 )
 
 
-def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics:\n{text}")
+def read_from_beginning(bootstrap: str, topic: str, partitions, timeout: float = 30.0) -> dict[int, list]:
+    """Every partition from its beginning to its end (partition EOF): ``{partition: [(offset,
+    key, value)]}``. EOF, not the high watermark, ends a partition: its last offsets may have
+    been compacted away."""
+    partitions = list(partitions)
+    c = make_consumer(bootstrap)
+    try:
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        got: dict[int, list] = {p: [] for p in partitions}
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(at_end) < len(partitions):
+            assert time.monotonic() < deadline, f"reading {topic} timed out"
+            for m in c.consume(num_messages=1000, timeout=0.5):
+                if m.error() is not None:
+                    assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                    at_end.add(m.partition())
+                    continue
+                got[m.partition()].append((m.offset(), m.key(), m.value()))
+        return got
+    finally:
+        c.close()
 
 
-def object_files(data_dir) -> set[str]:
-    root = data_dir / "objects"
-    return {str(p.relative_to(root)) for p in root.rglob("*.fjd")}
+def test_compaction_keeps_the_latest_value_of_every_live_key(broker_factory, topic):
+    from conftest import free_port
+    from test_metrics import scrape
 
-
-def wait_for(what: str, check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def test_object_compaction_under_concurrent_produce_and_consume(broker_factory, topic):
     port = free_port()
-    broker = broker_factory(*COMPACT_FAST, "--metrics-listen", f"127.0.0.1:{port}")
-    compaction_under_load(broker, [broker.bootstrap], port, topic)
+    broker = broker_factory(*FAST_CLEANER, "--metrics-listen", f"127.0.0.1:{port}")
+    written = compact_and_check(broker, topic)
+    m = scrape(port)
+    assert m["fjord_cleaner_cleanings_total"] >= 2, m
+    assert m["fjord_cleaner_records_removed_total"] >= written - 300, m
+    assert m["fjord_cleaner_errors_total"] == 0, m
 
 
-def test_object_compaction_in_a_postgres_cluster(broker_factory, topic, postgres_db, tmp_path):
-    """Two brokers on one PostgreSQL database; node 1 compacts, clients use both."""
-    from kafka_helpers import wait_for_brokers
-
-    shared = ["--coordinator", postgres_db, "--object-store", f"file://{tmp_path / 'objects'}",
-              *COMPACT_FAST]
-    port = free_port()
-    a = broker_factory(*shared, "--node-id", "1", "--metrics-listen", f"127.0.0.1:{port}")
-    b = broker_factory(*shared, "--node-id", "2")
-    wait_for_brokers(a.bootstrap, {1, 2})
-    wait_for_brokers(b.bootstrap, {1, 2})
-    compaction_under_load(a, [a.bootstrap, b.bootstrap], port, topic)
+def test_compaction_on_postgres(broker_factory, topic, postgres_db, tmp_path):
+    broker = broker_factory(
+        "--coordinator", postgres_db, "--object-store", f"file://{tmp_path / 'objects'}",
+        *FAST_CLEANER,
+    )
+    compact_and_check(broker, topic)
 
 
-def compaction_under_load(broker, bootstraps, port, topic):
-    """A producer and a consumer group while ``broker`` (metrics on ``port``) compacts."""
-    create_topic(bootstraps[-1], topic, 4)
-    work = Workload(bootstraps, topic, f"{topic}-group", rate=1500, consumers=2).start()
+def compact_and_check(broker, topic) -> int:
+    """The scenario of the issue: 50,000 updates over 300 keys, 30 of them then deleted; returns
+    how many records were written."""
+    partitions = 2
+    create(
+        broker.bootstrap,
+        topic,
+        partitions,
+        **{
+            "cleanup.policy": "compact",
+            "segment.ms": "1000",
+            "delete.retention.ms": "2000",
+        },
+    )
+    keys = 300
+    updates = 50_000
+    # Idempotent and compressed, as most producers are: the rewritten batches must keep both
+    # acceptable to clients.
+    p = Producer({
+        "bootstrap.servers": broker.bootstrap,
+        "linger.ms": 5,
+        "enable.idempotence": True,
+        "compression.type": "lz4",
+    })
+    errors = []
+
+    def report(err, _msg):
+        if err is not None:
+            errors.append(err)
+
+    latest: dict[bytes, bytes | None] = {}
+    for i in range(updates):
+        key = b"key-%03d" % ((i * 7919) % keys)
+        value = b"value-%d-%s" % (i, key)
+        latest[key] = value
+        p.produce(topic, key=key, value=value, on_delivery=report)
+        if i % 10_000 == 0:
+            p.poll(0)
+    # Delete every tenth key with a tombstone.
+    deleted = {b"key-%03d" % k for k in range(0, keys, 10)}
+    for key in sorted(deleted):
+        latest[key] = None
+        p.produce(topic, key=key, value=None, on_delivery=report)
+    assert p.flush(60) == 0
+    assert not errors, errors[:5]
+    written = updates + len(deleted)
+    marks_before = watermarks(broker.bootstrap, topic, range(partitions))
+    assert sum(high for _, high in marks_before.values()) == written
+    live = {k: v for k, v in latest.items() if v is not None}
     started = time.monotonic()
-    # Run until the compactor has swapped a good number of merges in, at least 10 s.
-    wait_for("compaction swaps", lambda: metric(port, "fjord_compaction_swaps_total") >= 8
-             and time.monotonic() - started > 10, timeout=90)
-    outcome = work.finish()
-    assert_clean(outcome.report)
-    assert outcome.acked > 5000, outcome.describe()
-    assert metric(port, "fjord_compaction_errors_total") == 0, broker.logs()
-    replaced = metric(port, "fjord_compaction_rows_replaced_total")
-    written = metric(port, "fjord_compaction_rows_written_total")
-    assert replaced > 5 * written, (replaced, written)
 
-    # Let the tail age and be merged too, then read everything from the beginning.
-    before = metric(port, "fjord_compaction_swaps_total")
-    wait_for("the tail's compaction",
-             lambda: metric(port, "fjord_compaction_swaps_total") > before, timeout=30)
-    acked: dict[int, list[tuple[int, bytes]]] = {}
-    for a in work.recorder.acks:
-        acked.setdefault(a.partition, []).append((a.offset, a.value))
-    got = consume_partitions(broker.bootstrap, topic, range(4))
-    for p in range(4):
-        want = sorted(acked.get(p, []))
-        have = [(m.offset(), m.value()) for m in got[p]]
-        assert have == want, f"partition {p}: {len(have)} read, {len(want)} acknowledged"
+    # Compacted once the data is closed (segment.ms), and the tombstones gone once
+    # delete.retention.ms has passed: exactly one record per live key remains.
+    def compacted():
+        got = read_from_beginning(broker.bootstrap, topic, range(partitions))
+        total = sum(len(v) for v in got.values())
+        return got if total == len(live) else None
+
+    deadline = time.monotonic() + 40
+    got = compacted()
+    while got is None:
+        assert time.monotonic() < deadline, "not compacted within 40 s"
+        time.sleep(0.5)
+        got = compacted()
+    print(f"compacted in {time.monotonic() - started:.1f}s: {written} records written, "
+          f"{sum(len(v) for v in got.values())} remain")
+
+    seen: dict[bytes, bytes] = {}
+    for part, records in got.items():
+        offsets = [o for o, _, _ in records]
+        assert offsets == sorted(set(offsets)), f"partition {part}: offsets not increasing"
+        for _, key, value in records:
+            assert key not in seen, f"{key} twice"
+            assert value is not None, f"tombstone of {key} still there"
+            seen[key] = value
+    assert seen == live
+    assert not (set(seen) & deleted)
+    # Offsets are never renumbered: the high watermarks did not move.
+    assert watermarks(broker.bootstrap, topic, range(partitions)) == marks_before
+
+    # The idempotent producer carries on after its batches were rewritten or dropped.
+    p.produce(topic, key=b"key-001", value=b"after", on_delivery=report)
+    assert p.flush(30) == 0
+    assert not errors, errors
+    after = read_from_beginning(broker.bootstrap, topic, range(partitions))
+    values = {k: v for records in after.values() for _, k, v in records}
+    assert values[b"key-001"] == b"after"
+    return written
 
 
-def pause_key(broker) -> str | None:
-    """The key of the object a paused merge uploaded, from the broker's log."""
-    text = broker.stderr_path.read_text(errors="replace") + broker.stdout_path.read_text(
-        errors="replace")
-    found = re.findall(r"pausing before the swap.*?object=(\S+?\.fjd)", text)
-    if not found:
-        found = re.findall(r"object=(\S+?\.fjd).*?pausing before the swap", text)
-    return found[0] if found else None
-
-
-def test_sigkill_during_a_merge_loses_nothing_and_its_object_is_collected(broker_factory, topic):
-    pause = ("--compaction-test-pause-before-swap-ms", "600000")
-    broker = broker_factory(*COMPACT_FAST, *pause)
-    create_topic(broker.bootstrap, topic, 2)
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True,
-                         "linger.ms": 0})
-    values = {0: [], 1: []}
-    for n in range(3000):
-        p = n % 2
-        v = b"v-%d" % n
-        producer.produce(topic, partition=p, value=v)
-        values[p].append(v)
-        if n % 50 == 49:
-            flush_all(producer)  # many small flushes: many rows to merge
-    flush_all(producer)
-
-    key = wait_for("a merge paused before its swap", lambda: pause_key(broker), timeout=60)
-    assert key in object_files(broker.data_dir), (key, sorted(object_files(broker.data_dir))[:5])
-    broker.kill()
-
-    # Restart two hours ahead, so that the orphan sweep may look at the paused merge's hour.
-    broker.extra_args = [
-        *COMPACT_FAST,
-        "--simulated-clock-offset-ms", str(2 * 3600 * 1000),
-        "--gc-interval-secs", "1",
-        "--gc-orphan-sweep-interval-secs", "1",
-        "--log-segment-delete-delay-ms", "1000",
-    ]
-    broker.restart()
-    got = consume_partitions(broker.bootstrap, topic, range(2))
-    for p in range(2):
-        assert [m.value() for m in got[p]] == values[p], f"partition {p}"
-        assert [m.offset() for m in got[p]] == list(range(len(values[p])))
-
-    wait_for("the half-done merge's object to be deleted",
-             lambda: key not in object_files(broker.data_dir), timeout=60)
-    assert "deleting an object that was never committed" in broker.stderr_path.read_text()
-    # The merges completed after the restart, and the replaced flush objects went too.
-    wait_for("flush objects to be merged and collected",
-             lambda: len(object_files(broker.data_dir)) <= 20, timeout=60)
-    got = consume_partitions(broker.bootstrap, topic, range(2))
-    for p in range(2):
-        assert [m.value() for m in got[p]] == values[p], f"partition {p} after compaction"
+def test_compaction_happens_within_a_minute_with_default_settings(broker, topic):
+    """No flag and no topic setting but cleanup.policy: data is compacted within a minute of
+    being written on an otherwise idle broker (--log-roll-ms 30 s, cleaner every 15 s)."""
+    create(broker.bootstrap, topic, 1, **{"cleanup.policy": "compact"})
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    latest = {}
+    for i in range(2_000):
+        key = b"k%d" % (i % 20)
+        latest[key] = b"v%d" % i
+        p.produce(topic, key=key, value=latest[key])
+    assert p.flush(30) == 0
+    written = time.monotonic()
+    while True:
+        got = read_from_beginning(broker.bootstrap, topic, [0])[0]
+        if len(got) == len(latest):
+            break
+        assert time.monotonic() - written < 60, f"{len(got)} records after a minute"
+        time.sleep(1)
+    print(f"compacted {time.monotonic() - written:.1f}s after the last write")
+    assert {k: v for _, k, v in got} == latest

@@ -5,10 +5,12 @@
 //! encodes its response at the negotiated version. Handlers never see bytes on the wire and
 //! never write them. Errors become Kafka error codes only in [`error`].
 
+pub mod cleaner;
 pub mod cluster;
 pub mod compaction;
 pub mod dispatch;
 pub mod error;
+pub mod expiry;
 pub mod fetch_session;
 pub mod groups;
 mod handlers;
@@ -57,6 +59,8 @@ pub struct BrokerSettings {
     pub retention_ms: i64,
     /// `retention.bytes` of topics that do not set it (Kafka's `log.retention.bytes`).
     pub retention_bytes: i64,
+    /// `segment.ms` of topics that do not set it (Kafka's `log.roll.ms`; see [`cleaner`]).
+    pub segment_ms: i64,
 }
 
 impl BrokerSettings {
@@ -68,6 +72,7 @@ impl BrokerSettings {
             "retention.ms" => self.retention_ms.to_string(),
             "retention.bytes" => self.retention_bytes.to_string(),
             "max.message.bytes" => self.message_max_bytes.to_string(),
+            "segment.ms" => self.segment_ms.to_string(),
             _ => return None,
         };
         let kafka = topic_config::lookup(name).map(|d| d.default);
@@ -94,6 +99,7 @@ impl Default for BrokerSettings {
             fetch_memory_bytes: 512 << 20,
             retention_ms: retention::DEFAULT_RETENTION_MS,
             retention_bytes: -1,
+            segment_ms: cleaner::DEFAULT_SEGMENT_MS,
         }
     }
 }

@@ -5,8 +5,11 @@
 //! says which and why, and `fjord topic describe` shows it next to every such setting. Unknown
 //! names are rejected with INVALID_CONFIG, as Kafka does. Enforced: `max.message.bytes`,
 //! `message.timestamp.type`, and `retention.ms`, `retention.bytes` and `cleanup.policy`'s
-//! `delete` through [`crate::retention`]. A topic that does not set `retention.ms`,
-//! `retention.bytes` or `max.message.bytes` gets the broker's flag
+//! `delete` through [`crate::retention`], `cleanup.policy`'s `compact` with
+//! `min.compaction.lag.ms`, `max.compaction.lag.ms`, `min.cleanable.dirty.ratio`,
+//! `delete.retention.ms` and `segment.ms` through [`crate::cleaner`] (and a compacted topic
+//! refuses records without a key). A topic that does not set `retention.ms`,
+//! `retention.bytes`, `max.message.bytes` or `segment.ms` gets the broker's flag
 //! ([`crate::BrokerSettings::topic_default`]), and DescribeConfigs reports that value.
 
 /// Kafka's config value types (DescribeConfigs v3+ `config_type`).
@@ -118,7 +121,7 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
 /// Kafka topic config and Fjord stores it, but `fjord topic describe` must never present a stored
 /// setting as one in force. `cleanup_policy` is the topic's policy (retention applies only with
 /// `delete` in it).
-pub fn not_in_force(name: &str, value: &str, cleanup_policy: &str) -> Option<&'static str> {
+pub fn not_in_force(name: &str, _value: &str, cleanup_policy: &str) -> Option<&'static str> {
     let has = |policy: &str| cleanup_policy.split(',').any(|p| p.trim() == policy);
     match name {
         // Objects are deleted no sooner than this after their last row went (the longest of the
@@ -128,10 +131,21 @@ pub fn not_in_force(name: &str, value: &str, cleanup_policy: &str) -> Option<&'s
             Some("cleanup.policy has no `delete`: nothing expires")
         }
         "retention.ms" | "retention.bytes" => None,
-        "cleanup.policy" if value.split(',').any(|p| p.trim() == "compact") => {
-            Some("log compaction is not built yet: no record is removed by key")
-        }
         "cleanup.policy" => None,
+        "min.compaction.lag.ms"
+        | "max.compaction.lag.ms"
+        | "min.cleanable.dirty.ratio"
+        | "delete.retention.ms"
+        | "segment.ms"
+            if !has("compact") =>
+        {
+            Some("cleanup.policy has no `compact`: the log cleaner does not look at this topic")
+        }
+        "min.compaction.lag.ms"
+        | "max.compaction.lag.ms"
+        | "min.cleanable.dirty.ratio"
+        | "delete.retention.ms"
+        | "segment.ms" => None,
         "min.insync.replicas"
         | "unclean.leader.election.enable"
         | "preallocate"
@@ -210,12 +224,25 @@ mod tests {
             None
         );
         assert!(not_in_force("retention.ms", "1000", "compact").is_some());
-        assert!(not_in_force("cleanup.policy", "compact", "compact").is_some());
-        assert!(not_in_force("cleanup.policy", "delete,compact", "delete,compact").is_some());
+        assert_eq!(not_in_force("cleanup.policy", "compact", "compact"), None);
+        assert_eq!(
+            not_in_force("cleanup.policy", "delete,compact", "delete,compact"),
+            None
+        );
         assert_eq!(not_in_force("cleanup.policy", "delete", "delete"), None);
         assert_eq!(not_in_force("max.message.bytes", "100", "delete"), None);
-        assert!(not_in_force("min.compaction.lag.ms", "100", "compact").is_some());
-        assert!(not_in_force("segment.ms", "100", "delete").is_some());
+        for name in [
+            "min.compaction.lag.ms",
+            "max.compaction.lag.ms",
+            "min.cleanable.dirty.ratio",
+            "delete.retention.ms",
+            "segment.ms",
+        ] {
+            assert_eq!(not_in_force(name, "100", "compact"), None, "{name}");
+            assert_eq!(not_in_force(name, "100", "compact,delete"), None, "{name}");
+            assert!(not_in_force(name, "100", "delete").is_some(), "{name}");
+        }
+        assert!(not_in_force("segment.bytes", "100", "compact").is_some());
         for def in TOPIC_CONFIGS {
             // Every config has an answer; an unknown one is "stored only".
             let _ = not_in_force(def.name, def.default, "delete");

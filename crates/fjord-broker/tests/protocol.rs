@@ -1354,3 +1354,128 @@ async fn delete_records_moves_the_log_start() {
     assert_eq!(offset(&call(&h, ask(-2), 8).await), 12);
     assert_eq!(offset(&call(&h, ask(1000), 8).await), -1);
 }
+
+/// A batch whose records at `keyless` have no key (the others `k<i>`), compressed as asked.
+fn batch_with_keyless(
+    n: usize,
+    keyless: &[usize],
+    compression: kafka_protocol::records::Compression,
+) -> Bytes {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp: 1000 + i as i64,
+            key: (!keyless.contains(&i)).then(|| Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(format!("v{i}"))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// A compacted topic refuses records without a key as Kafka does (KIP-467): INVALID_RECORD for
+/// the partition, which records failed in `record_errors`, an `error_message`; the other
+/// partitions of the same request are appended, and nothing of the refused one is stored.
+#[tokio::test]
+async fn compacted_topics_refuse_records_without_a_key() {
+    use kafka_protocol::records::Compression;
+    let h = harness();
+    let r = call(
+        &h,
+        CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(sb("compacted")))
+            .with_num_partitions(2)
+            .with_replication_factor(1)
+            .with_configs(vec![create_topics_request::CreatableTopicConfig::default()
+                .with_name(sb("cleanup.policy"))
+                .with_value(Some(sb("compact,delete")))])]),
+        7,
+    )
+    .await;
+    assert_eq!(r.topics[0].error_code, 0);
+    for compression in [Compression::None, Compression::Zstd, Compression::Snappy] {
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(TopicName(sb("compacted")))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch_with_keyless(5, &[1, 3], compression))),
+                    produce_request::PartitionProduceData::default()
+                        .with_index(1)
+                        .with_records(Some(batch_with_keyless(3, &[], compression))),
+                ])]);
+        for version in [8, 9, 11] {
+            let r = call(&h, request.clone(), version).await;
+            let parts = &r.responses[0].partition_responses;
+            let refused = parts.iter().find(|p| p.index == 0).unwrap();
+            assert_eq!(refused.error_code, ResponseError::InvalidRecord.code());
+            assert_eq!(refused.base_offset, -1);
+            let indices: Vec<i32> = refused
+                .record_errors
+                .iter()
+                .map(|e| e.batch_index)
+                .collect();
+            assert_eq!(indices, vec![1, 3], "{compression:?} v{version}");
+            let message = refused.record_errors[0]
+                .batch_index_error_message
+                .as_ref()
+                .unwrap();
+            assert!(message.contains("without key"), "{message}");
+            assert!(refused.error_message.as_ref().unwrap().contains("key"));
+            let accepted = parts.iter().find(|p| p.index == 1).unwrap();
+            assert_eq!(accepted.error_code, 0, "{compression:?} v{version}");
+        }
+    }
+    // An older version gets the code without the details it cannot carry.
+    let r = call(
+        &h,
+        produce_request(
+            "compacted",
+            0,
+            batch_with_keyless(2, &[0], Compression::None),
+        ),
+        7,
+    )
+    .await;
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, ResponseError::InvalidRecord.code());
+    // Keyed records go in; nothing of the refused produces was stored.
+    let r = call(&h, produce_request("compacted", 0, records(2, 0)), 9).await;
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!((p.error_code, p.base_offset), (0, 0));
+    // A topic that is not compacted takes keyless records.
+    create(&h, "plain", 1).await;
+    let r = call(
+        &h,
+        produce_request(
+            "plain",
+            0,
+            batch_with_keyless(2, &[0, 1], Compression::None),
+        ),
+        9,
+    )
+    .await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+}

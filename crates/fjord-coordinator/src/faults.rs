@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use crate::model::*;
 use crate::{
-    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, ObjectLedger, Result,
+    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, MetadataExpiry,
+    ObjectLedger, Result,
 };
 
 /// An operation faults can be armed for.
@@ -352,6 +353,20 @@ impl LogLifecycle for FaultyCoordinator {
 
     async fn cleaned_to(&self, tp: TopicPartition) -> Result<i64> {
         self.inner.cleaned_to(tp).await
+    }
+}
+
+#[async_trait]
+impl MetadataExpiry for FaultyCoordinator {
+    async fn expire_producers(
+        &self,
+        now_ms: i64,
+        expiration_ms: i64,
+        max: usize,
+    ) -> Result<ProducerExpiryStep> {
+        self.inner
+            .expire_producers(now_ms, expiration_ms, max)
+            .await
     }
 }
 

@@ -25,11 +25,13 @@
 //!   ([`LogLifecycle`]); index rows wholly below it are deleted with it.
 //! - An object is reported dead only once no index row references it ([`ObjectLedger`]).
 //! - At most one incarnation of a broker node id holds a live lease at any time.
+//! - Idempotent-producer memory is bounded in time: it expires ([`MetadataExpiry`]).
 
 mod broker_registry;
 pub mod clock;
 pub mod embedded;
 mod error;
+mod expiry;
 pub mod faults;
 mod group_store;
 mod log_lifecycle;
@@ -41,6 +43,7 @@ pub mod testsuite;
 
 pub use broker_registry::BrokerRegistry;
 pub use error::{CoordinatorError, Result};
+pub use expiry::MetadataExpiry;
 pub use group_store::GroupStore;
 pub use log_lifecycle::LogLifecycle;
 pub use model::*;
@@ -50,13 +53,13 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 /// The metadata store behind a broker: topics, the log index and producer ids here; consumer
-/// groups ([`GroupStore`]), the live-broker registry ([`BrokerRegistry`]), log start offsets
-/// ([`LogLifecycle`]: retention, DeleteRecords) and object bookkeeping ([`ObjectLedger`]) in
-/// traits of their own, each with its conformance tests in [`testsuite`]. Implementations are
-/// cheap to share (`Arc<dyn Coordinator>`).
+/// groups ([`GroupStore`]), the live-broker registry ([`BrokerRegistry`]), log start offsets and
+/// compaction swaps ([`LogLifecycle`]), object bookkeeping ([`ObjectLedger`]) and expiry of
+/// producer memory ([`MetadataExpiry`]) in traits of their own, each with its conformance tests
+/// in [`testsuite`]. Implementations are cheap to share (`Arc<dyn Coordinator>`).
 #[async_trait]
 pub trait Coordinator:
-    GroupStore + BrokerRegistry + LogLifecycle + ObjectLedger + Send + Sync + 'static
+    GroupStore + BrokerRegistry + LogLifecycle + ObjectLedger + MetadataExpiry + Send + Sync + 'static
 {
     /// Creates a topic. Fails with [`CoordinatorError::TopicExists`] if the name is taken.
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicMeta>;

@@ -210,6 +210,17 @@ pub enum SwapOutcome {
     Lost,
 }
 
+/// What one call of [`crate::MetadataExpiry::expire_producers`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerExpiryStep {
+    /// Per-partition producer states (sequence memory) removed.
+    pub states_expired: u64,
+    /// Producer ids forgotten.
+    pub ids_expired: u64,
+    /// Whether the call stopped at its limit: another call may expire more.
+    pub more: bool,
+}
+
 /// A contiguous run of batches of one partition inside one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRow {
@@ -277,6 +288,10 @@ pub struct StoredGroup {
     pub state: Vec<u8>,
     /// Its version: positive, and new on every save.
     pub version: i64,
+    /// When it was saved (ms, by the saving coordinator's clock); 0 when unknown (saved before
+    /// this was recorded). Offset expiry reads it as the time an empty group became empty.
+    #[serde(default)]
+    pub saved_ms: i64,
 }
 
 /// A broker announcing itself.

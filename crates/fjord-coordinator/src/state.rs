@@ -71,6 +71,9 @@ pub enum Entry {
         identity: ProducerIdentity,
         /// The next unused producer id.
         next_producer_id: i64,
+        /// When it was handed out (ms; 0 in entries written before producer ids expired).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: i64,
     },
     /// Objects were deleted from storage and are forgotten.
     ForgetObjects(Vec<String>),
@@ -95,6 +98,9 @@ pub enum Entry {
         /// The blob (hex in JSON).
         #[serde(with = "hex_bytes")]
         state: Vec<u8>,
+        /// When it was saved (ms; 0 in entries written before offsets expired).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: i64,
     },
     /// A consumer group's blob and offsets were deleted.
     DeleteGroup {
@@ -129,6 +135,25 @@ pub enum Entry {
         /// from then.
         at_ms: i64,
     },
+    /// Idempotent-producer memory expired ([`crate::MetadataExpiry::expire_producers`]):
+    /// per-partition states and producer ids removed, and states and ids from before times were
+    /// kept stamped with `at_ms` (so that they expire one expiration after it).
+    ExpireProducers {
+        /// The time of the decision (ms).
+        at_ms: i64,
+        /// (partition, producer id) states removed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        states: Vec<(TopicPartition, i64)>,
+        /// Producer ids forgotten.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ids: Vec<i64>,
+        /// (partition, producer id) states without a last-append time, stamped `at_ms`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stamped_states: Vec<(TopicPartition, i64)>,
+        /// Producer ids without an init time, stamped `at_ms`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stamped_ids: Vec<i64>,
+    },
 }
 
 /// The offset a group committed for one partition (its topic and partition are the map keys).
@@ -158,6 +183,9 @@ pub struct GroupState {
     /// The blob's version (0 while there is none; see [`crate::GroupStore`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub version: i64,
+    /// When the blob was last saved (ms; 0 when unknown: saved before this was recorded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub saved_ms: i64,
     /// Committed offsets by topic name, then partition (never an empty inner map).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub offsets: BTreeMap<String, BTreeMap<i32, StoredOffset>>,
@@ -195,6 +223,11 @@ pub struct ProducerPartitionState {
     pub epoch: i16,
     /// Recent batches: (first sequence, last sequence, base offset), oldest first.
     pub batches: VecDeque<(i32, i32, i64)>,
+    /// Commit time (ms) of the producer's last append to the partition; 0 when unknown (state
+    /// from before this was recorded: [`producer_expiry_decision`] stamps it instead of
+    /// expiring it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_append_ms: i64,
 }
 
 /// One partition.
@@ -300,6 +333,10 @@ pub struct State {
     /// Objects made before this time (ms, by their key) can no longer be committed.
     #[serde(default)]
     pub commit_watermark_ms: i64,
+    /// When each producer id of [`producer_epochs`](Self::producer_epochs) was last
+    /// (re)initialised (ms); absent for ids handed out before producer ids expired.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub producer_init_ms: BTreeMap<i64, i64>,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -367,6 +404,7 @@ impl State {
     pub fn decide_producer(
         &self,
         request: InitProducer,
+        at_ms: i64,
     ) -> Result<(ProducerIdentity, Option<Entry>)> {
         let current = bump_target(request).and_then(|id| self.producer_epochs.get(&id).copied());
         Ok(match producer_decision(request, current)? {
@@ -376,6 +414,7 @@ impl State {
                 Some(Entry::Producer {
                     identity,
                     next_producer_id: self.next_producer_id,
+                    at_ms,
                 }),
             ),
             ProducerDecision::Fresh => {
@@ -388,6 +427,7 @@ impl State {
                     Some(Entry::Producer {
                         identity,
                         next_producer_id: self.next_producer_id + 1,
+                        at_ms,
                     }),
                 )
             }
@@ -471,6 +511,7 @@ impl State {
         group: &str,
         expected: i64,
         state: Vec<u8>,
+        at_ms: i64,
     ) -> Result<(Entry, i64)> {
         check_group_id(group)?;
         check_group_state(&state)?;
@@ -479,6 +520,7 @@ impl State {
             Entry::SaveGroup {
                 group: group.to_string(),
                 state,
+                at_ms,
             },
             self.group_versions + 1,
         ))
@@ -623,9 +665,13 @@ impl State {
             Entry::Producer {
                 identity,
                 next_producer_id,
+                at_ms,
             } => {
                 self.producer_epochs
                     .insert(identity.producer_id, identity.producer_epoch);
+                if *at_ms > 0 {
+                    self.producer_init_ms.insert(identity.producer_id, *at_ms);
+                }
                 self.next_producer_id = *next_producer_id;
             }
             Entry::ForgetObjects(keys) => {
@@ -663,11 +709,16 @@ impl State {
                 }
                 self.drop_group_if_empty(group);
             }
-            Entry::SaveGroup { group, state } => {
+            Entry::SaveGroup {
+                group,
+                state,
+                at_ms,
+            } => {
                 self.group_versions += 1;
                 let stored = self.groups.entry(group.clone()).or_default();
                 stored.state = Some(state.clone());
                 stored.version = self.group_versions;
+                stored.saved_ms = *at_ms;
             }
             Entry::DeleteGroup { group } => {
                 self.groups.remove(group);
@@ -694,6 +745,13 @@ impl State {
                 outcome,
                 at_ms,
             } => self.apply_swap(swap, *outcome, *at_ms),
+            Entry::ExpireProducers {
+                at_ms,
+                states,
+                ids,
+                stamped_states,
+                stamped_ids,
+            } => self.apply_expire_producers(*at_ms, states, ids, stamped_states, stamped_ids),
         }
     }
 
@@ -1166,6 +1224,7 @@ pub fn commit_effects(
                         .unwrap_or_default()
                 });
             remember_batch(state, info, batch.offset_count, base_offset);
+            state.last_append_ms = flush.timestamp_ms;
         }
     }
     effects
@@ -1537,6 +1596,189 @@ fn next_sequence(last: i32) -> i32 {
     }
 }
 
+/// Whether idempotent-producer memory last touched at `last_ms` is expired at `now_ms` under
+/// Kafka's `producer.id.expiration.ms` (`expiration_ms`): `now - last >= expiration`, as Kafka's
+/// `isProducerExpired`. A time of 0 or less is unknown (memory from before times were recorded)
+/// and never expired: [`State::decide_expire_producers`] stamps it instead.
+pub fn producer_expired(last_ms: i64, now_ms: i64, expiration_ms: i64) -> bool {
+    last_ms > 0 && now_ms.saturating_sub(last_ms) >= expiration_ms
+}
+
+/// How many changes a [`Entry::ExpireProducers`] makes (0 for any other entry), and what it
+/// reports.
+pub fn expiry_changes(entry: &Entry) -> usize {
+    match entry {
+        Entry::ExpireProducers {
+            states,
+            ids,
+            stamped_states,
+            stamped_ids,
+            ..
+        } => states.len() + ids.len() + stamped_states.len() + stamped_ids.len(),
+        _ => 0,
+    }
+}
+
+/// What an expiry entry (or none) did, as [`crate::MetadataExpiry::expire_producers`] reports
+/// it; `more` when the decision used its whole budget.
+pub fn expiry_step(entry: Option<&Entry>, more: bool) -> ProducerExpiryStep {
+    match entry {
+        Some(Entry::ExpireProducers { states, ids, .. }) => ProducerExpiryStep {
+            states_expired: states.len() as u64,
+            ids_expired: ids.len() as u64,
+            more,
+        },
+        _ => ProducerExpiryStep {
+            more,
+            ..ProducerExpiryStep::default()
+        },
+    }
+}
+
+impl State {
+    /// Decides one bounded step of producer expiry at `now_ms` (see
+    /// [`crate::MetadataExpiry::expire_producers`]): per-partition states whose last append is
+    /// expired, then producer ids with no per-partition state left whose last (re)initialisation
+    /// is expired; states and ids without a time are stamped `now_ms`. At most `max` changes;
+    /// `None` when there is nothing to change. One scan of all producer memory, in no particular
+    /// order (the entry lists what it changes, so replaying it is deterministic).
+    pub fn decide_expire_producers(
+        &self,
+        now_ms: i64,
+        expiration_ms: i64,
+        max: usize,
+    ) -> Option<Entry> {
+        let mut states = Vec::new();
+        let mut stamped_states = Vec::new();
+        let mut kept: std::collections::HashSet<i64> = std::collections::HashSet::new();
+        let mut budget = max;
+        for (tp, p) in &self.partitions {
+            for (id, state) in &p.producers {
+                if budget > 0 && state.last_append_ms <= 0 {
+                    stamped_states.push((*tp, *id));
+                    budget -= 1;
+                } else if budget > 0
+                    && producer_expired(state.last_append_ms, now_ms, expiration_ms)
+                {
+                    states.push((*tp, *id));
+                    budget -= 1;
+                    continue;
+                }
+                kept.insert(*id);
+            }
+        }
+        let mut ids = Vec::new();
+        let mut stamped_ids = Vec::new();
+        for id in self.producer_epochs.keys() {
+            if budget == 0 {
+                break;
+            }
+            match self.producer_init_ms.get(id) {
+                None => stamped_ids.push(*id),
+                Some(at) if !kept.contains(id) && producer_expired(*at, now_ms, expiration_ms) => {
+                    ids.push(*id)
+                }
+                Some(_) => continue,
+            }
+            budget -= 1;
+        }
+        let entry = Entry::ExpireProducers {
+            at_ms: now_ms,
+            states,
+            ids,
+            stamped_states,
+            stamped_ids,
+        };
+        (expiry_changes(&entry) > 0).then_some(entry)
+    }
+
+    /// Keeps of an expiry `entry` decided earlier (against an older state, without blocking
+    /// writers) what still holds now, checking only the items it lists: states still present
+    /// and expired (an append meanwhile refreshed the others), ids still present and expired (a
+    /// bump meanwhile refreshed the others), stamps still missing. An id that got a
+    /// per-partition state meanwhile may still go: its next InitProducerId then hands out a fresh
+    /// id instead of bumping the epoch, which clients accept, and its state expires on its own.
+    pub fn recheck_expire_producers(&self, entry: Entry, expiration_ms: i64) -> Option<Entry> {
+        let Entry::ExpireProducers {
+            at_ms,
+            states,
+            ids,
+            stamped_states,
+            stamped_ids,
+        } = entry
+        else {
+            return None;
+        };
+        let state = |(tp, id): &(TopicPartition, i64)| {
+            self.partitions
+                .get(tp)
+                .and_then(|p| p.producers.get(id))
+                .map(|s| s.last_append_ms)
+        };
+        let entry = Entry::ExpireProducers {
+            at_ms,
+            states: states
+                .into_iter()
+                .filter(|k| state(k).is_some_and(|t| producer_expired(t, at_ms, expiration_ms)))
+                .collect(),
+            ids: ids
+                .into_iter()
+                .filter(|id| {
+                    self.producer_init_ms
+                        .get(id)
+                        .is_some_and(|t| producer_expired(*t, at_ms, expiration_ms))
+                })
+                .collect(),
+            stamped_states: stamped_states
+                .into_iter()
+                .filter(|k| state(k).is_some_and(|t| t <= 0))
+                .collect(),
+            stamped_ids: stamped_ids
+                .into_iter()
+                .filter(|id| {
+                    self.producer_epochs.contains_key(id) && !self.producer_init_ms.contains_key(id)
+                })
+                .collect(),
+        };
+        (expiry_changes(&entry) > 0).then_some(entry)
+    }
+
+    fn apply_expire_producers(
+        &mut self,
+        at_ms: i64,
+        states: &[(TopicPartition, i64)],
+        ids: &[i64],
+        stamped_states: &[(TopicPartition, i64)],
+        stamped_ids: &[i64],
+    ) {
+        for (tp, id) in states {
+            if let Some(p) = self.partitions.get_mut(tp) {
+                p.producers.remove(id);
+            }
+        }
+        for id in ids {
+            self.producer_epochs.remove(id);
+            self.producer_init_ms.remove(id);
+        }
+        for (tp, id) in stamped_states {
+            if let Some(state) = self
+                .partitions
+                .get_mut(tp)
+                .and_then(|p| p.producers.get_mut(id))
+            {
+                if state.last_append_ms <= 0 {
+                    state.last_append_ms = at_ms;
+                }
+            }
+        }
+        for id in stamped_ids {
+            if self.producer_epochs.contains_key(id) {
+                self.producer_init_ms.entry(*id).or_insert(at_ms);
+            }
+        }
+    }
+}
+
 mod partitions_as_list {
     use imbl::HashMap;
 
@@ -1818,10 +2060,12 @@ mod tests {
             Entry::SaveGroup {
                 group: "g\0é".into(),
                 state: vec![0, 255, 16],
+                at_ms: 5,
             },
             Entry::SaveGroup {
                 group: "blob".into(),
                 state: vec![],
+                at_ms: 0,
             },
             Entry::CommitOffsets {
                 group: "gone".into(),
@@ -1852,6 +2096,100 @@ mod tests {
             vec![committed("a", -1, 1), committed("a", 10, 2)]
         );
         assert_eq!(back.groups["blob"].state, Some(vec![]));
+    }
+
+    /// The expiry rule: `now - last >= expiration`; an unknown time (0) never expires.
+    #[test]
+    fn producer_expiry_rule() {
+        assert!(!producer_expired(1_000, 1_999, 1_000));
+        assert!(producer_expired(1_000, 2_000, 1_000));
+        assert!(!producer_expired(0, i64::MAX, 1_000));
+        assert!(!producer_expired(5, i64::MIN, 1));
+    }
+
+    /// Producer memory from before times were recorded (an old snapshot: no `last_append_ms`, no
+    /// `producer_init_ms`) loads, is stamped by the first expiry step instead of expired, and
+    /// expires one expiration after the stamp; the step survives JSON (the journal).
+    #[test]
+    fn old_producer_memory_is_stamped_then_expires() {
+        let p = tp(0);
+        let mut state = State::default();
+        state.partitions.insert(p, PartitionState::default());
+        let json = serde_json::json!({"epoch": 0, "batches": [[0, 4, 0]]});
+        let old: ProducerPartitionState = serde_json::from_value(json).unwrap();
+        assert_eq!(old.last_append_ms, 0);
+        state
+            .partitions
+            .get_mut(&p)
+            .unwrap()
+            .producers
+            .insert(7, old);
+        state.producer_epochs.insert(7, 0);
+        state.producer_epochs.insert(8, 2);
+        let entry = state.decide_expire_producers(1_000_000, 100, 10).unwrap();
+        let step = expiry_step(Some(&entry), false);
+        assert_eq!((step.states_expired, step.ids_expired), (0, 0));
+        assert_eq!(expiry_changes(&entry), 3); // state 7, ids 7 and 8
+        let json = serde_json::to_string(&entry).unwrap();
+        assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), entry);
+        state.apply(&entry);
+        assert_eq!(state.partitions[&p].producers[&7].last_append_ms, 1_000_000);
+        assert_eq!(state.producer_init_ms[&8], 1_000_000);
+        // Nothing more to stamp, nothing expired yet.
+        assert_eq!(state.decide_expire_producers(1_000_099, 100, 10), None);
+        // One expiration later the state goes, and with it id 7; id 8 too (no state).
+        let entry = state.decide_expire_producers(1_000_100, 100, 10).unwrap();
+        let step = expiry_step(Some(&entry), false);
+        assert_eq!((step.states_expired, step.ids_expired), (1, 2));
+        // Rechecked after an append refreshed the state: the state stays; the ids still go.
+        let mut appended = state.clone();
+        appended
+            .partitions
+            .get_mut(&p)
+            .unwrap()
+            .producers
+            .get_mut(&7)
+            .unwrap()
+            .last_append_ms = 1_000_050;
+        let rechecked = appended
+            .recheck_expire_producers(entry.clone(), 100)
+            .unwrap();
+        let step = expiry_step(Some(&rechecked), false);
+        assert_eq!((step.states_expired, step.ids_expired), (0, 2));
+        assert_eq!(
+            state.recheck_expire_producers(entry.clone(), 100),
+            Some(entry.clone())
+        );
+        state.apply(&entry);
+        assert!(state.partitions[&p].producers.is_empty());
+        assert!(state.producer_epochs.is_empty() && state.producer_init_ms.is_empty());
+        // A limit of one change: `more`.
+        state.producer_epochs.insert(9, 0);
+        state.producer_epochs.insert(10, 0);
+        let entry = state.decide_expire_producers(1, 100, 1).unwrap();
+        assert_eq!(expiry_changes(&entry), 1);
+    }
+
+    /// Commits stamp the producer state with the flush's time.
+    #[test]
+    fn commits_stamp_producer_memory() {
+        let mut state = State::default();
+        state.partitions.insert(tp(0), PartitionState::default());
+        let mut b = batch(0, 0, 2);
+        b.producer = Some(ProducerBatchInfo {
+            producer_id: 3,
+            producer_epoch: 0,
+            base_sequence: 0,
+        });
+        let flush = FlushCommit {
+            object_key: "o".into(),
+            object_size: 10,
+            timestamp_ms: 4_242,
+            batches: vec![b],
+        };
+        let outcomes = state.decide_commit(&flush);
+        state.apply(&Entry::Commit { flush, outcomes });
+        assert_eq!(state.partitions[&tp(0)].producers[&3].last_append_ms, 4_242);
     }
 
     /// A snapshot written before consumer groups existed still loads.

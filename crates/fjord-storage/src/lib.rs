@@ -12,8 +12,10 @@
 //! - [`writer_metrics`]: where the write path spends its time.
 //! - [`reader`]: reading committed batches through a byte-bounded cache.
 //! - [`records`]: the records inside a batch, scanned with bounded decompression.
+//! - [`cleaner`]: log compaction's record-level rewrite (latest record per key).
 
 pub mod batch;
+pub mod cleaner;
 pub mod compactor;
 pub mod faults;
 pub mod gc;

@@ -121,6 +121,150 @@ pub fn check_uncompressed_framing(batch: &[u8]) -> Result<(), BatchError> {
     Ok(())
 }
 
+/// One record of a batch, parsed in place: its fixed fields, its key, whether it has a value,
+/// and its whole encoding (length prefix included), which is valid in any batch with the same
+/// base offset and base timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRecord<'a> {
+    /// Offset relative to the batch's base offset.
+    pub offset_delta: i64,
+    /// Timestamp relative to the batch's base timestamp.
+    pub timestamp_delta: i64,
+    /// The key; `None` for a null key.
+    pub key: Option<&'a [u8]>,
+    /// Whether the value is non-null (a null value is a tombstone).
+    pub has_value: bool,
+    /// The record's bytes, from its length varint to its last header.
+    pub bytes: &'a [u8],
+}
+
+/// The records section of the batch at the start of `batch`, decompressed (at most `cap`
+/// bytes; a batch that inflates further is [`ScanError::TooLarge`]).
+pub fn decompress_records(batch: &[u8], cap: u64) -> Result<Vec<u8>, ScanError> {
+    let header = peek_header(batch)?;
+    let body = &batch[HEADER_LEN..header.size];
+    if header.compression() == 0 {
+        return Ok(body.to_vec());
+    }
+    let mut reader = Capped {
+        inner: decompressor(header.compression(), body, cap)?,
+        left: cap,
+        cap,
+    };
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(cap as usize));
+    reader.read_to_end(&mut out).map_err(|e| io_error(e, cap))?;
+    Ok(out)
+}
+
+/// Parses `count` records from a decompressed records section; they must fill it exactly.
+pub fn parse_records(mut body: &[u8], count: i32) -> Result<Vec<RawRecord<'_>>, ScanError> {
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 16));
+    for _ in 0..count.max(0) {
+        let start = body;
+        let length =
+            read_varint(&mut body).map_err(|_| corrupt("a record length does not parse"))?;
+        let length = usize::try_from(length)
+            .ok()
+            .filter(|l| *l <= body.len())
+            .ok_or_else(|| corrupt("a record does not fit in its batch"))?;
+        let prefix = start.len() - body.len();
+        let mut rec = &body[..length];
+        body = &body[length..];
+        let bytes = &start[..prefix + length];
+        let bad = |_| corrupt("a record's fields do not parse");
+        if rec.is_empty() {
+            return Err(corrupt("an empty record"));
+        }
+        rec = &rec[1..]; // attributes
+        let timestamp_delta = read_varint(&mut rec).map_err(bad)?;
+        let offset_delta = read_varint(&mut rec).map_err(bad)?;
+        let key_len = read_varint(&mut rec).map_err(bad)?;
+        let key = if key_len < 0 {
+            None
+        } else {
+            let n = usize::try_from(key_len)
+                .ok()
+                .filter(|n| *n <= rec.len())
+                .ok_or_else(|| corrupt("a record key does not fit in its record"))?;
+            let key = &rec[..n];
+            rec = &rec[n..];
+            Some(key)
+        };
+        let value_len = read_varint(&mut rec).map_err(bad)?;
+        if value_len > 0 && usize::try_from(value_len).map_or(true, |n| n > rec.len()) {
+            return Err(corrupt("a record value does not fit in its record"));
+        }
+        out.push(RawRecord {
+            offset_delta,
+            timestamp_delta,
+            key,
+            has_value: value_len >= 0,
+            bytes,
+        });
+    }
+    if !body.is_empty() {
+        return Err(corrupt("bytes left over after the last record"));
+    }
+    Ok(out)
+}
+
+/// Indices (within the batch) of the batch's records that have no key: a compacted topic
+/// refuses them, as Kafka does.
+pub fn records_without_key(batch: &[u8], cap: u64) -> Result<Vec<usize>, ScanError> {
+    let header = peek_header(batch)?;
+    let body = decompress_records(batch, cap)?;
+    Ok(parse_records(&body, header.record_count)?
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.key.is_none())
+        .map(|(i, _)| i)
+        .collect())
+}
+
+/// Compresses a records section with Kafka codec `codec` (0 none, 1 gzip, 2 snappy in the
+/// xerial framing Java clients write, 3 lz4 frames with independent blocks, 4 zstd).
+pub fn compress_records(codec: i16, records: &[u8]) -> Result<Vec<u8>, ScanError> {
+    use std::io::Write;
+    let failed = |e: io::Error| corrupt(&format!("compressing records: {e}"));
+    Ok(match codec {
+        0 => records.to_vec(),
+        1 => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(records).map_err(failed)?;
+            enc.finish().map_err(failed)?
+        }
+        2 => {
+            let mut out = Vec::with_capacity(records.len() / 2 + 64);
+            out.extend_from_slice(XERIAL_MAGIC);
+            out.extend_from_slice(&1i32.to_be_bytes());
+            out.extend_from_slice(&1i32.to_be_bytes());
+            let mut encoder = snap::raw::Encoder::new();
+            for block in records.chunks(32 * 1024) {
+                let compressed = encoder
+                    .compress_vec(block)
+                    .map_err(|e| corrupt(&format!("snappy: {e}")))?;
+                out.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+                out.extend_from_slice(&compressed);
+            }
+            out
+        }
+        3 => {
+            let mut enc = lz4::EncoderBuilder::new()
+                .block_mode(lz4::BlockMode::Independent)
+                .block_size(lz4::BlockSize::Max64KB)
+                .checksum(lz4::ContentChecksum::NoChecksum)
+                .build(Vec::new())
+                .map_err(failed)?;
+            enc.write_all(records).map_err(failed)?;
+            let (out, result) = enc.finish();
+            result.map_err(failed)?;
+            out
+        }
+        4 => zstd::encode_all(records, 3).map_err(failed)?,
+        other => return Err(ScanError::UnknownCodec(other)),
+    })
+}
+
 fn corrupt(why: &str) -> ScanError {
     ScanError::Batch(BatchError::Corrupt(why.into()))
 }

@@ -78,6 +78,30 @@ pub struct ServeConfig {
     pub log_retention_bytes: i64,
     /// Milliseconds between retention passes (Kafka's `log.retention.check.interval.ms`).
     pub log_retention_check_interval_ms: u64,
+    /// Idempotent-producer memory unused for this long (ms) expires (Kafka's
+    /// `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: i64,
+    /// Milliseconds between producer expiry passes (Kafka's
+    /// `producer.id.expiration.check.interval.ms`).
+    pub producer_id_expiration_check_interval_ms: u64,
+    /// Committed offsets of empty consumer groups expire after this many minutes (Kafka's
+    /// `offsets.retention.minutes`).
+    pub offsets_retention_minutes: u64,
+    /// Overrides `offsets_retention_minutes` in milliseconds (for tests; Kafka has no such key).
+    pub offsets_retention_ms: Option<u64>,
+    /// Milliseconds between offset expiry passes (Kafka's
+    /// `offsets.retention.check.interval.ms`).
+    pub offsets_retention_check_interval_ms: u64,
+    /// `segment.ms` of topics that do not set it (Kafka's `log.roll.ms`): compacted data written
+    /// longer ago than this is closed and may be cleaned.
+    pub log_roll_ms: i64,
+    /// Whether the log cleaner compacts `cleanup.policy=compact` topics (Kafka's
+    /// `log.cleaner.enable`).
+    pub log_cleaner_enable: bool,
+    /// Milliseconds between log cleaner passes (Kafka's `log.cleaner.backoff.ms`).
+    pub log_cleaner_backoff_ms: u64,
+    /// Most memory one cleaning's key map holds (Kafka's `log.cleaner.dedupe.buffer.size`).
+    pub log_cleaner_dedupe_buffer_size: usize,
     /// How long (ms) a new consumer group waits for more members before its first rebalance
     /// completes (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -166,6 +190,15 @@ impl Default for ServeConfig {
             log_retention_ms: fjord_broker::retention::DEFAULT_RETENTION_MS,
             log_retention_bytes: -1,
             log_retention_check_interval_ms: 30_000,
+            producer_id_expiration_ms: fjord_broker::expiry::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+            producer_id_expiration_check_interval_ms: 600_000,
+            offsets_retention_minutes: fjord_broker::expiry::DEFAULT_OFFSETS_RETENTION_MINUTES,
+            offsets_retention_ms: None,
+            offsets_retention_check_interval_ms: 600_000,
+            log_roll_ms: fjord_broker::cleaner::DEFAULT_SEGMENT_MS,
+            log_cleaner_enable: true,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_size: 128 << 20,
             group_initial_rebalance_delay_ms: 3000,
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
@@ -280,6 +313,44 @@ pub struct ServeArgs {
     /// expired data becomes unreadable within about this long [default: 30000].
     #[arg(long, env = "FJORD_LOG_RETENTION_CHECK_INTERVAL_MS")]
     pub log_retention_check_interval_ms: Option<u64>,
+    /// Idempotent-producer state (sequence memory per partition, and the producer id) unused for
+    /// this long expires, like Kafka's producer.id.expiration.ms [default: 86400000, 1 day].
+    #[arg(long, env = "FJORD_PRODUCER_ID_EXPIRATION_MS")]
+    pub producer_id_expiration_ms: Option<i64>,
+    /// Milliseconds between producer expiry passes, like Kafka's
+    /// producer.id.expiration.check.interval.ms [default: 600000].
+    #[arg(long, env = "FJORD_PRODUCER_ID_EXPIRATION_CHECK_INTERVAL_MS")]
+    pub producer_id_expiration_check_interval_ms: Option<u64>,
+    /// Committed offsets of a consumer group without members expire this many minutes after it
+    /// became empty (standalone offsets: after their commit), like Kafka's
+    /// offsets.retention.minutes [default: 10080, 7 days].
+    #[arg(long, env = "FJORD_OFFSETS_RETENTION_MINUTES")]
+    pub offsets_retention_minutes: Option<u64>,
+    /// Offsets retention in milliseconds, overriding --offsets-retention-minutes (for tests).
+    #[arg(long, env = "FJORD_OFFSETS_RETENTION_MS")]
+    pub offsets_retention_ms: Option<u64>,
+    /// Milliseconds between offset expiry passes, like Kafka's
+    /// offsets.retention.check.interval.ms [default: 600000].
+    #[arg(long, env = "FJORD_OFFSETS_RETENTION_CHECK_INTERVAL_MS")]
+    pub offsets_retention_check_interval_ms: Option<u64>,
+    /// `segment.ms` of topics that do not set it, like Kafka's log.roll.ms (whose default is 7
+    /// days): compacted data written longer ago than this counts as closed and may be cleaned
+    /// [default: 30000].
+    #[arg(long, env = "FJORD_LOG_ROLL_MS")]
+    pub log_roll_ms: Option<i64>,
+    /// Whether the log cleaner compacts topics with cleanup.policy=compact, like Kafka's
+    /// log.cleaner.enable [default: true].
+    #[arg(long, env = "FJORD_LOG_CLEANER_ENABLE")]
+    pub log_cleaner_enable: Option<bool>,
+    /// Milliseconds between log cleaner passes, like Kafka's log.cleaner.backoff.ms
+    /// [default: 15000].
+    #[arg(long, env = "FJORD_LOG_CLEANER_BACKOFF_MS")]
+    pub log_cleaner_backoff_ms: Option<u64>,
+    /// Most memory (bytes) the key map of one cleaning holds, like Kafka's
+    /// log.cleaner.dedupe.buffer.size; a dirty range with more keys is cleaned in steps
+    /// [default: 134217728].
+    #[arg(long, env = "FJORD_LOG_CLEANER_DEDUPE_BUFFER_SIZE")]
+    pub log_cleaner_dedupe_buffer_size: Option<usize>,
     /// Seconds a never-committed object (its broker died between upload and commit) is kept
     /// before the orphan sweep deletes it [default: 600].
     #[arg(long, env = "FJORD_GC_GRACE_SECS")]
@@ -408,6 +479,14 @@ impl ServeArgs {
             log_retention_ms,
             log_retention_bytes,
             log_retention_check_interval_ms,
+            producer_id_expiration_ms,
+            producer_id_expiration_check_interval_ms,
+            offsets_retention_minutes,
+            offsets_retention_check_interval_ms,
+            log_roll_ms,
+            log_cleaner_enable,
+            log_cleaner_backoff_ms,
+            log_cleaner_dedupe_buffer_size,
             gc_grace_secs,
             log_segment_delete_delay_ms,
             gc_orphan_sweep_interval_secs,
@@ -444,6 +523,9 @@ impl ServeArgs {
         if self.simulated_store_latency.is_some() {
             c.simulated_store_latency = self.simulated_store_latency.clone();
         }
+        if self.offsets_retention_ms.is_some() {
+            c.offsets_retention_ms = self.offsets_retention_ms;
+        }
         // The open buffer must be able to reach the flush size.
         c.max_buffer_bytes = c.max_buffer_bytes.max(c.flush_bytes);
         c.validate()?;
@@ -458,6 +540,14 @@ fn load_file(path: &Path) -> anyhow::Result<ServeConfig> {
 }
 
 impl ServeConfig {
+    /// The offsets retention in ms: `offsets_retention_ms` if set, else the minutes.
+    pub fn offsets_retention_ms(&self) -> i64 {
+        let ms = self
+            .offsets_retention_ms
+            .unwrap_or(self.offsets_retention_minutes.saturating_mul(60_000));
+        i64::try_from(ms).unwrap_or(i64::MAX)
+    }
+
     /// Checks values that cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.listen.parse::<SocketAddr>().with_context(|| {
@@ -491,6 +581,26 @@ impl ServeConfig {
         }
         if self.log_retention_check_interval_ms == 0 {
             bail!("log_retention_check_interval_ms must be positive");
+        }
+        if self.producer_id_expiration_ms < 1 {
+            bail!("producer_id_expiration_ms must be positive");
+        }
+        if self.offsets_retention_minutes == 0 || self.offsets_retention_ms == Some(0) {
+            bail!("offsets_retention_minutes and offsets_retention_ms must be positive");
+        }
+        if self.producer_id_expiration_check_interval_ms == 0
+            || self.offsets_retention_check_interval_ms == 0
+        {
+            bail!(
+                "producer_id_expiration_check_interval_ms and \
+                 offsets_retention_check_interval_ms must be positive"
+            );
+        }
+        if self.log_roll_ms < 0 || self.log_cleaner_backoff_ms == 0 {
+            bail!("log_roll_ms must not be negative and log_cleaner_backoff_ms must be positive");
+        }
+        if self.log_cleaner_dedupe_buffer_size < 1 << 20 {
+            bail!("log_cleaner_dedupe_buffer_size must be at least 1 MiB");
         }
         if self.gc_grace_secs < 60 {
             bail!("gc_grace_secs must be at least 60: it must outlast any upload and commit");

@@ -11,8 +11,10 @@ use anyhow::Context;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use axum::Router;
+use fjord_broker::cleaner::CleanerStats;
 use fjord_broker::cluster::ClusterView;
 use fjord_broker::compaction::CompactionStats;
+use fjord_broker::expiry::ExpiryStats;
 use fjord_broker::retention::RetentionStats;
 use fjord_storage::gc::GcStats;
 use fjord_storage::instrumented::StoreStats;
@@ -32,10 +34,14 @@ use tokio_util::sync::CancellationToken;
 pub struct DutyStats {
     /// Retention passes.
     pub retention: Arc<RetentionStats>,
+    /// Log cleaner (compaction) passes.
+    pub cleaner: Arc<CleanerStats>,
     /// Object garbage collection.
     pub gc: Arc<GcStats>,
     /// Object compaction.
     pub compaction: Arc<CompactionStats>,
+    /// Expiry of producer ids and group offsets.
+    pub expiry: Arc<ExpiryStats>,
 }
 
 /// Reads the object store's counts, the duties' counts and the cluster view at scrape time.
@@ -105,6 +111,46 @@ impl Collector for BrokerCollector {
                 &self.duties.retention.rows_expired,
             ),
             (
+                "fjord_cleaner_passes",
+                "Log cleaner (compaction) passes run by this broker",
+                &self.duties.cleaner.passes,
+            ),
+            (
+                "fjord_cleaner_errors",
+                "Log cleaner failures (logged; the partition is retried next pass)",
+                &self.duties.cleaner.errors,
+            ),
+            (
+                "fjord_cleaner_cleanings",
+                "Partition cleanings finished (the cleaner checkpoint moved)",
+                &self.duties.cleaner.cleanings,
+            ),
+            (
+                "fjord_cleaner_swaps_lost",
+                "Cleaner row swaps lost to a concurrent change (retried next pass)",
+                &self.duties.cleaner.swaps_lost,
+            ),
+            (
+                "fjord_cleaner_records_read",
+                "Records read by log cleaner rewrites",
+                &self.duties.cleaner.records_read,
+            ),
+            (
+                "fjord_cleaner_records_removed",
+                "Records removed by the log cleaner (superseded, keyless, expired tombstones)",
+                &self.duties.cleaner.records_removed,
+            ),
+            (
+                "fjord_cleaner_read_bytes",
+                "Bytes read by log cleaner rewrites",
+                &self.duties.cleaner.bytes_read,
+            ),
+            (
+                "fjord_cleaner_written_bytes",
+                "Bytes written by log cleaner rewrites",
+                &self.duties.cleaner.bytes_written,
+            ),
+            (
                 "fjord_gc_passes",
                 "Object garbage-collection passes run by this broker",
                 &self.duties.gc.passes,
@@ -163,6 +209,46 @@ impl Collector for BrokerCollector {
                 "fjord_gc_listed_keys",
                 "Object keys listed by orphan sweeps",
                 &self.duties.gc.listed,
+            ),
+            (
+                "fjord_producer_expiry_passes",
+                "Producer id expiry passes run by this broker",
+                &self.duties.expiry.producer_passes,
+            ),
+            (
+                "fjord_offset_expiry_passes",
+                "Group offset expiry passes run by this broker",
+                &self.duties.expiry.group_passes,
+            ),
+            (
+                "fjord_expiry_errors",
+                "Metadata expiry coordinator calls that failed (logged; retried next pass)",
+                &self.duties.expiry.errors,
+            ),
+            (
+                "fjord_expired_producer_states",
+                "Per-partition idempotent-producer states expired (producer.id.expiration.ms)",
+                &self.duties.expiry.producer_states_expired,
+            ),
+            (
+                "fjord_expired_producers",
+                "Producer ids expired (producer.id.expiration.ms)",
+                &self.duties.expiry.producers_expired,
+            ),
+            (
+                "fjord_expired_group_offsets",
+                "Committed offsets of empty consumer groups expired (offsets.retention.minutes)",
+                &self.duties.expiry.group_offsets_expired,
+            ),
+            (
+                "fjord_expired_groups",
+                "Empty consumer groups deleted after their offsets expired",
+                &self.duties.expiry.groups_deleted,
+            ),
+            (
+                "fjord_expiry_fenced",
+                "Group expiries refused because the group was written meanwhile (retried)",
+                &self.duties.expiry.fenced,
             ),
         ] {
             let counter = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

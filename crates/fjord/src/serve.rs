@@ -179,6 +179,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             fetch_memory_bytes: config.fetch_memory_bytes,
             retention_ms: config.log_retention_ms,
             retention_bytes: config.log_retention_bytes,
+            segment_ms: config.log_roll_ms,
             ..BrokerSettings::default()
         },
         fetch_memory: fjord_broker::memory::MemoryBudget::new(config.fetch_memory_bytes),
@@ -275,6 +276,37 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             shutdown.clone(),
         ))
     });
+    let expiry_stats = Arc::new(fjord_broker::expiry::ExpiryStats::default());
+    let expiry = tokio::spawn(fjord_broker::expiry::run(
+        broker.clone(),
+        fjord_broker::expiry::ExpirySettings {
+            producer_id_expiration_ms: config.producer_id_expiration_ms,
+            producer_check_interval: Duration::from_millis(
+                config.producer_id_expiration_check_interval_ms,
+            ),
+            offsets_retention_ms: config.offsets_retention_ms(),
+            offsets_check_interval: Duration::from_millis(
+                config.offsets_retention_check_interval_ms,
+            ),
+            ..Default::default()
+        },
+        expiry_stats.clone(),
+        shutdown.clone(),
+    ));
+    let cleaner_stats = Arc::new(fjord_broker::cleaner::CleanerStats::default());
+    let cleaner = tokio::spawn(fjord_broker::cleaner::run(
+        broker.clone(),
+        store.clone(),
+        fjord_broker::cleaner::CleanerSettings {
+            enabled: config.log_cleaner_enable,
+            check_interval: Duration::from_millis(config.log_cleaner_backoff_ms),
+            default_segment_ms: config.log_roll_ms,
+            dedupe_buffer_bytes: config.log_cleaner_dedupe_buffer_size,
+            ..Default::default()
+        },
+        cleaner_stats.clone(),
+        shutdown.clone(),
+    ));
     let metrics = match &config.metrics_listen {
         Some(address) => {
             let listener = TcpListener::bind(address)
@@ -287,8 +319,10 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
                 broker.reader.hedged_gets(),
                 crate::metrics::DutyStats {
                     retention: retention_stats.clone(),
+                    cleaner: cleaner_stats.clone(),
                     gc: gc_stats.clone(),
                     compaction: compaction_stats.clone(),
+                    expiry: expiry_stats.clone(),
                 },
                 cluster.clone(),
                 shutdown.clone(),
@@ -347,9 +381,17 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     if let Err(e) = served {
         tracing::error!(error = %e, "listener task failed");
     }
-    let _ = gc.await;
+    if let Err(e) = gc.await {
+        tracing::warn!(error = %e, "garbage collection task failed");
+    }
+    if let Err(e) = cleaner.await {
+        tracing::error!(error = %e, "log cleaner task failed");
+    }
     if let Err(e) = retention.await {
         tracing::warn!(error = %e, "retention task failed");
+    }
+    if let Err(e) = expiry.await {
+        tracing::warn!(error = %e, "metadata expiry task failed");
     }
     if let Some(compaction) = compaction {
         if let Err(e) = compaction.await {

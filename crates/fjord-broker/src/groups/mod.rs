@@ -173,7 +173,7 @@ impl GroupCoordinator {
         let now = Instant::now();
         let stored = self.load(id).await?;
         let (version, saved, decoded) = match stored {
-            Some((StoredGroup { state, version }, decoded)) => (version, Some(state), decoded),
+            Some((StoredGroup { state, version, .. }, decoded)) => (version, Some(state), decoded),
             None if !create => return Ok(None),
             None => (0, None, None),
         };
@@ -258,6 +258,25 @@ impl GroupCoordinator {
         }
     }
 
+    /// Drops group `id` from memory if no request holds it and it has no members and nothing
+    /// pending: for a group whose durable state was deleted by offset expiry
+    /// ([`crate::expiry`]), so that it is no longer listed or described; the next request
+    /// loads it afresh. A slot in use stays; its next save is fenced (the stored version is
+    /// gone) and it is retired then.
+    pub fn forget_idle(&self, id: &str) {
+        let mut groups = self.groups.lock();
+        let Some(slot) = groups.get(id) else {
+            return;
+        };
+        if Arc::strong_count(slot) == 1
+            && slot.group.lock().is_idle()
+            && slot.consumer.lock().is_idle()
+        {
+            slot.retire();
+            groups.remove(id);
+        }
+    }
+
     /// Takes a slot whose state is stale (another broker wrote the group) out of service and out
     /// of memory; the next request loads the group afresh.
     pub fn retire(&self, slot: &Arc<Slot>) {
@@ -319,7 +338,9 @@ impl GroupCoordinator {
                 GroupState::Dead => {
                     out.remove(&g.id);
                 }
-                GroupState::Empty if g.generation == 0 && !out.contains_key(&g.id) => {}
+                // An empty group the store does not have was never saved, or was deleted (by
+                // offset expiry, possibly on another broker): not listed.
+                GroupState::Empty if !out.contains_key(&g.id) => {}
                 state => {
                     out.insert(
                         g.id.clone(),

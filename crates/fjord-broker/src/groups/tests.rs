@@ -98,3 +98,32 @@ async fn idle_groups_leave_memory_and_load_again_from_the_store() {
     let g = used.group.lock();
     assert_eq!((g.state, g.generation), (GroupState::Empty, generation));
 }
+
+/// A group whose durable state offset expiry deleted is no longer listed, here or (after
+/// `forget_idle`) in memory; a slot in use stays until its next save is fenced.
+#[tokio::test(start_paused = true)]
+async fn groups_deleted_from_the_store_are_not_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let groups = coordinator(dir.path());
+    let left = groups.slot("left").await.unwrap();
+    let member = join(&left, Duration::from_secs(10)).await;
+    left.group.lock().leave(&[(member, None)], Instant::now());
+    groups.make_durable(&left, left.seen()).await.unwrap();
+    let version = left.store_version();
+    let listed = |l: Vec<Listed>| l.into_iter().map(|g| g.id).collect::<Vec<_>>();
+    assert_eq!(listed(groups.list().await.unwrap()), vec!["left"]);
+
+    // Deleted by expiry (on any broker): not listed, although still in this broker's memory.
+    assert!(groups
+        .store()
+        .delete_group("left", Some(version))
+        .await
+        .unwrap());
+    assert!(listed(groups.list().await.unwrap()).is_empty());
+    // Held by a request: stays in memory.
+    groups.forget_idle("left");
+    assert_eq!(in_memory(&groups), ["left"].map(String::from).into());
+    drop(left);
+    groups.forget_idle("left");
+    assert!(in_memory(&groups).is_empty());
+}

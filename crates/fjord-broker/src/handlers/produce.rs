@@ -11,8 +11,11 @@ use std::sync::Arc;
 
 use fjord_coordinator::{BatchOutcome, ProducerBatchInfo, TopicMeta, TopicPartition};
 use fjord_storage::batch::split_produced;
+use fjord_storage::records::{records_without_key, MAX_SCANNED_BYTES};
 use fjord_storage::writer::{AppendBatch, Committed};
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::ResponseError;
 
@@ -27,6 +30,8 @@ pub type PendingProduce = Pin<Box<dyn Future<Output = ProduceResponse> + Send>>;
 enum Slot {
     /// Refused before queueing.
     Failed(ResponseError, Option<String>),
+    /// Refused for some of its records (KIP-467): INVALID_RECORD with per-record errors.
+    RecordErrors(String, Vec<BatchIndexAndErrorMessage>),
     /// Queued: these indices of the writer call's batches.
     Queued {
         first: usize,
@@ -158,6 +163,11 @@ fn queue_partition(
             Some("transactional batches are not supported by this broker yet".into()),
         );
     }
+    if is_compacted(meta) {
+        if let Some(slot) = refuse_keyless(meta, index, &split) {
+            return slot;
+        }
+    }
     let log_append_time = meta
         .configs
         .get("message.timestamp.type")
@@ -189,6 +199,61 @@ fn queue_partition(
     }
 }
 
+/// Whether the topic's `cleanup.policy` includes `compact`.
+fn is_compacted(meta: &TopicMeta) -> bool {
+    meta.configs
+        .get("cleanup.policy")
+        .is_some_and(|p| p.split(',').any(|v| v.trim() == "compact"))
+}
+
+/// A compacted topic keeps the latest record per key, so a record without a key has no place in
+/// it: Kafka refuses the partition's records with INVALID_RECORD and says which records lacked a
+/// key (`record_errors`, indices counted over the partition's record set). `None` when every
+/// record has a key.
+fn refuse_keyless(
+    meta: &TopicMeta,
+    index: i32,
+    split: &[(bytes::Bytes, fjord_storage::batch::BatchHeader)],
+) -> Option<Slot> {
+    let mut errors = Vec::new();
+    let mut first = 0usize;
+    for (bytes, header) in split {
+        match records_without_key(bytes, MAX_SCANNED_BYTES) {
+            Ok(keyless) => {
+                for i in keyless {
+                    errors.push(
+                        BatchIndexAndErrorMessage::default()
+                            .with_batch_index(i32::try_from(first + i).unwrap_or(i32::MAX))
+                            .with_batch_index_error_message(Some(s(format!(
+                                "Compacted topic cannot accept message without key in topic \
+                                 partition {}-{index}.",
+                                meta.name
+                            )))),
+                    );
+                }
+            }
+            Err(e) => {
+                return Some(Slot::Failed(
+                    ResponseError::CorruptMessage,
+                    Some(format!("records of a compacted topic do not decode: {e}")),
+                ))
+            }
+        }
+        first += usize::try_from(header.record_count).unwrap_or(0);
+    }
+    if errors.is_empty() {
+        return None;
+    }
+    let message = format!(
+        "One or more records have been rejected due to {} record errors in total: records \
+         without a key cannot be written to compacted topic {} (first at record index {})",
+        errors.len(),
+        meta.name,
+        errors[0].batch_index
+    );
+    Some(Slot::RecordErrors(message, errors))
+}
+
 async fn respond(
     broker: &Broker,
     topics: Vec<TopicSlot>,
@@ -209,6 +274,13 @@ async fn respond(
                     r.error_code = code.code();
                     if version >= 8 {
                         r.error_message = message.map(s);
+                    }
+                }
+                Slot::RecordErrors(message, errors) => {
+                    r.error_code = ResponseError::InvalidRecord.code();
+                    if version >= 8 {
+                        r.error_message = Some(s(message));
+                        r.record_errors = errors;
                     }
                 }
                 Slot::Queued {

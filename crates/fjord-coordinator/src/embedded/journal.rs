@@ -571,6 +571,7 @@ mod tests {
             Entry::SaveGroup {
                 group: "g".into(),
                 state: blob.clone(),
+                at_ms: 7,
             },
             Entry::CommitOffsets {
                 group: "g".into(),

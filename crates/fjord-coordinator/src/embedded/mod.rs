@@ -38,9 +38,10 @@ pub use journal::Journal;
 
 use crate::clock::Clock;
 use crate::model::*;
-use crate::state::{check_group_id, Entry, State};
+use crate::state::{check_group_id, expiry_changes, expiry_step, Entry, State};
 use crate::{
-    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, ObjectLedger, Result,
+    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, MetadataExpiry,
+    ObjectLedger, Result,
 };
 
 /// Size of the journal's current segment after which the writer starts a snapshot.
@@ -433,8 +434,9 @@ impl Coordinator for EmbeddedCoordinator {
     }
 
     async fn init_producer_id(&self, request: InitProducer) -> Result<ProducerIdentity> {
+        let now_ms = self.clock.now_ms();
         self.on_writer(move |w| {
-            let (identity, entry) = w.state.read().decide_producer(request)?;
+            let (identity, entry) = w.state.read().decide_producer(request, now_ms)?;
             if let Some(entry) = entry {
                 w.write(entry)?;
             }
@@ -516,9 +518,13 @@ impl GroupStore for EmbeddedCoordinator {
 
     async fn save_group(&self, group: &str, expected: i64, state: Vec<u8>) -> Result<i64> {
         let group = group.to_string();
+        let now_ms = self.clock.now_ms();
         // Not `decide_and_write`: that would copy the blob once more to return the entry.
         self.on_writer(move |w| {
-            let (entry, version) = w.state.read().decide_save_group(&group, expected, state)?;
+            let (entry, version) = w
+                .state
+                .read()
+                .decide_save_group(&group, expected, state, now_ms)?;
             w.write(entry)?;
             Ok(version)
         })
@@ -532,6 +538,7 @@ impl GroupStore for EmbeddedCoordinator {
             Some(StoredGroup {
                 state: g.state.clone()?,
                 version: g.version,
+                saved_ms: g.saved_ms,
             })
         }))
     }
@@ -609,6 +616,35 @@ impl LogLifecycle for EmbeddedCoordinator {
 
     async fn cleaned_to(&self, tp: TopicPartition) -> Result<i64> {
         self.read(|s| s.cleaned_to(tp))
+    }
+}
+
+#[async_trait]
+impl MetadataExpiry for EmbeddedCoordinator {
+    async fn expire_producers(
+        &self,
+        now_ms: i64,
+        expiration_ms: i64,
+        max: usize,
+    ) -> Result<ProducerExpiryStep> {
+        // Decide under the read lock (one scan of all producer memory), and on the writer, behind
+        // commits, only recheck the items decided, so commits never wait for the scan.
+        let Some(entry) = self.read(|s| s.decide_expire_producers(now_ms, expiration_ms, max))
+        else {
+            return Ok(ProducerExpiryStep::default());
+        };
+        let more = max > 0 && expiry_changes(&entry) >= max;
+        self.on_writer(move |w| {
+            let entry = w
+                .state
+                .read()
+                .recheck_expire_producers(entry, expiration_ms);
+            if let Some(entry) = &entry {
+                w.write(entry.clone())?;
+            }
+            Ok(expiry_step(entry.as_ref(), more))
+        })
+        .await
     }
 }
 

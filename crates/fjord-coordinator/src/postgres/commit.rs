@@ -54,7 +54,8 @@ const LOCK_PARTITIONS: &str = "SELECT topic_id, partition, high_watermark FROM f
     ORDER BY topic_id, partition
     FOR UPDATE";
 
-const LOAD_PRODUCERS: &str = "SELECT topic_id, partition, producer_id, epoch, batches
+const LOAD_PRODUCERS: &str = "SELECT topic_id, partition, producer_id, epoch, batches,
+        last_append_ms
     FROM fjord_producer_state
     WHERE (topic_id, partition, producer_id)
         IN (SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::int8[]))";
@@ -86,10 +87,11 @@ const SET_HIGH_WATERMARKS: &str = "UPDATE fjord_partitions AS p SET high_waterma
     WHERE p.topic_id = u.topic_id AND p.partition = u.partition";
 
 const UPSERT_PRODUCERS: &str = "INSERT INTO fjord_producer_state
-    (topic_id, partition, producer_id, epoch, batches)
-    SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::int2[], $5::jsonb[])
+    (topic_id, partition, producer_id, epoch, batches, last_append_ms)
+    SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::int2[], $5::jsonb[], $6::int8[])
     ON CONFLICT (topic_id, partition, producer_id)
-    DO UPDATE SET epoch = EXCLUDED.epoch, batches = EXCLUDED.batches";
+    DO UPDATE SET epoch = EXCLUDED.epoch, batches = EXCLUDED.batches,
+        last_append_ms = EXCLUDED.last_append_ms";
 
 /// Adds the object's new rows to its count; an object with none is garbage from the start, as in
 /// the embedded coordinator (an existing row is then left alone).
@@ -245,6 +247,7 @@ pub(super) async fn commit(pool: &Pool, flushes: &[FlushCommit]) -> Result<Vec<V
             ProducerPartitionState {
                 epoch: get(row, 3)?,
                 batches,
+                last_append_ms: get(row, 5)?,
             },
         );
     }
@@ -322,6 +325,7 @@ pub(super) async fn commit(pool: &Pool, flushes: &[FlushCommit]) -> Result<Vec<V
                     &w.producers.ids,
                     &w.producers.epochs,
                     &w.producers.batches,
+                    &w.producers.last_append_ms,
                 ],
             ));
         }
@@ -395,6 +399,7 @@ impl FlushWrites {
             w.producers.ids.push(*producer_id);
             w.producers.epochs.push(state.epoch);
             w.producers.batches.push(Json(state.batches.clone()));
+            w.producers.last_append_ms.push(state.last_append_ms);
         }
         Ok(w)
     }
@@ -418,4 +423,5 @@ struct ProducerColumns {
     ids: Vec<i64>,
     epochs: Vec<i16>,
     batches: Vec<Json<VecDeque<(i32, i32, i64)>>>,
+    last_append_ms: Vec<i64>,
 }

@@ -70,7 +70,8 @@ const UPDATE_GROUP: &str = "UPDATE fjord_groups
     SET state = $2, updated_ms = $3, version = nextval('fjord_group_versions')
     WHERE group_key = sha256($1) AND version = $4 RETURNING version";
 
-const LOAD_GROUP: &str = "SELECT state, version FROM fjord_groups WHERE group_key = sha256($1)";
+const LOAD_GROUP: &str =
+    "SELECT state, version, updated_ms FROM fjord_groups WHERE group_key = sha256($1)";
 
 const GROUP_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM fjord_groups WHERE group_key = sha256($1))
     OR EXISTS (SELECT 1 FROM fjord_group_offsets WHERE group_key = sha256($1))";
@@ -287,6 +288,7 @@ pub(super) async fn load_group(
             Ok(StoredGroup {
                 state: get(row, 0)?,
                 version: get(row, 1)?,
+                saved_ms: get(row, 2)?,
             })
         })
         .transpose()

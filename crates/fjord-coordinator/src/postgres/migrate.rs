@@ -69,6 +69,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0008_compaction",
         sql: include_str!("../../migrations/postgres/0008_compaction.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_producer_expiry",
+        sql: include_str!("../../migrations/postgres/0009_producer_expiry.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).
@@ -158,7 +163,8 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
 mod tests {
     use super::*;
 
-    /// Every file under migrations/postgres is listed, in order, with dense versions.
+    /// Every file under migrations/postgres is listed, in order, with increasing versions that
+    /// match their names, dense from 1.
     #[test]
     fn migrations_match_the_files() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");

@@ -33,6 +33,7 @@
 mod brokers;
 mod commit;
 mod db;
+mod expiry;
 mod groups;
 mod lifecycle;
 mod listen;
@@ -62,7 +63,8 @@ use crate::state::{
     producer_decision, ProducerDecision,
 };
 use crate::{
-    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, ObjectLedger, Result,
+    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, MetadataExpiry,
+    ObjectLedger, Result,
 };
 
 pub use self::listen::{CommitListener, LISTENER_APPLICATION_NAME};
@@ -589,8 +591,12 @@ impl Coordinator for PostgresCoordinator {
             ProducerDecision::Again(identity) => identity,
             ProducerDecision::Bump(identity) => {
                 tx.execute(
-                    "UPDATE fjord_producers SET epoch = $2 WHERE producer_id = $1",
-                    &[&identity.producer_id, &identity.producer_epoch],
+                    "UPDATE fjord_producers SET epoch = $2, init_ms = $3 WHERE producer_id = $1",
+                    &[
+                        &identity.producer_id,
+                        &identity.producer_epoch,
+                        &self.clock.now_ms(),
+                    ],
                 )
                 .await
                 .map_err(db("bumping a producer epoch"))?;
@@ -599,9 +605,9 @@ impl Coordinator for PostgresCoordinator {
             ProducerDecision::Fresh => {
                 let row = tx
                     .query_one(
-                        "INSERT INTO fjord_producers (producer_id, epoch)
-                         VALUES (nextval('fjord_producer_ids'), 0) RETURNING producer_id",
-                        &[],
+                        "INSERT INTO fjord_producers (producer_id, epoch, init_ms)
+                         VALUES (nextval('fjord_producer_ids'), 0, $1) RETURNING producer_id",
+                        &[&self.clock.now_ms()],
                     )
                     .await
                     .map_err(db("allocating a producer id"))?;
@@ -701,6 +707,18 @@ impl LogLifecycle for PostgresCoordinator {
 
     async fn cleaned_to(&self, tp: TopicPartition) -> Result<i64> {
         swap::cleaned_to(self, tp).await
+    }
+}
+
+#[async_trait]
+impl MetadataExpiry for PostgresCoordinator {
+    async fn expire_producers(
+        &self,
+        now_ms: i64,
+        expiration_ms: i64,
+        max: usize,
+    ) -> Result<ProducerExpiryStep> {
+        expiry::expire_producers(self, now_ms, expiration_ms, max).await
     }
 }
 

@@ -408,12 +408,14 @@ async fn group_saves_are_compare_and_set(c: Arc<dyn Coordinator>) {
     assert!(v2 > v1);
     // A broker still holding v1 is refused; the blob stays the winner's.
     assert!(is_fenced(c.save_group("g", v1, vec![4]).await));
+    let loaded = c.load_group("g").await.unwrap().unwrap();
     assert_eq!(
-        c.load_group("g").await.unwrap(),
-        Some(StoredGroup {
+        loaded,
+        StoredGroup {
             state: vec![3],
-            version: v2
-        })
+            version: v2,
+            saved_ms: loaded.saved_ms,
+        }
     );
     // Versions are unique across groups.
     let h = c.save_group("h", 0, vec![]).await.unwrap();

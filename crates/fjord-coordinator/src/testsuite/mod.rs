@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 mod brokers;
+mod expiry;
 mod groups;
 mod lifecycle;
 mod objects;
@@ -39,6 +40,7 @@ where
     lifecycle::run_all(&fresh).await;
     objects::run_all(&fresh).await;
     swaps::run_all(&fresh).await;
+    expiry::run_all(&fresh).await;
     brokers::run_all(&fresh).await;
 }
 
@@ -648,7 +650,7 @@ where
             .unwrap();
         c.delete_records(tp(&t, 0), -1).await.unwrap();
         // A compaction swap and its checkpoint.
-        c.commit(flush("d3", vec![batch(tp(&t, 0), 0, 2, 9)]))
+        c.commit(flush("d-swapped", vec![batch(tp(&t, 0), 0, 2, 9)]))
             .await
             .unwrap();
         let replaced = c.index_rows(tp(&t, 0), 0, u64::MAX).await.unwrap();
@@ -688,7 +690,7 @@ where
         Some(p0_rows[0].clone())
     );
     let dead = objects::dead(&c).await;
-    assert!(dead.contains("d0") && dead.contains("d3"));
+    assert!(dead.contains("d0") && dead.contains("d-swapped"));
     // Producer state survives: a retry is still a duplicate, and ids are not reused.
     let out = c
         .commit(flush(
@@ -740,6 +742,30 @@ where
     assert_eq!(load(&c, "deleted").await.unwrap(), None);
     assert!(c.fetch_offsets("deleted").await.unwrap().is_empty());
     assert_eq!(c.list_groups().await.unwrap(), vec!["blob-only", "g"]);
+    // The time a blob was saved survives.
+    let saved_ms = c.load_group("g").await.unwrap().unwrap().saved_ms;
+    assert!(saved_ms > 0);
+
+    // Producer expiry survives: the producer's memory of partition 1 (appended at 1 000 ms)
+    // stays forgotten, so its next sequence is unknown rather than appended.
+    let day = 24 * 60 * 60 * 1000;
+    let far = crate::clock::Clock::now_ms(&crate::clock::SystemClock) + 2 * day;
+    let step = c.expire_producers(far, day, 1_000).await.unwrap();
+    assert!(step.states_expired >= 1, "{step:?}");
+    drop(c);
+    let c = open().await;
+    assert_eq!(c.load_group("g").await.unwrap().unwrap().saved_ms, saved_ms);
+    let out = c
+        .commit(flush(
+            "d3",
+            vec![idem(batch(tp(&t, 1), 0, 1, 9), pid, 0, 7)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![BatchOutcome::Rejected(BatchRejection::UnknownProducerId)]
+    );
 }
 
 /// An object key as the writer makes it: a UUIDv7 of time `ms`.
