@@ -337,12 +337,13 @@ def test_retention_in_a_postgres_cluster_runs_on_one_broker(broker_factory, topi
 def test_describe_shows_what_is_in_force(fjord_bin, broker_factory, topic):
     """What `fjord topic describe` and DescribeConfigs show is what the broker enforces: a
     broker-wide retention flag appears as the topic's retention.ms (source: broker flag, as Kafka
-    reports log.retention.ms), and a stored setting Fjord does not act on (log compaction, a
-    retention.ms on a compact-only topic, segment.ms) says so instead of looking enforced."""
+    reports log.retention.ms), and a stored setting Fjord does not act on (a retention.ms on a
+    compact-only topic, segment.bytes) says so instead of looking enforced, while log compaction
+    and its segment.ms are shown as in force."""
     broker = broker_factory("--log-retention-ms", "3600000")
     create(broker.bootstrap, topic, 1)
     create(broker.bootstrap, f"{topic}-c", 1, **{"cleanup.policy": "compact", "retention.ms": "1000",
-                                                 "segment.ms": "1000"})
+                                                 "segment.ms": "1000", "segment.bytes": "1048576"})
 
     def describe(name: str) -> dict[str, str]:
         res = subprocess.run([str(fjord_bin), "topic", "describe", name, "--bootstrap", broker.bootstrap],
@@ -361,6 +362,7 @@ def test_describe_shows_what_is_in_force(fjord_bin, broker_factory, topic):
     assert configs["retention.ms"].source == ConfigSource.STATIC_BROKER_CONFIG.value
 
     compacted = describe(f"{topic}-c")
-    assert compacted["cleanup.policy"].startswith("compact (set; not in force: log compaction"), compacted
+    assert compacted["cleanup.policy"] == "compact (set)", compacted
+    assert compacted["segment.ms"] == "1000 (set)", compacted
     assert compacted["retention.ms"].startswith("1000 (set; not in force: cleanup.policy has no `delete`"), compacted
-    assert compacted["segment.ms"].startswith("1000 (set; not in force:"), compacted
+    assert compacted["segment.bytes"].startswith("1048576 (set; not in force:"), compacted
