@@ -48,7 +48,7 @@
 //! no key, or when it is a tombstone older than `delete.retention.ms`. Records above the mapped
 //! range are never read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +68,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::topic_config::{has_cleanup_policy, long_config};
 use crate::Broker;
 
 /// Fjord's default for `segment.ms` of topics that do not set it (`--log-roll-ms`): 30 s.
@@ -169,19 +170,11 @@ pub fn compaction_config(
     topic: &TopicMeta,
     settings: &CleanerSettings,
 ) -> Option<CompactionConfig> {
-    let configs: &BTreeMap<String, String> = &topic.configs;
-    let compacts = configs
-        .get("cleanup.policy")
-        .is_some_and(|p| p.split(',').any(|v| v.trim() == "compact"));
-    if !compacts {
+    let configs = &topic.configs;
+    if !has_cleanup_policy(configs, "compact") {
         return None;
     }
-    let long = |key: &str, default: i64| {
-        configs
-            .get(key)
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or(default)
-    };
+    let long = |key: &str, default: i64| long_config(configs, key, default);
     Some(CompactionConfig {
         min_dirty_ratio: configs
             .get("min.cleanable.dirty.ratio")
@@ -675,7 +668,7 @@ mod tests {
             name: "t".into(),
             id: uuid::Uuid::new_v4(),
             partitions: 1,
-            configs: BTreeMap::new(),
+            configs: Default::default(),
         };
         assert_eq!(compaction_config(&topic, &settings), None);
         topic

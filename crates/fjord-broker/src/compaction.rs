@@ -109,10 +109,7 @@ pub struct Progress {
 
 /// Whether object compaction handles `topic` (log compaction handles compacted topics).
 pub fn compacts(topic: &TopicMeta) -> bool {
-    !topic
-        .configs
-        .get("cleanup.policy")
-        .is_some_and(|p| p.split(',').any(|v| v.trim() == "compact"))
+    !crate::topic_config::has_cleanup_policy(&topic.configs, "compact")
 }
 
 /// Runs one pass from `progress` on.

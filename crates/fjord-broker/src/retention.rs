@@ -21,7 +21,6 @@
 //! A failed call is logged and counted ([`RetentionStats`]) and the pass goes on with the next
 //! partition; an unknown topic (deleted meanwhile) is skipped silently.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +32,7 @@ use fjord_coordinator::{
 use tokio_util::sync::CancellationToken;
 
 use crate::offsets_cache::OffsetsCache;
+use crate::topic_config::{has_cleanup_policy, long_config};
 use crate::Broker;
 
 /// Kafka's `log.retention.ms` default: 7 days.
@@ -102,19 +102,11 @@ pub fn limits(
     settings: &RetentionSettings,
     now_ms: i64,
 ) -> Option<RetentionLimits> {
-    let configs: &BTreeMap<String, String> = &topic.configs;
-    let deletes = configs
-        .get("cleanup.policy")
-        .is_none_or(|p| p.split(',').any(|v| v.trim() == "delete"));
-    if !deletes {
+    let configs = &topic.configs;
+    if !has_cleanup_policy(configs, "delete") {
         return None;
     }
-    let long = |key: &str, default: i64| {
-        configs
-            .get(key)
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or(default)
-    };
+    let long = |key: &str, default: i64| long_config(configs, key, default);
     let ms = long("retention.ms", settings.default_retention_ms);
     let bytes = long("retention.bytes", settings.default_retention_bytes);
     let limits = RetentionLimits {

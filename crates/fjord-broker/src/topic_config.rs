@@ -12,6 +12,8 @@
 //! `retention.bytes`, `max.message.bytes` or `segment.ms` gets the broker's flag
 //! ([`crate::BrokerSettings::topic_default`]), and DescribeConfigs reports that value.
 
+use std::collections::BTreeMap;
+
 /// Kafka's config value types (DescribeConfigs v3+ `config_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigType {
@@ -116,6 +118,24 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         ConfigType::Boolean,
     ),
 ];
+
+/// Whether a topic's `cleanup.policy` (Kafka's default `delete` when unset) includes `policy`.
+pub fn has_cleanup_policy(configs: &BTreeMap<String, String>, policy: &str) -> bool {
+    configs
+        .get("cleanup.policy")
+        .map_or("delete", String::as_str)
+        .split(',')
+        .any(|p| p.trim() == policy)
+}
+
+/// A topic's integer config `key`, or `default` when it is unset or not an integer (values are
+/// validated when set, so the default stands for "unset").
+pub fn long_config(configs: &BTreeMap<String, String>, key: &str, default: i64) -> i64 {
+    configs
+        .get(key)
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(default)
+}
 
 /// Why a topic config set to `value` is not in force on Fjord, if it is not. Tools may set any
 /// Kafka topic config and Fjord stores it, but `fjord topic describe` must never present a stored
