@@ -6,51 +6,24 @@ mod common;
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fjord_broker::cleaner::{pass, CleanerContext, CleanerSettings, CleanerState, CleanerStats};
 use fjord_broker::{Broker, BrokerSettings};
 use fjord_coordinator::clock::{Clock, ManualClock};
 use fjord_coordinator::TopicPartition;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::*;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 use common::{call, fetch_request, produce_request, sb};
 
 /// One batch of (key, value) records; `None` value: a tombstone.
 fn batch(records: &[(&str, Option<&str>)], ts: i64, compression: Compression) -> Bytes {
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (k, v))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: ts,
-            key: Some(Bytes::copy_from_slice(k.as_bytes())),
-            value: v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    let records = records.iter().enumerate().map(|(i, (k, v))| {
+        let key = Some(Bytes::copy_from_slice(k.as_bytes()));
+        common::record(i, key, v.map(|v| Bytes::copy_from_slice(v.as_bytes())), ts)
+    });
+    common::encode(records, compression)
 }
 
 /// Reads the partition from `from` to the high watermark as a consumer does: each fetch goes on

@@ -1361,35 +1361,11 @@ fn batch_with_keyless(
     keyless: &[usize],
     compression: kafka_protocol::records::Compression,
 ) -> Bytes {
-    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 1000 + i as i64,
-            key: (!keyless.contains(&i)).then(|| Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from(format!("v{i}"))),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    let records = (0..n).map(|i| {
+        let key = (!keyless.contains(&i)).then(|| Bytes::from(format!("k{i}")));
+        common::record(i, key, Some(Bytes::from(format!("v{i}"))), 1000 + i as i64)
+    });
+    common::encode(records, compression)
 }
 
 /// A compacted topic refuses records without a key as Kafka does (KIP-467): INVALID_RECORD for

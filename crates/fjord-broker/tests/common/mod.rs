@@ -72,27 +72,46 @@ pub fn batch_of(
     sequence: i32,
     compression: Compression,
 ) -> Bytes {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: if sequence < 0 {
-                i as i32
-            } else {
-                sequence + i as i32
-            },
-            timestamp: ts + i as i64,
-            key: Some(Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from(format!("v{i}"))),
-            headers: IndexMap::new(),
-        })
-        .collect();
+    let records = (0..n).map(|i| Record {
+        producer_id,
+        producer_epoch: epoch,
+        sequence: if sequence < 0 {
+            i as i32
+        } else {
+            sequence + i as i32
+        },
+        ..record(
+            i,
+            Some(Bytes::from(format!("k{i}"))),
+            Some(Bytes::from(format!("v{i}"))),
+            ts + i as i64,
+        )
+    });
+    encode(records, compression)
+}
+
+/// Record `i` of a batch (offset delta and sequence `i`), of no producer, with a create time.
+pub fn record(i: usize, key: Option<Bytes>, value: Option<Bytes>, ts: i64) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: i as i64,
+        sequence: i as i32,
+        timestamp: ts,
+        key,
+        value,
+        headers: IndexMap::new(),
+    }
+}
+
+/// One v2 record batch of `records`, compressed as asked.
+pub fn encode(records: impl IntoIterator<Item = Record>, compression: Compression) -> Bytes {
+    let records: Vec<Record> = records.into_iter().collect();
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
