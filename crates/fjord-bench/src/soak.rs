@@ -78,6 +78,11 @@ struct Sample {
     objects: u64,
     object_bytes: u64,
     store: StoreCounts,
+    /// Index rows and ledger objects, as the broker's last GC pass counted them.
+    index_rows: f64,
+    ledger_objects: f64,
+    /// Retention so far: passes, seconds spent in them, rows expired, partitions looked at.
+    retention: [f64; 4],
 }
 
 /// Runs a soak against a broker it starts with `broker_args`, one row per sample into `table`.
@@ -157,12 +162,14 @@ pub async fn run(
     let mut sent: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let first = broker.store_counts().await?;
+    let mut prev: Option<Sample> = None;
     loop {
         tick.tick().await;
         let elapsed = start.elapsed();
         if Instant::now() >= next_sample {
             let s = sample(&broker, pg.as_ref(), start, &acks, first).await?;
-            table.push(row(&setup, &s));
+            table.push(row(&setup, &s, prev.as_ref()));
+            prev = Some(s);
             next_sample += spec.interval;
         }
         if elapsed >= spec.duration {
@@ -197,10 +204,18 @@ pub async fn run(
     producer
         .flush(Duration::from_secs(60))
         .context("flushing the producer")?;
-    // A last sample after a retention period of idling: what expired should be gone.
-    tokio::time::sleep(Duration::from_millis(spec.retention_ms) + spec.interval).await;
+    // A last sample after a retention period of idling, the objects' delete delay and a GC
+    // interval (the broker's defaults, 60 s each): what expired should be gone.
+    tokio::time::sleep(
+        Duration::from_millis(spec.retention_ms) + Duration::from_secs(120) + spec.interval,
+    )
+    .await;
     let s = sample(&broker, pg.as_ref(), start, &acks, first).await?;
-    table.push(row(&format!("{setup}; idle after producing"), &s));
+    table.push(row(
+        &format!("{setup}; idle after producing"),
+        &s,
+        prev.as_ref(),
+    ));
     if s.failed > 0 {
         bail!("{} records failed", s.failed);
     }
@@ -220,7 +235,17 @@ async fn sample(
         None => dir_size(&broker.data_dir().join("coordinator"))?.1,
     };
     let (objects, object_bytes) = dir_size(&broker.data_dir().join("objects"))?;
+    let m = broker.metrics().await?;
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     Ok(Sample {
+        index_rows: get("fjord_index_rows"),
+        ledger_objects: get("fjord_index_objects"),
+        retention: [
+            get("fjord_retention_passes_total"),
+            get("fjord_retention_pass_seconds_total"),
+            get("fjord_retention_expired_rows_total"),
+            get("fjord_retention_partitions_total"),
+        ],
         seconds: start.elapsed().as_secs_f64(),
         acked: acks.acked.load(Ordering::Relaxed),
         failed: acks.failed.load(Ordering::Relaxed),
@@ -232,19 +257,37 @@ async fn sample(
     })
 }
 
-fn row(setup: &str, s: &Sample) -> Row {
+/// One table row for `s`; the retention pass figures are over the time since `prev`.
+fn row(setup: &str, s: &Sample, prev: Option<&Sample>) -> Row {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let delta = |i: usize| s.retention[i] - prev.map_or(0.0, |p| p.retention[i]);
+    let passes = delta(0);
+    let (pass_ms, rows_per_pass, partitions_per_pass) = if passes > 0.0 {
+        (
+            delta(1) / passes * 1e3,
+            delta(2) / passes,
+            delta(3) / passes,
+        )
+    } else {
+        (0.0, 0.0, 0.0)
+    };
     Row {
         scenario: "soak".into(),
         setup: format!("{setup}; t={:.0} s", s.seconds),
         figures: format!(
-            "{} records acked; RSS {:.0} MiB; metadata {:.1} MiB; {} objects, {:.0} MiB; \
+            "{} records acked; RSS {:.0} MiB; metadata {:.1} MiB; {:.0} index rows, {:.0} in ledger; \
+             {} objects, {:.0} MiB; retention {:.0} passes, {:.1} ms and {:.0} rows per pass; \
              {:.0} PUT / {:.0} GET / {:.0} DELETE / {:.0} LIST",
             s.acked,
             mib(s.rss),
             mib(s.metadata_bytes),
+            s.index_rows,
+            s.ledger_objects,
             s.objects,
             mib(s.object_bytes),
+            passes,
+            pass_ms,
+            rows_per_pass,
             s.store.puts,
             s.store.gets,
             s.store.deletes,
@@ -257,6 +300,12 @@ fn row(setup: &str, s: &Sample) -> Row {
             ("metadata_bytes", s.metadata_bytes as f64),
             ("objects", s.objects as f64),
             ("object_bytes", s.object_bytes as f64),
+            ("index_rows", s.index_rows),
+            ("ledger_objects", s.ledger_objects),
+            ("retention_passes", passes),
+            ("retention_pass_ms", pass_ms),
+            ("retention_rows_per_pass", rows_per_pass),
+            ("retention_partitions_per_pass", partitions_per_pass),
             ("puts", s.store.puts),
             ("gets", s.store.gets),
             ("deletes", s.store.deletes),

@@ -75,6 +75,10 @@ pub struct RetentionStats {
     pub errors: AtomicU64,
     /// Index rows whose offsets fell below the log start.
     pub rows_expired: AtomicU64,
+    /// Partitions looked at, over all passes.
+    pub partitions: AtomicU64,
+    /// Time spent in passes, in microseconds (divided by `passes`: a pass's cost).
+    pub pass_micros: AtomicU64,
 }
 
 /// What one pass did.
@@ -157,6 +161,7 @@ pub async fn pass(
                 partition,
             };
             report.partitions += 1;
+            stats.partitions.fetch_add(1, Ordering::Relaxed);
             let mut advanced = false;
             loop {
                 if budget == 0 {
@@ -238,6 +243,8 @@ pub async fn run(
             done = one => done,
         };
         cursor = next;
+        let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stats.pass_micros.fetch_add(elapsed_us, Ordering::Relaxed);
         if report.rows_expired > 0 || report.errors > 0 || report.incomplete {
             tracing::info!(
                 ?report,

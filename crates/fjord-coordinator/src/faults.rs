@@ -282,6 +282,10 @@ impl ObjectLedger for FaultyCoordinator {
     async fn raise_commit_watermark(&self, at_ms: i64) -> Result<i64> {
         self.inner.raise_commit_watermark(at_ms).await
     }
+
+    async fn ledger_size(&self) -> Result<LedgerSize> {
+        self.inner.ledger_size().await
+    }
 }
 
 #[async_trait]

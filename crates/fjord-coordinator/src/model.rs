@@ -263,6 +263,15 @@ pub struct DeadObject {
     pub dead_since_ms: i64,
 }
 
+/// How much the index holds (see [`crate::ObjectLedger::ledger_size`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerSize {
+    /// Index rows over all partitions.
+    pub index_rows: u64,
+    /// Objects in the ledger: referenced by a row, or dead and not yet forgotten.
+    pub objects: u64,
+}
+
 /// An offset committed by a consumer group for one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedOffset {

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 
-use crate::model::DeadObject;
+use crate::model::{DeadObject, LedgerSize};
 use crate::Result;
 
 /// Object bookkeeping for garbage collection.
@@ -47,4 +47,9 @@ pub trait ObjectLedger: Send + Sync {
     /// orphans, and deletes an orphan only below it, so an object it deletes can never become
     /// referenced afterwards.
     async fn raise_commit_watermark(&self, at_ms: i64) -> Result<i64>;
+
+    /// How much the index holds now: its rows (over all partitions) and the objects in the
+    /// ledger (live, or dead and not yet forgotten). Exact, and cheap enough to ask once per
+    /// garbage-collection pass (PostgreSQL counts the two tables).
+    async fn ledger_size(&self) -> Result<LedgerSize>;
 }

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fjord_coordinator::state::object_key_time_ms;
-use fjord_coordinator::Coordinator;
+use fjord_coordinator::{Coordinator, LedgerSize};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectStore;
@@ -127,6 +127,8 @@ pub struct GcReport {
     pub deleted_orphans: usize,
     /// Whether an orphan sweep ran in this pass.
     pub swept: bool,
+    /// What the index held at the end of the pass.
+    pub ledger: LedgerSize,
 }
 
 /// Counts of collection passes, for metrics.
@@ -142,6 +144,10 @@ pub struct GcStats {
     pub deleted_orphans: AtomicU64,
     /// Keys listed by orphan sweeps.
     pub listed: AtomicU64,
+    /// Index rows at the end of the last successful pass (a gauge).
+    pub index_rows: AtomicU64,
+    /// Objects in the ledger at the end of the last successful pass (a gauge).
+    pub ledger_objects: AtomicU64,
 }
 
 impl GcStats {
@@ -156,6 +162,10 @@ impl GcStats {
                     .fetch_add(report.deleted_orphans as u64, Ordering::Relaxed);
                 self.listed
                     .fetch_add(report.listed as u64, Ordering::Relaxed);
+                self.index_rows
+                    .store(report.ledger.index_rows, Ordering::Relaxed);
+                self.ledger_objects
+                    .store(report.ledger.objects, Ordering::Relaxed);
             }
             Err(_) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -221,6 +231,7 @@ impl Collector {
             report.swept = true;
             self.sweeping = !self.sweep_step(now_ms, &mut report).await?;
         }
+        report.ledger = self.coordinator.ledger_size().await?;
         Ok(report)
     }
 
@@ -497,12 +508,25 @@ mod tests {
         // Within the grace period nothing goes.
         let report = collect(&store, &coordinator, now, 60_000).await.unwrap();
         assert_eq!(report.deleted_dead + report.deleted_orphans, 0);
+        let held = LedgerSize {
+            index_rows: 1,
+            objects: 2,
+        };
+        assert_eq!(
+            report.ledger, held,
+            "the live row; the live and the dead object"
+        );
 
         // Later, the orphans and the dead object go; the live one and the foreign ones stay.
         let report = collect(&store, &coordinator, now + 2 * HOUR_MS, 60_000)
             .await
             .unwrap();
         assert_eq!((report.deleted_dead, report.deleted_orphans), (1, 2));
+        let held = LedgerSize {
+            index_rows: 1,
+            objects: 1,
+        };
+        assert_eq!(report.ledger, held, "the dead object is forgotten");
         let mut expected = vec![live.clone(), foreign, foreign_in_hour];
         expected.sort();
         assert_eq!(keys(&store).await, expected);

@@ -96,6 +96,34 @@ impl Collector for BrokerCollector {
         ConstGauge::new(i64::from(view.runs_background_duties())).encode(duties)?;
         for (name, help, value) in [
             (
+                "fjord_index_rows",
+                "Index rows over all partitions, as counted by this broker's last garbage-collection pass (0 unless it runs the background duties)",
+                &self.duties.gc.index_rows,
+            ),
+            (
+                "fjord_index_objects",
+                "Objects in the index's ledger (referenced, or dead and not yet deleted), as counted by this broker's last garbage-collection pass",
+                &self.duties.gc.ledger_objects,
+            ),
+        ] {
+            let gauge = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            let n = i64::try_from(value.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(gauge)?;
+        }
+        let seconds = encoder.encode_descriptor(
+            "fjord_retention_pass_seconds",
+            "Time spent in retention passes (divide by fjord_retention_passes_total for a pass's cost)",
+            None,
+            MetricType::Counter,
+        )?;
+        let micros = self
+            .duties
+            .retention
+            .pass_micros
+            .load(std::sync::atomic::Ordering::Relaxed);
+        ConstCounter::new(micros as f64 / 1e6).encode(seconds)?;
+        for (name, help, value) in [
+            (
                 "fjord_retention_passes",
                 "Retention passes run by this broker",
                 &self.duties.retention.passes,
@@ -109,6 +137,11 @@ impl Collector for BrokerCollector {
                 "fjord_retention_expired_rows",
                 "Index rows that retention moved log start offsets past",
                 &self.duties.retention.rows_expired,
+            ),
+            (
+                "fjord_retention_partitions",
+                "Partitions looked at by retention passes",
+                &self.duties.retention.partitions,
             ),
             (
                 "fjord_cleaner_passes",

@@ -474,6 +474,13 @@ impl ObjectLedger for EmbeddedCoordinator {
         })
         .await
     }
+
+    async fn ledger_size(&self) -> Result<LedgerSize> {
+        Ok(self.read(|s| LedgerSize {
+            index_rows: s.partitions.values().map(|p| p.rows.len() as u64).sum(),
+            objects: s.objects.len() as u64,
+        }))
+    }
 }
 
 #[async_trait]

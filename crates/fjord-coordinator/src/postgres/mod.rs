@@ -639,6 +639,10 @@ impl ObjectLedger for PostgresCoordinator {
     async fn raise_commit_watermark(&self, at_ms: i64) -> Result<i64> {
         objects::raise_commit_watermark(self, at_ms).await
     }
+
+    async fn ledger_size(&self) -> Result<LedgerSize> {
+        objects::ledger_size(self).await
+    }
 }
 
 #[async_trait]

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::db::{db, get};
 use super::PostgresCoordinator;
-use crate::model::DeadObject;
+use crate::model::{DeadObject, LedgerSize};
 use crate::{CoordinatorError, Result};
 
 pub(super) async fn dead_objects(
@@ -39,6 +39,24 @@ pub(super) async fn dead_objects(
         })
     })
     .collect()
+}
+
+pub(super) async fn ledger_size(c: &PostgresCoordinator) -> Result<LedgerSize> {
+    let rows = c
+        .query(
+            "SELECT (SELECT count(*) FROM fjord_index_rows), (SELECT count(*) FROM fjord_objects)",
+            &[],
+            "counting index rows and objects",
+        )
+        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| CoordinatorError::Corrupt("counting index rows returned nothing".into()))?;
+    let count = |i: usize| -> Result<u64> { Ok(u64::try_from(get::<i64>(row, i)?).unwrap_or(0)) };
+    Ok(LedgerSize {
+        index_rows: count(0)?,
+        objects: count(1)?,
+    })
 }
 
 pub(super) async fn known_objects(

@@ -20,6 +20,7 @@ where
     retention_deletes_rows_and_kills_objects_in_bounded_steps(fresh().await).await;
     dead_objects_come_oldest_first_and_bounded(fresh().await).await;
     releases_race_each_other_and_commits(fresh().await).await;
+    the_ledger_size_follows_rows_and_objects(fresh().await).await;
 }
 
 /// Every dead object's key (the ledger has fewer than a million here).
@@ -256,4 +257,38 @@ async fn releases_race_each_other_and_commits(c: Arc<dyn Coordinator>) {
         .chain((0..20).map(|i| format!("w{i:02}")))
         .collect();
     assert_eq!(dead(&c).await, all);
+}
+
+async fn the_ledger_size_follows_rows_and_objects(c: Arc<dyn Coordinator>) {
+    let size = |index_rows, objects| LedgerSize {
+        index_rows,
+        objects,
+    };
+    assert_eq!(c.ledger_size().await.unwrap(), size(0, 0));
+    let t = c.create_topic(spec("sized", 2)).await.unwrap();
+    let (p0, p1) = (tp(&t, 0), tp(&t, 1));
+    c.commit(flush(
+        "s1",
+        vec![batch(p0, 0, 10, 1), batch(p1, 100, 10, 1)],
+    ))
+    .await
+    .unwrap();
+    c.commit(flush("s2", vec![batch(p0, 0, 10, 2)]))
+        .await
+        .unwrap();
+    assert_eq!(c.ledger_size().await.unwrap(), size(3, 2));
+    // The log start passes s1's row in p0: one row goes, s1 stays for p1.
+    c.delete_records(p0, 10).await.unwrap();
+    assert_eq!(c.ledger_size().await.unwrap(), size(2, 2));
+    // And p1's: s1 is dead but still in the ledger until it is forgotten.
+    c.delete_records(p1, -1).await.unwrap();
+    assert_eq!(c.ledger_size().await.unwrap(), size(1, 2));
+    c.forget_objects(vec!["s1".into()]).await.unwrap();
+    assert_eq!(c.ledger_size().await.unwrap(), size(1, 1));
+    c.delete_topic("sized").await.unwrap();
+    assert_eq!(
+        c.ledger_size().await.unwrap(),
+        size(0, 1),
+        "s2 is dead, not forgotten"
+    );
 }
