@@ -8,8 +8,12 @@
 //! GC) runs one [`pass`]: it visits partitions round robin from where the last pass stopped and
 //! lets the compactor merge what its plan chooses, rows older than the minimum age only (the
 //! hot tail, which readers mostly find in the cache and which is still arriving, is left
-//! alone). Topics whose `cleanup.policy` includes `compact` are left to log compaction, which
-//! rewrites them through the same swap.
+//! alone). Nor does it merge data that `retention.ms` deletes within the minimum age
+//! ([`expiring_before_ms`]): with a short retention (minutes) merging it is pure cost, rewriting
+//! everything just before retention deletes it and mostly losing the swap to retention (a
+//! 30-minute soak at 20 MB/s with `retention.ms` of 5 minutes rewrote 9.9 GB and lost 509 of
+//! 882 swaps before this rule). Topics whose `cleanup.policy` includes `compact` are left to
+//! log compaction, which rewrites them through the same swap.
 //!
 //! Bounded work: a pass merges at most [`CompactionDutySettings::bytes_per_pass`] bytes and
 //! visits at most [`CompactionDutySettings::partitions_per_pass`] partitions; a pass that runs
@@ -112,6 +116,27 @@ pub fn compacts(topic: &TopicMeta) -> bool {
     !crate::topic_config::has_cleanup_policy(&topic.configs, "compact")
 }
 
+/// Data of `topic` whose newest record is older than this is deleted by `retention.ms` within
+/// `min_age_ms` (the time a merge waits for data to settle); merging it is not worth a rewrite.
+/// `None` when the topic keeps data forever by time.
+pub fn expiring_before_ms(topic: &TopicMeta, broker: &Broker, min_age_ms: i64) -> Option<i64> {
+    if !crate::topic_config::has_cleanup_policy(&topic.configs, "delete") {
+        return None;
+    }
+    let retention_ms = crate::topic_config::long_config(
+        &topic.configs,
+        "retention.ms",
+        broker.settings.retention_ms,
+    );
+    (retention_ms >= 0).then(|| {
+        broker
+            .clock
+            .now_ms()
+            .saturating_sub(retention_ms)
+            .saturating_add(min_age_ms.max(0))
+    })
+}
+
 /// Runs one pass from `progress` on.
 pub async fn pass(
     broker: &Broker,
@@ -165,7 +190,11 @@ pub async fn pass(
             };
             report.partitions += 1;
             let from = progress.resume.get(&tp).copied().unwrap_or(0);
-            match compactor.compact_partition(tp, from, budget).await {
+            let expiring = expiring_before_ms(topic, broker, compactor.settings().min_age_ms);
+            match compactor
+                .compact_partition(tp, from, budget, expiring)
+                .await
+            {
                 Ok(done) => {
                     budget = budget.saturating_sub(done.bytes_written);
                     report.swaps += done.swaps;

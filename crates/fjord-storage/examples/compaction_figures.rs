@@ -225,7 +225,7 @@ async fn main() {
         let mut from = 0;
         loop {
             let r = compactor
-                .compact_partition(*tp, from, 1 << 30)
+                .compact_partition(*tp, from, 1 << 30, None)
                 .await
                 .unwrap();
             swaps += r.swaps;

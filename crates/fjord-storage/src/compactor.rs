@@ -354,6 +354,8 @@ pub fn row_ref(row: &IndexRow) -> RowRef {
 pub struct PartitionReport {
     /// Rows scanned.
     pub rows_scanned: u64,
+    /// Rows left alone because retention deletes them soon.
+    pub rows_expiring: u64,
     /// Merges whose swap succeeded.
     pub swaps: u64,
     /// Merges that lost to retention, DeleteRecords, another swap or topic deletion.
@@ -413,11 +415,16 @@ impl Compactor {
     /// Scans `tp` from `from_offset` (or its log start, if later) and merges what [`plan`]
     /// chooses, stopping before `max_bytes` of merged rows (at least one merge is done when any
     /// is planned). A merge that loses its swap is counted, not an error.
+    ///
+    /// Rows at the start of the log whose newest record is older than `expiring_before_ms`
+    /// (when given) are left alone: retention deletes them soon, so merging them is wasted work
+    /// that would, moreover, race retention and often lose its swap.
     pub async fn compact_partition(
         &self,
         tp: TopicPartition,
         from_offset: i64,
         max_bytes: u64,
+        expiring_before_ms: Option<i64>,
     ) -> Result<PartitionReport, CompactionError> {
         let mut report = PartitionReport::default();
         let offsets = self.coordinator.partition_offsets(tp).await?;
@@ -431,7 +438,11 @@ impl Compactor {
             .index_rows(tp, from, self.settings.scan_bytes)
             .await?;
         report.rows_scanned = rows.len() as u64;
-        let plan = plan(&rows, self.clock.now_ms(), &self.settings);
+        let expiring = expiring_before_ms.map_or(0, |before| {
+            rows.iter().take_while(|r| r.max_timestamp < before).count()
+        });
+        report.rows_expiring = expiring as u64;
+        let plan = plan(&rows[expiring..], self.clock.now_ms(), &self.settings);
         report.resume_from = plan.resume_from;
         let mut budget = max_bytes;
         for merge in plan.merges {

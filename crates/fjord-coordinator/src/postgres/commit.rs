@@ -105,9 +105,11 @@ const RECORD_OUTCOMES: &str = "UPDATE fjord_commits SET outcomes = $2 WHERE obje
 /// Wakes listening brokers when the transaction commits: `$1` is the channel, `$2` the payload.
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
-/// How long a commit's outcomes are remembered for idempotent re-commits.
+/// How long a commit's outcomes are remembered for idempotent re-commits: ten minutes, thirty
+/// times the writer's retry deadline (20 s), after which nobody repeats a commit. An hour kept
+/// 0.5 GB of outcomes at 20 MB/s of small flushes (157 commits/s in the 30-minute soak).
 pub(super) const PRUNE_COMMITS: &str =
-    "DELETE FROM fjord_commits WHERE committed_at < now() - interval '1 hour'";
+    "DELETE FROM fjord_commits WHERE committed_at < now() - interval '10 minutes'";
 
 /// The locked partitions as the shared decision rules see them.
 #[derive(Default)]

@@ -19,7 +19,7 @@
 //!   ([`crate::state`]), so both give identical outcomes for identical histories.
 //! - Driver and server failures are [`CoordinatorError::Storage`] (retriable; a transaction that
 //!   failed changed nothing). A re-commit of an object whose commit outcome was lost returns the
-//!   recorded outcomes (kept for an hour).
+//!   recorded outcomes (kept for ten minutes).
 //! - Log start offsets (the `lifecycle` module) only rise, under the partition row's lock; the
 //!   index rows wholly below go with them, and their objects' row counts (the `objects` module)
 //!   fall in the same transaction.
@@ -116,7 +116,7 @@ pub struct PostgresCoordinator {
 const SESSION_LIMITS: &str =
     "-c statement_timeout=60000 -c lock_timeout=15000 -c idle_in_transaction_session_timeout=60000";
 
-/// How often (ms) an instance prunes remembered commit outcomes older than an hour.
+/// How often (ms) an instance prunes remembered commit outcomes older than ten minutes.
 const PRUNE_EVERY_MS: i64 = 60_000;
 
 /// Rows fetched per round trip by [`Coordinator::index_rows`].
@@ -214,7 +214,7 @@ impl PostgresCoordinator {
         client.query(&statement, params).await.map_err(db(what))
     }
 
-    /// Drops remembered commit outcomes older than an hour, at most once a minute per instance.
+    /// Drops remembered commit outcomes older than ten minutes, at most once a minute per instance.
     /// Failures only delay pruning.
     async fn maybe_prune_commits(&self) {
         let now = self.clock.now_ms();

@@ -308,7 +308,7 @@ async fn compaction_keeps_every_record_and_replaces_many_rows_by_few() {
     f.clock.set(T0 + 10 * MIN + 30_000);
     let compactor = f.compactor(small_settings());
     let report = compactor
-        .compact_partition(f.tp(0), 0, u64::MAX)
+        .compact_partition(f.tp(0), 0, u64::MAX, None)
         .await
         .unwrap();
     assert!(report.swaps >= 2, "{report:?}");
@@ -341,11 +341,11 @@ async fn compaction_keeps_every_record_and_replaces_many_rows_by_few() {
     // Once everything is old, partition 1 too; then its flush objects die.
     f.clock.set(T0 + 60 * MIN);
     let r0 = compactor
-        .compact_partition(f.tp(0), 0, u64::MAX)
+        .compact_partition(f.tp(0), 0, u64::MAX, None)
         .await
         .unwrap();
     let r1 = compactor
-        .compact_partition(f.tp(1), 0, u64::MAX)
+        .compact_partition(f.tp(1), 0, u64::MAX, None)
         .await
         .unwrap();
     assert!(r0.swaps >= 1 && r1.swaps >= 1);
@@ -405,7 +405,7 @@ async fn a_swap_loses_to_retention_delete_records_and_topic_deletion() {
 
     // A later pass compacts what is left, from the new log start.
     let report = compactor
-        .compact_partition(f.tp(1), 0, u64::MAX)
+        .compact_partition(f.tp(1), 0, u64::MAX, None)
         .await
         .unwrap();
     assert!(report.swaps >= 1, "{report:?}");
@@ -440,7 +440,7 @@ async fn a_cold_read_of_a_compacted_partition_uses_one_get_per_row() {
     f.clock.set(T0 + 60 * MIN);
     let compactor = f.compactor(small_settings());
     while compactor
-        .compact_partition(f.tp(0), 0, u64::MAX)
+        .compact_partition(f.tp(0), 0, u64::MAX, None)
         .await
         .unwrap()
         .swaps
@@ -463,4 +463,36 @@ async fn a_cold_read_of_a_compacted_partition_uses_one_get_per_row() {
         "{cold_gets} GETs for {bytes} bytes in {} objects",
         objects.len()
     );
+}
+
+#[tokio::test]
+async fn rows_that_retention_deletes_soon_are_not_merged() {
+    let f = Fixture::new(60, 3).await;
+    let before = f.rows(0).await;
+    // Flushes 0-29 are old enough to merge; retention deletes 0-19 soon.
+    f.clock.set(T0 + 10 * MIN + 30_000);
+    let compactor = f.compactor(small_settings());
+    let report = compactor
+        .compact_partition(f.tp(0), 0, u64::MAX, Some(T0 + 20_000))
+        .await
+        .unwrap();
+    assert_eq!(report.rows_expiring, 20, "{report:?}");
+    assert!(
+        report.swaps >= 1,
+        "the rows after them still merge: {report:?}"
+    );
+    let after = f.rows(0).await;
+    assert_eq!(after[..20], before[..20], "the expiring rows are untouched");
+    assert!(after.len() < before.len());
+
+    // When everything old enough expires soon, nothing is merged at all.
+    let f = Fixture::new(60, 3).await;
+    f.clock.set(T0 + 10 * MIN + 30_000);
+    let report = f
+        .compactor(small_settings())
+        .compact_partition(f.tp(0), 0, u64::MAX, Some(T0 + 40_000))
+        .await
+        .unwrap();
+    assert_eq!((report.swaps, report.lost, report.bytes_written), (0, 0, 0));
+    assert_eq!(f.rows(0).await.len(), 60);
 }
