@@ -5,7 +5,6 @@
 //! connection answers those futures in the order the requests arrived, as Kafka requires.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -15,6 +14,7 @@ use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Enc
 
 use crate::handlers;
 use crate::memory::Reservation;
+use crate::session::Session;
 use crate::versions;
 use crate::Broker;
 
@@ -69,33 +69,39 @@ pub struct Started {
 }
 
 /// Who sent a request.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Client {
     /// The client id from the request header.
     pub client_id: String,
-    /// The connection's peer address.
-    pub peer: Option<SocketAddr>,
+    /// The connection's listener, peer and principal.
+    pub session: Arc<Session>,
 }
 
 impl Client {
     /// The client host as Kafka reports it ("/1.2.3.4").
     pub fn host(&self) -> String {
-        self.peer
+        self.session
+            .peer
             .map(|p| format!("/{}", p.ip()))
             .unwrap_or_default()
+    }
+
+    /// The name of the listener the request arrived on.
+    pub fn listener(&self) -> &str {
+        &self.session.listener
     }
 }
 
 /// Decodes one request frame (without its 4-byte length prefix) and starts handling it.
 pub async fn start(broker: &Arc<Broker>, frame: Bytes) -> Result<Started, ProtocolError> {
-    start_from(broker, frame, None).await
+    start_from(broker, frame, &Arc::new(Session::plaintext(None))).await
 }
 
-/// [`start`] for a request that arrived from `peer`.
+/// [`start`] for a request that arrived on a connection with `session`.
 pub async fn start_from(
     broker: &Arc<Broker>,
     mut frame: Bytes,
-    peer: Option<SocketAddr>,
+    session: &Arc<Session>,
 ) -> Result<Started, ProtocolError> {
     if frame.len() < 8 {
         return Err(ProtocolError::TooShort(frame.len()));
@@ -124,7 +130,7 @@ pub async fn start_from(
             .as_ref()
             .map(|c| c.as_str().to_string())
             .unwrap_or_default(),
-        peer,
+        session: session.clone(),
     };
     if !versions::supports(key, version) {
         return Err(ProtocolError::UnsupportedVersion { key, version });
@@ -184,13 +190,13 @@ pub async fn start_from(
             handlers::configs::incremental_alter(b, r)
         }),
         ApiKey::DescribeCluster => run(ctx, frame, move |r: DescribeClusterRequest| async move {
-            handlers::cluster::describe(&b, r)
+            handlers::cluster::describe(&b, r, &client)
         }),
         ApiKey::InitProducerId => run(ctx, frame, move |r| {
             handlers::producer::init_producer_id(b, r)
         }),
         ApiKey::FindCoordinator => run(ctx, frame, move |r| {
-            handlers::groups::find_coordinator(b, r, version)
+            handlers::groups::find_coordinator(b, r, version, client)
         }),
         ApiKey::JoinGroup => run(ctx, frame, move |r| {
             handlers::groups::join_group(b, r, version, client)

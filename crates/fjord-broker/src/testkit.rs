@@ -92,6 +92,7 @@ pub fn broker_with_clock(
             host: settings.advertised_host.clone(),
             port: settings.advertised_port,
             rack: settings.rack.clone(),
+            listeners: Vec::new(),
         },
     ));
     let groups = GroupCoordinator::start(

@@ -316,6 +316,23 @@ pub struct BrokerRegistration {
     pub rack: Option<String>,
     /// A random id of this broker process; a restarted broker with the same node id gets a new one.
     pub incarnation: Uuid,
+    /// Where clients of each of its listeners reach it (empty: at `host`:`port` on every
+    /// listener, as brokers registered before listeners existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerEndpoint>,
+}
+
+/// A broker listener as its clients reach it (Kafka's advertised listener).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerEndpoint {
+    /// The listener's name, e.g. `EXTERNAL` (unique per broker).
+    pub name: String,
+    /// The host its clients are told to connect to.
+    pub host: String,
+    /// The port its clients are told to connect to.
+    pub port: i32,
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    pub security_protocol: String,
 }
 
 /// A registered broker and when its lease ends (coordinator clock, ms since the epoch).

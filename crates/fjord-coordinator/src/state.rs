@@ -19,7 +19,7 @@
 //! - [`check_broker_registration`] and [`check_broker_lease`] for the broker registry (which is
 //!   not part of [`State`]: see [`crate::embedded`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use imbl::{HashMap as SharedHashMap, OrdMap, Vector};
 use serde::{Deserialize, Serialize};
@@ -1504,7 +1504,56 @@ pub fn check_broker_registration(registration: &BrokerRegistration) -> Result<()
             ));
         }
     }
+    if registration.listeners.len() > MAX_BROKER_LISTENERS {
+        return invalid(format!(
+            "a broker has at most {MAX_BROKER_LISTENERS} listeners, got {}",
+            registration.listeners.len()
+        ));
+    }
+    let mut names = BTreeSet::new();
+    for l in &registration.listeners {
+        if !is_listener_name(&l.name) {
+            return invalid(format!(
+                "listener name {:?} must be 1 to 64 letters, digits, '_' or '-'",
+                l.name
+            ));
+        }
+        if !names.insert(l.name.as_str()) {
+            return invalid(format!("listener {} is named twice", l.name));
+        }
+        if l.host.is_empty() || l.host.len() > MAX_BROKER_STRING_BYTES || l.host.contains('\0') {
+            return invalid(format!(
+                "listener {} host must be 1 to {MAX_BROKER_STRING_BYTES} bytes without U+0000",
+                l.name
+            ));
+        }
+        if !(0..=65535).contains(&l.port) {
+            return invalid(format!("listener {} port {} out of range", l.name, l.port));
+        }
+        if !SECURITY_PROTOCOLS.contains(&l.security_protocol.as_str()) {
+            return invalid(format!(
+                "listener {} security protocol {:?} is not one of {}",
+                l.name,
+                l.security_protocol,
+                SECURITY_PROTOCOLS.join(", ")
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Most listeners one broker registers.
+pub const MAX_BROKER_LISTENERS: usize = 16;
+
+/// Kafka's security protocols.
+pub const SECURITY_PROTOCOLS: [&str; 4] = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
+
+/// A listener name: 1 to 64 ASCII letters, digits, `_` or `-`.
+pub fn is_listener_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// The error for a node id held by another live incarnation.

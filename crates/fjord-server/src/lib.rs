@@ -7,6 +7,12 @@
 //! request order while later requests are already being worked on (pipelining, bounded by
 //! `max_inflight_per_connection`).
 //!
+//! A broker serves one or more [`Listener`]s, each with a name and a security protocol as in
+//! Kafka's `listeners`. On `SSL` listeners the TLS handshake happens in the connection's task
+//! (bounded by [`fjord_tls::HANDSHAKE_TIMEOUT`]), never in the accept loop, and a verified client
+//! certificate names the connection's principal through the listener's mapping rules. Every
+//! request carries the connection's [`Session`] (listener, peer, principal).
+//!
 //! Bad input closes the connection, never the broker: a frame larger than
 //! `max_request_bytes`, a negative length, an unknown API, a version not served or a body that
 //! does not decode are logged and the socket is closed (what Kafka does).
@@ -23,9 +29,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fjord_broker::dispatch::{self, Reply};
+use fjord_broker::session::{Principal, SecurityProtocol, Session};
 use fjord_broker::Broker;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use fjord_tls::{PrincipalMapper, ReloadingTls};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -93,65 +100,235 @@ pub async fn bind(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
     }))
 }
 
-/// Serves Kafka clients on `listener` until `shutdown` is cancelled and connections drained.
+/// A bound listener and how its connections are secured.
+pub struct Listener {
+    name: Arc<str>,
+    protocol: SecurityProtocol,
+    tcp: TcpListener,
+    tls: Option<Arc<ReloadingTls>>,
+    principals: Arc<PrincipalMapper>,
+}
+
+/// A listener that cannot be served as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// SASL is not served yet.
+    #[error("listener {0}: {1} is not supported yet (SASL authentication is not implemented); use PLAINTEXT or SSL")]
+    Unsupported(String, SecurityProtocol),
+    /// An `SSL` listener without certificate files.
+    #[error("listener {0}: {1} needs a certificate and key (--ssl-cert, --ssl-key)")]
+    NoTls(String, SecurityProtocol),
+}
+
+impl Listener {
+    /// A listener named `name` serving `protocol` on `tcp`. `tls` is required by `SSL` (and
+    /// ignored otherwise); `principals` names clients by their certificates.
+    pub fn new(
+        name: &str,
+        protocol: SecurityProtocol,
+        tcp: TcpListener,
+        tls: Option<Arc<ReloadingTls>>,
+        principals: Arc<PrincipalMapper>,
+    ) -> Result<Listener, ListenerError> {
+        match protocol {
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl => {
+                return Err(ListenerError::Unsupported(name.to_string(), protocol));
+            }
+            SecurityProtocol::Ssl if tls.is_none() => {
+                return Err(ListenerError::NoTls(name.to_string(), protocol));
+            }
+            _ => {}
+        }
+        Ok(Listener {
+            name: Arc::from(name),
+            protocol,
+            tcp,
+            tls: if protocol.uses_tls() { tls } else { None },
+            principals,
+        })
+    }
+
+    /// A plaintext listener named `PLAINTEXT` (what `--listen` serves).
+    pub fn plaintext(tcp: TcpListener) -> Listener {
+        Listener {
+            name: Arc::from("PLAINTEXT"),
+            protocol: SecurityProtocol::Plaintext,
+            tcp,
+            tls: None,
+            principals: Arc::new(PrincipalMapper::default()),
+        }
+    }
+
+    /// The listener's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Limits shared by every listener of the broker.
+#[derive(Clone)]
+struct Shared {
+    broker: Arc<Broker>,
+    settings: ServerSettings,
+    permits: Arc<Semaphore>,
+    memory: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+/// Serves Kafka clients on every listener until `shutdown` is cancelled and connections
+/// drained. The connection cap and the request memory are shared by all listeners.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     broker: Arc<Broker>,
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.max_connections.max(1)));
-    let memory = Arc::new(Semaphore::new(settings.max_request_memory.max(1)));
+    let shared = Shared {
+        broker,
+        permits: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+        memory: Arc::new(Semaphore::new(settings.max_request_memory.max(1))),
+        settings,
+        shutdown,
+    };
+    let mut loops = JoinSet::new();
+    for listener in listeners {
+        loops.spawn(accept_loop(listener, shared.clone()));
+    }
+    while let Some(done) = loops.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a listener's accept loop failed");
+        }
+    }
+}
+
+async fn accept_loop(listener: Listener, shared: Shared) {
+    let Listener {
+        name,
+        protocol,
+        tcp,
+        tls,
+        principals,
+    } = listener;
+    let shutdown = shared.shutdown.clone();
     let mut connections = JoinSet::new();
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
+            permit = shared.permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break,
             },
         };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = tcp.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let broker = broker.clone();
-                let settings = settings.clone();
-                let shutdown = shutdown.clone();
-                let memory = memory.clone();
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, error = %e, "setting TCP_NODELAY failed");
+                }
+                let shared = shared.clone();
+                let session = Session {
+                    listener: name.clone(),
+                    protocol,
+                    peer: Some(peer),
+                    principal: Principal::anonymous(),
+                };
+                let tls = tls.clone();
+                let principals = principals.clone();
                 connections.spawn(async move {
-                    connection(stream, peer, broker, settings, memory, shutdown).await;
+                    match tls {
+                        None => {
+                            let (reader, writer) = stream.into_split();
+                            connection(reader, writer, session, &shared).await;
+                        }
+                        Some(tls) => secure(stream, session, &tls, &principals, &shared).await,
+                    }
                     drop(permit);
                 });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(listener = %name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         // Reap finished connections so the set does not grow.
         while connections.try_join_next().is_some() {}
     }
-    drop(listener);
+    drop(tcp);
     tracing::info!(
+        listener = %name,
         open = connections.len(),
         "listener closed; draining connections"
     );
-    let drained = tokio::time::timeout(settings.drain_timeout, async {
+    let drained = tokio::time::timeout(shared.settings.drain_timeout, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::warn!(
+            listener = %name,
             open = connections.len(),
             "drain timeout; closing remaining connections"
         );
         connections.shutdown().await;
     }
+}
+
+/// The TLS handshake, the principal of the client certificate, then the connection.
+async fn secure(
+    stream: TcpStream,
+    mut session: Session,
+    tls: &ReloadingTls,
+    principals: &PrincipalMapper,
+    shared: &Shared,
+) {
+    let peer = session.peer;
+    let handshake =
+        tokio::time::timeout(fjord_tls::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+    let stream = tokio::select! {
+        () = shared.shutdown.cancelled() => return,
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::info!(?peer, listener = %session.listener, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(?peer, listener = %session.listener, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first());
+    if let Some(der) = certificate {
+        let name = fjord_tls::subject_name(der).and_then(|dn| principals.map(&dn));
+        match name {
+            Some(name) => session.principal = Principal::user(name),
+            None => {
+                tracing::warn!(
+                    ?peer,
+                    listener = %session.listener,
+                    "client certificate refused: its subject is unreadable or no principal mapping rule applies"
+                );
+                return;
+            }
+        }
+    }
+    tracing::debug!(?peer, principal = %session.principal, "TLS connection");
+    let (reader, writer) = tokio::io::split(stream);
+    connection(reader, writer, session, shared).await;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,8 +347,8 @@ struct Frame {
     memory: OwnedSemaphorePermit,
 }
 
-async fn read_frame(
-    reader: &mut OwnedReadHalf,
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
     max: usize,
     memory: &Arc<Semaphore>,
     budget: usize,
@@ -209,54 +386,55 @@ async fn read_frame(
     })
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    broker: Arc<Broker>,
-    settings: ServerSettings,
-    memory: Arc<Semaphore>,
-    shutdown: CancellationToken,
-) {
-    tracing::debug!(%peer, "connection opened");
-    let (mut reader, writer) = stream.into_split();
+async fn connection<R, W>(mut reader: R, writer: W, session: Session, shared: &Shared)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = &shared.settings;
+    let peer = session.peer;
+    let session = Arc::new(session);
+    tracing::debug!(?peer, listener = %session.listener, "connection opened");
     let (tx, rx) =
         mpsc::channel::<(Reply, OwnedSemaphorePermit)>(settings.max_inflight_per_connection.max(1));
     let writer_task = tokio::spawn(write_replies(writer, rx, peer));
     loop {
         let frame = tokio::select! {
-            () = shutdown.cancelled() => break,
-            frame = read_frame(&mut reader, settings.max_request_bytes, &memory, settings.max_request_memory) => frame,
+            () = shared.shutdown.cancelled() => break,
+            frame = read_frame(&mut reader, settings.max_request_bytes, &shared.memory, settings.max_request_memory) => frame,
         };
         let frame = match frame {
             Ok(frame) => frame,
             Err(FrameError::Closed) => break,
             Err(e) => {
-                tracing::info!(%peer, error = %e, "closing connection");
+                tracing::info!(?peer, error = %e, "closing connection");
                 break;
             }
         };
-        match dispatch::start_from(&broker, frame.bytes, Some(peer)).await {
+        match dispatch::start_from(&shared.broker, frame.bytes, &session).await {
             Ok(started) => {
                 if tx.send((started.reply, frame.memory)).await.is_err() {
                     break; // the writer failed: the socket is gone
                 }
             }
             Err(e) => {
-                tracing::info!(%peer, error = %e, "closing connection");
+                tracing::info!(?peer, error = %e, "closing connection");
                 break;
             }
         }
     }
     // Let the writer answer everything already read, then close.
     drop(tx);
-    let _ = writer_task.await;
-    tracing::debug!(%peer, "connection closed");
+    if let Err(e) = writer_task.await {
+        tracing::error!(?peer, error = %e, "the connection's writer failed");
+    }
+    tracing::debug!(?peer, "connection closed");
 }
 
-async fn write_replies(
-    mut writer: OwnedWriteHalf,
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut rx: mpsc::Receiver<(Reply, OwnedSemaphorePermit)>,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
 ) {
     // Each request's memory share is released (dropped) once its response is written.
     while let Some((reply, _memory)) = rx.recv().await {
@@ -264,12 +442,12 @@ async fn write_replies(
             Ok(Some(bytes)) => bytes,
             Ok(None) => continue,
             Err(e) => {
-                tracing::error!(%peer, error = %e, "closing connection");
+                tracing::error!(?peer, error = %e, "closing connection");
                 return;
             }
         };
         if let Err(e) = writer.write_all(&bytes).await {
-            tracing::debug!(%peer, error = %e, "write failed");
+            tracing::debug!(?peer, error = %e, "write failed");
             return;
         }
     }

@@ -19,6 +19,26 @@ pub struct ServeConfig {
     pub listen: String,
     /// `host:port` that clients are told to connect to (default: the listen address).
     pub advertised_address: Option<String>,
+    /// Listeners as in Kafka's `listeners`: `NAME=PROTOCOL://IP:PORT` or `PROTOCOL://IP:PORT`
+    /// (named after the protocol); when set, they replace `listen`.
+    pub listeners: Vec<String>,
+    /// Addresses clients of a listener are told, as in Kafka's `advertised.listeners`:
+    /// `NAME=HOST:PORT` (default: the listener's own address).
+    pub advertised_listeners: Vec<String>,
+    /// The listener brokers use to reach each other (default: the first).
+    pub inter_broker_listener_name: Option<String>,
+    /// TLS certificate chain (PEM) of `SSL` listeners.
+    pub ssl_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM) of `SSL` listeners.
+    pub ssl_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to.
+    pub ssl_client_ca_file: Option<PathBuf>,
+    /// Kafka's `ssl.client.auth`: `none`, `requested` or `required`.
+    pub ssl_client_auth: String,
+    /// Kafka's `ssl.principal.mapping.rules`, naming principals from client certificates.
+    pub ssl_principal_mapping_rules: String,
+    /// How often (ms) the TLS files are checked for changes and reloaded.
+    pub ssl_reload_interval_ms: u64,
     /// Directory for local state (the embedded coordinator, the local object store).
     pub data_dir: PathBuf,
     /// Object store URL: `file://DIR`, `memory://` or `s3://bucket/prefix`
@@ -164,6 +184,15 @@ impl Default for ServeConfig {
         ServeConfig {
             listen: "127.0.0.1:9092".into(),
             advertised_address: None,
+            listeners: Vec::new(),
+            advertised_listeners: Vec::new(),
+            inter_broker_listener_name: None,
+            ssl_cert_file: None,
+            ssl_key_file: None,
+            ssl_client_ca_file: None,
+            ssl_client_auth: "none".into(),
+            ssl_principal_mapping_rules: "DEFAULT".into(),
+            ssl_reload_interval_ms: 10_000,
             data_dir: PathBuf::from("data"),
             object_store: None,
             object_store_options: BTreeMap::new(),
@@ -236,6 +265,40 @@ pub struct ServeArgs {
     /// host:port advertised to clients [default: the listen address].
     #[arg(long, env = "FJORD_ADVERTISED_ADDRESS")]
     pub advertised_address: Option<String>,
+    /// A listener, NAME=PROTOCOL://IP:PORT or PROTOCOL://IP:PORT (repeatable; PROTOCOL is
+    /// PLAINTEXT or SSL), e.g. INTERNAL=PLAINTEXT://0.0.0.0:9092; replaces --listen.
+    #[arg(long = "listener", env = "FJORD_LISTENERS", value_delimiter = ',')]
+    pub listeners: Vec<String>,
+    /// Address clients of a listener are told, NAME=HOST:PORT (repeatable) [default: the
+    /// listener's address].
+    #[arg(
+        long = "advertised-listener",
+        env = "FJORD_ADVERTISED_LISTENERS",
+        value_delimiter = ','
+    )]
+    pub advertised_listeners: Vec<String>,
+    /// The listener brokers use to reach each other [default: the first].
+    #[arg(long, env = "FJORD_INTER_BROKER_LISTENER_NAME")]
+    pub inter_broker_listener_name: Option<String>,
+    /// TLS certificate chain (PEM) of SSL listeners; reloaded when it changes.
+    #[arg(long, env = "FJORD_SSL_CERT_FILE")]
+    pub ssl_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM) of SSL listeners; reloaded when it changes.
+    #[arg(long, env = "FJORD_SSL_KEY_FILE")]
+    pub ssl_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[arg(long, env = "FJORD_SSL_CLIENT_CA_FILE")]
+    pub ssl_client_ca_file: Option<PathBuf>,
+    /// Client certificates (Kafka's ssl.client.auth): none, requested or required [default: none].
+    #[arg(long, env = "FJORD_SSL_CLIENT_AUTH")]
+    pub ssl_client_auth: Option<String>,
+    /// Principals from client certificates (Kafka's ssl.principal.mapping.rules), e.g.
+    /// 'RULE:^CN=(.*?),.*$/$1/,DEFAULT' [default: DEFAULT, the certificate's subject].
+    #[arg(long, env = "FJORD_SSL_PRINCIPAL_MAPPING_RULES")]
+    pub ssl_principal_mapping_rules: Option<String>,
+    /// Milliseconds between checks of the TLS files for changes [default: 10000].
+    #[arg(long, env = "FJORD_SSL_RELOAD_INTERVAL_MS")]
+    pub ssl_reload_interval_ms: Option<u64>,
     /// Directory for local state [default: ./data].
     #[arg(long, env = "FJORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -451,6 +514,9 @@ impl ServeArgs {
         }
         take!(
             listen,
+            ssl_client_auth,
+            ssl_principal_mapping_rules,
+            ssl_reload_interval_ms,
             data_dir,
             coordinator,
             cluster_id,
@@ -505,6 +571,24 @@ impl ServeArgs {
         if self.advertised_address.is_some() {
             c.advertised_address = self.advertised_address.clone();
         }
+        if !self.listeners.is_empty() {
+            c.listeners = self.listeners.clone();
+        }
+        if !self.advertised_listeners.is_empty() {
+            c.advertised_listeners = self.advertised_listeners.clone();
+        }
+        for (flag, value) in [
+            (&self.ssl_cert_file, &mut c.ssl_cert_file),
+            (&self.ssl_key_file, &mut c.ssl_key_file),
+            (&self.ssl_client_ca_file, &mut c.ssl_client_ca_file),
+        ] {
+            if flag.is_some() {
+                *value = flag.clone();
+            }
+        }
+        if self.inter_broker_listener_name.is_some() {
+            c.inter_broker_listener_name = self.inter_broker_listener_name.clone();
+        }
         if self.object_store.is_some() {
             c.object_store = self.object_store.clone();
         }
@@ -550,6 +634,7 @@ impl ServeConfig {
 
     /// Checks values that cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
+        crate::listeners::resolve(self)?;
         self.listen.parse::<SocketAddr>().with_context(|| {
             format!(
                 "listen address '{}' is not HOST:PORT (an IP address and port)",

@@ -88,11 +88,33 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     let store_stats = store.stats();
     let store: Arc<dyn object_store::ObjectStore> = Arc::new(store);
 
-    let (advertised_host, advertised_port) = config.advertised()?;
+    let listeners = crate::listeners::resolve(&config)?;
+    let (advertised_host, advertised_port) = listeners.inter_broker().advertised.clone();
+    // TLS files are read and checked before anything binds.
+    let tls = match &listeners.tls {
+        Some(files) => Some(Arc::new(
+            fjord_tls::ReloadingTls::new(files.clone()).context("loading the TLS files")?,
+        )),
+        None => None,
+    };
+    let principals = Arc::new(listeners.principals.clone());
     // Listen before registering: once registered, other brokers send clients here.
-    let listener = fjord_server::bind(&config.listen, config.listen_backlog)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let mut bound = Vec::new();
+    for spec in &listeners.specs {
+        let tcp = fjord_server::bind(&spec.bind, config.listen_backlog)
+            .await
+            .with_context(|| format!("binding listener {} on {}", spec.name, spec.bind))?;
+        bound.push(
+            fjord_server::Listener::new(
+                &spec.name,
+                spec.protocol,
+                tcp,
+                tls.clone(),
+                principals.clone(),
+            )
+            .map_err(anyhow::Error::new)?,
+        );
+    }
     let embedded = config.coordinator == "embedded";
     let membership = Membership::join(
         coordinator.clone(),
@@ -101,6 +123,13 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             host: advertised_host.clone(),
             port: advertised_port,
             rack: config.zone.clone(),
+            // The single --listen listener registers no list: it is host and port, which
+            // brokers of earlier versions read too.
+            listeners: if config.listeners.is_empty() {
+                Vec::new()
+            } else {
+                listeners.endpoints()
+            },
             lease: Duration::from_millis(config.broker_lease_ms),
         },
     )
@@ -197,9 +226,15 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         offsets_cache: Default::default(),
     });
 
+    let listening: Vec<String> = listeners
+        .specs
+        .iter()
+        .map(|l| format!("{}={}://{}", l.name, l.protocol, l.bind))
+        .collect();
     tracing::info!(
         node_id,
         listen = %config.listen,
+        listeners = %listening.join(","),
         object_store = %store_url,
         coordinator = %redact(&config.coordinator),
         data_dir = %config.data_dir.display(),
@@ -338,8 +373,16 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             "client connections capped below --max-connections to fit the open-file limit"
         );
     }
+    let tls_reload = tls.map(|tls| {
+        tokio::spawn(fjord_tls::watch(
+            "tls-reload".to_string(),
+            tls,
+            Duration::from_millis(config.ssl_reload_interval_ms),
+            shutdown.clone(),
+        ))
+    });
     let server = tokio::spawn(fjord_server::serve(
-        listener,
+        bound,
         broker.clone(),
         ServerSettings {
             max_request_bytes: config.max_request_bytes,
@@ -383,6 +426,11 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     }
     if let Err(e) = gc.await {
         tracing::warn!(error = %e, "garbage collection task failed");
+    }
+    if let Some(task) = tls_reload {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "TLS reload task failed");
+        }
     }
     if let Err(e) = cleaner.await {
         tracing::error!(error = %e, "log cleaner task failed");

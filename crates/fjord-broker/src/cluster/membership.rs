@@ -19,7 +19,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fjord_coordinator::{BrokerRegistration, Coordinator, CoordinatorError, LiveBroker};
+use fjord_coordinator::{
+    BrokerRegistration, Coordinator, CoordinatorError, ListenerEndpoint, LiveBroker,
+};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -39,6 +41,8 @@ pub struct MembershipSettings {
     pub port: i32,
     /// Zone of this broker.
     pub rack: Option<String>,
+    /// Where clients of each of its listeners reach it (empty: `host`:`port` for all).
+    pub listeners: Vec<ListenerEndpoint>,
     /// Lease length; renewed every fifth of it.
     pub lease: Duration,
 }
@@ -79,6 +83,7 @@ impl Membership {
             port: settings.port,
             rack: settings.rack.clone(),
             incarnation,
+            listeners: settings.listeners.clone(),
         };
         let lease_ms = lease_ms(settings.lease);
         let registered = match settings.node_id {
@@ -274,6 +279,7 @@ fn member(r: &BrokerRegistration) -> Member {
         host: r.host.clone(),
         port: r.port,
         rack: r.rack.clone(),
+        listeners: r.listeners.clone(),
     }
 }
 

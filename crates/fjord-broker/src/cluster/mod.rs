@@ -28,6 +28,7 @@ pub mod reachability;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use fjord_coordinator::ListenerEndpoint;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -42,6 +43,22 @@ pub struct Member {
     pub port: i32,
     /// Zone (rack), if the broker declared one.
     pub rack: Option<String>,
+    /// Where clients of each listener reach it (empty: at `host`:`port` on every listener).
+    pub listeners: Vec<ListenerEndpoint>,
+}
+
+impl Member {
+    /// Where clients connected to listener `name` reach this broker; `None` if it does not
+    /// serve that listener (Kafka leaves such brokers out of the answer).
+    pub fn endpoint(&self, name: &str) -> Option<(&str, i32)> {
+        if self.listeners.is_empty() {
+            return Some((&self.host, self.port));
+        }
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| (l.host.as_str(), l.port))
+    }
 }
 
 /// A snapshot of the live brokers.
@@ -92,6 +109,7 @@ impl ClusterView {
                 host: String::new(),
                 port: 0,
                 rack: None,
+                listeners: Vec::new(),
             });
         ClusterView::new(
             me,
@@ -100,6 +118,22 @@ impl ClusterView {
                 .filter(|m| !gone.contains(&m.node_id))
                 .cloned(),
         )
+    }
+
+    /// The brokers that serve listener `name` (this broker always stays: a client reached it
+    /// there). Brokers of one cluster normally declare the same listeners, so this is usually
+    /// the whole view, borrowed.
+    pub fn serving(&self, name: &str) -> std::borrow::Cow<'_, ClusterView> {
+        if self.members.iter().all(|m| m.endpoint(name).is_some()) {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let gone = self
+            .members
+            .iter()
+            .filter(|m| m.endpoint(name).is_none())
+            .map(|m| m.node_id)
+            .collect();
+        std::borrow::Cow::Owned(self.without(&gone))
     }
 
     /// This broker's node id.

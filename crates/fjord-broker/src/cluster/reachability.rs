@@ -287,6 +287,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: i32::from(port),
             rack: None,
+            listeners: Vec::new(),
         }
     }
 

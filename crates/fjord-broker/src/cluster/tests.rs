@@ -8,6 +8,7 @@ fn member(id: i32, rack: Option<&str>) -> Member {
         host: format!("b{id}"),
         port: 9092,
         rack: rack.map(str::to_string),
+        listeners: Vec::new(),
     }
 }
 
@@ -141,4 +142,53 @@ fn zone_hints_in_client_id() {
     assert_eq!(zone_hint("zone="), None);
     assert_eq!(zone_hint("rdkafka"), None);
     assert_eq!(zone_hint("é,zone=ü"), Some("ü"));
+}
+
+fn with_listeners(id: i32, names: &[&str]) -> Member {
+    Member {
+        listeners: names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| ListenerEndpoint {
+                name: name.to_string(),
+                host: format!("{name}.b{id}"),
+                port: 9092 + i as i32,
+                security_protocol: "PLAINTEXT".into(),
+            })
+            .collect(),
+        ..member(id, None)
+    }
+}
+
+#[test]
+fn members_are_reached_at_their_address_on_the_clients_listener() {
+    let m = with_listeners(1, &["INTERNAL", "EXTERNAL"]);
+    assert_eq!(m.endpoint("EXTERNAL"), Some(("EXTERNAL.b1", 9093)));
+    assert_eq!(m.endpoint("INTERNAL"), Some(("INTERNAL.b1", 9092)));
+    assert_eq!(m.endpoint("OTHER"), None);
+    // Registered before listeners: host and port on every listener.
+    assert_eq!(member(2, None).endpoint("ANY"), Some(("b2", 9092)));
+}
+
+#[test]
+fn a_view_serving_a_listener_leaves_out_brokers_without_it() {
+    let me = with_listeners(1, &["INTERNAL", "EXTERNAL"]);
+    let v = ClusterView::new(
+        me.clone(),
+        [
+            with_listeners(2, &["INTERNAL", "EXTERNAL"]),
+            with_listeners(3, &["INTERNAL"]),
+        ],
+    );
+    assert!(matches!(
+        v.serving("INTERNAL"),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    let external = v.serving("EXTERNAL");
+    let ids: Vec<i32> = external.members().iter().map(|m| m.node_id).collect();
+    assert_eq!(ids, [1, 2]);
+    // This broker stays even on a listener it does not publish (the client reached it).
+    let none = v.serving("NOPE");
+    let ids: Vec<i32> = none.members().iter().map(|m| m.node_id).collect();
+    assert_eq!(ids, [1]);
 }

@@ -19,6 +19,7 @@ fn coordinator(dir: &std::path::Path) -> Arc<GroupCoordinator> {
         host: "localhost".into(),
         port: 9092,
         rack: None,
+        listeners: Vec::new(),
     };
     GroupCoordinator::start(store, settings, cluster::fixed(ClusterView::single(me)))
 }

@@ -6,23 +6,32 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeCluster
 
 use super::metadata::controller;
 use super::s;
+use crate::dispatch::Client;
 use crate::Broker;
 
-/// Describes the cluster.
-pub fn describe(broker: &Broker, _request: DescribeClusterRequest) -> DescribeClusterResponse {
-    let view = broker.view();
+/// Describes the cluster as clients of the request's listener reach it.
+pub fn describe(
+    broker: &Broker,
+    _request: DescribeClusterRequest,
+    client: &Client,
+) -> DescribeClusterResponse {
+    let all = broker.view();
+    let view = all.serving(client.listener());
     DescribeClusterResponse::default()
         .with_cluster_id(s(broker.settings.cluster_id.clone()))
         .with_controller_id(BrokerId(controller(&view)))
         .with_brokers(
             view.members()
                 .iter()
-                .map(|m| {
-                    DescribeClusterBroker::default()
-                        .with_broker_id(BrokerId(m.node_id))
-                        .with_host(s(m.host.clone()))
-                        .with_port(m.port)
-                        .with_rack(m.rack.clone().map(s))
+                .filter_map(|m| {
+                    let (host, port) = m.endpoint(client.listener())?;
+                    Some(
+                        DescribeClusterBroker::default()
+                            .with_broker_id(BrokerId(m.node_id))
+                            .with_host(s(host.to_string()))
+                            .with_port(port)
+                            .with_rack(m.rack.clone().map(s)),
+                    )
                 })
                 .collect(),
         )

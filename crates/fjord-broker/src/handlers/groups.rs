@@ -26,41 +26,55 @@ fn code(e: Option<ResponseError>) -> i16 {
     e.map_or(0, |e| e.code())
 }
 
-/// FindCoordinator: the live broker that the group id (or transactional id) hashes to.
+/// FindCoordinator: the live broker that the group id (or transactional id) hashes to, at its
+/// address on the client's listener (COORDINATOR_NOT_AVAILABLE if it does not serve that one).
 pub async fn find_coordinator(
     broker: Arc<Broker>,
     request: FindCoordinatorRequest,
     version: i16,
+    client: Client,
 ) -> FindCoordinatorResponse {
     let view = broker.view();
-    let error = match request.key_type {
+    let refused = match request.key_type {
         0 | 1 => None,
         _ => Some(ResponseError::InvalidRequest),
     };
-    // The coordinator of `key`, or this broker when the key type is refused.
-    let locate = |key: &str| {
-        let id = match error {
+    // The coordinator of `key` (this broker when the key type is refused) and where the client
+    // reaches it, or the error to answer.
+    let locate = |key: &str| -> (i32, String, i32, Option<ResponseError>) {
+        let id = match refused {
             None => view.group_coordinator(key),
             Some(_) => view.self_id(),
         };
-        view.member(id)
-            .cloned()
-            .unwrap_or_else(|| crate::cluster::Member {
-                node_id: view.self_id(),
-                host: broker.settings.advertised_host.clone(),
-                port: broker.settings.advertised_port,
-                rack: None,
-            })
+        let endpoint = match view.member(id) {
+            Some(m) => m
+                .endpoint(client.listener())
+                .map(|(host, port)| (host.to_string(), port)),
+            None if id == view.self_id() => Some((
+                broker.settings.advertised_host.clone(),
+                broker.settings.advertised_port,
+            )),
+            None => None,
+        };
+        match endpoint {
+            Some((host, port)) => (id, host, port, refused),
+            None => (
+                -1,
+                String::new(),
+                -1,
+                Some(refused.unwrap_or(ResponseError::CoordinatorNotAvailable)),
+            ),
+        }
     };
     if version < 4 {
-        let m = locate(request.key.as_str());
+        let (id, host, port, error) = locate(request.key.as_str());
         let mut r = FindCoordinatorResponse::default()
             .with_error_code(code(error))
-            .with_node_id(BrokerId(m.node_id))
-            .with_host(s(m.host))
-            .with_port(m.port);
+            .with_node_id(BrokerId(id))
+            .with_host(s(host))
+            .with_port(port);
         if version >= 1 {
-            r.error_message = error.map(|_| s("unsupported key type"));
+            r.error_message = error.map(|e| s(message(e)));
         }
         return r;
     }
@@ -68,16 +82,23 @@ pub async fn find_coordinator(
         .coordinator_keys
         .into_iter()
         .map(|key| {
-            let m = locate(key.as_str());
+            let (id, host, port, error) = locate(key.as_str());
             FoundCoordinator::default()
                 .with_key(key)
-                .with_node_id(BrokerId(m.node_id))
-                .with_host(s(m.host))
-                .with_port(m.port)
+                .with_node_id(BrokerId(id))
+                .with_host(s(host))
+                .with_port(port)
                 .with_error_code(code(error))
         })
         .collect();
     FindCoordinatorResponse::default().with_coordinators(coordinators)
+}
+
+fn message(error: ResponseError) -> &'static str {
+    match error {
+        ResponseError::InvalidRequest => "unsupported key type",
+        _ => "the coordinator does not serve this listener",
+    }
 }
 
 /// JoinGroup.

@@ -25,7 +25,9 @@ pub async fn handle(
     client: Client,
 ) -> MetadataResponse {
     let settings = &broker.settings;
-    let view = broker.view();
+    let all = broker.view();
+    // Only brokers reachable on the client's listener, at their addresses there.
+    let view = all.serving(client.listener());
     let placement = Placement {
         view: &view,
         zone: zone_hint(&client.client_id),
@@ -34,12 +36,15 @@ pub async fn handle(
         .with_brokers(
             view.members()
                 .iter()
-                .map(|m| {
-                    MetadataResponseBroker::default()
-                        .with_node_id(BrokerId(m.node_id))
-                        .with_host(s(m.host.clone()))
-                        .with_port(m.port)
-                        .with_rack(m.rack.clone().map(s))
+                .filter_map(|m| {
+                    let (host, port) = m.endpoint(client.listener())?;
+                    Some(
+                        MetadataResponseBroker::default()
+                            .with_node_id(BrokerId(m.node_id))
+                            .with_host(s(host.to_string()))
+                            .with_port(port)
+                            .with_rack(m.rack.clone().map(s)),
+                    )
                 })
                 .collect(),
         )

@@ -8,12 +8,13 @@
 //! checked, so of concurrent registrations of one node id by different incarnations exactly one
 //! wins. Renewal is an `UPDATE` guarded the same way.
 
+use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::db::{db, get};
 use super::PostgresCoordinator;
-use crate::model::{BrokerRegistration, LiveBroker};
+use crate::model::{BrokerRegistration, ListenerEndpoint, LiveBroker};
 use crate::state::{
     broker_lease_lost, broker_node_taken, check_broker_lease, check_broker_registration,
 };
@@ -23,7 +24,7 @@ use crate::Result;
 const NOW_MS: &str = "floor(extract(epoch FROM now()) * 1000)::bigint";
 
 /// Columns a broker query selects, in the order [`live_broker`] reads them.
-const COLUMNS: &str = "node_id, incarnation, host, port, rack, lease_expires_ms";
+const COLUMNS: &str = "node_id, incarnation, host, port, rack, lease_expires_ms, listeners";
 
 fn live_broker(row: &Row) -> Result<LiveBroker> {
     Ok(LiveBroker {
@@ -33,6 +34,7 @@ fn live_broker(row: &Row) -> Result<LiveBroker> {
             host: get(row, 2)?,
             port: get(row, 3)?,
             rack: get(row, 4)?,
+            listeners: get::<Json<Vec<ListenerEndpoint>>>(row, 6)?.0,
         },
         lease_expires_ms: get(row, 5)?,
     })
@@ -59,12 +61,13 @@ pub(super) async fn register(
     check_broker_lease(lease_ms)?;
     let sql = format!(
         "INSERT INTO fjord_brokers AS b ({COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, {NOW_MS} + $6)
+         VALUES ($1, $2, $3, $4, $5, {NOW_MS} + $6, $7)
          ON CONFLICT (node_id) DO UPDATE SET
              incarnation = EXCLUDED.incarnation,
              host = EXCLUDED.host,
              port = EXCLUDED.port,
              rack = EXCLUDED.rack,
+             listeners = EXCLUDED.listeners,
              lease_expires_ms = EXCLUDED.lease_expires_ms
          WHERE b.incarnation = EXCLUDED.incarnation OR b.lease_expires_ms <= {NOW_MS}
          RETURNING {COLUMNS}"
@@ -80,6 +83,7 @@ pub(super) async fn register(
             &r.port,
             &r.rack,
             &lease_ms,
+            &Json(&r.listeners),
         ],
         "registering a broker",
     )

@@ -74,6 +74,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0009_producer_expiry",
         sql: include_str!("../../migrations/postgres/0009_producer_expiry.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_broker_listeners",
+        sql: include_str!("../../migrations/postgres/0010_broker_listeners.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).

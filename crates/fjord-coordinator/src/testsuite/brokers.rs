@@ -15,6 +15,7 @@ where
     broker_leases_lapse(fresh().await).await;
     brokers_deregister(fresh().await).await;
     broker_registrations_race(fresh().await).await;
+    listeners_are_registered_and_checked(fresh().await).await;
 }
 
 fn broker(node_id: i32, host: &str) -> BrokerRegistration {
@@ -24,6 +25,7 @@ fn broker(node_id: i32, host: &str) -> BrokerRegistration {
         port: 9092,
         rack: None,
         incarnation: uuid::Uuid::new_v4(),
+        listeners: Vec::new(),
     }
 }
 
@@ -234,4 +236,53 @@ async fn broker_registrations_race(c: Arc<dyn Coordinator>) {
         .iter()
         .all(|r| r.is_ok() || matches!(r, Err(CoordinatorError::Invalid(_)))));
     assert_eq!(c.live_brokers().await.unwrap(), vec![winners[0].clone()]);
+}
+
+fn endpoint(name: &str, host: &str, port: i32, protocol: &str) -> ListenerEndpoint {
+    ListenerEndpoint {
+        name: name.into(),
+        host: host.into(),
+        port,
+        security_protocol: protocol.into(),
+    }
+}
+
+async fn listeners_are_registered_and_checked(c: Arc<dyn Coordinator>) {
+    let mut b = broker(4, "10.0.0.4");
+    b.listeners = vec![
+        endpoint("INTERNAL", "10.0.0.4", 9092, "PLAINTEXT"),
+        endpoint("EXTERNAL", "broker-4.example.com", 9093, "SSL"),
+    ];
+    let live = c.register_broker(b.clone(), LONG_LEASE_MS).await.unwrap();
+    assert_eq!(live.registration, b);
+    assert_eq!(c.live_brokers().await.unwrap()[0].registration, b);
+    let renewed = c
+        .renew_broker(4, b.incarnation, LONG_LEASE_MS)
+        .await
+        .unwrap();
+    assert_eq!(renewed.registration.listeners, b.listeners);
+    // Registering again replaces them.
+    b.listeners.pop();
+    let again = c.register_broker(b.clone(), LONG_LEASE_MS).await.unwrap();
+    assert_eq!(again.registration.listeners, b.listeners);
+
+    let refused = [
+        vec![endpoint("", "h", 1, "SSL")],
+        vec![endpoint("A B", "h", 1, "SSL")],
+        vec![endpoint("A", "", 1, "SSL")],
+        vec![endpoint("A", "h", 70_000, "SSL")],
+        vec![endpoint("A", "h", 1, "TLS")],
+        vec![endpoint("A", "h", 1, "SSL"), endpoint("A", "h", 2, "SSL")],
+        (0..17)
+            .map(|i| endpoint(&format!("L{i}"), "h", 1, "SSL"))
+            .collect(),
+    ];
+    for listeners in refused {
+        let mut bad = broker(5, "h");
+        bad.listeners = listeners.clone();
+        let result = c.register_broker(bad, LONG_LEASE_MS).await;
+        let shown = format!("{listeners:?}: {result:?}");
+        assert!(is_invalid(result), "{shown}");
+    }
+    assert_eq!(live_ids(&c).await, vec![4]);
 }

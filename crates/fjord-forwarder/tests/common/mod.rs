@@ -63,7 +63,7 @@ impl Cluster {
             fjord_broker::testkit::in_memory_broker(dir.path(), settings).unwrap();
         let stop = CancellationToken::new();
         tokio::spawn(fjord_server::serve(
-            listener,
+            vec![fjord_server::Listener::plaintext(listener)],
             broker,
             fjord_server::ServerSettings::default(),
             stop.clone(),
