@@ -269,6 +269,55 @@ async fn a_commit_validated_under_an_old_generation_does_not_land_after_a_newer_
     assert_eq!(committed(b, "g").await, 50);
 }
 
+/// The end of the view-change race in tests/e2e/test_cluster.py (test_group_view_change_race):
+/// the broker a member of generation N commits through dies, and the member moves to the other
+/// broker, which was preparing a rebalance meanwhile. There its generation-N commits are accepted
+/// in the order they arrive, as Kafka's classic coordinator accepts them while a group prepares a
+/// rebalance, with no check that an offset only grows. So a commit the client sends again with
+/// older offsets (librdkafka retries one whose answer was lost with the broker, or defers it until
+/// a coordinator is found, and meanwhile commits newer offsets on revoking its partitions) lands
+/// after the newer one: the committed offset goes back within the generation, and the member
+/// resumes from it in the next (at-least-once redelivery). What holds is the handover: once
+/// generation N + 1 is stored, no generation-N commit lands through either broker, so the
+/// partition never goes below where it stood then.
+#[tokio::test]
+async fn a_late_commit_lands_within_its_generation_but_never_after_the_next() {
+    let c = cluster(2);
+    let (a, b) = (&c.brokers[0], &c.brokers[1]);
+    create(a, "t", 1).await;
+    let (m1, g1) = join_alone(a, "g").await;
+    assert_eq!(commit(a, "g", m1.as_str(), g1, 655).await, 0);
+    // A newcomer joins through b, which loads the group and prepares a rebalance; m1 goes on
+    // committing through a.
+    let newcomer = {
+        let b = b.clone();
+        tokio::spawn(async move { join(&b, "g", "").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(commit(a, "g", m1.as_str(), g1, 670).await, 0);
+    // a dies with the answer to that commit; m1 finds b. Its commit on revoking its partitions,
+    // then the one it sends again: both of generation g1, both accepted, in arrival order.
+    assert_eq!(commit(b, "g", m1.as_str(), g1, 685).await, 0);
+    assert_eq!(commit(b, "g", m1.as_str(), g1, 670).await, 0);
+    assert_eq!(committed(b, "g").await, 670);
+    // m1 rejoins through b: generation g1 + 1 is stored.
+    let m1_again = join(b, "g", m1.as_str()).await;
+    let newcomer = newcomer.await.unwrap();
+    assert_eq!((m1_again.error_code, newcomer.error_code), (0, 0));
+    assert_eq!(m1_again.generation_id, g1 + 1);
+    // From now on no commit of generation g1 lands, through either broker.
+    assert_eq!(
+        commit(b, "g", m1.as_str(), g1, 660).await,
+        ResponseError::IllegalGeneration.code()
+    );
+    assert_ne!(
+        commit(a, "g", m1.as_str(), g1, 660).await,
+        0,
+        "the stale coordinator accepted a commit of a superseded generation"
+    );
+    assert_eq!(committed(a, "g").await, 670);
+}
+
 /// Item 8: Kafka's classic coordinator accepts commits with the current generation while the
 /// group prepares a rebalance (members keep committing what they own, KIP-429), answers
 /// REBALANCE_IN_PROGRESS only while the rebalance completes, and ILLEGAL_GENERATION for a stale

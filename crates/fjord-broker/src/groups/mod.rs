@@ -191,6 +191,7 @@ impl GroupCoordinator {
                 ConsumerGroup::new(id, self.settings.clone()),
             ),
         };
+        tracing::debug!(group = id, version, "group loaded");
         let mut groups = self.groups.lock();
         // Another request may have loaded it meanwhile; the first one wins.
         let slot = groups

@@ -135,7 +135,7 @@ impl Slot {
         if self.durable.load(Ordering::Acquire) >= seen {
             return Ok(());
         }
-        let (id, bytes, at) = {
+        let (id, bytes, at, generation, state) = {
             let g = self.group.lock();
             let c = self.consumer.lock();
             let at = g.version.wrapping_add(c.version);
@@ -143,7 +143,13 @@ impl Slot {
                 // Deleted: nothing to save, and nothing to tell anyone.
                 return Err(Outcome::Fenced);
             }
-            (g.id.clone(), encode(&g, &c), at)
+            (
+                g.id.clone(),
+                encode(&g, &c),
+                at,
+                g.generation,
+                g.state.name(),
+            )
         };
         let bytes = bytes.map_err(|e| {
             tracing::error!(group = %id, error = %e, "cannot encode group state");
@@ -156,6 +162,7 @@ impl Slot {
         let expected = self.store_version.load(Ordering::Acquire);
         match store.save_group(&id, expected, bytes.clone()).await {
             Ok(version) => {
+                tracing::debug!(group = %id, expected, version, generation, state, "group state saved");
                 self.store_version.store(version, Ordering::Release);
                 *saved = Some(bytes);
                 self.durable.fetch_max(at, Ordering::AcqRel);

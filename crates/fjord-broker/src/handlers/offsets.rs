@@ -91,7 +91,18 @@ async fn commit_fenced(
             .commit_offsets(group_id, offsets.clone(), Some(fence))
             .await
         {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                tracing::debug!(
+                    group = %group_id,
+                    member = request.member_id.as_str(),
+                    generation = request.generation_id_or_member_epoch,
+                    fence,
+                    attempt,
+                    offsets = ?offsets.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(),
+                    "offset commit accepted"
+                );
+                return Ok(());
+            }
             Err(CoordinatorError::Fenced(reason)) => {
                 tracing::debug!(group = %group_id, %reason, attempt, "offset commit fenced");
                 match slot {
@@ -121,6 +132,15 @@ pub async fn offset_commit(
     let group_error = validate_commit(&broker, &group_id, &request, version)
         .await
         .err();
+    if let Some(e) = group_error {
+        tracing::debug!(
+            group = %group_id,
+            member = request.member_id.as_str(),
+            generation = request.generation_id_or_member_epoch,
+            error = ?e,
+            "offset commit refused"
+        );
+    }
     let mut results: Vec<(TopicName, Vec<PartitionResult>)> = Vec::new();
     let mut offsets = Vec::new();
     let mut pending: Vec<(usize, usize)> = Vec::new();
