@@ -60,7 +60,7 @@ def test_bench_soak_short_run(fjord_bin: Path):
     out = subprocess.run(
         [str(bench), "--fjord", str(fjord_bin), "--json", "soak", "--minutes", "0.1",
          "--interval-s", "2", "--retention-ms", "1000", "--rate-mb", "1", "--topics", "2",
-         "--partitions", "2", "--compacted-keys", "50"],
+         "--partitions", "2", "--compacted-keys", "50", "--idle-s", "3"],
         capture_output=True, text=True, timeout=110,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -69,7 +69,9 @@ def test_bench_soak_short_run(fjord_bin: Path):
     assert all(r["scenario"] == "soak" for r in rows)
     for r in rows:
         assert set(r["values"]) >= {"seconds", "acked", "rss_bytes", "metadata_bytes", "objects",
-                                    "object_bytes", "puts", "gets", "deletes", "lists"}, r
+                                    "object_bytes", "puts", "gets", "deletes", "lists",
+                                    "index_rows", "ledger_objects", "retention_passes",
+                                    "retention_pass_ms"}, r
     seconds = [r["values"]["seconds"] for r in rows]
     assert seconds == sorted(seconds), seconds
     last = rows[-1]["values"]

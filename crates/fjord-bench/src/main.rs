@@ -197,6 +197,10 @@ enum Scenario {
         /// default: the embedded coordinator.
         #[arg(long)]
         postgres: Option<String>,
+        /// Seconds to idle after producing before the last sample [default: retention.ms plus
+        /// the broker's delete delay and GC interval (120 s) plus one sample interval].
+        #[arg(long)]
+        idle_s: Option<u64>,
         #[arg(long, value_enum, default_value_t = Store::Local)]
         store: Store,
     },
@@ -328,6 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             compacted_keys,
             interval_s,
             postgres,
+            idle_s,
             store,
         } => {
             if store == Store::S3 {
@@ -343,6 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 compacted_keys,
                 interval: Duration::from_secs(interval_s.max(1)),
                 postgres,
+                idle: idle_s.map(Duration::from_secs),
             };
             soak::run(b, &mut table, &spec, &store.args()).await?
         }

@@ -42,6 +42,10 @@ pub struct SoakSpec {
     pub interval: Duration,
     /// `Some(url)`: the broker's coordinator is this PostgreSQL database, measured there.
     pub postgres: Option<String>,
+    /// How long to idle after producing before the last sample (`None`: a retention period,
+    /// the broker's 60 s delete delay, its 60 s GC interval and one sample interval, so that
+    /// what expired is gone).
+    pub idle: Option<Duration>,
 }
 
 /// Counts the producer's delivery reports.
@@ -206,10 +210,10 @@ pub async fn run(
         .context("flushing the producer")?;
     // A last sample after a retention period of idling, the objects' delete delay and a GC
     // interval (the broker's defaults, 60 s each): what expired should be gone.
-    tokio::time::sleep(
+    let idle = spec.idle.unwrap_or(
         Duration::from_millis(spec.retention_ms) + Duration::from_secs(120) + spec.interval,
-    )
-    .await;
+    );
+    tokio::time::sleep(idle).await;
     let s = sample(&broker, pg.as_ref(), start, &acks, first).await?;
     table.push(row(
         &format!("{setup}; idle after producing"),
