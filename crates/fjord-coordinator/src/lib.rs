@@ -38,6 +38,7 @@ mod log_lifecycle;
 mod model;
 mod object_ledger;
 pub mod postgres;
+pub mod security;
 pub mod state;
 pub mod testsuite;
 
@@ -48,6 +49,7 @@ pub use group_store::GroupStore;
 pub use log_lifecycle::LogLifecycle;
 pub use model::*;
 pub use object_ledger::ObjectLedger;
+pub use security::{AclStore, CredentialStore};
 
 use async_trait::async_trait;
 use uuid::Uuid;
