@@ -16,9 +16,12 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::model::*;
+use crate::security::{
+    AclBinding, AclFilter, AclSnapshot, ScramCredential, ScramMechanism, ScramUser,
+};
 use crate::{
-    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, MetadataExpiry,
-    ObjectLedger, Result,
+    AclStore, BrokerRegistry, Coordinator, CoordinatorError, CredentialStore, GroupStore,
+    LogLifecycle, MetadataExpiry, ObjectLedger, Result,
 };
 
 /// An operation faults can be armed for.
@@ -401,6 +404,48 @@ impl BrokerRegistry for FaultyCoordinator {
 
     async fn live_brokers(&self) -> Result<Vec<LiveBroker>> {
         self.inner.live_brokers().await
+    }
+}
+
+#[async_trait]
+impl CredentialStore for FaultyCoordinator {
+    async fn upsert_scram_credential(&self, user: &str, credential: ScramCredential) -> Result<()> {
+        self.inner.upsert_scram_credential(user, credential).await
+    }
+
+    async fn delete_scram_credential(&self, user: &str, mechanism: ScramMechanism) -> Result<bool> {
+        self.inner.delete_scram_credential(user, mechanism).await
+    }
+
+    async fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Result<Option<ScramCredential>> {
+        self.inner.scram_credential(user, mechanism).await
+    }
+
+    async fn scram_users(&self) -> Result<Vec<ScramUser>> {
+        self.inner.scram_users().await
+    }
+}
+
+#[async_trait]
+impl AclStore for FaultyCoordinator {
+    async fn create_acls(&self, bindings: Vec<AclBinding>) -> Result<()> {
+        self.inner.create_acls(bindings).await
+    }
+
+    async fn delete_acls(&self, filters: Vec<AclFilter>) -> Result<Vec<Vec<AclBinding>>> {
+        self.inner.delete_acls(filters).await
+    }
+
+    async fn acls(&self) -> Result<AclSnapshot> {
+        self.inner.acls().await
+    }
+
+    async fn acl_version(&self) -> Result<i64> {
+        self.inner.acl_version().await
     }
 }
 

@@ -26,6 +26,8 @@
 //! - An object is reported dead only once no index row references it ([`ObjectLedger`]).
 //! - At most one incarnation of a broker node id holds a live lease at any time.
 //! - Idempotent-producer memory is bounded in time: it expires ([`MetadataExpiry`]).
+//! - SCRAM credentials are stored as salted keys, one per (user, mechanism) ([`CredentialStore`]).
+//! - ACL bindings are stored at most once and their version rises with every change ([`AclStore`]).
 
 mod broker_registry;
 pub mod clock;
@@ -39,6 +41,7 @@ mod model;
 mod object_ledger;
 pub mod postgres;
 pub mod security;
+pub mod security_state;
 pub mod state;
 pub mod testsuite;
 
@@ -56,12 +59,22 @@ use uuid::Uuid;
 
 /// The metadata store behind a broker: topics, the log index and producer ids here; consumer
 /// groups ([`GroupStore`]), the live-broker registry ([`BrokerRegistry`]), log start offsets and
-/// compaction swaps ([`LogLifecycle`]), object bookkeeping ([`ObjectLedger`]) and expiry of
-/// producer memory ([`MetadataExpiry`]) in traits of their own, each with its conformance tests
+/// compaction swaps ([`LogLifecycle`]), object bookkeeping ([`ObjectLedger`]), expiry of
+/// producer memory ([`MetadataExpiry`]), SCRAM credentials ([`CredentialStore`]) and ACLs
+/// ([`AclStore`]) in traits of their own, each with its conformance tests
 /// in [`testsuite`]. Implementations are cheap to share (`Arc<dyn Coordinator>`).
 #[async_trait]
 pub trait Coordinator:
-    GroupStore + BrokerRegistry + LogLifecycle + ObjectLedger + MetadataExpiry + Send + Sync + 'static
+    GroupStore
+    + BrokerRegistry
+    + LogLifecycle
+    + ObjectLedger
+    + MetadataExpiry
+    + CredentialStore
+    + AclStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Creates a topic. Fails with [`CoordinatorError::TopicExists`] if the name is taken.
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicMeta>;

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::model::*;
+use crate::security_state::{SecurityEntry, SecurityState};
 use crate::{CoordinatorError, Result};
 
 /// How many recent batches per producer and partition are remembered for de-duplication
@@ -154,6 +155,8 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         stamped_ids: Vec<i64>,
     },
+    /// SCRAM credentials or ACLs changed (see [`crate::security_state`]).
+    Security(SecurityEntry),
 }
 
 /// The offset a group committed for one partition (its topic and partition are the map keys).
@@ -337,6 +340,9 @@ pub struct State {
     /// (re)initialised (ms); absent for ids handed out before producer ids expired.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub producer_init_ms: BTreeMap<i64, i64>,
+    /// SCRAM credentials and ACLs (absent from snapshots written before they existed).
+    #[serde(default)]
+    pub security: SecurityState,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -752,6 +758,7 @@ impl State {
                 stamped_states,
                 stamped_ids,
             } => self.apply_expire_producers(*at_ms, states, ids, stamped_states, stamped_ids),
+            Entry::Security(entry) => self.security.apply(entry),
         }
     }
 

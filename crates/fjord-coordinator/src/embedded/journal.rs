@@ -709,6 +709,57 @@ mod tests {
         ));
     }
 
+    /// Security entries (credentials, ACLs and the ACL version) survive replay from the journal,
+    /// and a snapshot of them, and entries after it.
+    #[test]
+    fn security_survives_replay_and_snapshots() {
+        use crate::security::*;
+        use crate::security_state::SecurityEntry;
+        let binding = |name: &str| AclBinding {
+            resource_type: ResourceType::Topic,
+            resource_name: name.into(),
+            pattern_type: PatternType::Literal,
+            principal: "User:alice".into(),
+            host: "*".into(),
+            operation: AclOperation::Read,
+            permission: AclPermission::Allow,
+        };
+        let entries = [
+            SecurityEntry::UpsertCredential {
+                user: "alice".into(),
+                credential: ScramCredential {
+                    mechanism: ScramMechanism::Sha512,
+                    iterations: 4096,
+                    salt: vec![1, 2, 3],
+                    stored_key: vec![4; 64],
+                    server_key: vec![5; 64],
+                },
+            },
+            SecurityEntry::CreateAcls(vec![binding("a"), binding("b")]),
+            SecurityEntry::DeleteAcls(vec![binding("a")]),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, mut state) = Journal::open(dir.path()).unwrap();
+        for e in entries {
+            let e = Entry::Security(e);
+            journal.append(&e).unwrap();
+            state.apply(&e);
+        }
+        assert_eq!(state.security.acl_version, 2);
+        drop(journal);
+        let (mut journal, replayed) = Journal::open(dir.path()).unwrap();
+        assert_eq!(replayed, state);
+        journal.snapshot(&state).unwrap();
+        let e = Entry::Security(SecurityEntry::CreateAcls(vec![binding("c")]));
+        journal.append(&e).unwrap();
+        state.apply(&e);
+        drop(journal);
+        let (_, reopened) = Journal::open(dir.path()).unwrap();
+        assert_eq!(reopened, state);
+        assert_eq!(reopened.security.acl_version, 3);
+        assert_eq!(reopened.security.acls.len(), 2);
+    }
+
     /// One frame as journal.log and segments hold it.
     fn frame(seq: u64, entry: &Entry) -> Vec<u8> {
         let json = serde_json::to_vec(entry).unwrap();

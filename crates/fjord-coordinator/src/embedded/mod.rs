@@ -38,10 +38,13 @@ pub use journal::Journal;
 
 use crate::clock::Clock;
 use crate::model::*;
+use crate::security::{
+    AclBinding, AclFilter, AclSnapshot, ScramCredential, ScramMechanism, ScramUser,
+};
 use crate::state::{check_group_id, expiry_changes, expiry_step, Entry, State};
 use crate::{
-    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, MetadataExpiry,
-    ObjectLedger, Result,
+    AclStore, BrokerRegistry, Coordinator, CoordinatorError, CredentialStore, GroupStore,
+    LogLifecycle, MetadataExpiry, ObjectLedger, Result,
 };
 
 /// Size of the journal's current segment after which the writer starts a snapshot.
@@ -683,6 +686,80 @@ impl BrokerRegistry for EmbeddedCoordinator {
 
     async fn live_brokers(&self) -> Result<Vec<LiveBroker>> {
         Ok(self.brokers.live(self.clock.now_ms()))
+    }
+}
+
+#[async_trait]
+impl CredentialStore for EmbeddedCoordinator {
+    async fn upsert_scram_credential(&self, user: &str, credential: ScramCredential) -> Result<()> {
+        let user = user.to_string();
+        self.on_writer(move |w| {
+            w.decide_and_maybe_write(|s| {
+                Ok(s.security
+                    .decide_upsert_credential(&user, credential)?
+                    .map(Entry::Security))
+            })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_scram_credential(&self, user: &str, mechanism: ScramMechanism) -> Result<bool> {
+        let user = user.to_string();
+        self.on_writer(move |w| {
+            w.decide_and_maybe_write(|s| {
+                Ok(s.security
+                    .decide_delete_credential(&user, mechanism)
+                    .map(Entry::Security))
+            })
+        })
+        .await
+    }
+
+    async fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Result<Option<ScramCredential>> {
+        Ok(self.read(|s| s.security.credential(user, mechanism)))
+    }
+
+    async fn scram_users(&self) -> Result<Vec<ScramUser>> {
+        Ok(self.read(|s| s.security.scram_users()))
+    }
+}
+
+#[async_trait]
+impl AclStore for EmbeddedCoordinator {
+    async fn create_acls(&self, bindings: Vec<AclBinding>) -> Result<()> {
+        self.on_writer(move |w| {
+            w.decide_and_maybe_write(|s| {
+                Ok(s.security
+                    .decide_create_acls(bindings)?
+                    .map(Entry::Security))
+            })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_acls(&self, filters: Vec<AclFilter>) -> Result<Vec<Vec<AclBinding>>> {
+        self.on_writer(move |w| {
+            let (matched, entry) = w.state.read().security.decide_delete_acls(&filters);
+            if let Some(entry) = entry {
+                w.write(Entry::Security(entry))?;
+            }
+            Ok(matched)
+        })
+        .await
+    }
+
+    async fn acls(&self) -> Result<AclSnapshot> {
+        Ok(self.read(|s| s.security.acl_snapshot()))
+    }
+
+    async fn acl_version(&self) -> Result<i64> {
+        Ok(self.read(|s| s.security.acl_version))
     }
 }
 

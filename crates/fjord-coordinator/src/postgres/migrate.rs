@@ -79,6 +79,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0010_broker_listeners",
         sql: include_str!("../../migrations/postgres/0010_broker_listeners.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_security",
+        sql: include_str!("../../migrations/postgres/0011_security.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).

@@ -25,6 +25,8 @@
 //!   fall in the same transaction.
 //! - Broker leases (the `brokers` module) are measured by the database's clock, never the
 //!   broker's, so brokers with skewed clocks agree on who is live.
+//! - ACL changes (the `security` module) serialize on one version row, which every change that
+//!   adds or removes a binding bumps in its own transaction.
 //! - A commit that appended data notifies every listening session of the database when it
 //!   commits; [`PostgresCoordinator::spawn_commit_listener`] turns those notifications into
 //!   wake-ups on other brokers (the `listen` module), outside the pool, on a connection of its
@@ -39,6 +41,7 @@ mod lifecycle;
 mod listen;
 mod migrate;
 mod objects;
+mod security;
 mod swap;
 #[cfg(test)]
 mod tests;
@@ -58,13 +61,16 @@ use uuid::Uuid;
 use self::db::{db, get, index_row, is_unique_violation, unknown_partition, INDEX_ROW_COLUMNS};
 use crate::clock::Clock;
 use crate::model::*;
+use crate::security::{
+    AclBinding, AclFilter, AclSnapshot, ScramCredential, ScramMechanism, ScramUser,
+};
 use crate::state::{
     apply_config_changes, bump_target, check_new_partition_count, check_partition_increase,
     producer_decision, ProducerDecision,
 };
 use crate::{
-    BrokerRegistry, Coordinator, CoordinatorError, GroupStore, LogLifecycle, MetadataExpiry,
-    ObjectLedger, Result,
+    AclStore, BrokerRegistry, Coordinator, CoordinatorError, CredentialStore, GroupStore,
+    LogLifecycle, MetadataExpiry, ObjectLedger, Result,
 };
 
 pub use self::listen::{CommitListener, LISTENER_APPLICATION_NAME};
@@ -751,5 +757,47 @@ impl BrokerRegistry for PostgresCoordinator {
 
     async fn live_brokers(&self) -> Result<Vec<LiveBroker>> {
         brokers::live(self).await
+    }
+}
+
+#[async_trait]
+impl CredentialStore for PostgresCoordinator {
+    async fn upsert_scram_credential(&self, user: &str, credential: ScramCredential) -> Result<()> {
+        security::upsert_credential(self, user, credential).await
+    }
+
+    async fn delete_scram_credential(&self, user: &str, mechanism: ScramMechanism) -> Result<bool> {
+        security::delete_credential(self, user, mechanism).await
+    }
+
+    async fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Result<Option<ScramCredential>> {
+        security::credential(self, user, mechanism).await
+    }
+
+    async fn scram_users(&self) -> Result<Vec<ScramUser>> {
+        security::scram_users(self).await
+    }
+}
+
+#[async_trait]
+impl AclStore for PostgresCoordinator {
+    async fn create_acls(&self, bindings: Vec<AclBinding>) -> Result<()> {
+        security::create_acls(self, bindings).await
+    }
+
+    async fn delete_acls(&self, filters: Vec<AclFilter>) -> Result<Vec<Vec<AclBinding>>> {
+        security::delete_acls(self, filters).await
+    }
+
+    async fn acls(&self) -> Result<AclSnapshot> {
+        security::acls(self).await
+    }
+
+    async fn acl_version(&self) -> Result<i64> {
+        security::acl_version(self).await
     }
 }

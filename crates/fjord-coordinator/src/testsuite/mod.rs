@@ -12,6 +12,7 @@ mod expiry;
 mod groups;
 mod lifecycle;
 mod objects;
+mod security;
 mod swaps;
 
 use std::future::Future;
@@ -42,6 +43,7 @@ where
     swaps::run_all(&fresh).await;
     expiry::run_all(&fresh).await;
     brokers::run_all(&fresh).await;
+    security::run_all(&fresh).await;
 }
 
 /// Whether a call was refused as invalid.
@@ -625,7 +627,7 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Arc<dyn Coordinator>>,
 {
-    let (topic, pid) = {
+    let (topic, pid, acl_version) = {
         let c = open().await;
         let t = c.create_topic(spec("durable", 2)).await.unwrap();
         c.alter_topic_configs("durable", vec![("retention.ms".into(), Some("5".into()))])
@@ -667,9 +669,11 @@ where
             cleaned_to: Some(6),
         };
         assert_eq!(c.swap_rows(swap).await.unwrap(), SwapOutcome::Swapped);
-        (t, pid)
+        (t, pid, security::write_durable(&c).await)
     };
     let c = open().await;
+    // SCRAM credentials and ACLs survive, with their version.
+    security::check_durable(&c, acl_version).await;
     let t = c.topic("durable").await.unwrap().unwrap();
     assert_eq!(t.id, topic.id);
     assert_eq!(t.configs["retention.ms"], "5");
