@@ -228,6 +228,25 @@ pub async fn start_from(
         ApiKey::ConsumerGroupDescribe => run(ctx, frame, move |r| {
             handlers::consumer_groups::describe(b, r, version)
         }),
+        ApiKey::DescribeUserScramCredentials => {
+            run(ctx, frame, move |r| handlers::scram_users::describe(b, r))
+        }
+        ApiKey::AlterUserScramCredentials => {
+            run(ctx, frame, move |r| handlers::scram_users::alter(b, r))
+        }
+        // The SASL exchange of SASL listeners never reaches here (see `crate::sasl`); on other
+        // listeners it is out of place, as Kafka answers.
+        ApiKey::SaslHandshake => run(ctx, frame, move |_: SaslHandshakeRequest| async move {
+            SaslHandshakeResponse::default()
+                .with_error_code(kafka_protocol::ResponseError::IllegalSaslState.code())
+        }),
+        ApiKey::SaslAuthenticate => run(ctx, frame, move |_: SaslAuthenticateRequest| async move {
+            SaslAuthenticateResponse::default()
+                .with_error_code(kafka_protocol::ResponseError::IllegalSaslState.code())
+                .with_error_message(Some(kafka_protocol::protocol::StrBytes::from_static_str(
+                    "this listener does not use SASL",
+                )))
+        }),
         _ => Err(ProtocolError::UnsupportedVersion { key, version }),
     }
 }

@@ -17,6 +17,7 @@ mod handlers;
 pub mod memory;
 pub mod offsets_cache;
 pub mod retention;
+pub mod sasl;
 pub mod session;
 pub mod testkit;
 pub mod topic_config;

@@ -121,6 +121,9 @@ pub fn check_scram_credential(
     if user.is_empty() {
         return Err("the user name is empty".into());
     }
+    if user.contains('\0') {
+        return Err("the user name contains a NUL character".into());
+    }
     if !(MIN_SCRAM_ITERATIONS..=MAX_SCRAM_ITERATIONS).contains(&credential.iterations) {
         return Err(format!(
             "{} iterations: must be from {MIN_SCRAM_ITERATIONS} to {MAX_SCRAM_ITERATIONS}",
@@ -362,6 +365,12 @@ impl AclBinding {
         if self.resource_name.is_empty() {
             return Err("the resource name is empty".into());
         }
+        if [&self.resource_name, &self.principal, &self.host]
+            .iter()
+            .any(|s| s.contains('\0'))
+        {
+            return Err("names, principals and hosts must not contain NUL characters".into());
+        }
         if self.resource_type == ResourceType::Cluster && self.resource_name != CLUSTER_RESOURCE {
             return Err(format!(
                 "the cluster resource is named {CLUSTER_RESOURCE:?}, not {:?}",
@@ -565,6 +574,7 @@ mod tests {
         assert!(binding("orders", PatternType::Literal).check().is_ok());
         assert!(binding("*", PatternType::Prefixed).check().is_err());
         assert!(binding("", PatternType::Literal).check().is_err());
+        assert!(binding("a\0", PatternType::Literal).check().is_err());
         let mut b = binding("x", PatternType::Literal);
         b.principal = "alice".into();
         assert!(b.check().is_err());
@@ -586,6 +596,7 @@ mod tests {
         };
         assert!(check_scram_credential("alice", &good).is_ok());
         assert!(check_scram_credential("", &good).is_err());
+        assert!(check_scram_credential("a\0b", &good).is_err());
         let mut c = good.clone();
         c.iterations = 100;
         assert!(check_scram_credential("alice", &c).is_err());

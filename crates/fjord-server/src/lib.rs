@@ -10,8 +10,11 @@
 //! A broker serves one or more [`Listener`]s, each with a name and a security protocol as in
 //! Kafka's `listeners`. On `SSL` listeners the TLS handshake happens in the connection's task
 //! (bounded by [`fjord_tls::HANDSHAKE_TIMEOUT`]), never in the accept loop, and a verified client
-//! certificate names the connection's principal through the listener's mapping rules. Every
-//! request carries the connection's [`Session`] (listener, peer, principal).
+//! certificate names the connection's principal through the listener's mapping rules. On
+//! `SASL_PLAINTEXT` and `SASL_SSL` listeners the connection's [`SaslConnection`] sees every frame
+//! first: until the client authenticates only ApiVersions and the SASL exchange are served, and
+//! the principal it authenticates as replaces the session's. Every request carries the
+//! connection's [`Session`] (listener, peer, principal).
 //!
 //! Bad input closes the connection, never the broker: a frame larger than
 //! `max_request_bytes`, a negative length, an unknown API, a version not served or a body that
@@ -29,6 +32,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fjord_broker::dispatch::{self, Reply};
+use fjord_broker::sasl::{Authenticator, Gate, SaslConnection};
 use fjord_broker::session::{Principal, SecurityProtocol, Session};
 use fjord_broker::Broker;
 use fjord_tls::{PrincipalMapper, ReloadingTls};
@@ -105,46 +109,63 @@ pub struct Listener {
     name: Arc<str>,
     protocol: SecurityProtocol,
     tcp: TcpListener,
-    tls: Option<Arc<ReloadingTls>>,
-    principals: Arc<PrincipalMapper>,
+    security: ListenerSecurity,
+}
+
+/// What secures a listener's connections; each part is used only by the protocols that need it.
+#[derive(Clone, Default)]
+pub struct ListenerSecurity {
+    /// The certificate of `SSL` and `SASL_SSL` listeners.
+    pub tls: Option<Arc<ReloadingTls>>,
+    /// Names clients by their certificates.
+    pub principals: Arc<PrincipalMapper>,
+    /// Authenticates `SASL_PLAINTEXT` and `SASL_SSL` connections.
+    pub sasl: Option<Arc<Authenticator>>,
 }
 
 /// A listener that cannot be served as configured.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
-    /// SASL is not served yet.
-    #[error("listener {0}: {1} is not supported yet (SASL authentication is not implemented); use PLAINTEXT or SSL")]
-    Unsupported(String, SecurityProtocol),
-    /// An `SSL` listener without certificate files.
-    #[error("listener {0}: {1} needs a certificate and key (--ssl-cert, --ssl-key)")]
+    /// A TLS listener without certificate files.
+    #[error("listener {0}: {1} needs a certificate and key (--ssl-cert-file, --ssl-key-file)")]
     NoTls(String, SecurityProtocol),
+    /// A SASL listener without an authenticator.
+    #[error("listener {0}: {1} needs SASL settings")]
+    NoSasl(String, SecurityProtocol),
 }
 
 impl Listener {
-    /// A listener named `name` serving `protocol` on `tcp`. `tls` is required by `SSL` (and
-    /// ignored otherwise); `principals` names clients by their certificates.
+    /// A listener named `name` serving `protocol` on `tcp`, secured by the parts of `security`
+    /// the protocol uses (TLS for `SSL` and `SASL_SSL`, SASL for `SASL_*`).
     pub fn new(
         name: &str,
         protocol: SecurityProtocol,
         tcp: TcpListener,
-        tls: Option<Arc<ReloadingTls>>,
-        principals: Arc<PrincipalMapper>,
+        security: ListenerSecurity,
     ) -> Result<Listener, ListenerError> {
-        match protocol {
-            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl => {
-                return Err(ListenerError::Unsupported(name.to_string(), protocol));
-            }
-            SecurityProtocol::Ssl if tls.is_none() => {
-                return Err(ListenerError::NoTls(name.to_string(), protocol));
-            }
-            _ => {}
+        if protocol.uses_tls() && security.tls.is_none() {
+            return Err(ListenerError::NoTls(name.to_string(), protocol));
+        }
+        let sasl = matches!(
+            protocol,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        );
+        if sasl && security.sasl.is_none() {
+            return Err(ListenerError::NoSasl(name.to_string(), protocol));
         }
         Ok(Listener {
             name: Arc::from(name),
             protocol,
             tcp,
-            tls: if protocol.uses_tls() { tls } else { None },
-            principals,
+            security: ListenerSecurity {
+                tls: if protocol.uses_tls() {
+                    security.tls
+                } else {
+                    None
+                },
+                principals: security.principals,
+                sasl: if sasl { security.sasl } else { None },
+            },
         })
     }
 
@@ -154,8 +175,7 @@ impl Listener {
             name: Arc::from("PLAINTEXT"),
             protocol: SecurityProtocol::Plaintext,
             tcp,
-            tls: None,
-            principals: Arc::new(PrincipalMapper::default()),
+            security: ListenerSecurity::default(),
         }
     }
 
@@ -211,8 +231,7 @@ async fn accept_loop(listener: Listener, shared: Shared) {
         name,
         protocol,
         tcp,
-        tls,
-        principals,
+        security,
     } = listener;
     let shutdown = shared.shutdown.clone();
     let mut connections = JoinSet::new();
@@ -240,15 +259,14 @@ async fn accept_loop(listener: Listener, shared: Shared) {
                     peer: Some(peer),
                     principal: Principal::anonymous(),
                 };
-                let tls = tls.clone();
-                let principals = principals.clone();
+                let security = security.clone();
                 connections.spawn(async move {
-                    match tls {
+                    match &security.tls {
                         None => {
                             let (reader, writer) = stream.into_split();
-                            connection(reader, writer, session, &shared).await;
+                            connection(reader, writer, session, security.sasl, &shared).await;
                         }
-                        Some(tls) => secure(stream, session, &tls, &principals, &shared).await,
+                        Some(tls) => secure(stream, session, tls, &security, &shared).await,
                     }
                     drop(permit);
                 });
@@ -287,7 +305,7 @@ async fn secure(
     stream: TcpStream,
     mut session: Session,
     tls: &ReloadingTls,
-    principals: &PrincipalMapper,
+    security: &ListenerSecurity,
     shared: &Shared,
 ) {
     let peer = session.peer;
@@ -313,7 +331,7 @@ async fn secure(
         .peer_certificates()
         .and_then(|chain| chain.first());
     if let Some(der) = certificate {
-        let name = fjord_tls::subject_name(der).and_then(|dn| principals.map(&dn));
+        let name = fjord_tls::subject_name(der).and_then(|dn| security.principals.map(&dn));
         match name {
             Some(name) => session.principal = Principal::user(name),
             None => {
@@ -328,7 +346,7 @@ async fn secure(
     }
     tracing::debug!(?peer, principal = %session.principal, "TLS connection");
     let (reader, writer) = tokio::io::split(stream);
-    connection(reader, writer, session, shared).await;
+    connection(reader, writer, session, security.sasl.clone(), shared).await;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -386,14 +404,20 @@ async fn read_frame<R: AsyncRead + Unpin>(
     })
 }
 
-async fn connection<R, W>(mut reader: R, writer: W, session: Session, shared: &Shared)
-where
+async fn connection<R, W>(
+    mut reader: R,
+    writer: W,
+    session: Session,
+    sasl: Option<Arc<Authenticator>>,
+    shared: &Shared,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &shared.settings;
     let peer = session.peer;
-    let session = Arc::new(session);
+    let mut session = Arc::new(session);
+    let mut sasl = sasl.map(|auth| SaslConnection::new(auth, peer));
     tracing::debug!(?peer, listener = %session.listener, "connection opened");
     let (tx, rx) =
         mpsc::channel::<(Reply, OwnedSemaphorePermit)>(settings.max_inflight_per_connection.max(1));
@@ -411,9 +435,44 @@ where
                 break;
             }
         };
-        match dispatch::start_from(&shared.broker, frame.bytes, &session).await {
+        let Frame { bytes, memory } = frame;
+        if let Some(sasl) = sasl.as_mut() {
+            match sasl.gate(&bytes) {
+                Gate::Dispatch => {}
+                Gate::Close(reason) => {
+                    tracing::info!(?peer, reason, "closing connection");
+                    break;
+                }
+                Gate::Sasl => {
+                    let reply = sasl.handle(bytes).await;
+                    if !reply.delay.is_zero() {
+                        tokio::select! {
+                            () = shared.shutdown.cancelled() => break,
+                            () = tokio::time::sleep(reply.delay) => {}
+                        }
+                    }
+                    if let Some(principal) = reply.principal {
+                        session = Arc::new(Session {
+                            principal,
+                            ..Session::clone(&session)
+                        });
+                    }
+                    if let Some(bytes) = reply.frame {
+                        let answer: Reply = Box::pin(std::future::ready(Ok(Some(bytes))));
+                        if tx.send((answer, memory)).await.is_err() {
+                            break;
+                        }
+                    }
+                    if reply.close {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        match dispatch::start_from(&shared.broker, bytes, &session).await {
             Ok(started) => {
-                if tx.send((started.reply, frame.memory)).await.is_err() {
+                if tx.send((started.reply, memory)).await.is_err() {
                     break; // the writer failed: the socket is gone
                 }
             }

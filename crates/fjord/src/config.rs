@@ -39,6 +39,18 @@ pub struct ServeConfig {
     pub ssl_principal_mapping_rules: String,
     /// How often (ms) the TLS files are checked for changes and reloaded.
     pub ssl_reload_interval_ms: u64,
+    /// Kafka's `sasl.enabled.mechanisms` on SASL listeners: SCRAM-SHA-512, SCRAM-SHA-256, PLAIN.
+    pub sasl_enabled_mechanisms: Vec<String>,
+    /// Kafka's `connections.max.reauth.ms`: SASL sessions end after this long unless the client
+    /// re-authenticates (0: never).
+    pub connections_max_reauth_ms: i64,
+    /// Kafka's `connection.failed.authentication.delay.ms`.
+    pub connection_failed_authentication_delay_ms: u64,
+    /// Failed SASL authentications allowed per client address per minute (0: no limit).
+    pub sasl_failed_authentications_per_minute: u32,
+    /// A SCRAM user created at startup if it has no credentials yet, with the password in the
+    /// environment variable `FJORD_SASL_BOOTSTRAP_PASSWORD`: the first administrator.
+    pub sasl_bootstrap_user: Option<String>,
     /// Directory for local state (the embedded coordinator, the local object store).
     pub data_dir: PathBuf,
     /// Object store URL: `file://DIR`, `memory://` or `s3://bucket/prefix`
@@ -193,6 +205,15 @@ impl Default for ServeConfig {
             ssl_client_auth: "none".into(),
             ssl_principal_mapping_rules: "DEFAULT".into(),
             ssl_reload_interval_ms: 10_000,
+            sasl_enabled_mechanisms: vec![
+                "SCRAM-SHA-512".into(),
+                "SCRAM-SHA-256".into(),
+                "PLAIN".into(),
+            ],
+            connections_max_reauth_ms: 0,
+            connection_failed_authentication_delay_ms: 100,
+            sasl_failed_authentications_per_minute: 30,
+            sasl_bootstrap_user: None,
             data_dir: PathBuf::from("data"),
             object_store: None,
             object_store_options: BTreeMap::new(),
@@ -299,6 +320,26 @@ pub struct ServeArgs {
     /// Milliseconds between checks of the TLS files for changes [default: 10000].
     #[arg(long, env = "FJORD_SSL_RELOAD_INTERVAL_MS")]
     pub ssl_reload_interval_ms: Option<u64>,
+    /// SASL mechanisms offered on SASL listeners (Kafka's sasl.enabled.mechanisms)
+    /// [default: SCRAM-SHA-512,SCRAM-SHA-256,PLAIN].
+    #[arg(long, env = "FJORD_SASL_ENABLED_MECHANISMS", value_delimiter = ',')]
+    pub sasl_enabled_mechanisms: Option<Vec<String>>,
+    /// SASL sessions end after this many ms unless the client re-authenticates (Kafka's
+    /// connections.max.reauth.ms; 0: never) [default: 0].
+    #[arg(long, env = "FJORD_CONNECTIONS_MAX_REAUTH_MS")]
+    pub connections_max_reauth_ms: Option<i64>,
+    /// Delay (ms) before a failed authentication is answered and closed (Kafka's
+    /// connection.failed.authentication.delay.ms) [default: 100].
+    #[arg(long, env = "FJORD_CONNECTION_FAILED_AUTHENTICATION_DELAY_MS")]
+    pub connection_failed_authentication_delay_ms: Option<u64>,
+    /// Failed SASL authentications allowed per client address per minute; beyond it attempts
+    /// are refused unchecked (0: no limit) [default: 30].
+    #[arg(long, env = "FJORD_SASL_FAILED_AUTHENTICATIONS_PER_MINUTE")]
+    pub sasl_failed_authentications_per_minute: Option<u32>,
+    /// A SCRAM user (SCRAM-SHA-256 and -512) created at startup if it has no credentials yet,
+    /// with the password in FJORD_SASL_BOOTSTRAP_PASSWORD (never a flag): the first admin.
+    #[arg(long, env = "FJORD_SASL_BOOTSTRAP_USER")]
+    pub sasl_bootstrap_user: Option<String>,
     /// Directory for local state [default: ./data].
     #[arg(long, env = "FJORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -517,6 +558,10 @@ impl ServeArgs {
             ssl_client_auth,
             ssl_principal_mapping_rules,
             ssl_reload_interval_ms,
+            sasl_enabled_mechanisms,
+            connections_max_reauth_ms,
+            connection_failed_authentication_delay_ms,
+            sasl_failed_authentications_per_minute,
             data_dir,
             coordinator,
             cluster_id,
@@ -588,6 +633,9 @@ impl ServeArgs {
         }
         if self.inter_broker_listener_name.is_some() {
             c.inter_broker_listener_name = self.inter_broker_listener_name.clone();
+        }
+        if self.sasl_bootstrap_user.is_some() {
+            c.sasl_bootstrap_user = self.sasl_bootstrap_user.clone();
         }
         if self.object_store.is_some() {
             c.object_store = self.object_store.clone();

@@ -6,11 +6,12 @@
 //! an unknown or unsupported protocol, a duplicate name, an advertised address for no listener,
 //! a wildcard bind address nobody could connect to, TLS settings with no `SSL` listener to use
 //! them (a setting must never look in force when it is not), an `SSL` listener without a
-//! certificate.
+//! certificate, SASL settings with no `SASL_*` listener, a SASL mechanism Fjord does not serve.
 
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
+use fjord_broker::sasl::{Mechanism, SaslSettings};
 use fjord_broker::session::SecurityProtocol;
 use fjord_coordinator::state::{is_listener_name, MAX_BROKER_LISTENERS};
 use fjord_coordinator::ListenerEndpoint;
@@ -42,6 +43,8 @@ pub struct Listeners {
     pub tls: Option<TlsFiles>,
     /// Principal names from client certificates.
     pub principals: PrincipalMapper,
+    /// SASL settings, when a listener uses SASL.
+    pub sasl: Option<SaslSettings>,
 }
 
 impl Listeners {
@@ -124,12 +127,67 @@ pub fn resolve(c: &ServeConfig) -> anyhow::Result<Listeners> {
         }
         None
     };
+    let sasl = sasl(c, &specs)?;
     Ok(Listeners {
         specs,
         inter_broker,
         tls,
         principals,
+        sasl,
     })
+}
+
+fn sasl(c: &ServeConfig, specs: &[ListenerSpec]) -> anyhow::Result<Option<SaslSettings>> {
+    let uses_sasl = specs.iter().any(|l| {
+        matches!(
+            l.protocol,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    });
+    let defaults = ServeConfig::default();
+    if !uses_sasl {
+        let set = [
+            (
+                "sasl_enabled_mechanisms",
+                c.sasl_enabled_mechanisms != defaults.sasl_enabled_mechanisms,
+            ),
+            (
+                "connections_max_reauth_ms",
+                c.connections_max_reauth_ms != defaults.connections_max_reauth_ms,
+            ),
+        ];
+        if let Some((name, _)) = set.iter().find(|(_, set)| *set) {
+            bail!("{name} is set but no listener uses SASL (add e.g. --listener SASL_SSL://0.0.0.0:9094)");
+        }
+        return Ok(None);
+    }
+    let mut mechanisms = Vec::new();
+    for name in &c.sasl_enabled_mechanisms {
+        let name = name.trim();
+        let mechanism = Mechanism::from_name(name).with_context(|| {
+            format!(
+                "SASL mechanism {name:?} is not served; choose from SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"
+            )
+        })?;
+        if !mechanisms.contains(&mechanism) {
+            mechanisms.push(mechanism);
+        }
+    }
+    if mechanisms.is_empty() {
+        bail!("sasl_enabled_mechanisms is empty: a SASL listener needs at least one mechanism");
+    }
+    if c.connections_max_reauth_ms < 0 {
+        bail!("connections_max_reauth_ms must be 0 (never) or more");
+    }
+    Ok(Some(SaslSettings {
+        mechanisms,
+        reauth_ms: c.connections_max_reauth_ms,
+        failure_delay: std::time::Duration::from_millis(
+            c.connection_failed_authentication_delay_ms,
+        ),
+        failures_per_minute: c.sasl_failed_authentications_per_minute,
+        ..SaslSettings::default()
+    }))
 }
 
 fn listeners(c: &ServeConfig) -> anyhow::Result<Vec<ListenerSpec>> {
@@ -149,12 +207,6 @@ fn listeners(c: &ServeConfig) -> anyhow::Result<Vec<ListenerSpec>> {
         let protocol: SecurityProtocol = protocol
             .parse()
             .map_err(|e: String| anyhow::anyhow!("listener '{entry}': {e}"))?;
-        if matches!(
-            protocol,
-            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-        ) {
-            bail!("listener '{entry}': {protocol} is not supported yet (SASL authentication is not implemented); use PLAINTEXT or SSL");
-        }
         let name = name.unwrap_or(protocol.name()).to_string();
         if !is_listener_name(&name) {
             bail!("listener name '{name}' must be 1 to 64 letters, digits, '_' or '-'");
@@ -268,6 +320,34 @@ mod tests {
     }
 
     #[test]
+    fn sasl_listeners_get_the_sasl_settings() {
+        let mut c = with_tls(config(
+            &[
+                "INTERNAL=SASL_PLAINTEXT://1.2.3.4:1",
+                "EXTERNAL=SASL_SSL://1.2.3.4:2",
+            ],
+            &[],
+        ));
+        c.sasl_enabled_mechanisms = vec!["scram-sha-256".into(), "PLAIN".into()];
+        c.connections_max_reauth_ms = 60_000;
+        let l = resolve(&c).unwrap();
+        let sasl = l.sasl.unwrap();
+        assert_eq!(
+            sasl.mechanisms,
+            vec![
+                Mechanism::Scram(fjord_coordinator::security::ScramMechanism::Sha256),
+                Mechanism::Plain
+            ]
+        );
+        assert_eq!(sasl.reauth_ms, 60_000);
+        assert!(l.tls.is_some());
+        assert!(resolve(&config(&["PLAINTEXT://1.2.3.4:1"], &[]))
+            .unwrap()
+            .sasl
+            .is_none());
+    }
+
+    #[test]
     fn what_cannot_work_is_refused_with_the_setting_named() {
         let refused = |c: ServeConfig, expected: &str| {
             let err = format!("{:#}", resolve(&c).unwrap_err());
@@ -285,7 +365,19 @@ mod tests {
             "--advertised-listener PLAINTEXT=HOST:PORT",
         );
         refused(config(&["X=TLS://1.2.3.4:1"], &[]), "expected PLAINTEXT");
-        refused(config(&["SASL_SSL://1.2.3.4:1"], &[]), "not supported yet");
+        refused(
+            config(&["SASL_SSL://1.2.3.4:1"], &[]),
+            "needs ssl_cert_file",
+        );
+        let mut oauth = config(&["SASL_PLAINTEXT://1.2.3.4:1"], &[]);
+        oauth.sasl_enabled_mechanisms = vec!["GSSAPI".into()];
+        refused(oauth, "is not served");
+        let mut none = config(&["SASL_PLAINTEXT://1.2.3.4:1"], &[]);
+        none.sasl_enabled_mechanisms.clear();
+        refused(none, "at least one mechanism");
+        let mut sasl_unused = config(&["PLAINTEXT://1.2.3.4:1"], &[]);
+        sasl_unused.connections_max_reauth_ms = 60_000;
+        refused(sasl_unused, "no listener uses SASL");
         refused(config(&["PLAINTEXT://localhost:1"], &[]), "is not IP:PORT");
         refused(
             config(&["PLAINTEXT://1.2.3.4:1"], &["B=h:1"]),

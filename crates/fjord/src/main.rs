@@ -6,6 +6,7 @@ mod config;
 mod listeners;
 mod metrics;
 mod serve;
+mod users;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;

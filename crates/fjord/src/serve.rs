@@ -97,7 +97,25 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         )),
         None => None,
     };
-    let principals = Arc::new(listeners.principals.clone());
+    if let Some(user) = &config.sasl_bootstrap_user {
+        if listeners.sasl.is_none() {
+            bail!("sasl_bootstrap_user is set but no listener uses SASL");
+        }
+        crate::users::bootstrap(coordinator.as_ref(), user).await?;
+    }
+    let authenticator = listeners.sasl.clone().map(|settings| {
+        let credentials: Arc<dyn fjord_coordinator::CredentialStore> = coordinator.clone();
+        Arc::new(fjord_broker::sasl::Authenticator::new(
+            settings,
+            credentials,
+            clock.clone(),
+        ))
+    });
+    let security = fjord_server::ListenerSecurity {
+        tls: tls.clone(),
+        principals: Arc::new(listeners.principals.clone()),
+        sasl: authenticator.clone(),
+    };
     // Listen before registering: once registered, other brokers send clients here.
     let mut bound = Vec::new();
     for spec in &listeners.specs {
@@ -105,14 +123,8 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             .await
             .with_context(|| format!("binding listener {} on {}", spec.name, spec.bind))?;
         bound.push(
-            fjord_server::Listener::new(
-                &spec.name,
-                spec.protocol,
-                tcp,
-                tls.clone(),
-                principals.clone(),
-            )
-            .map_err(anyhow::Error::new)?,
+            fjord_server::Listener::new(&spec.name, spec.protocol, tcp, security.clone())
+                .map_err(anyhow::Error::new)?,
         );
     }
     let embedded = config.coordinator == "embedded";

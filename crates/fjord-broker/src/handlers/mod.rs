@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod offsets;
 pub mod produce;
 pub mod producer;
+pub mod scram_users;
 
 use fjord_coordinator::{TopicMeta, TopicPartition};
 use kafka_protocol::protocol::StrBytes;
