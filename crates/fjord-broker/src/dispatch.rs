@@ -150,7 +150,7 @@ pub async fn start_from(
         }),
         ApiKey::Produce => {
             let request: ProduceRequest = decode(ctx, &mut frame)?;
-            let pending = handlers::produce::start(&b, request, version).await;
+            let pending = handlers::produce::start(&b, request, version, &client).await;
             let reply: Reply = Box::pin(async move {
                 match pending {
                     None => Ok(None),
@@ -170,30 +170,32 @@ pub async fn start_from(
             Ok(Started { key, reply })
         }
         ApiKey::ListOffsets => run(ctx, frame, move |r| {
-            handlers::list_offsets::handle(b, r, version)
+            handlers::list_offsets::handle(b, r, version, client)
         }),
         ApiKey::CreateTopics => run(ctx, frame, move |r| {
-            handlers::admin::create_topics(b, r, version)
+            handlers::admin::create_topics(b, r, version, client)
         }),
         ApiKey::DeleteTopics => run(ctx, frame, move |r| {
-            handlers::admin::delete_topics(b, r, version)
+            handlers::admin::delete_topics(b, r, version, client)
         }),
-        ApiKey::DeleteRecords => run(ctx, frame, move |r| handlers::delete_records::handle(b, r)),
+        ApiKey::DeleteRecords => run(ctx, frame, move |r| {
+            handlers::delete_records::handle(b, r, client)
+        }),
         ApiKey::CreatePartitions => run(ctx, frame, move |r| {
-            handlers::admin::create_partitions(b, r)
+            handlers::admin::create_partitions(b, r, client)
         }),
         ApiKey::DescribeConfigs => run(ctx, frame, move |r| {
-            handlers::configs::describe(b, r, version)
+            handlers::configs::describe(b, r, version, client)
         }),
-        ApiKey::AlterConfigs => run(ctx, frame, move |r| handlers::configs::alter(b, r)),
+        ApiKey::AlterConfigs => run(ctx, frame, move |r| handlers::configs::alter(b, r, client)),
         ApiKey::IncrementalAlterConfigs => run(ctx, frame, move |r| {
-            handlers::configs::incremental_alter(b, r)
+            handlers::configs::incremental_alter(b, r, client)
         }),
         ApiKey::DescribeCluster => run(ctx, frame, move |r: DescribeClusterRequest| async move {
             handlers::cluster::describe(&b, r, &client)
         }),
         ApiKey::InitProducerId => run(ctx, frame, move |r| {
-            handlers::producer::init_producer_id(b, r)
+            handlers::producer::init_producer_id(b, r, client)
         }),
         ApiKey::FindCoordinator => run(ctx, frame, move |r| {
             handlers::groups::find_coordinator(b, r, version, client)
@@ -202,38 +204,47 @@ pub async fn start_from(
             handlers::groups::join_group(b, r, version, client)
         }),
         ApiKey::SyncGroup => run(ctx, frame, move |r| {
-            handlers::groups::sync_group(b, r, version)
+            handlers::groups::sync_group(b, r, version, client)
         }),
-        ApiKey::Heartbeat => run(ctx, frame, move |r| handlers::groups::heartbeat(b, r)),
+        ApiKey::Heartbeat => run(ctx, frame, move |r| {
+            handlers::groups::heartbeat(b, r, client)
+        }),
         ApiKey::LeaveGroup => run(ctx, frame, move |r| {
-            handlers::groups::leave_group(b, r, version)
+            handlers::groups::leave_group(b, r, version, client)
         }),
         ApiKey::ListGroups => run(ctx, frame, move |r| {
-            handlers::groups::list_groups(b, r, version)
+            handlers::groups::list_groups(b, r, version, client)
         }),
         ApiKey::DescribeGroups => run(ctx, frame, move |r| {
-            handlers::groups::describe_groups(b, r, version)
+            handlers::groups::describe_groups(b, r, version, client)
         }),
-        ApiKey::DeleteGroups => run(ctx, frame, move |r| handlers::groups::delete_groups(b, r)),
+        ApiKey::DeleteGroups => run(ctx, frame, move |r| {
+            handlers::groups::delete_groups(b, r, client)
+        }),
         ApiKey::OffsetCommit => run(ctx, frame, move |r| {
-            handlers::offsets::offset_commit(b, r, version)
+            handlers::offsets::offset_commit(b, r, version, client)
         }),
         ApiKey::OffsetFetch => run(ctx, frame, move |r| {
-            handlers::offsets::offset_fetch(b, r, version)
+            handlers::offsets::offset_fetch(b, r, version, client)
         }),
-        ApiKey::OffsetDelete => run(ctx, frame, move |r| handlers::offsets::offset_delete(b, r)),
+        ApiKey::OffsetDelete => run(ctx, frame, move |r| {
+            handlers::offsets::offset_delete(b, r, client)
+        }),
         ApiKey::ConsumerGroupHeartbeat => run(ctx, frame, move |r| {
             handlers::consumer_groups::heartbeat(b, r, version, client)
         }),
         ApiKey::ConsumerGroupDescribe => run(ctx, frame, move |r| {
-            handlers::consumer_groups::describe(b, r, version)
+            handlers::consumer_groups::describe(b, r, version, client)
         }),
-        ApiKey::DescribeUserScramCredentials => {
-            run(ctx, frame, move |r| handlers::scram_users::describe(b, r))
-        }
-        ApiKey::AlterUserScramCredentials => {
-            run(ctx, frame, move |r| handlers::scram_users::alter(b, r))
-        }
+        ApiKey::DescribeUserScramCredentials => run(ctx, frame, move |r| {
+            handlers::scram_users::describe(b, r, client)
+        }),
+        ApiKey::AlterUserScramCredentials => run(ctx, frame, move |r| {
+            handlers::scram_users::alter(b, r, client)
+        }),
+        ApiKey::DescribeAcls => run(ctx, frame, move |r| handlers::acls::describe(b, r, client)),
+        ApiKey::CreateAcls => run(ctx, frame, move |r| handlers::acls::create(b, r, client)),
+        ApiKey::DeleteAcls => run(ctx, frame, move |r| handlers::acls::delete(b, r, client)),
         // The SASL exchange of SASL listeners never reaches here (see `crate::sasl`); on other
         // listeners it is out of place, as Kafka answers.
         ApiKey::SaslHandshake => run(ctx, frame, move |_: SaslHandshakeRequest| async move {

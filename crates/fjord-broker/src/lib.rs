@@ -5,6 +5,7 @@
 //! encodes its response at the negotiated version. Handlers never see bytes on the wire and
 //! never write them. Errors become Kafka error codes only in [`error`].
 
+pub mod authz;
 pub mod cleaner;
 pub mod cluster;
 pub mod compaction;
@@ -130,6 +131,8 @@ pub struct Broker {
     pub fetch_memory: memory::MemoryBudget,
     /// Wall-clock time (commit timestamps of offsets).
     pub clock: Arc<dyn fjord_coordinator::clock::Clock>,
+    /// Who may do what (see [`authz`]).
+    pub authorizer: Arc<authz::Authorizer>,
 }
 
 impl Broker {

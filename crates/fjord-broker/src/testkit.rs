@@ -118,6 +118,7 @@ pub fn broker_with_clock(
         }),
         cluster,
         offsets_cache: Default::default(),
+        authorizer: Arc::new(crate::authz::Authorizer::disabled()),
     });
     (broker, task)
 }

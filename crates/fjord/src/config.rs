@@ -51,6 +51,14 @@ pub struct ServeConfig {
     /// A SCRAM user created at startup if it has no credentials yet, with the password in the
     /// environment variable `FJORD_SASL_BOOTSTRAP_PASSWORD`: the first administrator.
     pub sasl_bootstrap_user: Option<String>,
+    /// `acl` enforces Kafka ACLs (Kafka's `authorizer.class.name`); `none` allows everything.
+    pub authorizer: String,
+    /// Kafka's `super.users`: principals allowed everything, `;`-separated (`User:admin`).
+    pub super_users: String,
+    /// Kafka's `allow.everyone.if.no.acl.found`.
+    pub allow_everyone_if_no_acl_found: bool,
+    /// How often (ms) each broker checks the coordinator for ACL changes.
+    pub acl_refresh_interval_ms: u64,
     /// Directory for local state (the embedded coordinator, the local object store).
     pub data_dir: PathBuf,
     /// Object store URL: `file://DIR`, `memory://` or `s3://bucket/prefix`
@@ -214,6 +222,10 @@ impl Default for ServeConfig {
             connection_failed_authentication_delay_ms: 100,
             sasl_failed_authentications_per_minute: 30,
             sasl_bootstrap_user: None,
+            authorizer: "none".into(),
+            super_users: String::new(),
+            allow_everyone_if_no_acl_found: false,
+            acl_refresh_interval_ms: 1000,
             data_dir: PathBuf::from("data"),
             object_store: None,
             object_store_options: BTreeMap::new(),
@@ -340,6 +352,21 @@ pub struct ServeArgs {
     /// with the password in FJORD_SASL_BOOTSTRAP_PASSWORD (never a flag): the first admin.
     #[arg(long, env = "FJORD_SASL_BOOTSTRAP_USER")]
     pub sasl_bootstrap_user: Option<String>,
+    /// `acl` enforces Kafka ACLs kept in the coordinator (Kafka's authorizer.class.name);
+    /// `none` allows every request [default: none].
+    #[arg(long, env = "FJORD_AUTHORIZER")]
+    pub authorizer: Option<String>,
+    /// Principals allowed everything, ';'-separated, e.g. 'User:admin;User:ops' (Kafka's
+    /// super.users).
+    #[arg(long, env = "FJORD_SUPER_USERS")]
+    pub super_users: Option<String>,
+    /// Allow what no ACL names (Kafka's allow.everyone.if.no.acl.found) [default: false].
+    #[arg(long, env = "FJORD_ALLOW_EVERYONE_IF_NO_ACL_FOUND")]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+    /// How often (ms) each broker checks for ACL changes: a change made through any broker is
+    /// enforced by all within about this long [default: 1000].
+    #[arg(long, env = "FJORD_ACL_REFRESH_INTERVAL_MS")]
+    pub acl_refresh_interval_ms: Option<u64>,
     /// Directory for local state [default: ./data].
     #[arg(long, env = "FJORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -562,6 +589,10 @@ impl ServeArgs {
             connections_max_reauth_ms,
             connection_failed_authentication_delay_ms,
             sasl_failed_authentications_per_minute,
+            authorizer,
+            super_users,
+            allow_everyone_if_no_acl_found,
+            acl_refresh_interval_ms,
             data_dir,
             coordinator,
             cluster_id,

@@ -97,6 +97,17 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         )),
         None => None,
     };
+    let authorizer = {
+        let settings = crate::users::authorizer_settings(&config)?;
+        if settings.enabled {
+            let store: Arc<dyn fjord_coordinator::AclStore> = coordinator.clone();
+            let authorizer = fjord_broker::authz::Authorizer::new(settings, store);
+            authorizer.refresh().await.context("loading the ACLs")?;
+            Arc::new(authorizer)
+        } else {
+            Arc::new(fjord_broker::authz::Authorizer::disabled())
+        }
+    };
     if let Some(user) = &config.sasl_bootstrap_user {
         if listeners.sasl.is_none() {
             bail!("sasl_bootstrap_user is set but no listener uses SASL");
@@ -236,6 +247,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         ),
         cluster: cluster.clone(),
         offsets_cache: Default::default(),
+        authorizer: authorizer.clone(),
     });
 
     let listening: Vec<String> = listeners
@@ -393,6 +405,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             shutdown.clone(),
         ))
     });
+    let acl_refresh = tokio::spawn(authorizer.clone().run(shutdown.clone()));
     let server = tokio::spawn(fjord_server::serve(
         bound,
         broker.clone(),
@@ -443,6 +456,9 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         if let Err(e) = task.await {
             tracing::warn!(error = %e, "TLS reload task failed");
         }
+    }
+    if let Err(e) = acl_refresh.await {
+        tracing::warn!(error = %e, "ACL refresh task failed");
     }
     if let Err(e) = cleaner.await {
         tracing::error!(error = %e, "log cleaner task failed");

@@ -64,3 +64,73 @@ pub async fn bootstrap(store: &dyn CredentialStore, user: &str) -> anyhow::Resul
     tracing::info!(target: "fjord::audit", event = "bootstrap_user_created", user, "bootstrap SASL user created");
     Ok(())
 }
+
+/// The authorizer settings of `c`; refuses ACL settings with no authorizer to apply them, so no
+/// setting looks in force when it is not.
+pub fn authorizer_settings(
+    c: &crate::config::ServeConfig,
+) -> anyhow::Result<fjord_broker::authz::AuthorizerSettings> {
+    let enabled = match c.authorizer.trim().to_ascii_lowercase().as_str() {
+        "acl" => true,
+        "none" | "" => false,
+        other => bail!("authorizer {other:?}: expected acl or none"),
+    };
+    let super_users: Vec<String> = c
+        .super_users
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    for s in &super_users {
+        match s.split_once(':') {
+            Some((kind, name)) if !kind.is_empty() && !name.is_empty() => {}
+            _ => bail!("super user {s:?} is not Type:name (e.g. User:admin)"),
+        }
+    }
+    if !enabled {
+        if !super_users.is_empty() {
+            bail!("super_users is set but no authorizer enforces ACLs (add --authorizer acl)");
+        }
+        if c.allow_everyone_if_no_acl_found {
+            bail!("allow_everyone_if_no_acl_found is set but no authorizer enforces ACLs (add --authorizer acl)");
+        }
+    }
+    if c.acl_refresh_interval_ms == 0 {
+        bail!("acl_refresh_interval_ms must be positive");
+    }
+    Ok(fjord_broker::authz::AuthorizerSettings {
+        enabled,
+        super_users,
+        allow_everyone_if_no_acl_found: c.allow_everyone_if_no_acl_found,
+        refresh_interval: std::time::Duration::from_millis(c.acl_refresh_interval_ms),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServeConfig;
+
+    #[test]
+    fn acl_settings_need_the_authorizer() {
+        let mut c = ServeConfig::default();
+        assert!(!authorizer_settings(&c).unwrap().enabled);
+        c.super_users = "User:admin".into();
+        assert!(authorizer_settings(&c).is_err());
+        c.authorizer = "acl".into();
+        let s = authorizer_settings(&c).unwrap();
+        assert!(s.enabled);
+        assert_eq!(s.super_users, vec!["User:admin".to_string()]);
+        c.super_users = "admin".into();
+        assert!(authorizer_settings(&c).is_err());
+        c.super_users.clear();
+        c.authorizer = "ranger".into();
+        assert!(authorizer_settings(&c).is_err());
+        let open = ServeConfig {
+            allow_everyone_if_no_acl_found: true,
+            ..ServeConfig::default()
+        };
+        assert!(authorizer_settings(&open).is_err());
+    }
+}

@@ -19,16 +19,19 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 
 use super::s;
+use crate::dispatch::Client;
 use crate::error::coordinator_code;
 use crate::topic_config::{self, TOPIC_CONFIGS};
 use crate::topics::validate_name;
 use crate::Broker;
+use fjord_coordinator::security::AclOperation;
 
 /// Creates topics.
 pub async fn create_topics(
     broker: Arc<Broker>,
     request: CreateTopicsRequest,
     version: i16,
+    client: Client,
 ) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
@@ -44,6 +47,17 @@ pub async fn create_topics(
             }
             r
         };
+        if !broker.authorizer.may_create_topic(&client.session, &name) {
+            broker
+                .authorizer
+                .topic(&client.session, AclOperation::Create, &name);
+            results.push(fail(
+                result,
+                ResponseError::TopicAuthorizationFailed,
+                format!("not authorized to create topic '{name}'"),
+            ));
+            continue;
+        }
         if let Err(message) = validate_name(&name) {
             results.push(fail(result, ResponseError::InvalidTopicException, message));
             continue;
@@ -164,6 +178,7 @@ pub async fn delete_topics(
     broker: Arc<Broker>,
     request: DeleteTopicsRequest,
     version: i16,
+    client: Client,
 ) -> DeleteTopicsResponse {
     let mut targets: Vec<(Option<String>, uuid::Uuid)> = request
         .topic_names
@@ -191,6 +206,16 @@ pub async fn delete_topics(
                 ResponseError::UnknownTopicId,
                 "unknown topic id".to_string(),
             )),
+            Some(name)
+                if !broker
+                    .authorizer
+                    .topic(&client.session, AclOperation::Delete, name) =>
+            {
+                Err((
+                    ResponseError::TopicAuthorizationFailed,
+                    format!("not authorized to delete topic '{name}'"),
+                ))
+            }
             Some(name) => match broker.coordinator.delete_topic(name).await {
                 Ok(meta) => {
                     tracing::info!(topic = %name, "deleted topic");
@@ -219,12 +244,25 @@ pub async fn delete_topics(
 pub async fn create_partitions(
     broker: Arc<Broker>,
     request: CreatePartitionsRequest,
+    client: Client,
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.as_str().to_string();
         let mut r = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
-        let outcome = match broker.coordinator.topic(&name).await {
+        let allowed = broker
+            .authorizer
+            .topic(&client.session, AclOperation::Alter, &name);
+        let found = if allowed {
+            broker.coordinator.topic(&name).await
+        } else {
+            Ok(None)
+        };
+        let outcome = match found {
+            _ if !allowed => Err((
+                ResponseError::TopicAuthorizationFailed,
+                format!("not authorized to alter topic '{name}'"),
+            )),
             Ok(None) => Err((
                 ResponseError::UnknownTopicOrPartition,
                 format!("unknown topic '{name}'"),

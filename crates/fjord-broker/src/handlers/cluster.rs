@@ -15,6 +15,14 @@ pub fn describe(
     _request: DescribeClusterRequest,
     client: &Client,
 ) -> DescribeClusterResponse {
+    if !broker.authorizer.cluster(
+        &client.session,
+        fjord_coordinator::security::AclOperation::Describe,
+    ) {
+        return DescribeClusterResponse::default()
+            .with_error_code(kafka_protocol::ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(s("not authorized to describe the cluster")));
+    }
     let all = broker.view();
     let view = all.serving(client.listener());
     DescribeClusterResponse::default()

@@ -19,9 +19,11 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::s;
+use crate::dispatch::Client;
 use crate::error::coordinator_code;
 use crate::topic_config::{self, ConfigType, TOPIC_CONFIGS};
 use crate::Broker;
+use fjord_coordinator::security::AclOperation;
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
@@ -36,12 +38,32 @@ pub async fn describe(
     broker: Arc<Broker>,
     request: DescribeConfigsRequest,
     version: i16,
+    client: Client,
 ) -> DescribeConfigsResponse {
     let mut results = Vec::with_capacity(request.resources.len());
     for resource in request.resources {
         let mut r = DescribeConfigsResult::default()
             .with_resource_type(resource.resource_type)
             .with_resource_name(resource.resource_name.clone());
+        let denied = match resource.resource_type {
+            TOPIC => (!broker.authorizer.topic(
+                &client.session,
+                AclOperation::DescribeConfigs,
+                resource.resource_name.as_str(),
+            ))
+            .then_some(ResponseError::TopicAuthorizationFailed),
+            BROKER => (!broker
+                .authorizer
+                .cluster(&client.session, AclOperation::DescribeConfigs))
+            .then_some(ResponseError::ClusterAuthorizationFailed),
+            _ => None,
+        };
+        if let Some(code) = denied {
+            r.error_code = code.code();
+            r.error_message = Some(s("not authorized to describe these configs"));
+            results.push(r);
+            continue;
+        }
         match resource.resource_type {
             TOPIC => match broker
                 .coordinator
@@ -114,11 +136,25 @@ type Changes = Vec<(String, Option<String>)>;
 /// Applies (or, with `validate_only`, checks) config changes to one resource.
 async fn apply(
     broker: &Broker,
+    client: &Client,
     resource_type: i8,
     name: &StrBytes,
     validate_only: bool,
     changes: impl FnOnce(&BTreeMap<String, String>) -> Result<Changes, String>,
 ) -> Result<(), (ResponseError, String)> {
+    if resource_type == TOPIC
+        && !broker
+            .authorizer
+            .topic(&client.session, AclOperation::AlterConfigs, name.as_str())
+    {
+        return Err((
+            ResponseError::TopicAuthorizationFailed,
+            format!(
+                "not authorized to alter the configs of topic '{}'",
+                name.as_str()
+            ),
+        ));
+    }
     if resource_type != TOPIC {
         return Err((
             ResponseError::InvalidRequest,
@@ -157,11 +193,16 @@ async fn apply(
 }
 
 /// AlterConfigs: the given configs replace all of the topic's explicit configs.
-pub async fn alter(broker: Arc<Broker>, request: AlterConfigsRequest) -> AlterConfigsResponse {
+pub async fn alter(
+    broker: Arc<Broker>,
+    request: AlterConfigsRequest,
+    client: Client,
+) -> AlterConfigsResponse {
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in request.resources {
         let result = apply(
             &broker,
+            &client,
             resource.resource_type,
             &resource.resource_name,
             request.validate_only,
@@ -202,11 +243,13 @@ pub async fn alter(broker: Arc<Broker>, request: AlterConfigsRequest) -> AlterCo
 pub async fn incremental_alter(
     broker: Arc<Broker>,
     request: IncrementalAlterConfigsRequest,
+    client: Client,
 ) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in request.resources {
         let result = apply(
             &broker,
+            &client,
             resource.resource_type,
             &resource.resource_name,
             request.validate_only,

@@ -52,6 +52,13 @@ pub async fn heartbeat(
             Some("GroupId can't be empty.".into()),
         );
     }
+    if !broker.authorizer.group(
+        &client.session,
+        fjord_coordinator::security::AclOperation::Read,
+        &group_id,
+    ) {
+        return failed(ResponseError::GroupAuthorizationFailed, None);
+    }
     if version >= 1 && request.member_id.is_empty() {
         return failed(
             ResponseError::InvalidRequest,
@@ -201,6 +208,7 @@ pub async fn describe(
     broker: Arc<Broker>,
     request: ConsumerGroupDescribeRequest,
     version: i16,
+    client: Client,
 ) -> ConsumerGroupDescribeResponse {
     let mut groups = Vec::with_capacity(request.group_ids.len());
     for id in request.group_ids {
@@ -208,6 +216,15 @@ pub async fn describe(
         let mut d = DescribedGroup::default()
             .with_group_id(id)
             .with_authorized_operations(i32::MIN);
+        if !broker.authorizer.group(
+            &client.session,
+            fjord_coordinator::security::AclOperation::Describe,
+            &name,
+        ) {
+            d.error_code = ResponseError::GroupAuthorizationFailed.code();
+            groups.push(d);
+            continue;
+        }
         let slot = match broker.groups.existing(&name).await {
             Ok(Some(slot)) => Ok(slot),
             Ok(None) => Err(ResponseError::GroupIdNotFound),

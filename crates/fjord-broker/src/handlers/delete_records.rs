@@ -15,14 +15,43 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
+use crate::dispatch::Client;
 use crate::error::coordinator_code;
 use crate::Broker;
 
 /// Answers a DeleteRecords request.
-pub async fn handle(broker: Arc<Broker>, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+pub async fn handle(
+    broker: Arc<Broker>,
+    request: DeleteRecordsRequest,
+    client: Client,
+) -> DeleteRecordsResponse {
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.as_str().to_string();
+        if !broker.authorizer.topic(
+            &client.session,
+            fjord_coordinator::security::AclOperation::Delete,
+            &name,
+        ) {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index)
+                        .with_low_watermark(-1)
+                        .with_error_code(
+                            kafka_protocol::ResponseError::TopicAuthorizationFailed.code(),
+                        )
+                })
+                .collect();
+            topics.push(
+                DeleteRecordsTopicResult::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions),
+            );
+            continue;
+        }
         let meta = broker.coordinator.topic(&name).await;
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {

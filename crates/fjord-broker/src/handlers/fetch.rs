@@ -69,6 +69,7 @@ pub async fn handle(
         }
     });
     let mut topics = resolve_all(&broker, named.collect()).await;
+    authorize_reads(&broker, &client, &mut topics);
     let exists = |topic: &TopicKey, partition: i32| matches!(topics.get(topic), Some(Ok(meta)) if (0..meta.partitions).contains(&partition));
     let plan = match broker.fetch_sessions.plan(&request, by_id, exists) {
         Ok(plan) => plan,
@@ -87,7 +88,9 @@ pub async fn handle(
         .map(|w| w.topic.clone())
         .collect();
     if !others.is_empty() {
-        topics.extend(resolve_all(&broker, others).await);
+        let mut more = resolve_all(&broker, others).await;
+        authorize_reads(&broker, &client, &mut more);
+        topics.extend(more);
     }
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + max_wait;
@@ -180,6 +183,25 @@ fn response_limit(requested: i32, broker_max: i32) -> usize {
 const RESOLVE_ONE_BY_ONE: usize = 16;
 
 /// Each distinct topic of `keys`, resolved.
+/// Topics the client may not READ answer TOPIC_AUTHORIZATION_FAILED (and enter no session).
+fn authorize_reads(
+    broker: &Broker,
+    client: &Client,
+    topics: &mut HashMap<TopicKey, Result<TopicMeta, ResponseError>>,
+) {
+    for meta in topics.values_mut() {
+        if let Ok(m) = meta {
+            if !broker.authorizer.topic(
+                &client.session,
+                fjord_coordinator::security::AclOperation::Read,
+                &m.name,
+            ) {
+                *meta = Err(ResponseError::TopicAuthorizationFailed);
+            }
+        }
+    }
+}
+
 async fn resolve_all(
     broker: &Broker,
     keys: Vec<TopicKey>,

@@ -3,6 +3,8 @@
 //! [`crate::groups`]; this module maps requests and responses.
 
 use std::sync::Arc;
+
+use fjord_coordinator::security::AclOperation;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -42,6 +44,29 @@ pub async fn find_coordinator(
     // The coordinator of `key` (this broker when the key type is refused) and where the client
     // reaches it, or the error to answer.
     let locate = |key: &str| -> (i32, String, i32, Option<ResponseError>) {
+        let denied = match request.key_type {
+            0 if !broker
+                .authorizer
+                .group(&client.session, AclOperation::Describe, key) =>
+            {
+                Some(ResponseError::GroupAuthorizationFailed)
+            }
+            1 if !broker.authorizer.authorize(
+                &client.session,
+                crate::authz::Action {
+                    operation: AclOperation::Describe,
+                    resource_type: fjord_coordinator::security::ResourceType::TransactionalId,
+                    name: key,
+                },
+            ) =>
+            {
+                Some(ResponseError::TransactionalIdAuthorizationFailed)
+            }
+            _ => None,
+        };
+        if denied.is_some() {
+            return (-1, String::new(), -1, denied);
+        }
         let id = match refused {
             None => view.group_coordinator(key),
             Some(_) => view.self_id(),
@@ -97,6 +122,10 @@ pub async fn find_coordinator(
 fn message(error: ResponseError) -> &'static str {
     match error {
         ResponseError::InvalidRequest => "unsupported key type",
+        ResponseError::GroupAuthorizationFailed => "not authorized to describe the group",
+        ResponseError::TransactionalIdAuthorizationFailed => {
+            "not authorized to describe the transactional id"
+        }
         _ => "the coordinator does not serve this listener",
     }
 }
@@ -108,6 +137,19 @@ pub async fn join_group(
     version: i16,
     client: Client,
 ) -> JoinGroupResponse {
+    if !broker.authorizer.group(
+        &client.session,
+        AclOperation::Read,
+        request.group_id.0.as_str(),
+    ) {
+        let mut denied = JoinGroupResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code())
+            .with_generation_id(-1);
+        if version < 7 {
+            denied.protocol_name = Some(s(""));
+        }
+        return denied;
+    }
     let respond = |r: JoinResult| {
         let mut response = JoinGroupResponse::default()
             .with_error_code(code(r.error))
@@ -216,7 +258,16 @@ pub async fn sync_group(
     broker: Arc<Broker>,
     request: SyncGroupRequest,
     version: i16,
+    client: Client,
 ) -> SyncGroupResponse {
+    if !broker.authorizer.group(
+        &client.session,
+        AclOperation::Read,
+        request.group_id.0.as_str(),
+    ) {
+        return SyncGroupResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     let respond = |r: SyncResult| {
         let mut response = SyncGroupResponse::default()
             .with_error_code(code(r.error))
@@ -277,7 +328,19 @@ pub async fn sync_group(
 }
 
 /// Heartbeat.
-pub async fn heartbeat(broker: Arc<Broker>, request: HeartbeatRequest) -> HeartbeatResponse {
+pub async fn heartbeat(
+    broker: Arc<Broker>,
+    request: HeartbeatRequest,
+    client: Client,
+) -> HeartbeatResponse {
+    if !broker.authorizer.group(
+        &client.session,
+        AclOperation::Read,
+        request.group_id.0.as_str(),
+    ) {
+        return HeartbeatResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     let error = match broker.groups.existing(request.group_id.0.as_str()).await {
         Ok(None) => Some(ResponseError::UnknownMemberId),
         Ok(Some(slot)) => slot.group.lock().heartbeat(
@@ -296,7 +359,16 @@ pub async fn leave_group(
     broker: Arc<Broker>,
     request: LeaveGroupRequest,
     version: i16,
+    client: Client,
 ) -> LeaveGroupResponse {
+    if !broker.authorizer.group(
+        &client.session,
+        AclOperation::Read,
+        request.group_id.0.as_str(),
+    ) {
+        return LeaveGroupResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         request
             .members
@@ -352,7 +424,29 @@ pub async fn list_groups(
     broker: Arc<Broker>,
     request: ListGroupsRequest,
     version: i16,
+    client: Client,
 ) -> ListGroupsResponse {
+    // DESCRIBE on the cluster lists every group; otherwise only those the principal may
+    // describe (as Kafka does).
+    let everything = broker.authorizer.can(
+        &client.session,
+        crate::authz::Action {
+            operation: AclOperation::Describe,
+            resource_type: fjord_coordinator::security::ResourceType::Cluster,
+            name: fjord_coordinator::security::CLUSTER_RESOURCE,
+        },
+    );
+    let visible = |id: &str| {
+        everything
+            || broker.authorizer.can(
+                &client.session,
+                crate::authz::Action {
+                    operation: AclOperation::Describe,
+                    resource_type: fjord_coordinator::security::ResourceType::Group,
+                    name: id,
+                },
+            )
+    };
     let groups = match broker.groups.list().await {
         Ok(groups) => groups,
         Err(e) => return ListGroupsResponse::default().with_error_code(e.code()),
@@ -371,6 +465,7 @@ pub async fn list_groups(
         .into_iter()
         .filter(|g| states.is_empty() || states.contains(&g.state.to_ascii_lowercase()))
         .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
+        .filter(|g| visible(&g.id))
         .map(|g| {
             let mut l = ListedGroup::default()
                 .with_group_id(GroupId(s(g.id)))
@@ -392,12 +487,21 @@ pub async fn describe_groups(
     broker: Arc<Broker>,
     request: DescribeGroupsRequest,
     version: i16,
+    client: Client,
 ) -> DescribeGroupsResponse {
     let mut described = Vec::with_capacity(request.groups.len());
     for id in request.groups {
         let mut d = DescribedGroup::default().with_group_id(id.clone());
         if version < 3 {
             d.authorized_operations = i32::MIN;
+        }
+        if !broker
+            .authorizer
+            .group(&client.session, AclOperation::Describe, id.0.as_str())
+        {
+            d.error_code = ResponseError::GroupAuthorizationFailed.code();
+            described.push(d);
+            continue;
         }
         let slot = match broker.groups.existing(id.0.as_str()).await {
             Ok(Some(slot)) => Ok(slot),
@@ -470,10 +574,18 @@ pub async fn describe_groups(
 pub async fn delete_groups(
     broker: Arc<Broker>,
     request: DeleteGroupsRequest,
+    client: Client,
 ) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(request.groups_names.len());
     for id in request.groups_names {
-        let error = broker.groups.delete(id.0.as_str()).await.err();
+        let error = if broker
+            .authorizer
+            .group(&client.session, AclOperation::Delete, id.0.as_str())
+        {
+            broker.groups.delete(id.0.as_str()).await.err()
+        } else {
+            Some(ResponseError::GroupAuthorizationFailed)
+        };
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(id)

@@ -31,12 +31,22 @@ pub async fn handle(
     broker: Arc<Broker>,
     request: ListOffsetsRequest,
     version: i16,
+    client: crate::dispatch::Client,
 ) -> ListOffsetsResponse {
     // Leader epochs exist from v4 on; earlier versions must keep the default.
     let leader_epoch = if version >= 4 { 0 } else { -1 };
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
-        let meta = broker.coordinator.topic(topic.name.0.as_str()).await;
+        let allowed = broker.authorizer.topic(
+            &client.session,
+            fjord_coordinator::security::AclOperation::Describe,
+            topic.name.0.as_str(),
+        );
+        let meta = if allowed {
+            broker.coordinator.topic(topic.name.0.as_str()).await
+        } else {
+            Ok(None)
+        };
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
             let mut r = ListOffsetsPartitionResponse::default()
@@ -44,6 +54,11 @@ pub async fn handle(
                 .with_timestamp(-1)
                 .with_offset(-1)
                 .with_leader_epoch(leader_epoch);
+            if !allowed {
+                r.error_code = ResponseError::TopicAuthorizationFailed.code();
+                partitions.push(r);
+                continue;
+            }
             let tp = match super::partition_of(&meta, p.partition_index) {
                 Ok(tp) => tp,
                 Err(code) => {

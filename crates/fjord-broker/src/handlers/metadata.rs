@@ -62,8 +62,10 @@ pub async fn handle(
     let auto_create = version < 4 || request.allow_auto_topic_creation;
     let topics = if all {
         match broker.coordinator.list_topics().await {
+            // Topics the principal may not describe are left out.
             Ok(list) => list
                 .iter()
+                .filter(|t| broker.authorizer.can(&client.session, describe(&t.name)))
                 .map(|t| topic_entry(&placement, Ok(t), None, None, version))
                 .collect(),
             Err(e) => {
@@ -76,7 +78,14 @@ pub async fn handle(
         for requested in request.topics.unwrap_or_default() {
             let entry = match requested.name {
                 Some(name) => {
-                    let result = broker.resolve_topic(name.0.as_str(), auto_create).await;
+                    let n = name.0.as_str();
+                    let result = if broker.authorizer.authorize(&client.session, describe(n)) {
+                        let create =
+                            auto_create && broker.authorizer.may_create_topic(&client.session, n);
+                        broker.resolve_topic(n, create).await
+                    } else {
+                        Err(ResponseError::TopicAuthorizationFailed)
+                    };
                     topic_entry(
                         &placement,
                         result.as_ref().map_err(|e| *e),
@@ -88,6 +97,13 @@ pub async fn handle(
                 None => {
                     let id = requested.topic_id;
                     let result = match broker.coordinator.topic_by_id(id).await {
+                        Ok(Some(meta))
+                            if !broker
+                                .authorizer
+                                .authorize(&client.session, describe(&meta.name)) =>
+                        {
+                            Err(ResponseError::TopicAuthorizationFailed)
+                        }
                         Ok(Some(meta)) => Ok(meta),
                         Ok(None) => Err(ResponseError::UnknownTopicId),
                         Err(e) => Err(coordinator_code(&e)),
@@ -107,6 +123,14 @@ pub async fn handle(
     };
     response.topics = topics;
     response
+}
+
+fn describe(name: &str) -> crate::authz::Action<'_> {
+    crate::authz::Action {
+        operation: fjord_coordinator::security::AclOperation::Describe,
+        resource_type: fjord_coordinator::security::ResourceType::Topic,
+        name,
+    }
 }
 
 /// The cluster's controller as clients see it: the broker running background duties.

@@ -1,5 +1,6 @@
 //! One module per API family. Each takes a decoded request and returns the response to encode.
 
+pub mod acls;
 pub mod admin;
 pub mod api_versions;
 pub mod cluster;

@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use fjord_coordinator::security::AclOperation;
+
 use fjord_coordinator::{CommittedOffset, CoordinatorError};
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
@@ -20,6 +22,7 @@ use kafka_protocol::ResponseError;
 
 use super::groups::subscribed_topics;
 use super::s;
+use crate::dispatch::Client;
 use crate::groups::group::GroupState;
 use crate::groups::Slot;
 use crate::Broker;
@@ -127,11 +130,19 @@ pub async fn offset_commit(
     broker: Arc<Broker>,
     request: OffsetCommitRequest,
     version: i16,
+    client: Client,
 ) -> OffsetCommitResponse {
     let group_id = request.group_id.0.as_str().to_string();
-    let group_error = validate_commit(&broker, &group_id, &request, version)
-        .await
-        .err();
+    let group_error = if broker
+        .authorizer
+        .group(&client.session, AclOperation::Read, &group_id)
+    {
+        validate_commit(&broker, &group_id, &request, version)
+            .await
+            .err()
+    } else {
+        Some(ResponseError::GroupAuthorizationFailed)
+    };
     if let Some(e) = group_error {
         tracing::debug!(
             group = %group_id,
@@ -155,10 +166,16 @@ pub async fn offset_commit(
                 .ok()
                 .flatten(),
         };
+        let readable = group_error.is_some()
+            || broker
+                .authorizer
+                .topic(&client.session, AclOperation::Read, topic.name.0.as_str());
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
             let error = if let Some(e) = group_error {
                 Some(e)
+            } else if !readable {
+                Some(ResponseError::TopicAuthorizationFailed)
             } else if !meta
                 .as_ref()
                 .is_some_and(|m| p.partition_index >= 0 && p.partition_index < m.partitions)
@@ -297,7 +314,24 @@ pub async fn offset_fetch(
     broker: Arc<Broker>,
     request: OffsetFetchRequest,
     version: i16,
+    client: Client,
 ) -> OffsetFetchResponse {
+    let may_describe = |group: &str| {
+        broker
+            .authorizer
+            .group(&client.session, AclOperation::Describe, group)
+    };
+    // Topics the principal may not describe: left out of "all offsets", refused when named.
+    let visible = |name: &str| {
+        broker.authorizer.can(
+            &client.session,
+            crate::authz::Action {
+                operation: AclOperation::Describe,
+                resource_type: fjord_coordinator::security::ResourceType::Topic,
+                name,
+            },
+        )
+    };
     if version >= 8 {
         let mut groups = Vec::with_capacity(request.groups.len());
         for g in request.groups {
@@ -309,7 +343,10 @@ pub async fn offset_fetch(
             });
             let mut response =
                 OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-            let member = if version >= 9 {
+            let explicit = wanted.is_some();
+            let member = if !may_describe(g.group_id.0.as_str()) {
+                Err(ResponseError::GroupAuthorizationFailed)
+            } else if version >= 9 {
                 check_fetch_member(
                     &broker,
                     g.group_id.0.as_str(),
@@ -329,19 +366,27 @@ pub async fn offset_fetch(
                 Ok(topics) => {
                     response.topics = topics
                         .into_iter()
+                        .filter(|(name, _)| explicit || visible(name))
                         .map(|(name, partitions)| {
+                            let denied = !visible(&name);
                             OffsetFetchResponseTopics::default()
                                 .with_name(TopicName(s(name)))
                                 .with_partitions(
                                     partitions
                                         .into_iter()
                                         .map(|(p, o)| {
+                                            let o = if denied { None } else { o };
                                             let (offset, epoch, metadata) = fields(o);
-                                            OffsetFetchResponsePartitions::default()
+                                            let mut r = OffsetFetchResponsePartitions::default()
                                                 .with_partition_index(p)
                                                 .with_committed_offset(offset)
                                                 .with_committed_leader_epoch(epoch)
-                                                .with_metadata(Some(s(metadata)))
+                                                .with_metadata(Some(s(metadata)));
+                                            if denied {
+                                                r.error_code =
+                                                    ResponseError::TopicAuthorizationFailed.code();
+                                            }
+                                            r
                                         })
                                         .collect(),
                                 )
@@ -359,7 +404,13 @@ pub async fn offset_fetch(
             .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes))
             .collect()
     });
-    match fetch_group(&broker, request.group_id.0.as_str(), wanted).await {
+    let explicit = wanted.is_some();
+    let fetched = if may_describe(request.group_id.0.as_str()) {
+        fetch_group(&broker, request.group_id.0.as_str(), wanted).await
+    } else {
+        Err(ResponseError::GroupAuthorizationFailed)
+    };
+    match fetched {
         Err(e) => {
             let mut r = OffsetFetchResponse::default();
             if version >= 2 {
@@ -370,18 +421,25 @@ pub async fn offset_fetch(
         Ok(topics) => OffsetFetchResponse::default().with_topics(
             topics
                 .into_iter()
+                .filter(|(name, _)| explicit || visible(name))
                 .map(|(name, partitions)| {
+                    let denied = !visible(&name);
                     OffsetFetchResponseTopic::default()
                         .with_name(TopicName(s(name)))
                         .with_partitions(
                             partitions
                                 .into_iter()
                                 .map(|(p, o)| {
+                                    let o = if denied { None } else { o };
                                     let (offset, epoch, metadata) = fields(o);
                                     let mut r = OffsetFetchResponsePartition::default()
                                         .with_partition_index(p)
                                         .with_committed_offset(offset)
                                         .with_metadata(Some(s(metadata)));
+                                    if denied {
+                                        r.error_code =
+                                            ResponseError::TopicAuthorizationFailed.code();
+                                    }
                                     if version >= 5 {
                                         r.committed_leader_epoch = epoch;
                                     }
@@ -406,8 +464,16 @@ fn fields(o: Option<CommittedOffset>) -> (i64, i32, String) {
 pub async fn offset_delete(
     broker: Arc<Broker>,
     request: OffsetDeleteRequest,
+    client: Client,
 ) -> OffsetDeleteResponse {
     let group_id = request.group_id.0.as_str().to_string();
+    if !broker
+        .authorizer
+        .group(&client.session, AclOperation::Delete, &group_id)
+    {
+        return OffsetDeleteResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     match broker.groups.exists(&group_id).await {
         Ok(true) => {}
         Ok(false) => {

@@ -19,7 +19,10 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::ResponseError;
 
+use fjord_coordinator::security::AclOperation;
+
 use super::s;
+use crate::dispatch::Client;
 use crate::error::{batch_code, rejection_code, write_code};
 use crate::Broker;
 
@@ -56,6 +59,7 @@ pub async fn start(
     broker: &Arc<Broker>,
     request: ProduceRequest,
     version: i16,
+    client: &Client,
 ) -> Option<PendingProduce> {
     let acks = request.acks;
     let mut batches: Vec<AppendBatch> = Vec::new();
@@ -81,7 +85,17 @@ pub async fn start(
         }
     } else {
         for topic in request.topic_data {
-            let meta = broker.resolve_topic(topic.name.0.as_str(), true).await;
+            let name = topic.name.0.as_str();
+            // Refused before anything is stored, and before a topic is auto-created.
+            let meta = if broker
+                .authorizer
+                .topic(&client.session, AclOperation::Write, name)
+            {
+                let create = broker.authorizer.may_create_topic(&client.session, name);
+                broker.resolve_topic(name, create).await
+            } else {
+                Err(ResponseError::TopicAuthorizationFailed)
+            };
             let mut partitions = Vec::with_capacity(topic.partition_data.len());
             for p in topic.partition_data {
                 let slot = match &meta {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 pub async fn init_producer_id(
     broker: Arc<Broker>,
     request: InitProducerIdRequest,
+    client: crate::dispatch::Client,
 ) -> InitProducerIdResponse {
     let failed = |e: ResponseError| {
         InitProducerIdResponse::default()
@@ -24,6 +25,23 @@ pub async fn init_producer_id(
             "InitProducerId with a transactional id: transactions are not supported yet"
         );
         return failed(ResponseError::TransactionalIdAuthorizationFailed);
+    }
+    // An idempotent producer needs IDEMPOTENT_WRITE on the cluster or WRITE on some topic (as in
+    // Kafka since 3.0).
+    use fjord_coordinator::security::{AclOperation, ResourceType};
+    let authz = &broker.authorizer;
+    let session = &client.session;
+    if !(authz.can(
+        session,
+        crate::authz::Action {
+            operation: AclOperation::IdempotentWrite,
+            resource_type: ResourceType::Cluster,
+            name: fjord_coordinator::security::CLUSTER_RESOURCE,
+        },
+    ) || authz.authorize_any(session, AclOperation::Write, ResourceType::Topic))
+    {
+        authz.cluster(session, AclOperation::IdempotentWrite);
+        return failed(ResponseError::ClusterAuthorizationFailed);
     }
     let existing = (request.producer_id.0 >= 0 && request.producer_epoch >= 0)
         .then_some((request.producer_id.0, request.producer_epoch));

@@ -25,16 +25,29 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 
 use super::s;
+use crate::dispatch::Client;
 use crate::error::coordinator_code;
 use crate::sasl::from_auth;
 use crate::Broker;
+use fjord_coordinator::security::AclOperation;
 
 /// Answers DescribeUserScramCredentials.
 pub async fn describe(
     broker: Arc<Broker>,
     request: DescribeUserScramCredentialsRequest,
+    client: Client,
 ) -> DescribeUserScramCredentialsResponse {
     let response = DescribeUserScramCredentialsResponse::default();
+    if !broker
+        .authorizer
+        .cluster(&client.session, AclOperation::Describe)
+    {
+        return response
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(s(
+                "DESCRIBE on the cluster is needed to describe users",
+            )));
+    }
     let all = match broker.coordinator.scram_users().await {
         Ok(users) => users,
         Err(e) => {
@@ -99,7 +112,29 @@ enum Change {
 pub async fn alter(
     broker: Arc<Broker>,
     request: AlterUserScramCredentialsRequest,
+    client: Client,
 ) -> AlterUserScramCredentialsResponse {
+    if !broker
+        .authorizer
+        .cluster(&client.session, AclOperation::Alter)
+    {
+        let users: BTreeSet<&str> = request
+            .deletions
+            .iter()
+            .map(|d| d.name.as_str())
+            .chain(request.upsertions.iter().map(|u| u.name.as_str()))
+            .collect();
+        let results = users
+            .into_iter()
+            .map(|user| {
+                AlterUserScramCredentialsResult::default()
+                    .with_user(s(user))
+                    .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+                    .with_error_message(Some(s("ALTER on the cluster is needed to change users")))
+            })
+            .collect();
+        return AlterUserScramCredentialsResponse::default().with_results(results);
+    }
     // Per user: the changes, or the first reason to refuse them all.
     let mut users: BTreeMap<String, Result<Vec<Change>, (ResponseError, String)>> = BTreeMap::new();
     let mut seen: BTreeSet<(String, i8)> = BTreeSet::new();
