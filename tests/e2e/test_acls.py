@@ -189,3 +189,41 @@ def test_an_acl_created_through_one_broker_is_enforced_by_the_other(
     # The documented bound: the refresh interval (1 s) plus one store read and a client's
     # round trip; allow for a slow CI machine.
     assert took < 3.0
+
+
+def test_fjord_user_and_acl_commands(sasl_broker, pki, fjord_bin):
+    """``fjord user`` and ``fjord acl`` over SASL_SSL as the bootstrap admin."""
+    import os
+    import subprocess
+    b = sasl_broker(*AUTHZ)
+    env = dict(os.environ, FJORD_SASL_PASSWORD=ADMIN_PW, FJORD_USER_PASSWORD="cli-pw")
+    base = [str(fjord_bin)]
+    conn = ["--bootstrap", b.sasl_ssl_bootstrap, "--security-protocol", "SASL_SSL",
+            "--ssl-ca-file", str(pki.ca), "--sasl-username", ADMIN]
+
+    def fjord(*args: str, ok: bool = True) -> str:
+        out = subprocess.run([*base, *args, *conn], env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert (out.returncode == 0) == ok, (args, out.stdout, out.stderr)
+        return out.stdout + out.stderr
+
+    fjord("user", "create", "cli")
+    assert "cli\tSCRAM-SHA-256 (8192 iterations), SCRAM-SHA-512 (8192 iterations)" in \
+        fjord("user", "list")
+    topic = f"cli-{uuid.uuid4().hex[:6]}"
+    create_topics(admin_of(b, pki), topic)
+    cli = sasl_conf(b, pki, "SCRAM-SHA-512", "cli", "cli-pw")
+    [err] = deliveries(cli, topic, b"before")
+    assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    fjord("acl", "add", "--principal", "User:cli", "--operation", "write", "--topic", "cli-",
+          "--prefixed")
+    assert "User:cli\tALLOW\tWRITE\tTOPIC:cli- (prefix)\thost=*" in fjord("acl", "list")
+    assert deliveries(cli, topic, b"after") == [None]
+    assert "removed 1 ACL(s)" in fjord("acl", "remove", "--principal", "User:cli")
+    assert "removed" not in fjord("acl", "list")
+    fjord("acl", "remove", ok=False)
+    fjord("user", "delete", "cli")
+    assert "cli\t" not in fjord("user", "list")
+    # A wrong admin password is refused with the broker's reason.
+    env["FJORD_SASL_PASSWORD"] = "wrong"
+    assert "invalid credentials" in fjord("user", "list", ok=False)

@@ -28,8 +28,10 @@ use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 pub use mapping::{MappingError, PrincipalMapper};
+pub use tokio_rustls::client::TlsStream as ClientTlsStream;
 pub use tokio_rustls::server::TlsStream;
 pub use tokio_rustls::TlsAcceptor;
+pub use tokio_rustls::TlsConnector;
 
 /// Longest a client may take to finish the TLS handshake before its connection is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -176,6 +178,52 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             key: files.key.clone(),
             error,
         })?;
+    Ok(Arc::new(config))
+}
+
+/// A rustls client configuration that trusts the CAs in `ca` and, for mutual TLS, presents
+/// `identity` (certificate chain, key). For Fjord's own clients (the CLI).
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certificates("CA", ca)?);
+    if added == 0 {
+        return Err(TlsError::Pem {
+            what: "CA",
+            path: ca.to_path_buf(),
+            detail: "no usable CA certificate".into(),
+        });
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Pem {
+            what: "CA",
+            path: ca.to_path_buf(),
+            detail: e.to_string(),
+        })?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = certificates("certificate", cert)?;
+            let key_pem = read("key", key)?;
+            let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
+                what: "key",
+                path: key.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|error| TlsError::Identity {
+                    cert: cert.to_path_buf(),
+                    key: key.to_path_buf(),
+                    error,
+                })?
+        }
+    };
     Ok(Arc::new(config))
 }
 

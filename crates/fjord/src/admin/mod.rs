@@ -1,10 +1,12 @@
 //! Admin commands that speak the Kafka protocol, so they work against any Kafka cluster.
 
+pub mod acl;
 mod client;
 pub mod group;
 pub mod topic;
+pub mod user;
 
-pub use client::Client;
+pub use client::{configure, Client, Security};
 
 use anyhow::{anyhow, Context};
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
