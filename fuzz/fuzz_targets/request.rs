@@ -24,7 +24,9 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let (broker, writer) = runtime
-        .block_on(async { fjord_broker::testkit::in_memory_broker(dir.path(), BrokerSettings::default()) })
+        .block_on(async {
+            fjord_broker::testkit::in_memory_broker(dir.path(), BrokerSettings::default())
+        })
         .expect("broker");
     Harness {
         runtime,

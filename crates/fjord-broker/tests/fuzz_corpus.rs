@@ -1,6 +1,6 @@
 //! Replays the fuzzer's inputs through the broker's request path, as the fuzz target does
-//! (fuzz/fuzz_targets/request.rs): every file in fuzz/regressions (inputs that once crashed or
-//! hung the broker) and fuzz/seeds/request. Each must be answered or refused without a panic,
+//! (fuzz/fuzz_targets/request.rs): every file in fuzz/regressions/request (inputs that once
+//! crashed or hung the broker) and fuzz/seeds/request. Each must be answered or refused without a panic,
 //! within a bounded (paused-clock) time. This runs with the ordinary tests; `scripts/fuzz.sh`
 //! searches for new inputs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,7 +14,7 @@ use fjord_broker::{dispatch, BrokerSettings};
 fn corpus() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
     let mut files = Vec::new();
-    for dir in ["regressions", "seeds/request"] {
+    for dir in ["regressions/request", "seeds/request"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.is_file() {
