@@ -309,7 +309,10 @@ def test_sessions_are_reauthenticated_on_the_same_connection(sasl_broker, pki, t
 
 
 def test_an_address_that_keeps_failing_is_held_back(sasl_broker, pki, topic):
-    b = sasl_broker("--sasl-failed-authentications-per-minute", "3")
+    from test_metrics import scrape
+    metrics_port = free_port()
+    b = sasl_broker("--sasl-failed-authentications-per-minute", "3",
+                    "--metrics-listen", f"127.0.0.1:{metrics_port}")
     create_topic(b.bootstrap, topic, 1)
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
@@ -332,3 +335,6 @@ def test_an_address_that_keeps_failing_is_held_back(sasl_broker, pki, topic):
         attempt(ADMIN_PW)
     assert "too many failed authentications" in b.stderr_path.read_text()
     assert high_watermark(b.bootstrap, topic) == 0
+    m = scrape(metrics_port)
+    assert m['fjord_sasl_authentications_total{result="throttled"}'] >= 1, m
+    assert m['fjord_sasl_authentications_total{result="failure"}'] >= 4, m

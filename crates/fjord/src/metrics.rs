@@ -44,11 +44,27 @@ pub struct DutyStats {
     pub expiry: Arc<ExpiryStats>,
 }
 
+/// The counts of authentication and authorization.
+#[derive(Clone)]
+pub struct SecurityStats {
+    /// SASL authentications (absent without a SASL listener).
+    pub sasl: Option<Arc<fjord_broker::sasl::Authenticator>>,
+    /// Authorization decisions and ACL reloads.
+    pub authorizer: Arc<fjord_broker::authz::Authorizer>,
+}
+
+impl std::fmt::Debug for SecurityStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityStats").finish_non_exhaustive()
+    }
+}
+
 /// Reads the object store's counts, the duties' counts and the cluster view at scrape time.
 #[derive(Debug)]
 struct BrokerCollector {
     store: Arc<StoreStats>,
     duties: DutyStats,
+    security: SecurityStats,
     cluster: watch::Receiver<Arc<ClusterView>>,
 }
 
@@ -287,24 +303,82 @@ impl Collector for BrokerCollector {
             let counter = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value.load(std::sync::atomic::Ordering::Relaxed)).encode(counter)?;
         }
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(sasl) = &self.security.sasl {
+            let mut auth = encoder.encode_descriptor(
+                "fjord_sasl_authentications",
+                "SASL authentications by result (throttled: refused unchecked, the address failed too often)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in [
+                ("success", load(&sasl.stats.successes)),
+                ("failure", load(&sasl.stats.failures)),
+                ("throttled", load(&sasl.stats.throttled)),
+            ] {
+                ConstCounter::new(n).encode(auth.encode_family(&[("result", result)])?)?;
+            }
+        }
+        let authz = &self.security.authorizer.stats;
+        for (name, help, n) in [
+            (
+                "fjord_authorization_denied",
+                "Operations on resources refused by the ACLs",
+                load(&authz.denied),
+            ),
+            (
+                "fjord_acl_reloads",
+                "Times this broker loaded a new version of the ACLs",
+                load(&authz.reloads),
+            ),
+            (
+                "fjord_acl_reload_errors",
+                "ACL reloads that failed (the previous ACLs stay in force; retried)",
+                load(&authz.reload_errors),
+            ),
+        ] {
+            let counter = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(n).encode(counter)?;
+        }
         Ok(())
     }
+}
+
+/// What the endpoint reads at scrape time.
+pub struct Sources {
+    /// Object store request counts.
+    pub store: Arc<StoreStats>,
+    /// The write path's stage histograms.
+    pub writer: Arc<WriterMetrics>,
+    /// Hedged object-store reads.
+    pub hedged_gets: Counter,
+    /// Background duties.
+    pub duties: DutyStats,
+    /// Authentication and authorization.
+    pub security: SecurityStats,
+    /// The cluster view.
+    pub cluster: watch::Receiver<Arc<ClusterView>>,
 }
 
 /// Serves `/metrics` on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<StoreStats>,
-    writer: Arc<WriterMetrics>,
-    hedged_gets: Counter,
-    duties: DutyStats,
-    cluster: watch::Receiver<Arc<ClusterView>>,
+    sources: Sources,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Sources {
+        store,
+        writer,
+        hedged_gets,
+        duties,
+        security,
+        cluster,
+    } = sources;
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BrokerCollector {
         store,
         duties,
+        security,
         cluster,
     }));
     writer.register(&mut registry);

@@ -373,17 +373,23 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
                 .with_context(|| format!("binding the metrics endpoint {address}"))?;
             Some(tokio::spawn(crate::metrics::serve(
                 listener,
-                store_stats,
-                broker.writer.metrics(),
-                broker.reader.hedged_gets(),
-                crate::metrics::DutyStats {
-                    retention: retention_stats.clone(),
-                    cleaner: cleaner_stats.clone(),
-                    gc: gc_stats.clone(),
-                    compaction: compaction_stats.clone(),
-                    expiry: expiry_stats.clone(),
+                crate::metrics::Sources {
+                    store: store_stats,
+                    writer: broker.writer.metrics(),
+                    hedged_gets: broker.reader.hedged_gets(),
+                    duties: crate::metrics::DutyStats {
+                        retention: retention_stats.clone(),
+                        cleaner: cleaner_stats.clone(),
+                        gc: gc_stats.clone(),
+                        compaction: compaction_stats.clone(),
+                        expiry: expiry_stats.clone(),
+                    },
+                    security: crate::metrics::SecurityStats {
+                        sasl: authenticator.clone(),
+                        authorizer: authorizer.clone(),
+                    },
+                    cluster: cluster.clone(),
                 },
-                cluster.clone(),
                 shutdown.clone(),
             )))
         }
