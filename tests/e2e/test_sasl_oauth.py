@@ -19,7 +19,10 @@ expecting issuer ``https://idp.test`` and audience ``kafka``.
 * an expired token, a token signed by another key and a token for another
   audience are refused with an authentication error, and nothing is stored;
 * a key added to the JWKS file (a rotation) is picked up: a token with the new
-  ``kid`` is accepted.
+  ``kid`` is accepted;
+* a JWKS served over HTTP, and KIP-368: with ``--connections-max-reauth-ms`` the
+  session ends with the token, and the client re-authenticates with fresh tokens
+  on the same connection.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -164,6 +168,78 @@ def test_rotated_keys_are_picked_up(oauth_broker, idp, pki, topic):  # noqa: F81
     assert produce(conf, topic, [b"after rotation"]) == []
     assert high_watermark(b.bootstrap, topic) == 1
     assert "JWKS loaded" in b.stderr_path.read_text()
+
+
+class JwksEndpoint:
+    """Serves a JWKS document at GET /jwks."""
+
+    def __init__(self, *issuers: Issuer) -> None:
+        document = json.dumps({"keys": [i.jwk() for i in issuers]}).encode()
+        self.gets = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.gets += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(document)))
+                self.end_headers()
+                self.wfile.write(document)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_jwks_over_http_and_sessions_that_end_with_the_token(sasl_broker, pki, topic):  # noqa: F811
+    issuer = Issuer("http-key")
+    endpoint = JwksEndpoint(issuer)
+    try:
+        b = sasl_broker(
+            "--sasl-enabled-mechanisms", "OAUTHBEARER",
+            "--sasl-oauthbearer-jwks-endpoint-url", endpoint.url,
+            "--sasl-oauthbearer-expected-audience", "other,kafka",
+            "--connections-max-reauth-ms", "60000",
+        )
+        assert endpoint.gets >= 1
+        create_topic(b.bootstrap, topic, 1)
+        issued: list[str] = []
+
+        def short_token():
+            token, exp = issuer.token("svc-short", lifetime_s=4)
+            issued.append(token)
+            return token, exp
+
+        producer = Producer({**oauth_conf(b, pki, short_token), "acks": "all"})
+        errors: list = []
+        sent = 0
+        deadline = time.monotonic() + 9
+        while time.monotonic() < deadline:
+            producer.produce(topic, f"m{sent}".encode(),
+                             on_delivery=lambda err, msg: err and errors.append(err))
+            sent += 1
+            producer.poll(0.1)
+        assert producer.flush(30) == 0
+        assert errors == []
+        assert high_watermark(b.bootstrap, topic) == sent
+        log = b.stderr_path.read_text()
+        logins = [line for line in log.splitlines()
+                  if "SASL authentication succeeded" in line and "User:svc-short" in line]
+        # Sessions of about 4 s (the token's life, not the 60 s of reauth) over 9 s: the
+        # client re-authenticated with fresh tokens.
+        assert len(logins) >= 3, logins
+        assert len(set(issued)) >= 2
+        assert "session expired" not in log
+    finally:
+        endpoint.close()
 
 
 class TokenEndpoint:
