@@ -139,6 +139,11 @@ pub struct SaslStats {
 /// Least time between two JWKS refreshes asked for by tokens with an unknown `kid`.
 pub const UNKNOWN_KID_REFRESH_INTERVAL_MS: i64 = 10_000;
 
+/// Shortest session given to a token accepted within the clock skew after its `exp` (never
+/// beyond `exp` + skew, when the token would be refused): a client that re-authenticates with
+/// such a token is not driven into a loop of 1 ms sessions.
+pub const MIN_EXPIRED_TOKEN_SESSION_MS: i64 = 1_000;
+
 /// How long an authentication waits for a JWKS refresh it asked for.
 pub const UNKNOWN_KID_REFRESH_WAIT: Duration = Duration::from_secs(5);
 
@@ -597,8 +602,7 @@ impl SaslConnection {
         let reauth = self.auth.settings.reauth_ms;
         let lifetime_ms = if tells_lifetime && reauth > 0 {
             match credential_expires_at_ms {
-                // A token accepted within the clock skew after its exp gets the shortest
-                // session (1 ms), not an endless one: 0 would mean "never".
+                // Never 0, which would mean "never".
                 Some(exp) => reauth.min(exp.saturating_sub(now)).max(1),
                 None => reauth,
             }
@@ -611,7 +615,7 @@ impl SaslConnection {
             expires_at_ms: (lifetime_ms > 0).then(|| now.saturating_add(lifetime_ms)),
         });
         self.auth.stats.successes.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(peer = ?self.peer, %principal, %mechanism, "SASL authentication succeeded");
+        tracing::debug!(peer = ?self.peer, %principal, %mechanism, session_lifetime_ms = lifetime_ms, "SASL authentication succeeded");
         Ok((principal, lifetime_ms))
     }
 
@@ -809,11 +813,20 @@ impl SaslConnection {
                 };
             }
         }
+        // The session may end at exp; a token accepted within the skew after exp gets a short
+        // session that still ends before the token would be refused.
+        let now = self.auth.clock.now_ms();
+        let skew = oauth.validator.config().clock_skew_ms.max(0);
+        let acceptable_until = valid.expires_at_ms.saturating_add(skew);
+        let expires_at_ms = valid.expires_at_ms.max(
+            now.saturating_add(MIN_EXPIRED_TOKEN_SESSION_MS)
+                .min(acceptable_until),
+        );
         Step::Done {
             user: valid.principal,
             mechanism: Mechanism::OAuthBearer,
             token: Vec::new(),
-            expires_at_ms: Some(valid.expires_at_ms),
+            expires_at_ms: Some(expires_at_ms),
         }
     }
 

@@ -533,7 +533,8 @@ async fn oauthbearer_session_lifetime_is_the_sooner_of_reauth_and_exp() {
     assert_eq!(reply.principal, Some(Principal::user("alice")));
     o.f.clock.advance(30_000);
     assert!(matches!(conn.gate(&metadata_frame()), Gate::Close(_)));
-    // A token inside the clock skew after its exp gets a session that is already over.
+    // A token inside the clock skew after its exp gets a short session (1 s), never beyond the
+    // end of the skew.
     let now = o.f.clock.now_ms();
     let mut conn = SaslConnection::new(o.f.auth.clone(), peer());
     handshake(&mut conn, "OAUTHBEARER").await;
@@ -543,7 +544,19 @@ async fn oauthbearer_session_lifetime_is_the_sooner_of_reauth_and_exp() {
     )
     .await;
     assert_eq!(r.error_code, 0);
-    assert_eq!(r.session_lifetime_ms, 1);
+    assert_eq!(r.session_lifetime_ms, MIN_EXPIRED_TOKEN_SESSION_MS);
+    o.f.clock.advance(600);
+    let now = o.f.clock.now_ms();
+    assert_eq!(now % 1000, 600, "exp is in whole seconds");
+    let mut conn = SaslConnection::new(o.f.auth.clone(), peer());
+    handshake(&mut conn, "OAUTHBEARER").await;
+    let (r, _) = token(
+        &mut conn,
+        client_message(&o.issuer.token("k1", "alice", now - 29_600)),
+    )
+    .await;
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.session_lifetime_ms, 400, "ends with the skew");
     let mut conn2 = SaslConnection::new(o.f.auth.clone(), peer());
     handshake(&mut conn2, "OAUTHBEARER").await;
     let (r, _) = token(
