@@ -59,6 +59,21 @@ pub struct ServeConfig {
     pub allow_everyone_if_no_acl_found: bool,
     /// How often (ms) each broker checks the coordinator for ACL changes.
     pub acl_refresh_interval_ms: u64,
+    /// Kafka's `sasl.oauthbearer.jwks.endpoint.url`: where OAUTHBEARER's verification keys are
+    /// (`file:///path/jwks.json`, `https://idp/.well-known/jwks.json`).
+    pub sasl_oauthbearer_jwks_endpoint_url: Option<String>,
+    /// Kafka's `sasl.oauthbearer.jwks.endpoint.refresh.ms`: how often an http(s) JWKS is fetched
+    /// again (a file is checked for changes every few seconds).
+    pub sasl_oauthbearer_jwks_endpoint_refresh_ms: u64,
+    /// Kafka's `sasl.oauthbearer.expected.issuer`: tokens' `iss` must equal it, when set.
+    pub sasl_oauthbearer_expected_issuer: Option<String>,
+    /// Kafka's `sasl.oauthbearer.expected.audience`: tokens' `aud` must contain one of these,
+    /// when set.
+    pub sasl_oauthbearer_expected_audience: Vec<String>,
+    /// Kafka's `sasl.oauthbearer.sub.claim.name`: the claim naming the principal.
+    pub sasl_oauthbearer_sub_claim_name: String,
+    /// Kafka's `sasl.oauthbearer.clock.skew.seconds`: allowed on `exp`, `nbf` and `iat`.
+    pub sasl_oauthbearer_clock_skew_seconds: u64,
     /// Directory for local state (the embedded coordinator, the local object store).
     pub data_dir: PathBuf,
     /// Object store URL: `file://DIR`, `memory://` or `s3://bucket/prefix`
@@ -226,6 +241,12 @@ impl Default for ServeConfig {
             super_users: String::new(),
             allow_everyone_if_no_acl_found: false,
             acl_refresh_interval_ms: 1000,
+            sasl_oauthbearer_jwks_endpoint_url: None,
+            sasl_oauthbearer_jwks_endpoint_refresh_ms: 300_000,
+            sasl_oauthbearer_expected_issuer: None,
+            sasl_oauthbearer_expected_audience: Vec::new(),
+            sasl_oauthbearer_sub_claim_name: "sub".into(),
+            sasl_oauthbearer_clock_skew_seconds: 30,
             data_dir: PathBuf::from("data"),
             object_store: None,
             object_store_options: BTreeMap::new(),
@@ -367,6 +388,34 @@ pub struct ServeArgs {
     /// enforced by all within about this long [default: 1000].
     #[arg(long, env = "FJORD_ACL_REFRESH_INTERVAL_MS")]
     pub acl_refresh_interval_ms: Option<u64>,
+    /// Where OAUTHBEARER's verification keys (a JWKS) are: file:///path/jwks.json or
+    /// https://idp/.well-known/jwks.json (Kafka's sasl.oauthbearer.jwks.endpoint.url). With the
+    /// default mechanisms, setting it adds OAUTHBEARER to them.
+    #[arg(long, env = "FJORD_SASL_OAUTHBEARER_JWKS_ENDPOINT_URL")]
+    pub sasl_oauthbearer_jwks_endpoint_url: Option<String>,
+    /// Milliseconds between fetches of an http(s) JWKS (Kafka's
+    /// sasl.oauthbearer.jwks.endpoint.refresh.ms); a file is checked every 5 s [default: 300000].
+    #[arg(long, env = "FJORD_SASL_OAUTHBEARER_JWKS_ENDPOINT_REFRESH_MS")]
+    pub sasl_oauthbearer_jwks_endpoint_refresh_ms: Option<u64>,
+    /// OAUTHBEARER tokens' iss must equal this (Kafka's sasl.oauthbearer.expected.issuer).
+    #[arg(long, env = "FJORD_SASL_OAUTHBEARER_EXPECTED_ISSUER")]
+    pub sasl_oauthbearer_expected_issuer: Option<String>,
+    /// OAUTHBEARER tokens' aud must contain one of these (repeatable or comma-separated;
+    /// Kafka's sasl.oauthbearer.expected.audience).
+    #[arg(
+        long,
+        env = "FJORD_SASL_OAUTHBEARER_EXPECTED_AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub sasl_oauthbearer_expected_audience: Option<Vec<String>>,
+    /// The OAUTHBEARER token claim naming the principal (Kafka's
+    /// sasl.oauthbearer.sub.claim.name) [default: sub].
+    #[arg(long, env = "FJORD_SASL_OAUTHBEARER_SUB_CLAIM_NAME")]
+    pub sasl_oauthbearer_sub_claim_name: Option<String>,
+    /// Clock skew allowed on OAUTHBEARER tokens' exp, nbf and iat (Kafka's
+    /// sasl.oauthbearer.clock.skew.seconds) [default: 30].
+    #[arg(long, env = "FJORD_SASL_OAUTHBEARER_CLOCK_SKEW_SECONDS")]
+    pub sasl_oauthbearer_clock_skew_seconds: Option<u64>,
     /// Directory for local state [default: ./data].
     #[arg(long, env = "FJORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -593,6 +642,10 @@ impl ServeArgs {
             super_users,
             allow_everyone_if_no_acl_found,
             acl_refresh_interval_ms,
+            sasl_oauthbearer_jwks_endpoint_refresh_ms,
+            sasl_oauthbearer_expected_audience,
+            sasl_oauthbearer_sub_claim_name,
+            sasl_oauthbearer_clock_skew_seconds,
             data_dir,
             coordinator,
             cluster_id,
@@ -667,6 +720,12 @@ impl ServeArgs {
         }
         if self.sasl_bootstrap_user.is_some() {
             c.sasl_bootstrap_user = self.sasl_bootstrap_user.clone();
+        }
+        if self.sasl_oauthbearer_jwks_endpoint_url.is_some() {
+            c.sasl_oauthbearer_jwks_endpoint_url = self.sasl_oauthbearer_jwks_endpoint_url.clone();
+        }
+        if self.sasl_oauthbearer_expected_issuer.is_some() {
+            c.sasl_oauthbearer_expected_issuer = self.sasl_oauthbearer_expected_issuer.clone();
         }
         if self.object_store.is_some() {
             c.object_store = self.object_store.clone();

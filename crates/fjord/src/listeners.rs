@@ -6,7 +6,8 @@
 //! an unknown or unsupported protocol, a duplicate name, an advertised address for no listener,
 //! a wildcard bind address nobody could connect to, TLS settings with no `SSL` listener to use
 //! them (a setting must never look in force when it is not), an `SSL` listener without a
-//! certificate, SASL settings with no `SASL_*` listener, a SASL mechanism Fjord does not serve.
+//! certificate, SASL settings with no `SASL_*` listener, a SASL mechanism Fjord does not serve,
+//! OAUTHBEARER without a JWKS, OAUTHBEARER settings with OAUTHBEARER not enabled.
 
 use std::net::SocketAddr;
 
@@ -18,6 +19,7 @@ use fjord_coordinator::ListenerEndpoint;
 use fjord_tls::{ClientAuth, PrincipalMapper, TlsFiles};
 
 use crate::config::{split_host_port, ServeConfig};
+use crate::jwks::{JwksSource, OAuthSettings};
 
 /// One listener to bind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +47,8 @@ pub struct Listeners {
     pub principals: PrincipalMapper,
     /// SASL settings, when a listener uses SASL.
     pub sasl: Option<SaslSettings>,
+    /// OAUTHBEARER's settings, when it is enabled.
+    pub oauthbearer: Option<OAuthSettings>,
 }
 
 impl Listeners {
@@ -127,17 +131,58 @@ pub fn resolve(c: &ServeConfig) -> anyhow::Result<Listeners> {
         }
         None
     };
-    let sasl = sasl(c, &specs)?;
+    let (sasl, oauthbearer) = sasl(c, &specs)?;
     Ok(Listeners {
         specs,
         inter_broker,
         tls,
         principals,
         sasl,
+        oauthbearer,
     })
 }
 
-fn sasl(c: &ServeConfig, specs: &[ListenerSpec]) -> anyhow::Result<Option<SaslSettings>> {
+/// The OAUTHBEARER settings that differ from their defaults.
+fn oauth_settings_set(c: &ServeConfig) -> Vec<&'static str> {
+    let d = ServeConfig::default();
+    [
+        (
+            "sasl_oauthbearer_jwks_endpoint_url",
+            c.sasl_oauthbearer_jwks_endpoint_url.is_some(),
+        ),
+        (
+            "sasl_oauthbearer_jwks_endpoint_refresh_ms",
+            c.sasl_oauthbearer_jwks_endpoint_refresh_ms
+                != d.sasl_oauthbearer_jwks_endpoint_refresh_ms,
+        ),
+        (
+            "sasl_oauthbearer_expected_issuer",
+            c.sasl_oauthbearer_expected_issuer.is_some(),
+        ),
+        (
+            "sasl_oauthbearer_expected_audience",
+            !c.sasl_oauthbearer_expected_audience.is_empty(),
+        ),
+        (
+            "sasl_oauthbearer_sub_claim_name",
+            c.sasl_oauthbearer_sub_claim_name != d.sasl_oauthbearer_sub_claim_name,
+        ),
+        (
+            "sasl_oauthbearer_clock_skew_seconds",
+            c.sasl_oauthbearer_clock_skew_seconds != d.sasl_oauthbearer_clock_skew_seconds,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect()
+}
+
+/// SASL's settings and OAUTHBEARER's. With the default mechanisms, a JWKS adds OAUTHBEARER to
+/// them; with mechanisms given, OAUTHBEARER must be among them for its settings to be allowed.
+fn sasl(
+    c: &ServeConfig,
+    specs: &[ListenerSpec],
+) -> anyhow::Result<(Option<SaslSettings>, Option<OAuthSettings>)> {
     let uses_sasl = specs.iter().any(|l| {
         matches!(
             l.protocol,
@@ -156,30 +201,49 @@ fn sasl(c: &ServeConfig, specs: &[ListenerSpec]) -> anyhow::Result<Option<SaslSe
                 c.connections_max_reauth_ms != defaults.connections_max_reauth_ms,
             ),
         ];
-        if let Some((name, _)) = set.iter().find(|(_, set)| *set) {
+        let oauth = oauth_settings_set(c);
+        let name = set
+            .iter()
+            .find(|(_, set)| *set)
+            .map(|(name, _)| *name)
+            .or(oauth.first().copied());
+        if let Some(name) = name {
             bail!("{name} is set but no listener uses SASL (add e.g. --listener SASL_SSL://0.0.0.0:9094)");
         }
-        return Ok(None);
+        return Ok((None, None));
     }
     let mut mechanisms = Vec::new();
     for name in &c.sasl_enabled_mechanisms {
         let name = name.trim();
         let mechanism = Mechanism::from_name(name).with_context(|| {
             format!(
-                "SASL mechanism {name:?} is not served; choose from SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"
+                "SASL mechanism {name:?} is not served; choose from SCRAM-SHA-512, SCRAM-SHA-256, PLAIN, OAUTHBEARER"
             )
         })?;
         if !mechanisms.contains(&mechanism) {
             mechanisms.push(mechanism);
         }
     }
+    if c.sasl_enabled_mechanisms == defaults.sasl_enabled_mechanisms
+        && c.sasl_oauthbearer_jwks_endpoint_url.is_some()
+    {
+        mechanisms.push(Mechanism::OAuthBearer);
+    }
+    let oauthbearer = if mechanisms.contains(&Mechanism::OAuthBearer) {
+        Some(oauth(c)?)
+    } else {
+        if let Some(name) = oauth_settings_set(c).first() {
+            bail!("{name} is set but OAUTHBEARER is not in sasl_enabled_mechanisms");
+        }
+        None
+    };
     if mechanisms.is_empty() {
         bail!("sasl_enabled_mechanisms is empty: a SASL listener needs at least one mechanism");
     }
     if c.connections_max_reauth_ms < 0 {
         bail!("connections_max_reauth_ms must be 0 (never) or more");
     }
-    Ok(Some(SaslSettings {
+    let settings = SaslSettings {
         mechanisms,
         reauth_ms: c.connections_max_reauth_ms,
         failure_delay: std::time::Duration::from_millis(
@@ -187,7 +251,48 @@ fn sasl(c: &ServeConfig, specs: &[ListenerSpec]) -> anyhow::Result<Option<SaslSe
         ),
         failures_per_minute: c.sasl_failed_authentications_per_minute,
         ..SaslSettings::default()
-    }))
+    };
+    Ok((Some(settings), oauthbearer))
+}
+
+fn oauth(c: &ServeConfig) -> anyhow::Result<OAuthSettings> {
+    let Some(url) = &c.sasl_oauthbearer_jwks_endpoint_url else {
+        bail!("OAUTHBEARER is enabled but sasl_oauthbearer_jwks_endpoint_url is not set: tokens cannot be checked without the issuer's keys (a JWKS: file:///path/jwks.json or https://idp/.well-known/jwks.json)");
+    };
+    let source = JwksSource::parse(url)?;
+    let sub_claim = c.sasl_oauthbearer_sub_claim_name.trim();
+    if sub_claim.is_empty() {
+        bail!("sasl_oauthbearer_sub_claim_name is empty");
+    }
+    let issuer = match c.sasl_oauthbearer_expected_issuer.as_deref().map(str::trim) {
+        Some("") => bail!("sasl_oauthbearer_expected_issuer is empty"),
+        other => other.map(str::to_string),
+    };
+    let audience: Vec<String> = c
+        .sasl_oauthbearer_expected_audience
+        .iter()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    if audience.len() != c.sasl_oauthbearer_expected_audience.len() {
+        bail!("sasl_oauthbearer_expected_audience has an empty entry");
+    }
+    if c.sasl_oauthbearer_clock_skew_seconds > 3600 {
+        bail!("sasl_oauthbearer_clock_skew_seconds is more than an hour");
+    }
+    if c.sasl_oauthbearer_jwks_endpoint_refresh_ms < 1000 {
+        bail!("sasl_oauthbearer_jwks_endpoint_refresh_ms must be at least 1000");
+    }
+    Ok(OAuthSettings {
+        source,
+        refresh: std::time::Duration::from_millis(c.sasl_oauthbearer_jwks_endpoint_refresh_ms),
+        jwt: fjord_auth::oauth::JwtConfig {
+            issuer,
+            audience,
+            sub_claim: sub_claim.to_string(),
+            clock_skew_ms: (c.sasl_oauthbearer_clock_skew_seconds * 1000) as i64,
+        },
+    })
 }
 
 fn listeners(c: &ServeConfig) -> anyhow::Result<Vec<ListenerSpec>> {
@@ -348,6 +453,90 @@ mod tests {
     }
 
     #[test]
+    fn oauthbearer_needs_a_jwks_and_its_settings_need_oauthbearer() {
+        let refused = |c: ServeConfig, expected: &str| {
+            let err = format!("{:#}", resolve(&c).unwrap_err());
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        };
+        let sasl = || config(&["SASL_PLAINTEXT://1.2.3.4:1"], &[]);
+        // The defaults do not offer OAUTHBEARER.
+        let l = resolve(&sasl()).unwrap();
+        assert!(!l.sasl.unwrap().mechanisms.contains(&Mechanism::OAuthBearer));
+        assert!(l.oauthbearer.is_none());
+        // Enabled without a JWKS.
+        let mut c = sasl();
+        c.sasl_enabled_mechanisms = vec!["OAUTHBEARER".into(), "PLAIN".into()];
+        refused(c.clone(), "sasl_oauthbearer_jwks_endpoint_url is not set");
+        // Enabled with one.
+        c.sasl_oauthbearer_jwks_endpoint_url = Some("file:///etc/fjord/jwks.json".into());
+        c.sasl_oauthbearer_expected_audience = vec!["kafka".into(), " other ".into()];
+        c.sasl_oauthbearer_expected_issuer = Some("https://idp".into());
+        c.sasl_oauthbearer_clock_skew_seconds = 5;
+        let l = resolve(&c).unwrap();
+        assert_eq!(
+            l.sasl.unwrap().mechanisms,
+            vec![Mechanism::OAuthBearer, Mechanism::Plain]
+        );
+        let o = l.oauthbearer.unwrap();
+        assert_eq!(o.source, JwksSource::File("/etc/fjord/jwks.json".into()));
+        assert_eq!(o.jwt.audience, ["kafka", "other"]);
+        assert_eq!(o.jwt.issuer.as_deref(), Some("https://idp"));
+        assert_eq!(o.jwt.clock_skew_ms, 5_000);
+        assert_eq!(o.jwt.sub_claim, "sub");
+        // A JWKS with the default mechanisms adds OAUTHBEARER to them.
+        let mut c = sasl();
+        c.sasl_oauthbearer_jwks_endpoint_url = Some("https://idp/jwks".into());
+        let mechanisms = resolve(&c).unwrap().sasl.unwrap().mechanisms;
+        assert_eq!(mechanisms.len(), 4);
+        assert!(mechanisms.contains(&Mechanism::OAuthBearer));
+        // OAUTHBEARER settings with mechanisms given without it.
+        for set in [
+            |c: &mut ServeConfig| {
+                c.sasl_oauthbearer_jwks_endpoint_url = Some("https://idp/jwks".into())
+            },
+            |c: &mut ServeConfig| c.sasl_oauthbearer_expected_issuer = Some("x".into()),
+            |c: &mut ServeConfig| c.sasl_oauthbearer_expected_audience = vec!["x".into()],
+            |c: &mut ServeConfig| c.sasl_oauthbearer_sub_claim_name = "email".into(),
+            |c: &mut ServeConfig| c.sasl_oauthbearer_clock_skew_seconds = 0,
+            |c: &mut ServeConfig| c.sasl_oauthbearer_jwks_endpoint_refresh_ms = 5_000,
+        ] {
+            let mut c = sasl();
+            c.sasl_enabled_mechanisms = vec!["SCRAM-SHA-512".into()];
+            set(&mut c);
+            refused(c.clone(), "OAUTHBEARER is not in sasl_enabled_mechanisms");
+            // Default mechanisms, no JWKS: still refused (OAUTHBEARER is not enabled).
+            let mut d = sasl();
+            set(&mut d);
+            if d.sasl_oauthbearer_jwks_endpoint_url.is_none() {
+                refused(d, "OAUTHBEARER is not in sasl_enabled_mechanisms");
+            }
+            // No SASL listener at all.
+            let mut p = config(&["PLAINTEXT://1.2.3.4:1"], &[]);
+            set(&mut p);
+            refused(p, "no listener uses SASL");
+        }
+        // Bad values.
+        let mut c = sasl();
+        c.sasl_enabled_mechanisms = vec!["OAUTHBEARER".into()];
+        c.sasl_oauthbearer_jwks_endpoint_url = Some("ftp://idp/jwks".into());
+        refused(c.clone(), "must start with file://");
+        c.sasl_oauthbearer_jwks_endpoint_url = Some("file://jwks.json".into());
+        refused(c.clone(), "absolute path");
+        c.sasl_oauthbearer_jwks_endpoint_url = Some("file:///jwks.json".into());
+        c.sasl_oauthbearer_sub_claim_name = " ".into();
+        refused(c.clone(), "sasl_oauthbearer_sub_claim_name is empty");
+        c.sasl_oauthbearer_sub_claim_name = "sub".into();
+        c.sasl_oauthbearer_expected_audience = vec!["".into()];
+        refused(c.clone(), "empty entry");
+        c.sasl_oauthbearer_expected_audience.clear();
+        c.sasl_oauthbearer_clock_skew_seconds = 86_400;
+        refused(c, "more than an hour");
+    }
+
+    #[test]
     fn what_cannot_work_is_refused_with_the_setting_named() {
         let refused = |c: ServeConfig, expected: &str| {
             let err = format!("{:#}", resolve(&c).unwrap_err());
@@ -369,9 +558,9 @@ mod tests {
             config(&["SASL_SSL://1.2.3.4:1"], &[]),
             "needs ssl_cert_file",
         );
-        let mut oauth = config(&["SASL_PLAINTEXT://1.2.3.4:1"], &[]);
-        oauth.sasl_enabled_mechanisms = vec!["GSSAPI".into()];
-        refused(oauth, "is not served");
+        let mut gssapi = config(&["SASL_PLAINTEXT://1.2.3.4:1"], &[]);
+        gssapi.sasl_enabled_mechanisms = vec!["GSSAPI".into()];
+        refused(gssapi, "is not served");
         let mut none = config(&["SASL_PLAINTEXT://1.2.3.4:1"], &[]);
         none.sasl_enabled_mechanisms.clear();
         refused(none, "at least one mechanism");

@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod jwks;
 mod listeners;
 mod metrics;
 mod serve;

@@ -114,13 +114,40 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         }
         crate::users::bootstrap(coordinator.as_ref(), user).await?;
     }
+    // OAUTHBEARER's keys are loaded before anything binds: a broker that cannot check tokens
+    // does not start. The reload task starts with the others, below.
+    let mut jwks_reload = None;
+    let oauth = match &listeners.oauthbearer {
+        Some(o) => {
+            let mut loader = crate::jwks::JwksLoader::new(o.source.clone())?;
+            let jwks = loader
+                .load(false)
+                .await
+                .with_context(|| format!("loading the OAUTHBEARER JWKS from {}", o.source))?
+                .context("the JWKS did not load")?;
+            loader
+                .stats
+                .reloads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(source = %o.source, keys = jwks.len(), "OAUTHBEARER: JWKS loaded");
+            let (keys_tx, keys_rx) = tokio::sync::watch::channel(Arc::new(jwks));
+            let refresh = Arc::new(tokio::sync::Notify::new());
+            jwks_reload = Some((loader, o.refresh, keys_tx, refresh.clone()));
+            Some(fjord_broker::sasl::OAuthBearer::new(
+                fjord_auth::oauth::JwtValidator::new(o.jwt.clone()),
+                keys_rx,
+                refresh,
+            ))
+        }
+        None => None,
+    };
     let authenticator = listeners.sasl.clone().map(|settings| {
         let credentials: Arc<dyn fjord_coordinator::CredentialStore> = coordinator.clone();
-        Arc::new(fjord_broker::sasl::Authenticator::new(
-            settings,
-            credentials,
-            clock.clone(),
-        ))
+        let auth = fjord_broker::sasl::Authenticator::new(settings, credentials, clock.clone());
+        Arc::new(match oauth {
+            Some(oauth) => auth.with_oauth(oauth),
+            None => auth,
+        })
     });
     let security = fjord_server::ListenerSecurity {
         tls: tls.clone(),
@@ -412,6 +439,16 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         ))
     });
     let acl_refresh = tokio::spawn(authorizer.clone().run(shutdown.clone()));
+    let jwks_task = jwks_reload.map(|(loader, interval, keys, refresh)| {
+        tokio::spawn(crate::jwks::run(
+            "jwks-reload".to_string(),
+            loader,
+            interval,
+            keys,
+            refresh,
+            shutdown.clone(),
+        ))
+    });
     let server = tokio::spawn(fjord_server::serve(
         bound,
         broker.clone(),
@@ -465,6 +502,11 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     }
     if let Err(e) = acl_refresh.await {
         tracing::warn!(error = %e, "ACL refresh task failed");
+    }
+    if let Some(task) = jwks_task {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "JWKS reload task failed");
+        }
     }
     if let Err(e) = cleaner.await {
         tracing::error!(error = %e, "log cleaner task failed");

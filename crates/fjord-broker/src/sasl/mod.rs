@@ -16,18 +16,21 @@
 //!
 //! Mechanisms: PLAIN and SCRAM-SHA-256/512. Both check the credentials in the coordinator
 //! ([`fjord_coordinator::CredentialStore`]): SCRAM by the exchange, PLAIN by deriving the stored
-//! key from the password; no password is stored anywhere.
+//! key from the password; no password is stored anywhere. OAUTHBEARER (KIP-255), when an
+//! [`OAuthBearer`] is configured, checks a JWT against a JWKS kept fresh by the caller
+//! ([`OAuthBearer::keys`]); the session then also ends when the token expires (KIP-368).
 //!
 //! Every failure is logged on the `fjord::audit` target with the user, source and reason.
 
 pub mod limiter;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use fjord_auth::oauth::{Jwks, JwtValidator};
 use fjord_auth::scram::{self, ServerExchange};
 use fjord_coordinator::clock::Clock;
 use fjord_coordinator::security::{ScramCredential, ScramMechanism};
@@ -50,11 +53,21 @@ pub enum Mechanism {
     Plain,
     /// SCRAM-SHA-256 or SCRAM-SHA-512.
     Scram(ScramMechanism),
+    /// OAUTHBEARER with a JWT (KIP-255); needs an [`OAuthBearer`].
+    OAuthBearer,
 }
 
 impl Mechanism {
-    /// Every mechanism, strongest first.
-    pub const ALL: [Mechanism; 3] = [
+    /// Every mechanism.
+    pub const ALL: [Mechanism; 4] = [
+        Mechanism::Scram(ScramMechanism::Sha512),
+        Mechanism::Scram(ScramMechanism::Sha256),
+        Mechanism::Plain,
+        Mechanism::OAuthBearer,
+    ];
+
+    /// The mechanisms enabled by default, strongest first (OAUTHBEARER needs a JWKS).
+    pub const DEFAULT: [Mechanism; 3] = [
         Mechanism::Scram(ScramMechanism::Sha512),
         Mechanism::Scram(ScramMechanism::Sha256),
         Mechanism::Plain,
@@ -65,6 +78,7 @@ impl Mechanism {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::Scram(m) => m.name(),
+            Mechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 
@@ -102,7 +116,7 @@ pub struct SaslSettings {
 impl Default for SaslSettings {
     fn default() -> Self {
         SaslSettings {
-            mechanisms: Mechanism::ALL.to_vec(),
+            mechanisms: Mechanism::DEFAULT.to_vec(),
             reauth_ms: 0,
             failure_delay: Duration::from_millis(100),
             failures_per_minute: 30,
@@ -122,6 +136,68 @@ pub struct SaslStats {
     pub throttled: AtomicU64,
 }
 
+/// Least time between two JWKS refreshes asked for by tokens with an unknown `kid`.
+pub const UNKNOWN_KID_REFRESH_INTERVAL_MS: i64 = 10_000;
+
+/// Shortest session given to a token accepted within the clock skew after its `exp` (never
+/// beyond `exp` + skew, when the token would be refused): a client that re-authenticates with
+/// such a token is not driven into a loop of 1 ms sessions.
+pub const MIN_EXPIRED_TOKEN_SESSION_MS: i64 = 1_000;
+
+/// How long an authentication waits for a JWKS refresh it asked for.
+pub const UNKNOWN_KID_REFRESH_WAIT: Duration = Duration::from_secs(5);
+
+/// OAUTHBEARER's validator and the current JWKS.
+///
+/// Whoever loads the JWKS (a file watcher, an HTTPS poller) owns the [`tokio::sync::watch`]
+/// sender of [`OAuthBearer::keys`], sends every new key set, and refreshes at once when
+/// [`OAuthBearer::refresh_requested`] is notified: a token with an unknown `kid` asks for that at
+/// most once per [`UNKNOWN_KID_REFRESH_INTERVAL_MS`] and waits up to
+/// [`UNKNOWN_KID_REFRESH_WAIT`] for the new set.
+pub struct OAuthBearer {
+    validator: JwtValidator,
+    keys: tokio::sync::watch::Receiver<Arc<Jwks>>,
+    refresh: Arc<tokio::sync::Notify>,
+    last_refresh_request_ms: AtomicI64,
+}
+
+impl OAuthBearer {
+    /// Validates tokens with `validator` against the key sets `keys` receives; asks for a
+    /// refresh through `refresh`.
+    pub fn new(
+        validator: JwtValidator,
+        keys: tokio::sync::watch::Receiver<Arc<Jwks>>,
+        refresh: Arc<tokio::sync::Notify>,
+    ) -> OAuthBearer {
+        OAuthBearer {
+            validator,
+            keys,
+            refresh,
+            last_refresh_request_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// The validator.
+    pub fn validator(&self) -> &JwtValidator {
+        &self.validator
+    }
+
+    /// The current key set.
+    pub fn keys(&self) -> Arc<Jwks> {
+        self.keys.borrow().clone()
+    }
+
+    /// Whether a refresh may be asked for now (and records that it is).
+    fn may_refresh(&self, now_ms: i64) -> bool {
+        let last = self.last_refresh_request_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) >= UNKNOWN_KID_REFRESH_INTERVAL_MS
+            && self
+                .last_refresh_request_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// What every connection's authentication shares.
 pub struct Authenticator {
     settings: SaslSettings,
@@ -130,6 +206,7 @@ pub struct Authenticator {
     /// Derives the decoy salts of unknown users; random per process.
     secret: [u8; 32],
     limiter: FailureLimiter,
+    oauth: Option<OAuthBearer>,
     /// Counters.
     pub stats: SaslStats,
 }
@@ -147,8 +224,15 @@ impl Authenticator {
             credentials,
             clock,
             secret: scram::random_bytes::<32>(),
+            oauth: None,
             stats: SaslStats::default(),
         }
+    }
+
+    /// Serves OAUTHBEARER with `oauth` (when the settings enable it).
+    pub fn with_oauth(mut self, oauth: OAuthBearer) -> Authenticator {
+        self.oauth = Some(oauth);
+        self
     }
 
     /// The settings.
@@ -237,11 +321,13 @@ pub struct SaslConnection {
 enum Step {
     /// Send this token and wait for the next.
     Continue(Vec<u8>),
-    /// Authenticated as `user` with `mechanism`; send this last token.
+    /// Authenticated as `user` with `mechanism`; send this last token. `expires_at_ms`: when
+    /// the credential (an OAuth token) expires.
     Done {
         user: String,
         mechanism: Mechanism,
         token: Vec<u8>,
+        expires_at_ms: Option<i64>,
     },
     /// Refused: the reason is for the client and the audit log; `user` when known.
     Fail {
@@ -428,7 +514,8 @@ impl SaslConnection {
                 user,
                 mechanism,
                 token,
-            } => match self.complete(user, mechanism, tells_lifetime) {
+                expires_at_ms,
+            } => match self.complete(user, mechanism, tells_lifetime, expires_at_ms) {
                 Ok((principal, lifetime_ms)) => Authenticate {
                     response: SaslAuthenticateResponse::default()
                         .with_auth_bytes(token.into())
@@ -465,7 +552,8 @@ impl SaslConnection {
                 user,
                 mechanism,
                 token,
-            } => match self.complete(user, mechanism, false) {
+                expires_at_ms,
+            } => match self.complete(user, mechanism, false, expires_at_ms) {
                 Ok((principal, _)) => SaslReply {
                     principal: Some(principal),
                     ..SaslReply::send(bare(&token))
@@ -486,12 +574,15 @@ impl SaslConnection {
     }
 
     /// Records a successful exchange: the principal and, when the client can re-authenticate
-    /// and `connections.max.reauth.ms` is set, the session's end.
+    /// and `connections.max.reauth.ms` is set, the session's end: after
+    /// `connections.max.reauth.ms`, or when the credential expires (`credential_expires_at_ms`,
+    /// an OAuth token's `exp`) if that is sooner, as Kafka does.
     fn complete(
         &mut self,
         user: String,
         mechanism: Mechanism,
         tells_lifetime: bool,
+        credential_expires_at_ms: Option<i64>,
     ) -> Result<(Principal, i64), String> {
         self.exchange = Exchange::Idle;
         let principal = Principal::user(user);
@@ -510,7 +601,11 @@ impl SaslConnection {
         let now = self.auth.clock.now_ms();
         let reauth = self.auth.settings.reauth_ms;
         let lifetime_ms = if tells_lifetime && reauth > 0 {
-            reauth
+            match credential_expires_at_ms {
+                // Never 0, which would mean "never".
+                Some(exp) => reauth.min(exp.saturating_sub(now)).max(1),
+                None => reauth,
+            }
         } else {
             0
         };
@@ -520,7 +615,7 @@ impl SaslConnection {
             expires_at_ms: (lifetime_ms > 0).then(|| now.saturating_add(lifetime_ms)),
         });
         self.auth.stats.successes.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(peer = ?self.peer, %principal, %mechanism, "SASL authentication succeeded");
+        tracing::debug!(peer = ?self.peer, %principal, %mechanism, session_lifetime_ms = lifetime_ms, "SASL authentication succeeded");
         Ok((principal, lifetime_ms))
     }
 
@@ -550,6 +645,7 @@ impl SaslConnection {
                 Exchange::Started { mechanism, raw } => match mechanism {
                     Mechanism::Plain => self.plain(token).await,
                     Mechanism::Scram(m) => self.scram_first(m, raw, token).await,
+                    Mechanism::OAuthBearer => self.oauthbearer(token).await,
                 },
                 Exchange::Scram {
                     user,
@@ -561,6 +657,7 @@ impl SaslConnection {
                         user,
                         mechanism,
                         token: last,
+                        expires_at_ms: None,
                     },
                     Err(e) => Step::Fail {
                         reason: scram_reason(&e),
@@ -639,6 +736,7 @@ impl SaslConnection {
                 user,
                 mechanism: Mechanism::Plain,
                 token: Vec::new(),
+                expires_at_ms: None,
             },
             Ok(_) => Step::Fail {
                 reason: invalid_credentials(Mechanism::Plain),
@@ -650,6 +748,85 @@ impl SaslConnection {
                 user: Some(user),
                 counts: false,
             },
+        }
+    }
+
+    /// OAUTHBEARER: one client message with the token; success is an empty reply. A refused
+    /// token fails at once with SASL_AUTHENTICATION_FAILED and the reason, rather than with
+    /// RFC 7628's error challenge and the client's `0x01` (librdkafka, the Java client and
+    /// kafka-python all accept either).
+    async fn oauthbearer(&mut self, token: &[u8]) -> Step {
+        let Some(oauth) = self.auth.oauth.as_ref() else {
+            return Step::Fail {
+                reason: "OAUTHBEARER is not configured on this broker".into(),
+                user: None,
+                counts: false,
+            };
+        };
+        let message = match fjord_auth::oauth::parse_client_message(token) {
+            Ok(m) => m,
+            Err(e) => {
+                return Step::Fail {
+                    reason: format!("authentication failed: {e}"),
+                    user: None,
+                    counts: true,
+                }
+            }
+        };
+        let mut keys = oauth.keys.clone();
+        let current = keys.borrow_and_update().clone();
+        let mut result =
+            oauth
+                .validator
+                .validate(&message.token, &current, self.auth.clock.now_ms());
+        if matches!(&result, Err(e) if e.is_unknown_kid())
+            && oauth.may_refresh(self.auth.clock.now_ms())
+        {
+            // The issuer may have rotated its keys: fetch the set again, once, and retry.
+            oauth.refresh.notify_one();
+            if let Ok(Ok(())) = tokio::time::timeout(UNKNOWN_KID_REFRESH_WAIT, keys.changed()).await
+            {
+                let fresh = keys.borrow_and_update().clone();
+                result = oauth
+                    .validator
+                    .validate(&message.token, &fresh, self.auth.clock.now_ms());
+            }
+        }
+        let valid = match result {
+            Ok(valid) => valid,
+            Err(e) => {
+                return Step::Fail {
+                    reason: format!("authentication failed: OAUTHBEARER token refused: {e}"),
+                    user: None,
+                    counts: true,
+                }
+            }
+        };
+        if let Some(authzid) = &message.authzid {
+            if *authzid != valid.principal {
+                return Step::Fail {
+                    reason:
+                        "authentication failed: the authorization id is not the token's principal"
+                            .into(),
+                    user: Some(valid.principal),
+                    counts: true,
+                };
+            }
+        }
+        // The session may end at exp; a token accepted within the skew after exp gets a short
+        // session that still ends before the token would be refused.
+        let now = self.auth.clock.now_ms();
+        let skew = oauth.validator.config().clock_skew_ms.max(0);
+        let acceptable_until = valid.expires_at_ms.saturating_add(skew);
+        let expires_at_ms = valid.expires_at_ms.max(
+            now.saturating_add(MIN_EXPIRED_TOKEN_SESSION_MS)
+                .min(acceptable_until),
+        );
+        Step::Done {
+            user: valid.principal,
+            mechanism: Mechanism::OAuthBearer,
+            token: Vec::new(),
+            expires_at_ms: Some(expires_at_ms),
         }
     }
 

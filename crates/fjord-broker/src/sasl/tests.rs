@@ -346,3 +346,283 @@ async fn handshake_v0_carries_bare_tokens() {
         .await;
     assert!(reply.close && reply.frame.is_none());
 }
+
+/// An issuer for OAUTHBEARER tests: an EC P-256 key made here, its JWKS, and signed tokens.
+struct Issuer {
+    key: aws_lc_rs::signature::EcdsaKeyPair,
+}
+
+impl Issuer {
+    fn new() -> Issuer {
+        Issuer {
+            key: aws_lc_rs::signature::EcdsaKeyPair::generate(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            )
+            .unwrap(),
+        }
+    }
+
+    fn jwks(&self, kid: &str) -> Jwks {
+        use aws_lc_rs::signature::KeyPair;
+        let point = self.key.public_key().as_ref();
+        let doc = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": kid,
+            "x": b64(&point[1..33]), "y": b64(&point[33..]),
+        }]});
+        Jwks::parse(doc.to_string().as_bytes()).unwrap().0
+    }
+
+    /// A token for `sub` expiring at `exp_ms` (ms, the fixture clock's scale).
+    fn token(&self, kid: &str, sub: &str, exp_ms: i64) -> String {
+        let header = serde_json::json!({"alg": "ES256", "kid": kid});
+        let claims = serde_json::json!({"sub": sub, "exp": exp_ms / 1000, "aud": "kafka"});
+        let message = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .key
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), message.as_bytes())
+            .unwrap();
+        format!("{message}.{}", b64(sig.as_ref()))
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn client_message(token: &str) -> Vec<u8> {
+    format!("n,,\x01auth=Bearer {token}\x01\x01").into_bytes()
+}
+
+struct OAuthFixture {
+    f: Fixture,
+    issuer: Issuer,
+    keys: tokio::sync::watch::Sender<Arc<Jwks>>,
+    refresh: Arc<tokio::sync::Notify>,
+}
+
+fn oauth_fixture(reauth_ms: i64) -> OAuthFixture {
+    let mut f = fixture(SaslSettings {
+        mechanisms: vec![Mechanism::OAuthBearer, Mechanism::Plain],
+        reauth_ms,
+        ..SaslSettings::default()
+    });
+    let issuer = Issuer::new();
+    let (keys, rx) = tokio::sync::watch::channel(Arc::new(issuer.jwks("k1")));
+    let refresh = Arc::new(tokio::sync::Notify::new());
+    let validator = JwtValidator::new(fjord_auth::oauth::JwtConfig {
+        audience: vec!["kafka".into()],
+        ..Default::default()
+    });
+    let auth = Arc::into_inner(f.auth).unwrap();
+    f.auth = Arc::new(auth.with_oauth(OAuthBearer::new(validator, rx, refresh.clone())));
+    OAuthFixture {
+        f,
+        issuer,
+        keys,
+        refresh,
+    }
+}
+
+#[tokio::test]
+async fn oauthbearer_accepts_a_valid_token() {
+    let o = oauth_fixture(0);
+    let mut conn = SaslConnection::new(o.f.auth.clone(), peer());
+    let h = handshake(&mut conn, "OAUTHBEARER").await;
+    assert_eq!(h.error_code, 0);
+    let names: Vec<&str> = h.mechanisms.iter().map(|m| m.as_str()).collect();
+    assert_eq!(names, ["OAUTHBEARER", "PLAIN"]);
+    let now = o.f.clock.now_ms();
+    let (r, reply) = token(
+        &mut conn,
+        client_message(&o.issuer.token("k1", "svc-orders", now + 300_000)),
+    )
+    .await;
+    assert_eq!(r.error_code, 0, "{:?}", r.error_message);
+    assert!(r.auth_bytes.is_empty());
+    assert_eq!(
+        r.session_lifetime_ms, 0,
+        "no reauth configured: no lifetime"
+    );
+    assert_eq!(reply.principal, Some(Principal::user("svc-orders")));
+    assert_eq!(conn.gate(&metadata_frame()), Gate::Dispatch);
+    // Without re-authentication configured the session outlives the token (as in Kafka).
+    o.f.clock.advance(600_000);
+    assert_eq!(conn.gate(&metadata_frame()), Gate::Dispatch);
+}
+
+#[tokio::test]
+async fn oauthbearer_refuses_expired_forged_and_malformed_tokens() {
+    let o = oauth_fixture(0);
+    let now = o.f.clock.now_ms();
+    let other = Issuer::new();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            client_message(&o.issuer.token("k1", "alice", now - 60_000)),
+            "expired",
+        ),
+        (
+            client_message(&other.token("k1", "alice", now + 60_000)),
+            "signature",
+        ),
+        (b"n,,\x01auth=Bearer\x01\x01".to_vec(), "malformed"),
+        (b"garbage".to_vec(), "malformed"),
+        (
+            format!(
+                "n,a=admin,\x01auth=Bearer {}\x01\x01",
+                o.issuer.token("k1", "alice", now + 60_000)
+            )
+            .into_bytes(),
+            "authorization id",
+        ),
+    ];
+    for (message, expected) in cases {
+        let mut conn = SaslConnection::new(o.f.auth.clone(), peer());
+        handshake(&mut conn, "OAUTHBEARER").await;
+        let (r, reply) = token(&mut conn, message).await;
+        assert_eq!(r.error_code, ResponseError::SaslAuthenticationFailed.code());
+        let msg = r.error_message.unwrap();
+        assert!(
+            msg.contains(expected),
+            "{msg:?} should mention {expected:?}"
+        );
+        assert!(reply.close && reply.principal.is_none());
+        assert!(!conn.is_authenticated());
+    }
+    assert_eq!(o.f.auth.stats.failures.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test]
+async fn oauthbearer_session_lifetime_is_the_sooner_of_reauth_and_exp() {
+    let o = oauth_fixture(60_000);
+    let now = o.f.clock.now_ms();
+    // The token outlives connections.max.reauth.ms: the session lasts 60 s.
+    let mut conn = SaslConnection::new(o.f.auth.clone(), peer());
+    handshake(&mut conn, "OAUTHBEARER").await;
+    let (r, _) = token(
+        &mut conn,
+        client_message(&o.issuer.token("k1", "alice", now + 300_000)),
+    )
+    .await;
+    assert_eq!(r.session_lifetime_ms, 60_000);
+    // The token expires in 20 s: so does the session.
+    let mut conn = SaslConnection::new(o.f.auth.clone(), peer());
+    handshake(&mut conn, "OAUTHBEARER").await;
+    let (r, _) = token(
+        &mut conn,
+        client_message(&o.issuer.token("k1", "alice", now + 20_000)),
+    )
+    .await;
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.session_lifetime_ms, 20_000);
+    o.f.clock.advance(19_000);
+    assert_eq!(conn.gate(&metadata_frame()), Gate::Dispatch);
+    // Re-authenticating with a fresh token renews it; another principal is refused.
+    handshake(&mut conn, "OAUTHBEARER").await;
+    let now = o.f.clock.now_ms();
+    let (r, reply) = token(
+        &mut conn,
+        client_message(&o.issuer.token("k1", "alice", now + 30_000)),
+    )
+    .await;
+    assert_eq!(r.session_lifetime_ms, 30_000);
+    assert_eq!(reply.principal, Some(Principal::user("alice")));
+    o.f.clock.advance(30_000);
+    assert!(matches!(conn.gate(&metadata_frame()), Gate::Close(_)));
+    // A token inside the clock skew after its exp gets a short session (1 s), never beyond the
+    // end of the skew.
+    let now = o.f.clock.now_ms();
+    let mut conn = SaslConnection::new(o.f.auth.clone(), peer());
+    handshake(&mut conn, "OAUTHBEARER").await;
+    let (r, _) = token(
+        &mut conn,
+        client_message(&o.issuer.token("k1", "alice", now - 5_000)),
+    )
+    .await;
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.session_lifetime_ms, MIN_EXPIRED_TOKEN_SESSION_MS);
+    o.f.clock.advance(600);
+    let now = o.f.clock.now_ms();
+    assert_eq!(now % 1000, 600, "exp is in whole seconds");
+    let mut conn = SaslConnection::new(o.f.auth.clone(), peer());
+    handshake(&mut conn, "OAUTHBEARER").await;
+    let (r, _) = token(
+        &mut conn,
+        client_message(&o.issuer.token("k1", "alice", now - 29_600)),
+    )
+    .await;
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.session_lifetime_ms, 400, "ends with the skew");
+    let mut conn2 = SaslConnection::new(o.f.auth.clone(), peer());
+    handshake(&mut conn2, "OAUTHBEARER").await;
+    let (r, _) = token(
+        &mut conn2,
+        client_message(&o.issuer.token("k1", "bob", now + 100_000)),
+    )
+    .await;
+    assert_eq!(r.session_lifetime_ms, 60_000);
+    handshake(&mut conn2, "OAUTHBEARER").await;
+    let (r, _) = token(
+        &mut conn2,
+        client_message(&o.issuer.token("k1", "alice", now + 100_000)),
+    )
+    .await;
+    assert_eq!(r.error_code, ResponseError::SaslAuthenticationFailed.code());
+}
+
+#[tokio::test]
+async fn an_unknown_kid_asks_for_a_refresh_at_most_every_ten_seconds() {
+    let o = oauth_fixture(0);
+    let now = o.f.clock.now_ms();
+    let rotated = Issuer::new();
+    // The loader answers a refresh request with the rotated set.
+    let refresh = o.refresh.clone();
+    let keys = o.keys.clone();
+    let rotated_jwks = Arc::new(rotated.jwks("k2"));
+    let loader = tokio::spawn(async move {
+        refresh.notified().await;
+        keys.send_replace(rotated_jwks);
+    });
+    let mut conn = SaslConnection::new(o.f.auth.clone(), peer());
+    handshake(&mut conn, "OAUTHBEARER").await;
+    let (r, reply) = token(
+        &mut conn,
+        client_message(&rotated.token("k2", "alice", now + 60_000)),
+    )
+    .await;
+    assert_eq!(r.error_code, 0, "{:?}", r.error_message);
+    assert_eq!(reply.principal, Some(Principal::user("alice")));
+    loader.await.unwrap();
+    // Another unknown kid right after: no refresh asked for, refused at once.
+    let mut conn = SaslConnection::new(o.f.auth.clone(), peer());
+    handshake(&mut conn, "OAUTHBEARER").await;
+    let (r, _) = token(
+        &mut conn,
+        client_message(&rotated.token("k3", "alice", now + 60_000)),
+    )
+    .await;
+    assert!(r.error_message.unwrap().contains("no key with kid"));
+}
+
+#[tokio::test]
+async fn oauthbearer_without_a_validator_is_refused() {
+    let f = fixture(SaslSettings {
+        mechanisms: vec![Mechanism::OAuthBearer],
+        ..SaslSettings::default()
+    });
+    let mut conn = SaslConnection::new(f.auth.clone(), peer());
+    handshake(&mut conn, "OAUTHBEARER").await;
+    let (r, _) = token(&mut conn, client_message("a.b.c")).await;
+    assert!(r.error_message.unwrap().contains("not configured"));
+    assert_eq!(
+        Mechanism::from_name("oauthbearer"),
+        Some(Mechanism::OAuthBearer)
+    );
+    assert!(!SaslSettings::default()
+        .mechanisms
+        .contains(&Mechanism::OAuthBearer));
+}
