@@ -162,7 +162,9 @@ pub async fn describe(
                 )
         })
         .collect();
-    DescribeClientQuotasResponse::default().with_entries(Some(entries))
+    DescribeClientQuotasResponse::default()
+        .with_error_message(None)
+        .with_entries(Some(entries))
 }
 
 /// One entry of an AlterClientQuotas request, checked: the store alteration, or why not.
@@ -238,7 +240,7 @@ pub async fn alter(
                 .map(|(entity, error)| {
                     let entry = AlterEntry::default().with_entity(entity);
                     match error {
-                        None => entry,
+                        None => entry.with_error_message(None),
                         Some((code, message)) => entry
                             .with_error_code(code.code())
                             .with_error_message(Some(s(message))),
