@@ -20,6 +20,8 @@ import struct
 import threading
 import time
 
+import pytest
+
 from confluent_kafka import KafkaError, Producer
 
 from kafka_helpers import create_topic
@@ -240,3 +242,27 @@ def test_producer_byte_rate_quota_throttles_one_user(sasl_broker, pki, topic):
     assert limited.throttle_max > 0
     assert free.throttle_max == 0
     assert free_rate >= 2 * limited_rate, (free_rate, limited_rate)
+
+
+CLUSTER_AUTHORIZATION_FAILED = 31
+
+
+def test_quota_apis_need_cluster_configs_permissions(sasl_broker, pki):
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType,
+                                       ResourcePatternType, ResourceType)
+    from test_acls import admin_of, create_acls
+
+    # The PLAINTEXT listener's User:ANONYMOUS is not a super user here.
+    b = sasl_broker("--authorizer", "acl", "--super-users", "User:admin")
+    alteration = [({"user": "u"}, {"consumer_byte_rate": 1000.0})]
+    assert [c for c, _ in alter_quotas(b.bootstrap, alteration)] == \
+        [CLUSTER_AUTHORIZATION_FAILED]
+    with pytest.raises(AssertionError, match=f"\\({CLUSTER_AUTHORIZATION_FAILED},"):
+        describe_quotas(b.bootstrap, [])
+
+    # ALTER_CONFIGS on the cluster allows both (it implies DESCRIBE_CONFIGS).
+    create_acls(admin_of(b, pki), AclBinding(
+        ResourceType.BROKER, "kafka-cluster", ResourcePatternType.LITERAL, "User:ANONYMOUS",
+        "*", AclOperation.ALTER_CONFIGS, AclPermissionType.ALLOW))
+    assert alter_quotas(b.bootstrap, alteration) == [(0, None)]
+    assert describe_quotas(b.bootstrap, []) == [({"user": "u"}, {"consumer_byte_rate": 1000.0})]
