@@ -3,6 +3,9 @@
 //! [`start`] does everything that must happen in request order before it returns (for Produce,
 //! queueing the batches in the write buffer), and hands back a future for the rest. The
 //! connection answers those futures in the order the requests arrived, as Kafka requires.
+//!
+//! Produce and Fetch responses are metered against client quotas here, once their bytes are
+//! known, and held back for their throttle time (see [`crate::quotas`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +14,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable};
+
+use fjord_coordinator::quotas::QuotaKey;
 
 use crate::handlers;
 use crate::memory::Reservation;
@@ -149,12 +154,25 @@ pub async fn start_from(
             handlers::metadata::handle(b, r, version, client)
         }),
         ApiKey::Produce => {
+            let request_bytes = frame.len() as u64;
             let request: ProduceRequest = decode(ctx, &mut frame)?;
             let pending = handlers::produce::start(&b, request, version, &client).await;
             let reply: Reply = Box::pin(async move {
                 match pending {
-                    None => Ok(None),
-                    Some(pending) => encode(key, version, correlation_id, &pending.await).map(Some),
+                    None => {
+                        // acks=0: nothing to answer, but the bytes count and the connection's
+                        // next answers wait as Kafka mutes it.
+                        let ms = throttle(&b, QuotaKey::ProducerByteRate, &client, request_bytes);
+                        hold(ms).await;
+                        Ok(None)
+                    }
+                    Some(pending) => {
+                        let mut response = pending.await;
+                        let ms = throttle(&b, QuotaKey::ProducerByteRate, &client, request_bytes);
+                        response.throttle_time_ms = response.throttle_time_ms.max(ms);
+                        hold(ms).await;
+                        encode(key, version, correlation_id, &response).map(Some)
+                    }
                 }
             });
             Ok(Started { key, reply })
@@ -162,8 +180,17 @@ pub async fn start_from(
         ApiKey::Fetch => {
             let request: FetchRequest = decode(ctx, &mut frame)?;
             let reply: Reply = Box::pin(async move {
-                let (response, reservation) =
-                    handlers::fetch::handle(b, request, version, client).await;
+                let (mut response, reservation) =
+                    handlers::fetch::handle(b.clone(), request, version, client.clone()).await;
+                let bytes: u64 = response
+                    .responses
+                    .iter()
+                    .flat_map(|t| t.partitions.iter())
+                    .map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64))
+                    .sum();
+                let ms = throttle(&b, QuotaKey::ConsumerByteRate, &client, bytes);
+                response.throttle_time_ms = response.throttle_time_ms.max(ms);
+                hold(ms).await;
                 encode(key, version, correlation_id, &response)
                     .map(|frame| Some(held_until_sent(frame, reservation)))
             });
@@ -245,6 +272,12 @@ pub async fn start_from(
         ApiKey::DescribeAcls => run(ctx, frame, move |r| handlers::acls::describe(b, r, client)),
         ApiKey::CreateAcls => run(ctx, frame, move |r| handlers::acls::create(b, r, client)),
         ApiKey::DeleteAcls => run(ctx, frame, move |r| handlers::acls::delete(b, r, client)),
+        ApiKey::DescribeClientQuotas => run(ctx, frame, move |r| {
+            handlers::client_quotas::describe(b, r, client)
+        }),
+        ApiKey::AlterClientQuotas => run(ctx, frame, move |r| {
+            handlers::client_quotas::alter(b, r, client)
+        }),
         // The SASL exchange of SASL listeners never reaches here (see `crate::sasl`); on other
         // listeners it is out of place, as Kafka answers.
         ApiKey::SaslHandshake => run(ctx, frame, move |_: SaslHandshakeRequest| async move {
@@ -259,6 +292,28 @@ pub async fn start_from(
                 )))
         }),
         _ => Err(ProtocolError::UnsupportedVersion { key, version }),
+    }
+}
+
+/// Records `bytes` against `client`'s `key` quota; the throttle time in ms (see
+/// [`crate::quotas`]).
+fn throttle(broker: &Broker, key: QuotaKey, client: &Client, bytes: u64) -> i32 {
+    if bytes == 0 {
+        return 0;
+    }
+    let ms = broker.quotas.record(
+        key,
+        &client.session.principal.name,
+        &client.client_id,
+        bytes,
+    );
+    i32::try_from(ms).unwrap_or(i32::MAX)
+}
+
+/// Holds a throttled response back for its throttle time.
+async fn hold(ms: i32) {
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.unsigned_abs().into())).await;
     }
 }
 

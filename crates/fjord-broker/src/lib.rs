@@ -17,6 +17,7 @@ pub mod groups;
 mod handlers;
 pub mod memory;
 pub mod offsets_cache;
+pub mod quotas;
 pub mod retention;
 pub mod sasl;
 pub mod session;
@@ -133,6 +134,8 @@ pub struct Broker {
     pub clock: Arc<dyn fjord_coordinator::clock::Clock>,
     /// Who may do what (see [`authz`]).
     pub authorizer: Arc<authz::Authorizer>,
+    /// Client quotas (see [`quotas`]).
+    pub quotas: Arc<quotas::QuotaManager>,
 }
 
 impl Broker {

@@ -103,6 +103,8 @@ pub fn broker_with_clock(
         },
         cluster.clone(),
     );
+    let quota_store: Arc<dyn fjord_coordinator::QuotaStore> = coordinator.clone();
+    let quota_clock = clock.clone();
     let broker = Arc::new(Broker {
         fetch_memory: crate::memory::MemoryBudget::new(settings.fetch_memory_bytes),
         clock,
@@ -119,6 +121,11 @@ pub fn broker_with_clock(
         cluster,
         offsets_cache: Default::default(),
         authorizer: Arc::new(crate::authz::Authorizer::disabled()),
+        quotas: Arc::new(crate::quotas::QuotaManager::new(
+            crate::quotas::QuotaSettings::default(),
+            quota_store,
+            quota_clock,
+        )),
     });
     (broker, task)
 }

@@ -449,6 +449,24 @@ impl AclStore for FaultyCoordinator {
     }
 }
 
+#[async_trait]
+impl crate::QuotaStore for FaultyCoordinator {
+    async fn alter_client_quotas(
+        &self,
+        alterations: Vec<crate::quotas::QuotaAlteration>,
+    ) -> Result<()> {
+        self.inner.alter_client_quotas(alterations).await
+    }
+
+    async fn client_quotas(&self) -> Result<crate::quotas::QuotaSnapshot> {
+        self.inner.client_quotas().await
+    }
+
+    async fn quota_version(&self) -> Result<i64> {
+        self.inner.quota_version().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,8 @@
 //! - Idempotent-producer memory is bounded in time: it expires ([`MetadataExpiry`]).
 //! - SCRAM credentials are stored as salted keys, one per (user, mechanism) ([`CredentialStore`]).
 //! - ACL bindings are stored at most once and their version rises with every change ([`AclStore`]).
+//! - Client quotas are validated as a whole before any is stored, and their version rises with
+//!   every change ([`QuotaStore`]).
 
 mod broker_registry;
 pub mod clock;
@@ -40,6 +42,8 @@ mod log_lifecycle;
 mod model;
 mod object_ledger;
 pub mod postgres;
+pub mod quota_state;
+pub mod quotas;
 pub mod security;
 pub mod security_state;
 pub mod state;
@@ -52,6 +56,7 @@ pub use group_store::GroupStore;
 pub use log_lifecycle::LogLifecycle;
 pub use model::*;
 pub use object_ledger::ObjectLedger;
+pub use quotas::QuotaStore;
 pub use security::{AclStore, CredentialStore};
 
 use async_trait::async_trait;
@@ -60,8 +65,8 @@ use uuid::Uuid;
 /// The metadata store behind a broker: topics, the log index and producer ids here; consumer
 /// groups ([`GroupStore`]), the live-broker registry ([`BrokerRegistry`]), log start offsets and
 /// compaction swaps ([`LogLifecycle`]), object bookkeeping ([`ObjectLedger`]), expiry of
-/// producer memory ([`MetadataExpiry`]), SCRAM credentials ([`CredentialStore`]) and ACLs
-/// ([`AclStore`]) in traits of their own, each with its conformance tests
+/// producer memory ([`MetadataExpiry`]), SCRAM credentials ([`CredentialStore`]), ACLs
+/// ([`AclStore`]) and client quotas ([`QuotaStore`]) in traits of their own, each with its conformance tests
 /// in [`testsuite`]. Implementations are cheap to share (`Arc<dyn Coordinator>`).
 #[async_trait]
 pub trait Coordinator:
@@ -72,6 +77,7 @@ pub trait Coordinator:
     + MetadataExpiry
     + CredentialStore
     + AclStore
+    + QuotaStore
     + Send
     + Sync
     + 'static

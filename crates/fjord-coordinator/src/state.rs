@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::model::*;
+use crate::quota_state::{QuotaChange, QuotaState};
 use crate::security_state::{SecurityEntry, SecurityState};
 use crate::{CoordinatorError, Result};
 
@@ -157,6 +158,8 @@ pub enum Entry {
     },
     /// SCRAM credentials or ACLs changed (see [`crate::security_state`]).
     Security(SecurityEntry),
+    /// Client quotas changed (see [`crate::quota_state`]).
+    Quotas(QuotaChange),
 }
 
 /// The offset a group committed for one partition (its topic and partition are the map keys).
@@ -343,6 +346,9 @@ pub struct State {
     /// SCRAM credentials and ACLs (absent from snapshots written before they existed).
     #[serde(default)]
     pub security: SecurityState,
+    /// Client quotas (absent from snapshots written before they existed).
+    #[serde(default)]
+    pub quotas: QuotaState,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -759,6 +765,7 @@ impl State {
                 stamped_ids,
             } => self.apply_expire_producers(*at_ms, states, ids, stamped_states, stamped_ids),
             Entry::Security(entry) => self.security.apply(entry),
+            Entry::Quotas(change) => self.quotas.apply(change),
         }
     }
 

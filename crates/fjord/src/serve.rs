@@ -108,6 +108,19 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             Arc::new(fjord_broker::authz::Authorizer::disabled())
         }
     };
+    let quotas = {
+        let store: Arc<dyn fjord_coordinator::QuotaStore> = coordinator.clone();
+        let quotas = fjord_broker::quotas::QuotaManager::new(
+            fjord_broker::quotas::QuotaSettings::default(),
+            store,
+            clock.clone(),
+        );
+        quotas
+            .refresh()
+            .await
+            .context("loading the client quotas")?;
+        Arc::new(quotas)
+    };
     if let Some(user) = &config.sasl_bootstrap_user {
         if listeners.sasl.is_none() {
             bail!("sasl_bootstrap_user is set but no listener uses SASL");
@@ -275,6 +288,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         cluster: cluster.clone(),
         offsets_cache: Default::default(),
         authorizer: authorizer.clone(),
+        quotas: quotas.clone(),
     });
 
     let listening: Vec<String> = listeners
@@ -449,6 +463,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
             shutdown.clone(),
         ))
     });
+    let quota_refresh = tokio::spawn(quotas.clone().run(shutdown.clone()));
     let server = tokio::spawn(fjord_server::serve(
         bound,
         broker.clone(),
@@ -507,6 +522,9 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         if let Err(e) = task.await {
             tracing::warn!(error = %e, "JWKS reload task failed");
         }
+    }
+    if let Err(e) = quota_refresh.await {
+        tracing::warn!(error = %e, "quota refresh task failed");
     }
     if let Err(e) = cleaner.await {
         tracing::error!(error = %e, "log cleaner task failed");

@@ -3,6 +3,7 @@
 pub mod acls;
 pub mod admin;
 pub mod api_versions;
+pub mod client_quotas;
 pub mod cluster;
 pub mod configs;
 pub mod consumer_groups;

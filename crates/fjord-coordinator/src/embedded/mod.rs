@@ -763,6 +763,28 @@ impl AclStore for EmbeddedCoordinator {
     }
 }
 
+#[async_trait]
+impl crate::QuotaStore for EmbeddedCoordinator {
+    async fn alter_client_quotas(
+        &self,
+        alterations: Vec<crate::quotas::QuotaAlteration>,
+    ) -> Result<()> {
+        self.on_writer(move |w| {
+            w.decide_and_maybe_write(|s| Ok(s.quotas.decide_alter(alterations)?.map(Entry::Quotas)))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn client_quotas(&self) -> Result<crate::quotas::QuotaSnapshot> {
+        Ok(self.read(|s| s.quotas.snapshot()))
+    }
+
+    async fn quota_version(&self) -> Result<i64> {
+        Ok(self.read(|s| s.quotas.version))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,6 +84,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0011_security",
         sql: include_str!("../../migrations/postgres/0011_security.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_quotas",
+        sql: include_str!("../../migrations/postgres/0012_quotas.sql"),
+    },
 ];
 
 /// The advisory lock key migrations hold ("fjord-mg" as eight bytes).

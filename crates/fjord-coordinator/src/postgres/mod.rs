@@ -26,7 +26,8 @@
 //! - Broker leases (the `brokers` module) are measured by the database's clock, never the
 //!   broker's, so brokers with skewed clocks agree on who is live.
 //! - ACL changes (the `security` module) serialize on one version row, which every change that
-//!   adds or removes a binding bumps in its own transaction.
+//!   adds or removes a binding bumps in its own transaction. Client quota changes (the `quotas`
+//!   module) do the same on a version row of their own.
 //! - A commit that appended data notifies every listening session of the database when it
 //!   commits; [`PostgresCoordinator::spawn_commit_listener`] turns those notifications into
 //!   wake-ups on other brokers (the `listen` module), outside the pool, on a connection of its
@@ -41,6 +42,7 @@ mod lifecycle;
 mod listen;
 mod migrate;
 mod objects;
+mod quotas;
 mod security;
 mod swap;
 #[cfg(test)]
@@ -780,6 +782,24 @@ impl CredentialStore for PostgresCoordinator {
 
     async fn scram_users(&self) -> Result<Vec<ScramUser>> {
         security::scram_users(self).await
+    }
+}
+
+#[async_trait]
+impl crate::QuotaStore for PostgresCoordinator {
+    async fn alter_client_quotas(
+        &self,
+        alterations: Vec<crate::quotas::QuotaAlteration>,
+    ) -> Result<()> {
+        quotas::alter(self, alterations).await
+    }
+
+    async fn client_quotas(&self) -> Result<crate::quotas::QuotaSnapshot> {
+        quotas::snapshot(self).await
+    }
+
+    async fn quota_version(&self) -> Result<i64> {
+        quotas::version(self).await
     }
 }
 

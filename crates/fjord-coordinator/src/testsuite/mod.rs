@@ -12,6 +12,7 @@ mod expiry;
 mod groups;
 mod lifecycle;
 mod objects;
+mod quotas;
 mod security;
 mod swaps;
 
@@ -44,6 +45,7 @@ where
     expiry::run_all(&fresh).await;
     brokers::run_all(&fresh).await;
     security::run_all(&fresh).await;
+    quotas::run_all(&fresh).await;
 }
 
 /// Whether a call was refused as invalid.
