@@ -333,7 +333,10 @@ def test_listener_settings_that_cannot_work_are_refused(fjord_bin, tmp_path, pki
     cert, key = pki.issue("broker", server=True)
     port = free_port()
     cases = {
-        "not supported yet": ["--listener", f"SASL_SSL://127.0.0.1:{port}"],
+        "is not served": ["--listener", f"SASL_PLAINTEXT://127.0.0.1:{port}",
+                          "--sasl-enabled-mechanisms", "GSSAPI"],
+        "no listener uses SASL": ["--connections-max-reauth-ms", "60000"],
+        "no authorizer enforces ACLs": ["--super-users", "User:admin"],
         "no listener uses SSL": ["--ssl-cert-file", str(cert), "--ssl-key-file", str(key)],
         "needs ssl_cert_file": ["--listener", f"SSL://127.0.0.1:{port}"],
         "--advertised-listener PLAINTEXT=HOST:PORT": [
