@@ -268,8 +268,8 @@ impl SecurityProtocol {
     }
 }
 
-/// TLS on the gateway's own gRPC listener (PEM files, read when the listener starts; relative
-/// paths are relative to the working directory).
+/// TLS on the gateway's own gRPC listener (PEM files, read when the listener starts and
+/// reloaded when they change; relative paths are relative to the working directory).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
