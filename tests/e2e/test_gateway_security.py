@@ -237,3 +237,62 @@ def test_forwarder_from_sasl_ssl_to_an_mtls_endpoint(sasl_broker, pki, fjord_bin
         fw.stop()
     finally:
         receiver.stop()
+
+
+# ------------------------------------------------------------------ gateway listener TLS
+
+
+def test_gateway_mtls_listener_reloads_its_certificate(broker_factory, gateway_factory,
+                                                       tmp_path, topic):
+    """The listener's TLS is fjord-tls's: mTLS with a Python (gRPC C-core) client, and a new
+    certificate written over the files is served without a restart."""
+    from kafka_helpers import create_topic
+
+    a = broker_factory(name="cluster-a")
+    create_topic(a.bootstrap, topic, 1)
+    pki = Pki(tmp_path / "pki-gw", "gw")
+    cert, key = pki.issue("gateway", server=True)
+    client_cert, client_key = pki.issue("billing", server=False)
+    served_cert, served_key = tmp_path / "served.pem", tmp_path / "served.key"
+    served_cert.write_bytes(cert.read_bytes())
+    served_key.write_bytes(key.read_bytes())
+    gw = gateway_factory()
+    gw.start(gw.config(
+        clusters={"a": a.bootstrap}, groups={"only": {"a": 1.0}}, default_group="only",
+        sections={"tls": {"cert_file": str(served_cert), "key_file": str(served_key),
+                          "client_ca_file": str(pki.ca)}},
+    ))
+
+    def creds(ca: Path) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(ca.read_bytes(), client_key.read_bytes(),
+                                            client_cert.read_bytes())
+
+    def publish(ca: Path, value: bytes):
+        with fjord.Publisher(gw.address, retries=0, timeout=5, credentials=creds(ca)) as pub:
+            return pub.publish(topic, value)
+
+    assert publish(pki.ca, b"over mtls").cluster == "a"
+    # Without a client certificate: refused in the handshake.
+    with fjord.Publisher(gw.address, retries=0, timeout=5,
+                         credentials=grpc.ssl_channel_credentials(pki.ca.read_bytes())) as pub:
+        with pytest.raises(fjord.GatewayError):
+            pub.publish(topic, b"no client certificate")
+
+    # A certificate from another CA replaces the served one (key first, then certificate).
+    other = Pki(tmp_path / "pki-other", "other")
+    new_cert, new_key = other.issue("gateway", server=True)
+    served_key.write_bytes(new_key.read_bytes())
+    served_cert.write_bytes(new_cert.read_bytes())
+
+    def new_certificate_served() -> bool:
+        try:
+            return publish(other.ca, b"after reload").cluster == "a"
+        except fjord.GatewayError:
+            return False
+
+    wait_until(new_certificate_served, 30, lambda: f"the new certificate is not served\n{gw.logs()}")
+    with pytest.raises(fjord.GatewayError):
+        publish(pki.ca, b"trusting the old CA only")
+    values = [r.value for r in read_cluster(a.bootstrap, topic, timeout=15)]
+    assert values == [b"over mtls", b"after reload"]
+    gw.stop()
