@@ -244,8 +244,9 @@ def test_forwarder_from_sasl_ssl_to_an_mtls_endpoint(sasl_broker, pki, fjord_bin
 
 def test_gateway_mtls_listener_reloads_its_certificate(broker_factory, gateway_factory,
                                                        tmp_path, topic):
-    """The listener's TLS is fjord-tls's: mTLS with a Python (gRPC C-core) client, and a new
-    certificate written over the files is served without a restart."""
+    """The listener's TLS is fjord-tls's: mTLS with a Python (gRPC C-core) client, callers
+    limited to their topics by ``[[caller]]``, and a new certificate written over the files is
+    served without a restart."""
     from kafka_helpers import create_topic
 
     a = broker_factory(name="cluster-a")
@@ -257,11 +258,14 @@ def test_gateway_mtls_listener_reloads_its_certificate(broker_factory, gateway_f
     served_cert.write_bytes(cert.read_bytes())
     served_key.write_bytes(key.read_bytes())
     gw = gateway_factory()
+    # Only the billing certificate may produce, and only to this test's topic.
+    callers = ('[[caller]]\nname = "CN=billing,O=Example"\n'
+               f'topic_prefixes = [{toml_value(topic[:-4])}]\n')
     gw.start(gw.config(
         clusters={"a": a.bootstrap}, groups={"only": {"a": 1.0}}, default_group="only",
         sections={"tls": {"cert_file": str(served_cert), "key_file": str(served_key),
                           "client_ca_file": str(pki.ca)}},
-    ))
+    ) + callers)
 
     def creds(ca: Path) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(ca.read_bytes(), client_key.read_bytes(),
@@ -272,6 +276,22 @@ def test_gateway_mtls_listener_reloads_its_certificate(broker_factory, gateway_f
             return pub.publish(topic, value)
 
     assert publish(pki.ca, b"over mtls").cluster == "a"
+    # A topic outside the caller's prefixes: PERMISSION_DENIED, whatever x-fjord-caller says.
+    with fjord.Publisher(gw.address, retries=0, timeout=5, credentials=creds(pki.ca),
+                         caller_id="admin") as pub:
+        with pytest.raises(fjord.GatewayError) as e:
+            pub.publish("other-topic", b"not allowed")
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED, e.value
+    assert "may not produce to topic \"other-topic\"" in e.value.details, e.value
+    # Another certificate of the same CA is not a listed caller.
+    ops_cert, ops_key = pki.issue("ops", server=False)
+    ops = grpc.ssl_channel_credentials(pki.ca.read_bytes(), ops_key.read_bytes(),
+                                       ops_cert.read_bytes())
+    with fjord.Publisher(gw.address, retries=0, timeout=5, credentials=ops) as pub:
+        with pytest.raises(fjord.GatewayError) as e:
+            pub.publish(topic, b"not a caller")
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED, e.value
+    assert "is not a [[caller]]" in e.value.details, e.value
     # Without a client certificate: refused in the handshake.
     with fjord.Publisher(gw.address, retries=0, timeout=5,
                          credentials=grpc.ssl_channel_credentials(pki.ca.read_bytes())) as pub:
