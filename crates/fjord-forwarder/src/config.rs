@@ -9,7 +9,7 @@
 //! Unknown keys are rejected, so a typo never goes unnoticed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -156,6 +156,27 @@ pub struct SubscriptionConfig {
     /// Extra librdkafka properties of this subscription's consumers (override the cluster's).
     #[serde(default)]
     pub consumer_properties: BTreeMap<String, String>,
+    /// TLS towards the endpoint; required for (and only for) `https://` endpoints.
+    #[serde(default)]
+    pub tls: Option<EndpointTlsConfig>,
+}
+
+/// TLS towards a subscription's endpoint (PEM files, read at startup; relative paths are
+/// relative to the working directory).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointTlsConfig {
+    /// CA certificates that the endpoint's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Client certificate chain presented to the endpoint (mutual TLS); with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name checked against the endpoint's certificate (default: the URL's host).
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 /// When and how often a record is tried again.
@@ -290,6 +311,33 @@ impl ForwarderConfig {
                     "subscription {n}: group_id, endpoint and dead_letter_topic are required"
                 ));
             }
+            let https = s
+                .endpoint
+                .urls()
+                .iter()
+                .filter(|u| u.starts_with("https://"))
+                .count();
+            match &s.tls {
+                None if https > 0 => {
+                    return invalid(format!(
+                    "subscription {n}: an https:// endpoint needs [subscription.tls] with ca_file"
+                ))
+                }
+                Some(_) if https < s.endpoint.urls().len() => {
+                    return invalid(format!(
+                        "subscription {n}: with [subscription.tls] every endpoint must be https://"
+                    ))
+                }
+                Some(t) if t.cert_file.is_some() != t.key_file.is_some() => {
+                    return invalid(format!(
+                        "subscription {n}: tls cert_file and key_file go together"
+                    ))
+                }
+                Some(t) if t.domain.as_deref().is_some_and(str::is_empty) => {
+                    return invalid(format!("subscription {n}: tls domain is empty"))
+                }
+                _ => {}
+            }
             if s.concurrency == 0
                 || s.max_pending_records_per_partition == 0
                 || s.max_pending_bytes_per_partition == 0
@@ -410,6 +458,35 @@ mod tests {
         );
         let c = ForwarderConfig::parse(&many).unwrap();
         assert_eq!(c.subscriptions[0].endpoint.urls().len(), 2);
+    }
+
+    #[test]
+    fn endpoint_tls_is_checked() {
+        let https = MINIMAL.replace("http://127.0.0.1:50051", "https://handler.test:50051");
+        let err = ForwarderConfig::parse(&https).unwrap_err().to_string();
+        assert!(err.contains("needs [subscription.tls]"), "{err}");
+        let text = https.clone() + "[subscription.tls]\nca_file = \"ca.pem\"\n";
+        let c = ForwarderConfig::parse(&text).unwrap();
+        let tls = c.subscriptions[0].tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file, PathBuf::from("ca.pem"));
+        assert_eq!((tls.cert_file.as_ref(), tls.domain.as_ref()), (None, None));
+        let mtls = text.clone() + "cert_file = \"c.pem\"\nkey_file = \"k.pem\"\ndomain = \"h\"\n";
+        let c = ForwarderConfig::parse(&mtls).unwrap();
+        assert_eq!(
+            c.subscriptions[0].tls.as_ref().unwrap().domain.as_deref(),
+            Some("h")
+        );
+        let half = text.clone() + "cert_file = \"c.pem\"\n";
+        let err = ForwarderConfig::parse(&half).unwrap_err().to_string();
+        assert!(err.contains("cert_file and key_file go together"), "{err}");
+        let plain = MINIMAL.to_string() + "[subscription.tls]\nca_file = \"ca.pem\"\n";
+        let err = ForwarderConfig::parse(&plain).unwrap_err().to_string();
+        assert!(err.contains("every endpoint must be https://"), "{err}");
+        let typo = text + "ca_fil = \"x\"\n";
+        assert!(matches!(
+            ForwarderConfig::parse(&typo),
+            Err(ConfigError::Parse(_))
+        ));
     }
 
     #[test]

@@ -106,13 +106,19 @@ pub async fn run(config: ForwarderConfig, cancel: CancellationToken) -> Result<(
     let mut workers = JoinSet::new();
     let mut subscriptions = Vec::new();
     for sub_config in &config.subscriptions {
-        let deliverer = GrpcDeliverer::new(sub_config.endpoint.urls()).map_err(|message| {
-            ForwardError::Endpoint {
-                subscription: sub_config.name.clone(),
-                endpoint: sub_config.endpoint.to_string(),
-                message,
-            }
-        })?;
+        let endpoint_error = |message| ForwardError::Endpoint {
+            subscription: sub_config.name.clone(),
+            endpoint: sub_config.endpoint.to_string(),
+            message,
+        };
+        let tls = sub_config
+            .tls
+            .as_ref()
+            .map(delivery::client_tls)
+            .transpose()
+            .map_err(endpoint_error)?;
+        let deliverer =
+            GrpcDeliverer::new(sub_config.endpoint.urls(), tls.as_ref()).map_err(endpoint_error)?;
         let sub = Arc::new(Subscription::new(
             sub_config.clone(),
             Arc::new(deliverer),

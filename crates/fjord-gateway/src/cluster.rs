@@ -7,6 +7,7 @@
 //! back exactly once, also when whoever holds it is dropped (a cancelled or timed-out request):
 //! a half-open breaker never loses its admissions.
 
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,12 @@ pub struct Health {
     name: Arc<str>,
     breaker: Mutex<Breaker>,
     metrics: Arc<Metrics>,
+    /// Whether `problem` holds something (read on every delivery without the lock).
+    has_problem: AtomicBool,
+    /// Why the client cannot use the cluster, as it last reported (SASL authentication or the
+    /// TLS handshake failed): named in the errors of messages that fail meanwhile. Cleared by
+    /// the next message the cluster stores.
+    problem: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -33,6 +40,8 @@ impl Health {
             name,
             breaker: Mutex::new(Breaker::new(settings, Instant::now())),
             metrics,
+            has_problem: AtomicBool::new(false),
+            problem: Mutex::new(None),
         };
         health.publish_state(State::Closed);
         health
@@ -72,6 +81,28 @@ impl Health {
             .lock()
             .record(admission, outcome, Instant::now());
         self.transitioned(t, "call outcomes");
+    }
+
+    /// Records why the client cannot use the cluster (see `problem`).
+    pub fn set_problem(&self, problem: String) {
+        *self.problem.lock() = Some(problem);
+        self.has_problem.store(true, AtomicOrdering::Release);
+    }
+
+    /// The client's last reported problem with the cluster, if no message was stored since.
+    pub fn problem(&self) -> Option<String> {
+        if !self.has_problem.load(AtomicOrdering::Acquire) {
+            return None;
+        }
+        self.problem.lock().clone()
+    }
+
+    /// A message was stored: whatever the client reported before is over.
+    pub fn clear_problem(&self) {
+        if self.has_problem.load(AtomicOrdering::Acquire) {
+            *self.problem.lock() = None;
+            self.has_problem.store(false, AtomicOrdering::Release);
+        }
     }
 
     /// Opens the breaker at once (the client reported the cluster down).
@@ -257,6 +288,19 @@ mod tests {
         health.probe_result(true);
         assert_eq!(health.state(), State::HalfOpen);
         health
+    }
+
+    #[test]
+    fn a_reported_problem_lasts_until_a_message_is_stored() {
+        let health = half_open_health(1);
+        assert_eq!(health.problem(), None);
+        health.set_problem("SASL authentication failed: bad password".into());
+        assert_eq!(
+            health.problem().as_deref(),
+            Some("SASL authentication failed: bad password")
+        );
+        health.clear_problem();
+        assert_eq!(health.problem(), None);
     }
 
     #[test]

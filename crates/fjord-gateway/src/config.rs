@@ -74,6 +74,9 @@ pub struct GatewayConfig {
     /// TLS on the gRPC listener; plaintext when absent. Changing it needs a restart.
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
+    /// Who may produce to which topics (needs mutual TLS); none: every caller, every topic.
+    #[serde(default, rename = "caller")]
+    pub callers: Vec<CallerConfig>,
     /// On shutdown, how long (ms) requests and streams in progress may take to be answered
     /// before their connections are dropped (then the producers are flushed).
     #[serde(default = "default_drain_timeout_ms")]
@@ -268,8 +271,8 @@ impl SecurityProtocol {
     }
 }
 
-/// TLS on the gateway's own gRPC listener (PEM files, read when the listener starts; relative
-/// paths are relative to the working directory).
+/// TLS on the gateway's own gRPC listener (PEM files, read when the listener starts and
+/// reloaded when they change; relative paths are relative to the working directory).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
@@ -283,6 +286,33 @@ pub struct ListenerTlsConfig {
     /// present one (mutual TLS).
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// A caller identified by its client certificate and the topics it may produce to. Once any
+/// `[[caller]]` is configured, a request from a caller not listed, or for a topic not allowed
+/// to it, is refused with PERMISSION_DENIED.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    /// The client certificate's subject as the gateway names it (RFC 4514, e.g.
+    /// `CN=billing,O=Example`; the caller name of the rate limits).
+    pub name: String,
+    /// Topics allowed by name.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Topics allowed by prefix.
+    #[serde(default)]
+    pub topic_prefixes: Vec<String>,
+}
+
+impl CallerConfig {
+    pub fn allows(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == topic)
+            || self
+                .topic_prefixes
+                .iter()
+                .any(|p| topic.starts_with(p.as_str()))
+    }
 }
 
 /// TLS towards a cluster (PEM files).
@@ -410,6 +440,18 @@ impl GatewayConfig {
             .is_some_and(|b| !(b > 0.0 && b.is_finite()))
         {
             return invalid("limits.caller_burst_bytes must be > 0".into());
+        }
+        if !self.callers.is_empty() && self.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none())
+        {
+            return invalid(
+                "[[caller]] needs mutual TLS: a [tls] table with client_ca_file".into(),
+            );
+        }
+        let mut caller_names = std::collections::BTreeSet::new();
+        for c in &self.callers {
+            if c.name.trim().is_empty() || !caller_names.insert(c.name.as_str()) {
+                return invalid(format!("caller name {:?} is empty or used twice", c.name));
+            }
         }
         if let Some(tls) = &self.tls {
             match (&tls.cert_file, &tls.key_file) {
@@ -588,6 +630,27 @@ mod tests {
         assert!(err.contains("cert_file and key_file are required"), "{err}");
         let err = with_tls("cert = \"c.pem\"").unwrap_err().to_string();
         assert!(err.contains("unknown field `cert`"), "{err}");
+    }
+
+    #[test]
+    fn callers_need_mutual_tls_and_unique_names() {
+        let mtls =
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\n";
+        let caller = "[[caller]]\nname = \"CN=billing,O=Example\"\ntopics = [\"invoices\"]\ntopic_prefixes = [\"billing.\"]\n";
+        let c = parse(&format!("{mtls}{MINIMAL}\n{caller}")).unwrap();
+        assert_eq!(c.callers.len(), 1);
+        let billing = &c.callers[0];
+        assert!(billing.allows("invoices") && billing.allows("billing.events"));
+        assert!(!billing.allows("invoices2") && !billing.allows("payments"));
+        let plain = parse(&format!("{MINIMAL}\n{caller}"))
+            .unwrap_err()
+            .to_string();
+        assert!(plain.contains("needs mutual TLS"), "{plain}");
+        let twice = parse(&format!("{mtls}{MINIMAL}\n{caller}{caller}"))
+            .unwrap_err()
+            .to_string();
+        assert!(twice.contains("used twice"), "{twice}");
+        assert!(parse(MINIMAL).unwrap().callers.is_empty());
     }
 
     #[test]

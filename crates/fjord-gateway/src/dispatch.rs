@@ -261,7 +261,7 @@ impl Dispatcher {
                 ),
             };
             let Some(chosen) = chosen else {
-                state.outcome = Some(no_cluster_left(state));
+                state.outcome = Some(no_cluster_left(state, cluster_problems(snapshot, group)));
                 continue;
             };
             let Some(slot) = admitted
@@ -426,7 +426,7 @@ impl Dispatcher {
                 return true;
             }
             let state = &mut states[i];
-            state.outcome = Some(no_cluster_left(state));
+            state.outcome = Some(no_cluster_left(state, None));
             false
         });
         retry
@@ -452,8 +452,21 @@ impl Drop for Round {
     }
 }
 
-/// The outcome of a message that has no cluster left to try.
-fn no_cluster_left(state: &MessageState) -> MessageOutcome {
+/// What the clients of `group`'s clusters last reported as keeping them from the cluster
+/// (failed authentication, failed TLS), e.g. `cluster b: SASL authentication failed: ...`.
+fn cluster_problems(snapshot: &Snapshot, group: &Group) -> Option<String> {
+    let problems: Vec<String> = group
+        .members
+        .iter()
+        .filter_map(|m| snapshot.clusters.get(&m.cluster))
+        .filter_map(|c| Some(format!("cluster {}: {}", c.name, c.health.problem()?)))
+        .collect();
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// The outcome of a message that has no cluster left to try; `problems`: see
+/// [`cluster_problems`] (named when no cluster was tried).
+fn no_cluster_left(state: &MessageState, problems: Option<String>) -> MessageOutcome {
     match &state.last_error {
         Some(e) => state.failed(
             FailureKind::Backend(e.kind),
@@ -468,7 +481,12 @@ fn no_cluster_left(state: &MessageState) -> MessageOutcome {
         ),
         None => state.failed(
             FailureKind::NoHealthyCluster,
-            "no healthy cluster with a weight above zero in the topic's group".into(),
+            match problems {
+                Some(p) => format!(
+                    "no healthy cluster with a weight above zero in the topic's group ({p})"
+                ),
+                None => "no healthy cluster with a weight above zero in the topic's group".into(),
+            },
         ),
     }
 }

@@ -20,7 +20,9 @@ use parking_lot::{Mutex, RwLock};
 use crate::backend::Producer;
 use crate::breaker::Settings;
 use crate::cluster::{Cluster, Health};
-use crate::config::{ClusterConfig, ConfigError, DeliveryConfig, GatewayConfig, LimitsConfig};
+use crate::config::{
+    CallerConfig, ClusterConfig, ConfigError, DeliveryConfig, GatewayConfig, LimitsConfig,
+};
 use crate::dispatch::{count_failures, message_bytes, Batch, Dispatcher, MessageOutcome};
 use crate::hlc::{Clock, Hlc};
 use crate::kafka::KafkaSetupError;
@@ -66,6 +68,8 @@ pub struct Snapshot {
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
     limiter: Arc<RateLimiter>,
+    /// `[[caller]]` by name; empty: every caller may produce to every topic.
+    callers: BTreeMap<String, CallerConfig>,
 }
 
 /// The running gateway, shared by the gRPC service, the reloader and the prober.
@@ -207,7 +211,20 @@ impl Gateway {
         request: pb::ProduceBatchRequest,
         caller_deadline: Option<Duration>,
     ) -> Result<impl Future<Output = Vec<MessageOutcome>> + Send + 'static, RequestError> {
+        self.start_as(caller, None, request, caller_deadline).await
+    }
+
+    /// [`Gateway::start`] for a caller whose client certificate names it `verified` (mutual
+    /// TLS), checked against `[[caller]]` before anything else.
+    pub async fn start_as(
+        &self,
+        caller: &str,
+        verified: Option<&str>,
+        request: pb::ProduceBatchRequest,
+        caller_deadline: Option<Duration>,
+    ) -> Result<impl Future<Output = Vec<MessageOutcome>> + Send + 'static, RequestError> {
         let snapshot = self.snapshot();
+        check_access(&snapshot, verified, &request.topic)?;
         let bytes = validate(&request, &snapshot.limits)?;
         let group = snapshot
             .routes
@@ -305,6 +322,31 @@ pub fn validate(
     Ok(total)
 }
 
+/// Whether `[[caller]]` lets the caller named `verified` by its certificate produce to `topic`.
+fn check_access(
+    snapshot: &Snapshot,
+    verified: Option<&str>,
+    topic: &str,
+) -> Result<(), RequestError> {
+    if snapshot.callers.is_empty() {
+        return Ok(());
+    }
+    let Some(name) = verified else {
+        return Err(RequestError::PermissionDenied(
+            "no client certificate: [[caller]] lets only listed callers produce".into(),
+        ));
+    };
+    match snapshot.callers.get(name) {
+        None => Err(RequestError::PermissionDenied(format!(
+            "caller {name:?} is not a [[caller]] of this gateway"
+        ))),
+        Some(c) if !c.allows(topic) => Err(RequestError::PermissionDenied(format!(
+            "caller {name:?} may not produce to topic {topic:?}"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Builds a snapshot of `config`, reusing the clusters of `previous` whose connection settings
 /// did not change (and its rate limiter if the limits did not change).
 fn build_snapshot(
@@ -360,5 +402,10 @@ fn build_snapshot(
         delivery: config.delivery.clone(),
         limits: config.limits.clone(),
         limiter,
+        callers: config
+            .callers
+            .iter()
+            .map(|c| (c.name.clone(), c.clone()))
+            .collect(),
     })
 }

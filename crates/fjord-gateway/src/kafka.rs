@@ -80,6 +80,15 @@ impl ClientContext for GatewayContext {
                 self.fatal.store(true, Ordering::Release);
                 self.health.force_open("fatal producer error");
             }
+            Some(RDKafkaErrorCode::Authentication) => {
+                tracing::error!(cluster, "SASL authentication failed: {reason}");
+                self.health
+                    .set_problem(format!("SASL authentication failed: {reason}"));
+            }
+            Some(RDKafkaErrorCode::SSL) => {
+                tracing::error!(cluster, "TLS failed: {reason}");
+                self.health.set_problem(format!("TLS failed: {reason}"));
+            }
             _ => tracing::debug!(cluster, error = %error, "librdkafka: {reason}"),
         }
     }
@@ -90,11 +99,24 @@ impl ProducerContext for GatewayContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, report: Box<Report>) {
         let answer = match result {
-            Ok(m) => Ok(Stored {
-                partition: m.partition(),
-                offset: m.offset(),
-            }),
-            Err((e, _)) => Err(produce_error(e)),
+            Ok(m) => {
+                self.health.clear_problem();
+                Ok(Stored {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                })
+            }
+            Err((e, _)) => {
+                let mut error = produce_error(e);
+                // A message that timed out or found no broker on a cluster the client cannot
+                // authenticate to: say so, not just "timed out".
+                if matches!(error.kind, ErrorKind::Timeout | ErrorKind::Unavailable) {
+                    if let Some(problem) = self.health.problem() {
+                        error.detail = format!("{problem} ({})", error.detail);
+                    }
+                }
+                Err(error)
+            }
         };
         (*report).complete(answer);
     }

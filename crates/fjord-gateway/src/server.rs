@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use fjord_tls::ReloadingTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 
 use crate::backend::Producer;
@@ -112,12 +112,8 @@ pub async fn run(config_path: &Path) -> Result<(), GatewayError> {
 
 /// The listener's TLS settings from the `[tls]` table (files read and checked now); `None`:
 /// plaintext.
-fn listener_tls(config: &GatewayConfig) -> Result<Option<ServerTlsConfig>, GatewayError> {
-    Ok(config
-        .tls
-        .as_ref()
-        .map(crate::tls::server_config)
-        .transpose()?)
+fn listener_tls(config: &GatewayConfig) -> Result<Option<Arc<ReloadingTls>>, GatewayError> {
+    Ok(config.tls.as_ref().map(crate::tls::reloading).transpose()?)
 }
 
 /// Serves the gRPC API on `listener` until `shutdown` is cancelled, with the prober running;
@@ -134,14 +130,11 @@ pub async fn serve(
 async fn serve_with_tls(
     gateway: Arc<Gateway>,
     listener: TcpListener,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<ReloadingTls>>,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     // Health and reflection share the listener, so they are behind the same TLS.
     let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health
@@ -190,14 +183,29 @@ async fn serve_with_tls(
                 .await;
         }
     };
-    let serving = server
+    let router = server
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stopping,
-        );
+        .add_service(service);
+    let tls_shutdown = shutdown.clone();
+    let serving = async move {
+        match tls {
+            Some(tls) => {
+                let incoming = crate::tls::incoming(listener, tls, tls_shutdown);
+                router
+                    .serve_with_incoming_shutdown(incoming, stopping)
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        stopping,
+                    )
+                    .await
+            }
+        }
+    };
     // The graceful drain waits for every connection to close; bound it.
     let drain_expired = {
         let shutdown = shutdown.clone();

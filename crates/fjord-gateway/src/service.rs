@@ -101,14 +101,18 @@ impl Drop for RequestCount {
     }
 }
 
+/// The identity of the connection's verified client certificate (mutual TLS), if any.
+fn certificate_identity<T>(request: &Request<T>) -> Option<String> {
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(|c| crate::tls::identity(c.as_ref())))
+}
+
 /// Who is calling, for the rate limits: the identity of the client certificate (mutual TLS),
 /// else the `x-fjord-caller` metadata value, else the peer's IP address. A certificate wins over
 /// the header: an authenticated caller cannot pick another name to get a fresh budget.
 fn caller_of<T>(request: &Request<T>) -> String {
-    if let Some(identity) = request
-        .peer_certs()
-        .and_then(|certs| certs.first().and_then(|c| crate::tls::identity(c.as_ref())))
-    {
+    if let Some(identity) = certificate_identity(request) {
         return identity;
     }
     if let Some(caller) = request
@@ -157,9 +161,10 @@ impl pb::gateway_server::Gateway for GatewayService {
                 return Err(RequestError::ShuttingDown);
             }
             let caller = caller_of(&request);
+            let verified = certificate_identity(&request);
             let outcomes = self
                 .gateway
-                .start(&caller, request.into_inner(), timeout)
+                .start_as(&caller, verified.as_deref(), request.into_inner(), timeout)
                 .await?
                 .await;
             Ok(pb::ProduceBatchResponse {
@@ -192,6 +197,7 @@ impl pb::gateway_server::Gateway for GatewayService {
             return Err(RequestError::ShuttingDown.into());
         }
         let caller = caller_of(&request);
+        let verified = certificate_identity(&request);
         // The caller's deadline is for the whole stream: each batch gets what is left of it.
         let deadline = grpc_timeout(&request).map(|t| Instant::now() + t);
         let inbound = request.into_inner();
@@ -200,6 +206,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         tokio::spawn(run_stream(
             self.clone(),
             caller,
+            verified,
             deadline,
             inbound,
             tx,
@@ -215,6 +222,7 @@ impl pb::gateway_server::Gateway for GatewayService {
 async fn run_stream(
     service: GatewayService,
     caller: String,
+    verified: Option<String>,
     deadline: Option<Instant>,
     mut inbound: Streaming<pb::ProduceStreamRequest>,
     tx: mpsc::Sender<Result<pb::ProduceStreamResponse, Status>>,
@@ -247,7 +255,10 @@ async fn run_stream(
                     let batch = req.batch.unwrap_or_default();
                     let count = service.count("ProduceStream", deadline);
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    match service.gateway.start(&caller, batch, left).await {
+                    match service
+                        .gateway
+                        .start_as(&caller, verified.as_deref(), batch, left)
+                        .await {
                         Ok(outcomes) => in_flight.push_back(async move {
                             (id, outcomes.await, count)
                         }),

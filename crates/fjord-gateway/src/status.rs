@@ -37,6 +37,9 @@ pub enum RequestError {
     Overloaded { limit: usize },
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// `[[caller]]` does not allow this caller this topic.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// What a rate-limited caller should do.
@@ -64,6 +67,7 @@ impl RequestError {
             Self::NoRoute { .. } => Code::NotFound,
             Self::RateLimited { .. } | Self::Overloaded { .. } => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
         }
     }
 }

@@ -1,62 +1,109 @@
-//! TLS on the gateway's own gRPC listener: turns the `[tls]` table (PEM files) into tonic's
-//! [`ServerTlsConfig`] (rustls, aws-lc-rs).
+//! TLS on the gateway's own gRPC listener, with fjord-tls (the brokers' TLS): the `[tls]` table
+//! (PEM files) becomes a [`ReloadingTls`], and [`incoming`] turns accepted TCP connections into
+//! TLS streams for tonic.
 //!
-//! Owns reading and checking the files. Everything a file can get wrong is found here, before
-//! the listener accepts a connection, and named with the file: unreadable, no certificate in
-//! `cert_file` or `client_ca_file`, no private key in `key_file`, a key that does not match the
-//! certificate. Invariants of a config built here:
+//! Everything a file can get wrong is found by fjord-tls before the listener accepts a
+//! connection, and named with the file (unreadable, no certificate, no private key, a key that
+//! does not match the certificate, no usable client CA). Invariants:
 //! - the server presents the whole chain of `cert_file`, with ALPN `h2`;
 //! - with `client_ca_file`, every connection must present a client certificate that chains to
 //!   one of its CAs (mutual TLS; client authentication is not optional);
-//! - a handshake that has not finished after [`HANDSHAKE_TIMEOUT`] is dropped.
-//!
-//! The files are read once, when the listener starts (no hot reload of certificates).
+//! - a handshake that has not finished after [`HANDSHAKE_TIMEOUT`] is dropped, and handshakes
+//!   run beside each other (a slow client holds up no other);
+//! - the files are checked every [`RELOAD_INTERVAL`]; changed files that load are used for the
+//!   handshakes that start afterwards, files that do not load leave the previous certificate in
+//!   force (logged).
 //!
 //! [`identity`] names the caller behind a verified client certificate (for the rate limits).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use fjord_tls::{ClientAuth, ReloadingTls, TlsFiles, TlsStream};
+use futures::Stream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ListenerTlsConfig;
 
-/// Longest a client may take to finish the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use fjord_tls::HANDSHAKE_TIMEOUT;
+
+/// How often the certificate files are checked for changes.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the listener's TLS settings could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
     #[error("tls: cert_file and key_file are required")]
     Incomplete,
-    #[error("tls: reading {key} {path}: {error}")]
-    Read {
-        key: &'static str,
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("tls: {key} {path}: {detail}")]
-    BadPem {
-        key: &'static str,
-        path: PathBuf,
-        detail: String,
-    },
-    #[error("tls: {key} {path} holds no PEM certificate")]
-    NoCertificate { key: &'static str, path: PathBuf },
-    #[error("tls: key_file {path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
-    NoKey { path: PathBuf },
-    #[error("tls: cert_file {cert} and key_file {key}: {error}")]
-    BadIdentity {
-        cert: PathBuf,
-        key: PathBuf,
-        error: rustls::Error,
-    },
-    #[error("tls: client_ca_file {path}: {detail}")]
-    BadClientCa { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Files(#[from] fjord_tls::TlsError),
+}
+
+/// Reads and checks the files of `config`: the listener's TLS, reloaded by [`incoming`].
+pub fn reloading(config: &ListenerTlsConfig) -> Result<Arc<ReloadingTls>, TlsSetupError> {
+    let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
+        return Err(TlsSetupError::Incomplete);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: config.client_ca_file.clone(),
+        client_auth: match config.client_ca_file {
+            Some(_) => ClientAuth::Required,
+            None => ClientAuth::None,
+        },
+    };
+    Ok(Arc::new(ReloadingTls::with_alpn(
+        files,
+        vec![b"h2".to_vec()],
+    )?))
+}
+
+/// The TLS connections of `listener` for tonic, until `shutdown`: each accepted connection's
+/// handshake runs in its own task (bounded by [`HANDSHAKE_TIMEOUT`]); failed handshakes are
+/// logged at debug level and dropped. Also checks `tls`'s files for changes until `shutdown`.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    tokio::spawn(fjord_tls::watch(
+        "gateway listener".into(),
+        tls.clone(),
+        RELOAD_INTERVAL,
+        shutdown.clone(),
+    ));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<TlsStream<TcpStream>>(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(stream).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|s| s.map(Ok)))
 }
 
 /// Longest caller identity taken from a certificate (longer ones are cut).
@@ -85,101 +132,10 @@ pub fn identity(der: &[u8]) -> Option<String> {
     Some(name.chars().take(MAX_IDENTITY_CHARS).collect())
 }
 
-/// Reads and checks the files of `config` and builds the listener's TLS settings.
-pub fn server_config(config: &ListenerTlsConfig) -> Result<ServerTlsConfig, TlsSetupError> {
-    let (Some(cert_path), Some(key_path)) = (&config.cert_file, &config.key_file) else {
-        return Err(TlsSetupError::Incomplete);
-    };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    // tonic builds its rustls config with the process-wide provider; pin it to aws-lc-rs so a
-    // second provider compiled in by another crate cannot make that ambiguous. Already
-    // installed (by us or by another part of the process) is fine.
-    let _ = CryptoProvider::install_default((*provider).clone());
-
-    let cert_pem = read("cert_file", cert_path)?;
-    let chain = certificates("cert_file", cert_path, &cert_pem)?;
-    let key_pem = read("key_file", key_path)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsSetupError::NoKey {
-            path: key_path.clone(),
-        },
-        other => TlsSetupError::BadPem {
-            key: "key_file",
-            path: key_path.clone(),
-            detail: other.to_string(),
-        },
-    })?;
-    // The same checks tonic makes when it starts serving, here with the file names: a key
-    // rustls cannot use, or one that does not belong to the certificate.
-    rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
-        .map_err(|error| TlsSetupError::BadIdentity {
-            cert: cert_path.clone(),
-            key: key_path.clone(),
-            error,
-        })?;
-    let mut tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .timeout(HANDSHAKE_TIMEOUT);
-
-    if let Some(ca_path) = &config.client_ca_file {
-        let ca_pem = read("client_ca_file", ca_path)?;
-        let mut roots = rustls::RootCertStore::empty();
-        let (added, _ignored) =
-            roots.add_parsable_certificates(certificates("client_ca_file", ca_path, &ca_pem)?);
-        if added == 0 {
-            return Err(TlsSetupError::BadClientCa {
-                path: ca_path.clone(),
-                detail: "no usable CA certificate".into(),
-            });
-        }
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| TlsSetupError::BadClientCa {
-                path: ca_path.clone(),
-                detail: e.to_string(),
-            })?;
-        tls = tls
-            .client_ca_root(Certificate::from_pem(ca_pem))
-            .client_auth_optional(false);
-    }
-    Ok(tls)
-}
-
-fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
-    std::fs::read(path).map_err(|error| TlsSetupError::Read {
-        key,
-        path: path.to_owned(),
-        error,
-    })
-}
-
-/// Every certificate of a PEM file; at least one.
-fn certificates(
-    key: &'static str,
-    path: &Path,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsSetupError::BadPem {
-            key,
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsSetupError::NoCertificate {
-            key,
-            path: path.to_owned(),
-        });
-    }
-    Ok(certs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
 
     struct Files {
         dir: tempfile::TempDir,
@@ -241,9 +197,9 @@ mod tests {
         let f = Files::new();
         let (cert, key) = self_signed();
         let (c, k) = (f.write("c.pem", &cert), f.write("k.pem", &key));
-        assert!(server_config(&tls(&c, &k, None)).is_ok());
+        assert!(reloading(&tls(&c, &k, None)).is_ok());
         // The certificate doubles as a client CA.
-        assert!(server_config(&tls(&c, &k, Some(&c))).is_ok());
+        assert!(reloading(&tls(&c, &k, Some(&c))).is_ok());
     }
 
     #[test]
@@ -252,19 +208,19 @@ mod tests {
         let (cert, key) = self_signed();
         let (c, k) = (f.write("c.pem", &cert), f.write("k.pem", &key));
         let missing = f.dir.path().join("missing.pem");
-        let err = |cfg: ListenerTlsConfig| server_config(&cfg).unwrap_err().to_string();
+        let err = |cfg: ListenerTlsConfig| reloading(&cfg).unwrap_err().to_string();
 
         let e = err(tls(&missing, &k, None));
         assert!(
-            e.starts_with("tls: reading cert_file ") && e.contains("missing.pem"),
+            e.starts_with("tls: reading certificate ") && e.contains("missing.pem"),
             "{e}"
         );
         let e = err(tls(&c, &missing, None));
-        assert!(e.starts_with("tls: reading key_file "), "{e}");
+        assert!(e.starts_with("tls: reading key "), "{e}");
         // Certificate and key swapped.
         let e = err(tls(&k, &c, None));
         assert!(
-            e.contains("cert_file") && e.contains("holds no PEM certificate"),
+            e.contains("k.pem") && e.contains("holds no PEM certificate"),
             "{e}"
         );
         let e = err(tls(&c, &c, None));
@@ -273,23 +229,20 @@ mod tests {
         let (_, other_key) = self_signed();
         let other = f.write("other-key.pem", &other_key);
         let e = err(tls(&c, &other, None));
-        assert!(e.contains("cert_file") && e.contains("key_file"), "{e}");
+        assert!(e.contains("c.pem") && e.contains("other-key.pem"), "{e}");
         // A client CA file without certificates.
         let e = err(tls(&c, &k, Some(&k)));
         assert!(
-            e.contains("client_ca_file") && e.contains("no PEM certificate"),
+            e.contains("client CA") && e.contains("no PEM certificate"),
             "{e}"
         );
         let e = err(tls(&c, &k, Some(&missing)));
-        assert!(e.starts_with("tls: reading client_ca_file "), "{e}");
+        assert!(e.starts_with("tls: reading client CA "), "{e}");
         // Incomplete settings (refused by config validation first, and here too).
         let half = ListenerTlsConfig {
             key_file: None,
             ..tls(&c, &k, None)
         };
-        assert!(matches!(
-            server_config(&half),
-            Err(TlsSetupError::Incomplete)
-        ));
+        assert!(matches!(reloading(&half), Err(TlsSetupError::Incomplete)));
     }
 }

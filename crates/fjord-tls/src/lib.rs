@@ -268,6 +268,8 @@ fn stamp(path: &Path) -> Stamp {
 #[derive(Debug)]
 pub struct ReloadingTls {
     files: TlsFiles,
+    /// ALPN protocols offered, most preferred first (none for Kafka; `h2` for gRPC).
+    alpn: Vec<Vec<u8>>,
     current: RwLock<Arc<ServerConfig>>,
     stamps: Mutex<Vec<Stamp>>,
     /// Reloads that took effect.
@@ -279,15 +281,32 @@ pub struct ReloadingTls {
 impl ReloadingTls {
     /// Loads `files`; errors are the files' (the listener must not start without TLS).
     pub fn new(files: TlsFiles) -> Result<ReloadingTls, TlsError> {
+        Self::with_alpn(files, Vec::new())
+    }
+
+    /// As [`ReloadingTls::new`], negotiating one of the `alpn` protocols (e.g. `h2` for gRPC,
+    /// whose clients insist on it) in every configuration it loads.
+    pub fn with_alpn(files: TlsFiles, alpn: Vec<Vec<u8>>) -> Result<ReloadingTls, TlsError> {
         let stamps = Self::stamps_of(&files);
-        let config = server_config(&files)?;
+        let config = Self::load(&files, &alpn)?;
         Ok(ReloadingTls {
             files,
+            alpn,
             current: RwLock::new(config),
             stamps: Mutex::new(stamps),
             reloads: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
+    }
+
+    fn load(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<Arc<ServerConfig>, TlsError> {
+        let config = server_config(files)?;
+        if alpn.is_empty() {
+            return Ok(config);
+        }
+        let mut config = Arc::unwrap_or_clone(config);
+        config.alpn_protocols = alpn.to_vec();
+        Ok(Arc::new(config))
     }
 
     fn stamps_of(files: &TlsFiles) -> Vec<Stamp> {
@@ -320,7 +339,7 @@ impl ReloadingTls {
             }
             *seen = now;
         }
-        match server_config(&self.files) {
+        match Self::load(&self.files, &self.alpn) {
             Ok(config) => {
                 *self.current.write() = config;
                 self.reloads.fetch_add(1, Ordering::Relaxed);
