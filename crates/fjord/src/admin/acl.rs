@@ -118,6 +118,25 @@ impl Spec {
         }
     }
 
+    /// The filter the flags describe: every flag left out matches anything.
+    fn filter(&self) -> anyhow::Result<DeleteAclsFilter> {
+        let (kind, name, pattern) = match self.resource() {
+            Some((k, n)) => (k.code(), Some(s(n)), self.pattern()),
+            None => (ANY, None, ANY),
+        };
+        Ok(DeleteAclsFilter::default()
+            .with_resource_type_filter(kind)
+            .with_resource_name_filter(name)
+            .with_pattern_type_filter(pattern)
+            .with_principal_filter(self.principal.clone().map(s))
+            .with_host_filter(self.host.clone().map(s))
+            .with_operation(match &self.operation {
+                Some(o) => operation(o)?,
+                None => ANY,
+            })
+            .with_permission_type(if self.deny { 2 } else { ANY }))
+    }
+
     fn is_empty(&self) -> bool {
         self.resource().is_none()
             && self.principal.is_none()
@@ -168,25 +187,15 @@ pub async fn run(bootstrap: &str, command: AclCommand) -> anyhow::Result<()> {
             );
         }
         AclCommand::List(spec) => {
-            let (kind, name) = match spec.resource() {
-                Some((k, n)) => (k.code(), Some(s(n))),
-                None => (ANY, None),
-            };
+            let f = spec.filter()?;
             let request = DescribeAclsRequest::default()
-                .with_resource_type_filter(kind)
-                .with_resource_name_filter(name)
-                .with_pattern_type_filter(if spec.resource().is_some() {
-                    spec.pattern()
-                } else {
-                    ANY
-                })
-                .with_principal_filter(spec.principal.clone().map(s))
-                .with_host_filter(spec.host.clone().map(s))
-                .with_operation(match &spec.operation {
-                    Some(o) => operation(o)?,
-                    None => ANY,
-                })
-                .with_permission_type(if spec.deny { 2 } else { ANY });
+                .with_resource_type_filter(f.resource_type_filter)
+                .with_resource_name_filter(f.resource_name_filter)
+                .with_pattern_type_filter(f.pattern_type_filter)
+                .with_principal_filter(f.principal_filter)
+                .with_host_filter(f.host_filter)
+                .with_operation(f.operation)
+                .with_permission_type(f.permission_type);
             let response = client.call(request).await?;
             if response.error_code != 0 {
                 bail!(
@@ -228,25 +237,7 @@ pub async fn run(bootstrap: &str, command: AclCommand) -> anyhow::Result<()> {
             if spec.is_empty() {
                 bail!("remove needs at least one of --topic, --group, --transactional-id, --cluster, --principal, --host, --operation");
             }
-            let (kind, name) = match spec.resource() {
-                Some((k, n)) => (k.code(), Some(s(n))),
-                None => (ANY, None),
-            };
-            let filter = DeleteAclsFilter::default()
-                .with_resource_type_filter(kind)
-                .with_resource_name_filter(name)
-                .with_pattern_type_filter(if spec.resource().is_some() {
-                    spec.pattern()
-                } else {
-                    ANY
-                })
-                .with_principal_filter(spec.principal.clone().map(s))
-                .with_host_filter(spec.host.clone().map(s))
-                .with_operation(match &spec.operation {
-                    Some(o) => operation(o)?,
-                    None => ANY,
-                })
-                .with_permission_type(if spec.deny { 2 } else { ANY });
+            let filter = spec.filter()?;
             let response = client
                 .call(DeleteAclsRequest::default().with_filters(vec![filter]))
                 .await?;
