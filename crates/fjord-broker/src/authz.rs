@@ -281,18 +281,15 @@ impl Authorizer {
         if !self.enabled() {
             return;
         }
-        let mut tick = tokio::time::interval(self.settings.refresh_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.refresh().await {
-                self.stats.reload_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(duty = "acl-refresh", error = %e, "reloading ACLs failed; the previous ones stay in force");
-            }
-        }
+        // A failed reload keeps the previous ACLs in force.
+        crate::duty::every(
+            "acl-refresh",
+            self.settings.refresh_interval,
+            cancel,
+            &self.stats.reload_errors,
+            || self.refresh(),
+        )
+        .await;
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cleaner;
 pub mod cluster;
 pub mod compaction;
 pub mod dispatch;
+pub mod duty;
 pub mod error;
 pub mod expiry;
 pub mod fetch_session;

@@ -305,18 +305,15 @@ impl QuotaManager {
         if self.store.is_none() {
             return;
         }
-        let mut tick = tokio::time::interval(self.settings.refresh_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.refresh().await {
-                self.stats.reload_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(duty = "quota-refresh", error = %e, "reloading client quotas failed; the previous ones stay in force");
-            }
-        }
+        // A failed reload keeps the previous quotas in force.
+        crate::duty::every(
+            "quota-refresh",
+            self.settings.refresh_interval,
+            cancel,
+            &self.stats.reload_errors,
+            || self.refresh(),
+        )
+        .await;
     }
 }
 
