@@ -6,7 +6,8 @@ Publishing through ``fjord gateway`` (the gRPC produce front door)::
     fjord.publish("orders", b"hello", key=b"k1")     # gateway: $FJORD_GATEWAY_ADDRESS or localhost:9095
 
 See :mod:`fjord.publisher` (sync, :class:`Publisher`) and :mod:`fjord.aio` (batching asyncio,
-:class:`AsyncPublisher`). Each feature lives in its own module and is exported here explicitly.
+:class:`AsyncPublisher`); TLS and bearer tokens for both: :mod:`fjord.security`. Each feature
+lives in its own module and is exported here explicitly.
 """
 
 from fjord.aio import AsyncPublisher
@@ -18,8 +19,10 @@ from fjord.errors import (
     NoRoute,
     OutcomeUnknown,
     Overloaded,
+    PermissionDenied,
     PublishError,
     QueueFull,
+    Unauthenticated,
 )
 from fjord.messages import Delivered, Failure, Message
 from fjord.publisher import Publisher, publish, publish_batch
@@ -38,12 +41,14 @@ __all__ = [
     "NoRoute",
     "OutcomeUnknown",
     "Overloaded",
+    "PermissionDenied",
     "PublishError",
     "Publisher",
     "QueueFull",
     "Record",
     "Retry",
     "Server",
+    "Unauthenticated",
     "publish",
     "publish_batch",
     "serve",

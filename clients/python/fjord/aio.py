@@ -63,6 +63,7 @@ from fjord.messages import (
     to_pb,
 )
 from fjord.publisher import CALLER_METADATA, channel_options
+from fjord.security import FilePath, Token, channel_security
 
 _Pending = Tuple[pb.Message, "asyncio.Future[Result]"]
 
@@ -105,6 +106,17 @@ class AsyncPublisher:
         beyond either, :meth:`publish` waits for room and :meth:`send` raises
         :class:`fjord.QueueFull` (a single message larger than ``max_queued_bytes`` is accepted
         when nothing else is queued).
+    :param credentials: TLS credentials (``grpc.ssl_channel_credentials(...)``); ``None``:
+        plaintext, unless an option below (or its environment variable) asks for TLS.
+    :param token: a bearer token, or a function returning one, sent as ``authorization: Bearer
+        <token>``; implies TLS (default: ``$FJORD_GATEWAY_TOKEN``). A function is called for
+        every ``ProduceStream`` call: a stream keeps the token it was opened with, a new stream
+        (after the previous one ended) gets the current one. A refused token fails the batches
+        with :class:`fjord.Unauthenticated`, a topic the caller may not use with
+        :class:`fjord.PermissionDenied` (nothing of them produced).
+    :param ca_file: / ``cert_file`` / ``key_file`` / ``server_name``: as for
+        :class:`fjord.Publisher` (defaults ``$FJORD_GATEWAY_CA_FILE``,
+        ``$FJORD_GATEWAY_CERT_FILE``, ``$FJORD_GATEWAY_KEY_FILE``); see :mod:`fjord.security`.
     """
 
     def __init__(
@@ -120,8 +132,16 @@ class AsyncPublisher:
         max_queued_messages: int = 100_000,
         max_queued_bytes: int = 64 * 1024 * 1024,
         credentials: Optional[grpc.ChannelCredentials] = None,
+        token: Optional[Token] = None,
+        ca_file: Optional[FilePath] = None,
+        cert_file: Optional[FilePath] = None,
+        key_file: Optional[FilePath] = None,
+        server_name: Optional[str] = None,
         max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        security = channel_security(
+            credentials=credentials, token=token, ca_file=ca_file, cert_file=cert_file,
+            key_file=key_file, server_name=server_name)
         self.address = address or default_address()
         self.timeout = timeout
         self.linger = linger_ms / 1000.0
@@ -132,11 +152,12 @@ class AsyncPublisher:
         self.max_queued_bytes = max(1, max_queued_bytes)
         self._metadata = ((CALLER_METADATA, caller_id),) if caller_id else ()
         self._pid = os.getpid()
-        opts = channel_options(max_message_bytes)
-        if credentials is None:
+        opts = channel_options(max_message_bytes) + list(security.options)
+        if security.credentials is None:
             self._channel = grpc.aio.insecure_channel(self.address, options=opts)
         else:
-            self._channel = grpc.aio.secure_channel(self.address, credentials, options=opts)
+            self._channel = grpc.aio.secure_channel(self.address, security.credentials,
+                                                    options=opts)
         self._stub = pb_grpc.GatewayStub(self._channel)
         self._ids = itertools.count(1)
         # Queued: collecting per topic, then flushed and waiting for the wire (in order).

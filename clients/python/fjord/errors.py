@@ -61,6 +61,17 @@ class Overloaded(GatewayError):
     """Rate limit or gateway memory bound hit (RESOURCE_EXHAUSTED): retry after a short delay."""
 
 
+class Unauthenticated(GatewayError):
+    """The gateway refused the caller's credentials: no bearer token, or one that is invalid or
+    expired (UNAUTHENTICATED); also a token function that failed (nothing was sent then). Not
+    retriable: the same call fails again until the token is fixed."""
+
+
+class PermissionDenied(GatewayError):
+    """The caller is authenticated but may not produce to the topic (PERMISSION_DENIED). Not
+    retriable."""
+
+
 class GatewayUnavailable(GatewayError):
     """The gateway could not be reached or is shutting down, or the deadline passed before the
     request was sent: nothing of it was produced (but see :class:`OutcomeUnknown`)."""
@@ -131,6 +142,8 @@ _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
     grpc.StatusCode.NOT_FOUND: NoRoute,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: GatewayUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: GatewayUnavailable,
 }
@@ -148,6 +161,11 @@ REFUSALS = frozenset({
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED,
 })
+
+
+#: Start of the error of a call whose token function (``token=callable``) failed; gRPC reports
+#: it as UNAVAILABLE, :func:`from_rpc_error` as :class:`Unauthenticated` (nothing was sent).
+TOKEN_FAILED = "fjord: the token function failed"
 
 
 def unknown_after_earlier_attempt(error: FjordError) -> FjordError:
@@ -169,10 +187,13 @@ def from_rpc_error(error: grpc.RpcError, sent: bool = False) -> GatewayError:
 
     ``sent``: the request is known to have gone out, so a status other than a refusal
     (:data:`REFUSALS`) is :class:`OutcomeUnknown`. Whatever ``sent``, a passed deadline of a
-    started call is :class:`OutcomeUnknown`: the gateway may have had the request.
+    started call is :class:`OutcomeUnknown`: the gateway may have had the request. A call whose
+    token function failed is :class:`Unauthenticated`: it never left the client.
     """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(error)
+    if TOKEN_FAILED in details:
+        return Unauthenticated(grpc.StatusCode.UNAUTHENTICATED, details)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED or (sent and code not in REFUSALS):
         return OutcomeUnknown(code, f"{details} (the request was sent: it may have been stored)")
     return _BY_CODE.get(code, GatewayError)(code, details)

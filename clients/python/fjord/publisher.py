@@ -11,7 +11,9 @@
         failed = [r for r in results if isinstance(r, fjord.Failure)]
 
 :func:`publish` uses one shared :class:`Publisher` per process, connected to
-``$FJORD_GATEWAY_ADDRESS`` (default ``localhost:9095``); it is created on first use.
+``$FJORD_GATEWAY_ADDRESS`` (default ``localhost:9095``); it is created on first use. Against a
+gateway that wants TLS and a bearer token, set ``$FJORD_GATEWAY_TOKEN`` (and
+``$FJORD_GATEWAY_CA_FILE``, ...: see :mod:`fjord.security`).
 
 Fork: a :class:`Publisher` (also the shared one) used in a child forked after it was created opens
 a channel of its own there on first use; the parent's channel is never used, nor closed, in the
@@ -44,6 +46,7 @@ from fjord.messages import (
     from_pb,
     to_pb,
 )
+from fjord.security import FilePath, Token, channel_security
 
 #: Metadata key that names the caller for the gateway's per-caller rate limits.
 CALLER_METADATA = "x-fjord-caller"
@@ -52,8 +55,8 @@ CALLER_METADATA = "x-fjord-caller"
 _forked = False
 
 
-def channel_options(max_message_bytes: int) -> List[Tuple[str, int]]:
-    options = [
+def channel_options(max_message_bytes: int) -> List[Tuple[str, Union[int, str]]]:
+    options: List[Tuple[str, Union[int, str]]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
@@ -78,7 +81,22 @@ class Publisher:
         once any attempt's outcome was unknown, the error finally raised says so
         (``outcome_unknown``), whatever the last attempt's failure.
     :param retry_backoff: seconds before the first resend, doubled each time.
-    :param credentials: TLS credentials (``grpc.ssl_channel_credentials(...)``); ``None``: plaintext.
+    :param credentials: TLS credentials (``grpc.ssl_channel_credentials(...)``); ``None``:
+        plaintext, unless an option below (or its environment variable) asks for TLS.
+    :param token: a bearer token, or a function returning one (called for every call, so a
+        refreshed token is picked up), sent as ``authorization: Bearer <token>``; implies TLS
+        (default: ``$FJORD_GATEWAY_TOKEN``). A refused token raises
+        :class:`fjord.Unauthenticated`, a topic the caller may not use
+        :class:`fjord.PermissionDenied`.
+    :param ca_file: PEM file of the CAs that verify the gateway (default:
+        ``$FJORD_GATEWAY_CA_FILE``, else the system's roots); implies TLS.
+    :param cert_file: / ``key_file``: client certificate (chain) and key for mutual TLS, both or
+        neither (default: ``$FJORD_GATEWAY_CERT_FILE`` / ``$FJORD_GATEWAY_KEY_FILE``).
+    :param server_name: the name to check in the gateway's certificate when it differs from the
+        address's host (an IP address, a load balancer).
+
+    See :mod:`fjord.security` for how these combine (``credentials`` and the files exclude each
+    other; an empty string ignores the environment variable).
     """
 
     def __init__(
@@ -90,8 +108,17 @@ class Publisher:
         retries: int = 3,
         retry_backoff: float = 0.1,
         credentials: Optional[grpc.ChannelCredentials] = None,
+        token: Optional[Token] = None,
+        ca_file: Optional[FilePath] = None,
+        cert_file: Optional[FilePath] = None,
+        key_file: Optional[FilePath] = None,
+        server_name: Optional[str] = None,
         max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        # First: a configuration error raises before anything is opened.
+        self._security = channel_security(
+            credentials=credentials, token=token, ca_file=ca_file, cert_file=cert_file,
+            key_file=key_file, server_name=server_name)
         self.address = address or default_address()
         self.timeout = timeout
         self.retries = max(0, retries)
@@ -99,7 +126,6 @@ class Publisher:
         self._metadata: Tuple[Tuple[str, str], ...] = (
             ((CALLER_METADATA, caller_id),) if caller_id else ()
         )
-        self._credentials = credentials
         self._max_message_bytes = max_message_bytes
         self._pid = os.getpid()
         self._channel = self._new_channel()
@@ -108,10 +134,11 @@ class Publisher:
         self._inherited: List[grpc.Channel] = []
 
     def _new_channel(self) -> grpc.Channel:
-        options = channel_options(self._max_message_bytes)
-        if self._credentials is None:
+        # The credentials made at construction (files are not read again, e.g. in a forked child).
+        options = channel_options(self._max_message_bytes) + list(self._security.options)
+        if self._security.credentials is None:
             return grpc.insecure_channel(self.address, options=options)
-        return grpc.secure_channel(self.address, self._credentials, options=options)
+        return grpc.secure_channel(self.address, self._security.credentials, options=options)
 
     def _stub_here(self) -> pb_grpc.GatewayStub:
         """The stub of this process's channel (a forked child opens its own on first use)."""
@@ -226,7 +253,8 @@ if hasattr(os, "register_at_fork"):  # POSIX
 
 
 def default_publisher() -> Publisher:
-    """The process's shared :class:`Publisher` (``$FJORD_GATEWAY_ADDRESS``)."""
+    """The process's shared :class:`Publisher` (``$FJORD_GATEWAY_ADDRESS``; TLS and token from
+    ``$FJORD_GATEWAY_TOKEN``, ``$FJORD_GATEWAY_CA_FILE``, ... as :mod:`fjord.security` says)."""
     global _default
     with _default_lock:
         if _default is None:
