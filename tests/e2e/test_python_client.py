@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import grpc
 import pytest
@@ -134,6 +134,18 @@ class FakeGateway(gpb_grpc.GatewayServicer):
         self.unary: List[Callable[[gpb.ProduceBatchRequest, Any], gpb.ProduceBatchResponse]] = []
         #: The connection (peer) each value came over.
         self.peer_of: Dict[bytes, str] = {}
+        #: The invocation metadata of every call (unary or stream), in order.
+        self.metadata: List[Dict[str, str]] = []
+        #: The common name of the client certificate of every call (mTLS), in order.
+        self.client_names: List[str] = []
+        #: Set: ProduceStream fails with this status after reading its first request.
+        self.stream_abort: Any = None
+
+    def _called(self, context: Any) -> None:
+        names = context.auth_context().get("x509_common_name", [b""])
+        with self.lock:
+            self.metadata.append({k: v for k, v in context.invocation_metadata()})
+            self.client_names.append(names[0].decode())
 
     def _store(self, batch: gpb.ProduceBatchRequest, context: Any) -> List[gpb.MessageResult]:
         values = [m.value for m in batch.messages]
@@ -146,23 +158,37 @@ class FakeGateway(gpb_grpc.GatewayServicer):
                 for i, _ in enumerate(values)]
 
     def ProduceStream(self, requests, context):
+        self._called(context)
         for req in requests:
+            if self.stream_abort is not None:
+                context.abort(self.stream_abort, "refused by the fake gateway")
             yield gpb.ProduceStreamResponse(request_id=req.request_id, results=self._store(req.batch, context))
 
     def ProduceBatch(self, request, context):
+        self._called(context)
         if self.unary:
             return self.unary.pop(0)(request, context)
         return gpb.ProduceBatchResponse(results=self._store(request, context))
 
 
-@pytest.fixture
-def gateway():
+def serve_fake_gateway(credentials: Any = None) -> Any:
+    """A started FakeGateway on 127.0.0.1 (over TLS with server ``credentials``): (fake, server);
+    ``fake.address`` is its ``host:port``."""
     fake = FakeGateway()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     gpb_grpc.add_GatewayServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     fake.address = f"127.0.0.1:{port}"
+    return fake, server
+
+
+@pytest.fixture
+def gateway():
+    fake, server = serve_fake_gateway()
     yield fake
     fake.release.set()
     server.stop(0).wait()
@@ -461,3 +487,291 @@ def test_serve_queues_deliveries_beyond_its_threads():
     assert most[0] == 2
     assert all(o.action == fpb.ACTION_ACK for o in outcomes)
     assert sorted(processed) == list(range(8)), "every queued delivery ran once; the expired one not"
+
+
+# --------------------------------------------------------------------------- TLS and tokens
+
+
+SECURITY_ENV = ("FJORD_GATEWAY_TOKEN", "FJORD_GATEWAY_CA_FILE", "FJORD_GATEWAY_CERT_FILE",
+                "FJORD_GATEWAY_KEY_FILE")
+
+
+class LocalPki:
+    """A throwaway CA (made with ``cryptography``, EC keys) that issued a server certificate for
+    ``localhost``/127.0.0.1, one for ``other.example`` only, and a client certificate (CN
+    ``billing``); PEM files in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._ca_key = self._key()
+        self._ca = self._cert("Test CA", self._ca_key, ca=True)
+        self.ca = self._write("ca.pem", self._ca)
+        self.server_cert, self.server_key = self.issue("localhost", ["localhost", "127.0.0.1"],
+                                                       server=True)
+        self.other_cert, self.other_key = self.issue("other", ["other.example"], server=True)
+        self.client_cert, self.client_key = self.issue("billing", [], server=False)
+
+    @staticmethod
+    def _key() -> Any:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def _cert(self, cn: str, key: Any, ca: bool = False, names: Sequence[str] = (),
+              server: bool = False) -> Any:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        builder = (x509.CertificateBuilder().subject_name(subject)
+                   .issuer_name(subject if ca else self._ca.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if names:
+            sans: List[Any] = []
+            for n in names:
+                try:
+                    sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+                except ValueError:
+                    sans.append(x509.DNSName(n))
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(key if ca else self._ca_key, hashes.SHA256())
+
+    def _write(self, name: str, cert: Any) -> Path:
+        from cryptography.hazmat.primitives import serialization
+
+        path = self.dir / name
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def issue(self, cn: str, names: Sequence[str], server: bool) -> Tuple[Path, Path]:
+        """A certificate of this CA and its key: (cert file, key file)."""
+        from cryptography.hazmat.primitives import serialization
+
+        key = self._key()
+        cert = self._write(f"{cn}.pem", self._cert(cn, key, names=names, server=server))
+        key_file = self.dir / f"{cn}.key"
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        return cert, key_file
+
+    def server_credentials(self, require_client_auth: bool = False,
+                           other: bool = False) -> grpc.ServerCredentials:
+        cert, key = (self.other_cert, self.other_key) if other else (self.server_cert,
+                                                                     self.server_key)
+        return grpc.ssl_server_credentials(
+            [(key.read_bytes(), cert.read_bytes())],
+            root_certificates=self.ca.read_bytes() if require_client_auth else None,
+            require_client_auth=require_client_auth)
+
+
+@pytest.fixture(scope="module")
+def test_pki(tmp_path_factory):
+    pytest.importorskip("cryptography")
+    return LocalPki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_gateway(test_pki, monkeypatch):
+    """Factory: ``tls_gateway(require_client_auth=False, other=False)`` starts a FakeGateway over
+    TLS (``other``: with the certificate for ``other.example`` only); stopped at teardown. The
+    FJORD_GATEWAY_* security variables are cleared for the test."""
+    for name in SECURITY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    started = []
+
+    def start(require_client_auth: bool = False, other: bool = False) -> FakeGateway:
+        fake, server = serve_fake_gateway(test_pki.server_credentials(require_client_auth, other))
+        started.append((fake, server))
+        return fake
+
+    yield start
+    for fake, server in started:
+        fake.release.set()
+        server.stop(0).wait()
+
+
+def test_publisher_sends_a_bearer_token_over_tls(tls_gateway, test_pki):
+    """(a) A token is sent as ``authorization: Bearer <token>`` over TLS verified by ca_file,
+    next to the caller id."""
+    gw = tls_gateway()
+    with fjord.Publisher(gw.address, token="t1", ca_file=str(test_pki.ca), caller_id="billing",
+                         timeout=5, retries=0) as pub:
+        assert isinstance(pub.publish("t", b"v"), fjord.Delivered)
+    assert gw.received == [b"v"]
+    assert gw.metadata[-1]["authorization"] == "Bearer t1"
+    assert gw.metadata[-1]["x-fjord-caller"] == "billing"
+
+
+def test_publisher_calls_a_token_function_for_every_call(tls_gateway, test_pki):
+    """(b) A token function is called for every call: a refreshed token is picked up. One that
+    raises fails the call at once as Unauthenticated, naming its error, without retrying."""
+    gw = tls_gateway()
+    tokens = iter(["t1", "t2"])
+    called: List[str] = []
+
+    def token() -> str:
+        called.append("x")
+        return next(tokens)
+
+    with fjord.Publisher(gw.address, token=token, ca_file=str(test_pki.ca), timeout=5) as pub:
+        pub.publish("t", b"one")
+        pub.publish("t", b"two")
+        with pytest.raises(fjord.Unauthenticated) as failed:  # the iterator is exhausted
+            pub.publish("t", b"three")
+    assert [m["authorization"] for m in gw.metadata] == ["Bearer t1", "Bearer t2"]
+    assert gw.received == [b"one", b"two"]
+    assert len(called) == 3, "the failing token function was not retried"
+    assert "StopIteration" in str(failed.value) and not failed.value.retriable
+    assert not failed.value.outcome_unknown
+
+
+def test_async_publisher_sends_a_token_on_its_stream(tls_gateway, test_pki):
+    """(c) The AsyncPublisher's ProduceStream carries the token; a token function that raises
+    fails the batch as Unauthenticated, nothing produced."""
+    gw = tls_gateway()
+
+    def broken() -> str:
+        raise RuntimeError("vault unreachable")
+
+    async def main():
+        async with fjord.AsyncPublisher(gw.address, token=lambda: "t-async",
+                                        ca_file=str(test_pki.ca), timeout=5, linger_ms=1) as pub:
+            delivered = await pub.publish("t", b"async")
+        async with fjord.AsyncPublisher(gw.address, token=broken, ca_file=str(test_pki.ca),
+                                        timeout=5, linger_ms=1) as pub:
+            with pytest.raises(fjord.Unauthenticated) as failed:
+                await pub.publish("t", b"never")
+        return delivered, failed.value
+
+    delivered, error = asyncio.run(main())
+    assert isinstance(delivered, fjord.Delivered)
+    assert gw.metadata[0]["authorization"] == "Bearer t-async"
+    assert gw.received == [b"async"]
+    assert "vault unreachable" in str(error) and not error.outcome_unknown, error
+
+
+@pytest.mark.parametrize("code, error", [
+    (grpc.StatusCode.UNAUTHENTICATED, fjord.Unauthenticated),
+    (grpc.StatusCode.PERMISSION_DENIED, fjord.PermissionDenied),
+])
+def test_refused_credentials_raise_without_retrying(tls_gateway, test_pki, code, error):
+    """(d) UNAUTHENTICATED / PERMISSION_DENIED raise their own GatewayError, not retriable, after
+    one call (sync); the AsyncPublisher fails the batch with the same class."""
+    gw = tls_gateway()
+
+    def refuse(request, context):
+        context.abort(code, "no")
+
+    gw.unary[:] = [refuse, refuse, refuse, refuse]
+    with fjord.Publisher(gw.address, token="bad", ca_file=str(test_pki.ca), timeout=5,
+                         retries=3, retry_backoff=0.01) as pub:
+        with pytest.raises(error) as raised:
+            pub.publish("t", b"v")
+    assert isinstance(raised.value, fjord.GatewayError) and raised.value.code == code
+    assert not raised.value.retriable and not raised.value.outcome_unknown
+    assert len(gw.metadata) == 1, "not retried"
+
+    gw.stream_abort = code
+
+    async def main():
+        async with fjord.AsyncPublisher(gw.address, token="bad", ca_file=str(test_pki.ca),
+                                        timeout=5, linger_ms=1) as pub:
+            with pytest.raises(error) as failed:
+                await pub.publish("t", b"async")
+            return failed.value
+
+    assert not asyncio.run(main()).outcome_unknown
+
+
+def test_mutual_tls_with_a_client_certificate(tls_gateway, test_pki):
+    """(e) A gateway that requires client certificates takes cert_file/key_file (and sees the
+    certificate's name); without one the call fails."""
+    gw = tls_gateway(require_client_auth=True)
+    with fjord.Publisher(gw.address, ca_file=str(test_pki.ca), cert_file=str(test_pki.client_cert),
+                         key_file=str(test_pki.client_key), token="t1", timeout=5) as pub:
+        assert isinstance(pub.publish("t", b"mtls"), fjord.Delivered)
+    assert gw.client_names == ["billing"]
+    assert gw.metadata[0]["authorization"] == "Bearer t1"
+    with fjord.Publisher(gw.address, ca_file=str(test_pki.ca), timeout=5, retries=0) as pub:
+        with pytest.raises(fjord.GatewayError):
+            pub.publish("t", b"no client certificate")
+    assert gw.received == [b"mtls"]
+
+
+def test_server_name_overrides_the_name_checked(tls_gateway, test_pki):
+    """A gateway whose certificate names neither its address nor ``localhost``: refused, unless
+    ``server_name`` says which name to check."""
+    gw = tls_gateway(other=True)
+    with fjord.Publisher(gw.address, ca_file=str(test_pki.ca), timeout=5, retries=0) as pub:
+        with pytest.raises(fjord.GatewayUnavailable):
+            pub.publish("t", b"wrong name")
+    with fjord.Publisher(gw.address, ca_file=test_pki.ca, server_name="other.example",
+                         timeout=5, retries=0) as pub:
+        assert isinstance(pub.publish("t", b"right name"), fjord.Delivered)
+    assert gw.received == [b"right name"]
+
+
+def test_environment_defaults_for_token_and_files(tls_gateway, test_pki, monkeypatch):
+    """(f) ``fjord.publish`` with nothing but the environment: address, token, CA file and the
+    client certificate pair come from FJORD_GATEWAY_*; an explicit argument wins."""
+    gw = tls_gateway(require_client_auth=True)
+    monkeypatch.setenv("FJORD_GATEWAY_ADDRESS", gw.address)
+    monkeypatch.setenv("FJORD_GATEWAY_TOKEN", "from-env\n")  # as read from a file
+    monkeypatch.setenv("FJORD_GATEWAY_CA_FILE", str(test_pki.ca))
+    monkeypatch.setenv("FJORD_GATEWAY_CERT_FILE", str(test_pki.client_cert))
+    monkeypatch.setenv("FJORD_GATEWAY_KEY_FILE", str(test_pki.client_key))
+    monkeypatch.setattr(fjord.publisher, "_default", None)  # a shared Publisher made here
+    try:
+        assert isinstance(fjord.publish("t", b"env"), fjord.Delivered)
+    finally:
+        shared = fjord.publisher._default
+        if shared is not None:
+            shared.close()
+    with fjord.Publisher(token="explicit", timeout=5) as pub:
+        pub.publish("t", b"explicit")
+    assert [m["authorization"] for m in gw.metadata] == ["Bearer from-env", "Bearer explicit"]
+    assert gw.client_names == ["billing", "billing"]
+
+
+def test_security_options_that_cannot_work_raise_at_once(test_pki, tmp_path, monkeypatch):
+    """(g) Certificate without key (or the reverse), credentials with files, server_name without
+    TLS, unreadable or non-PEM files: errors at construction that name the problem."""
+    for name in SECURITY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    ca, cert, key = str(test_pki.ca), str(test_pki.client_cert), str(test_pki.client_key)
+    with pytest.raises(ValueError, match="cert_file and key_file"):
+        fjord.Publisher(cert_file=cert)
+    with pytest.raises(ValueError, match="cert_file and key_file"):
+        fjord.Publisher(key_file=key, ca_file=ca)
+    with pytest.raises(ValueError, match="credentials or ca_file"):
+        fjord.Publisher(credentials=grpc.ssl_channel_credentials(), ca_file=ca)
+    with pytest.raises(ValueError, match="credentials or ca_file"):
+        fjord.AsyncPublisher(credentials=grpc.ssl_channel_credentials(), cert_file=cert,
+                             key_file=key)
+    with pytest.raises(ValueError, match="server_name"):
+        fjord.Publisher(server_name="gw.example")
+    missing = str(tmp_path / "missing.pem")
+    with pytest.raises(FileNotFoundError, match="ca_file.*missing.pem"):
+        fjord.Publisher(ca_file=missing)
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    with pytest.raises(ValueError, match="not a PEM file"):
+        fjord.Publisher(token="t", ca_file=str(not_pem))
+    monkeypatch.setenv("FJORD_GATEWAY_CERT_FILE", cert)
+    with pytest.raises(ValueError, match=r"\$FJORD_GATEWAY_CERT_FILE and \$FJORD_GATEWAY_KEY"):
+        fjord.Publisher()
+    # Explicit credentials ignore the file variables; a token composes onto them.
+    with fjord.Publisher(credentials=grpc.ssl_channel_credentials(), token="t"):
+        pass
