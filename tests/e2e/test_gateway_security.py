@@ -13,12 +13,19 @@ SASL_SSL, SASL_PLAINTEXT; bootstrap admin ``admin``), optionally with
   ACL;
 * a forwarder consumes as a SCRAM user with READ on the topic and the group (ACLs)
   and delivers every record over mutual TLS to an https:// gRPC receiver that
-  trusts only the test CA and requires the forwarder's client certificate.
+  trusts only the test CA and requires the forwarder's client certificate;
+* the gateway's own listener: mutual TLS with ``[[caller]]`` allowlists and certificate
+  reload; bearer tokens (``[auth]``, JWTs against a JWKS file, issued by the test as in
+  test_sasl_oauth.py) sent by the Python client's ``token`` option over TLS: a caller
+  without a token, with an expired or forged token, or for a topic its ``[[caller]]``
+  does not allow is refused; the token's principal is the caller of the rate limits; a
+  stream ends when its token expires.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from concurrent import futures
 from pathlib import Path
@@ -34,6 +41,7 @@ from forward_helpers import FAST_GROUP, Forwarder, committed, toml_value, wait_u
 from gateway_helpers import GatewayProc, gateway_factory, read_cluster  # noqa: F401 (fixture)
 from test_acls import AUTHZ, admin_of, allow, create_acls, create_topics
 from test_sasl import ADMIN, ADMIN_PW, add_user, sasl_broker, sasl_conf  # noqa: F401 (fixture)
+from test_sasl_oauth import ISSUER, Issuer, write_jwks
 from test_tls import Pki, pki  # noqa: F401 (fixture)
 
 from fjord.forwarder.v1 import forwarder_pb2 as fpb
@@ -315,4 +323,106 @@ def test_gateway_mtls_listener_reloads_its_certificate(broker_factory, gateway_f
         publish(pki.ca, b"trusting the old CA only")
     values = [r.value for r in read_cluster(a.bootstrap, topic, timeout=15)]
     assert values == [b"over mtls", b"after reload"]
+    gw.stop()
+
+
+def test_gateway_bearer_tokens(broker_factory, gateway_factory, tmp_path, topic):
+    """[auth]: callers authenticate with JWTs; the token's principal is checked against
+    [[caller]] and named in the rate limits; refusals are UNAUTHENTICATED with the reason."""
+    import asyncio
+
+    from kafka_helpers import create_topic
+
+    a = broker_factory(name="cluster-a")
+    create_topic(a.bootstrap, topic, 1)
+    pki = Pki(tmp_path / "pki-gw", "gw")
+    cert, key = pki.issue("gateway", server=True)
+    idp = Issuer("gw-key-1")
+    jwks = tmp_path / "jwks.json"
+    write_jwks(jwks, idp)
+    audience = "fjord-gateway"
+    gw = gateway_factory()
+    # svc-billing may produce to this test's topics; svc-ops too. Each caller may send 5
+    # messages at once, then 5 a second. No clock skew, so a token's exp is exact.
+    gw.start(gw.config(
+        clusters={"a": a.bootstrap}, groups={"only": {"a": 1.0}}, default_group="only",
+        sections={
+            "tls": {"cert_file": str(cert), "key_file": str(key)},
+            "limits": {"caller_messages_per_sec": 5.0, "caller_burst_messages": 5.0},
+        },
+    ) + "\n".join([
+        "[auth]",
+        f"jwks_url = {toml_value('file://' + str(jwks))}",
+        f"issuer = {toml_value(ISSUER)}",
+        f'audience = ["{audience}"]',
+        "clock_skew_ms = 0",
+        '[[caller]]\nname = "svc-billing"',
+        f"topic_prefixes = [{toml_value(topic[:-4])}]",
+        '[[caller]]\nname = "svc-ops"',
+        f"topics = [{toml_value(topic)}]",
+    ]) + "\n")
+
+    def token(sub: str, **kw) -> str:
+        return idp.token(sub, aud=audience, **kw)[0]
+
+    def publish(value: bytes, tok=None, to: str = topic, n: int = 1):
+        with fjord.Publisher(gw.address, retries=0, timeout=10, token=tok, ca_file=pki.ca,
+                             caller_id="anyone") as pub:
+            if n == 1:
+                return pub.publish(to, value)
+            return pub.publish_batch(to, [fjord.Message(value) for _ in range(n)])
+
+    assert publish(b"with a token", token("svc-billing")).cluster == "a"
+
+    refusals = {
+        "no token": (None, "bearer token is required"),
+        "expired": (token("svc-billing", lifetime_s=-5), "expired"),
+        "forged": (Issuer("gw-key-1").token("svc-billing", aud=audience)[0], "signature"),
+        "other audience": (idp.token("svc-billing", aud="kafka")[0], "aud"),
+    }
+    for what, (tok, reason) in refusals.items():
+        with pytest.raises(fjord.Unauthenticated) as e:
+            publish(f"refused: {what}".encode(), tok)
+        assert reason in e.value.details, (what, e.value)
+    # A valid token, but a topic the caller is not allowed.
+    with pytest.raises(fjord.PermissionDenied) as e:
+        publish(b"elsewhere", token("svc-billing"), to="other-topic")
+    assert 'caller "svc-billing" may not produce to topic "other-topic"' in e.value.details
+    # A principal that is no [[caller]].
+    with pytest.raises(fjord.PermissionDenied) as e:
+        publish(b"stranger", token("svc-stranger"))
+    assert "is not a [[caller]]" in e.value.details
+
+    # The rate limits count per principal, whatever x-fjord-caller says: svc-billing spends
+    # its burst, and its next batch is refused; svc-ops still has its own.
+    billing = token("svc-billing")
+    time.sleep(1.2)  # the bucket is full again
+    assert all(isinstance(r, fjord.Delivered) for r in publish(b"burst", billing, n=5))
+    with pytest.raises(fjord.GatewayError) as e:
+        publish(b"over", billing, n=5)
+    assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+    assert 'caller "svc-billing"' in e.value.details, e.value
+    assert all(isinstance(r, fjord.Delivered) for r in publish(b"ops", token("svc-ops"), n=5))
+
+    # A stream authenticated by a token ends when the token expires.
+    async def stream_until_expiry() -> None:
+        short = token("svc-ops", lifetime_s=2)
+        async with fjord.AsyncPublisher(gw.address, token=short, ca_file=pki.ca,
+                                        timeout=10) as pub:
+            await pub.publish(topic, b"stream, fresh token")
+            await asyncio.sleep(3.5)
+            with pytest.raises(fjord.Unauthenticated) as e:
+                await pub.publish(topic, b"stream, expired token")
+            assert "expired" in e.value.details, e.value
+
+    time.sleep(1.2)  # svc-ops's bucket has room again
+    asyncio.run(stream_until_expiry())
+
+    values = sorted(r.value for r in read_cluster(a.bootstrap, topic, timeout=15))
+    assert values == sorted([b"with a token"] + [b"burst"] * 5 + [b"ops"] * 5
+                            + [b"stream, fresh token"]), values
+    assert gw.metric("fjord_gateway_authentications_total", result="refused") >= 5
+    assert gw.metric("fjord_gateway_authentications_total", result="ok") >= 4
+    logs = gw.logs()
+    assert "gateway caller refused" in logs and "fjord::audit" in logs, logs[-2000:]
     gw.stop()

@@ -142,6 +142,9 @@ pub enum ClientError {
     Message(#[from] MessageFailure),
     #[error("the gateway answered {got} results for {sent} messages")]
     Protocol { sent: usize, got: usize },
+    /// The bearer token cannot be sent as gRPC metadata (not visible ASCII).
+    #[error("the bearer token is not visible ASCII")]
+    Token,
 }
 
 impl ClientError {
@@ -158,7 +161,7 @@ impl ClientError {
                     | Code::Unknown
             ),
             Self::Message(f) => f.retriable,
-            Self::Address { .. } | Self::Protocol { .. } => false,
+            Self::Address { .. } | Self::Protocol { .. } | Self::Token => false,
         }
     }
 }
@@ -168,6 +171,8 @@ impl ClientError {
 pub struct GatewayClient {
     inner: pb::gateway_client::GatewayClient<Channel>,
     timeout: Option<Duration>,
+    /// `authorization` metadata sent with each call.
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl GatewayClient {
@@ -196,7 +201,19 @@ impl GatewayClient {
         Self {
             inner: pb::gateway_client::GatewayClient::new(channel),
             timeout: None,
+            authorization: None,
         }
+    }
+
+    /// Sends `authorization: Bearer <token>` with each call (a gateway with `[auth]` requires
+    /// it; use a TLS channel, the token is a secret). Replace it with a fresh one before it
+    /// expires.
+    pub fn with_bearer_token(mut self, token: &str) -> Result<Self, ClientError> {
+        let value = format!("Bearer {}", token.trim())
+            .parse::<tonic::metadata::AsciiMetadataValue>()
+            .map_err(|_| ClientError::Token)?;
+        self.authorization = Some(value);
+        Ok(self)
     }
 
     /// A deadline for each call (sent as `grpc-timeout`; the gateway stops retrying by then).
@@ -218,6 +235,9 @@ impl GatewayClient {
         });
         if let Some(t) = self.timeout {
             request.set_timeout(t);
+        }
+        if let Some(a) = &self.authorization {
+            request.metadata_mut().insert("authorization", a.clone());
         }
         let response = self.inner.produce_batch(request).await?.into_inner();
         if response.results.len() != sent {

@@ -74,7 +74,12 @@ pub struct GatewayConfig {
     /// TLS on the gRPC listener; plaintext when absent. Changing it needs a restart.
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
-    /// Who may produce to which topics (needs mutual TLS); none: every caller, every topic.
+    /// Callers authenticated by bearer tokens (JWTs), as well as by client certificates.
+    /// Changing it needs a restart.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Who may produce to which topics (needs mutual TLS or `[auth]`); none: every caller,
+    /// every topic.
     #[serde(default, rename = "caller")]
     pub callers: Vec<CallerConfig>,
     /// On shutdown, how long (ms) requests and streams in progress may take to be answered
@@ -288,14 +293,97 @@ pub struct ListenerTlsConfig {
     pub client_ca_file: Option<PathBuf>,
 }
 
-/// A caller identified by its client certificate and the topics it may produce to. Once any
-/// `[[caller]]` is configured, a request from a caller not listed, or for a topic not allowed
-/// to it, is refused with PERMISSION_DENIED.
+/// Bearer-token authentication of callers (`authorization: Bearer <JWT>` metadata), with the
+/// broker's OAUTHBEARER validation (Kafka's `sasl.oauthbearer.*` settings, by other names).
+///
+/// With `[auth]`, every request must carry a valid token, or come over a connection with a
+/// verified client certificate (mutual TLS); others are refused with UNAUTHENTICATED. The
+/// token's principal claim names the caller (for `[[caller]]` and the rate limits). Needs
+/// `[tls]`: a token sent in clear could be replayed by anyone who saw it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Where the issuer's verification keys are: `file:///path/jwks.json` or
+    /// `https://idp.example/.well-known/jwks.json`.
+    pub jwks_url: String,
+    /// How often (ms) an http(s) JWKS is fetched again (a file is checked every 5 s); a token
+    /// with an unknown `kid` also reloads it (at most every 10 s).
+    #[serde(default = "default_jwks_refresh_ms")]
+    pub jwks_refresh_ms: u64,
+    /// `iss` must equal this, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// `aud` must contain one of these, when not empty.
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// The claim naming the caller.
+    #[serde(default = "default_principal_claim")]
+    pub principal_claim: String,
+    /// Skew (ms) allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_clock_skew_ms")]
+    pub clock_skew_ms: u64,
+}
+
+fn default_jwks_refresh_ms() -> u64 {
+    300_000
+}
+
+fn default_principal_claim() -> String {
+    "sub".to_owned()
+}
+
+fn default_clock_skew_ms() -> u64 {
+    30_000
+}
+
+fn invalid<T>(message: String) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid(message))
+}
+
+impl AuthConfig {
+    /// The verifier's settings; an error names what is wrong.
+    pub fn settings(&self) -> Result<fjord_jwks::OAuthSettings, ConfigError> {
+        let source = fjord_jwks::JwksSource::parse(&self.jwks_url)
+            .map_err(|e| ConfigError::Invalid(format!("auth.jwks_url: {e}")))?;
+        if self.jwks_refresh_ms < 1000 {
+            return invalid("auth.jwks_refresh_ms must be at least 1000".into());
+        }
+        if self.clock_skew_ms > 3_600_000 {
+            return invalid("auth.clock_skew_ms is more than an hour".into());
+        }
+        let principal_claim = self.principal_claim.trim();
+        if principal_claim.is_empty() {
+            return invalid("auth.principal_claim is empty".into());
+        }
+        if self.audience.iter().any(|a| a.trim().is_empty()) {
+            return invalid("auth.audience has an empty entry".into());
+        }
+        let issuer = self.issuer.as_deref().map(str::trim);
+        if issuer.is_some_and(str::is_empty) {
+            return invalid("auth.issuer is empty (remove it to accept any issuer)".into());
+        }
+        Ok(fjord_jwks::OAuthSettings {
+            source,
+            refresh: Duration::from_millis(self.jwks_refresh_ms),
+            jwt: fjord_auth::oauth::JwtConfig {
+                issuer: issuer.map(str::to_owned),
+                audience: self.audience.iter().map(|a| a.trim().to_owned()).collect(),
+                sub_claim: principal_claim.to_owned(),
+                clock_skew_ms: self.clock_skew_ms as i64,
+            },
+        })
+    }
+}
+
+/// A caller identified by its client certificate or bearer token, and the topics it may
+/// produce to. Once any `[[caller]]` is configured, a request from a caller not listed, or for
+/// a topic not allowed to it, is refused with PERMISSION_DENIED.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerConfig {
     /// The client certificate's subject as the gateway names it (RFC 4514, e.g.
-    /// `CN=billing,O=Example`; the caller name of the rate limits).
+    /// `CN=billing,O=Example`), or the token's principal claim (`[auth]`); the caller name of
+    /// the rate limits. Certificates and tokens share these names, as Kafka's principals do.
     pub name: String,
     /// Topics allowed by name.
     #[serde(default)]
@@ -382,7 +470,6 @@ impl GatewayConfig {
 
     /// Checks the invariants listed in the module documentation.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.clusters.is_empty() {
             return invalid("no clusters defined".into());
         }
@@ -441,11 +528,26 @@ impl GatewayConfig {
         {
             return invalid("limits.caller_burst_bytes must be > 0".into());
         }
-        if !self.callers.is_empty() && self.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none())
-        {
+        let mutual_tls = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        if !self.callers.is_empty() && !mutual_tls && self.auth.is_none() {
             return invalid(
-                "[[caller]] needs mutual TLS: a [tls] table with client_ca_file".into(),
+                "[[caller]] needs authenticated callers: mutual TLS (a [tls] table with \
+                 client_ca_file) or bearer tokens ([auth])"
+                    .into(),
             );
+        }
+        if let Some(auth) = &self.auth {
+            if self.tls.is_none() {
+                return invalid(
+                    "[auth] needs [tls]: a bearer token sent in clear could be replayed by \
+                     anyone who saw it"
+                        .into(),
+                );
+            }
+            auth.settings()?;
         }
         let mut caller_names = std::collections::BTreeSet::new();
         for c in &self.callers {
@@ -645,12 +747,60 @@ mod tests {
         let plain = parse(&format!("{MINIMAL}\n{caller}"))
             .unwrap_err()
             .to_string();
-        assert!(plain.contains("needs mutual TLS"), "{plain}");
+        assert!(plain.contains("needs authenticated callers"), "{plain}");
         let twice = parse(&format!("{mtls}{MINIMAL}\n{caller}{caller}"))
             .unwrap_err()
             .to_string();
         assert!(twice.contains("used twice"), "{twice}");
         assert!(parse(MINIMAL).unwrap().callers.is_empty());
+    }
+
+    #[test]
+    fn bearer_tokens_need_tls_and_valid_settings() {
+        let tls = "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+        let auth =
+            "[auth]\njwks_url = \"file:///etc/fjord/jwks.json\"\naudience = [\"fjord-gateway\"]\n";
+        let caller = "[[caller]]\nname = \"svc-billing\"\ntopics = [\"invoices\"]\n";
+        let c = parse(&format!("{tls}{MINIMAL}\n{auth}\n{caller}")).unwrap();
+        let settings = c.auth.as_ref().unwrap().settings().unwrap();
+        assert_eq!(
+            settings.source,
+            fjord_jwks::JwksSource::File("/etc/fjord/jwks.json".into())
+        );
+        assert_eq!(settings.jwt.audience, vec!["fjord-gateway".to_owned()]);
+        assert_eq!(settings.jwt.sub_claim, "sub");
+        assert_eq!(settings.jwt.clock_skew_ms, 30_000);
+        assert_eq!(settings.refresh, Duration::from_secs(300));
+
+        let plain = parse(&format!("{MINIMAL}\n{auth}"))
+            .unwrap_err()
+            .to_string();
+        assert!(plain.contains("[auth] needs [tls]"), "{plain}");
+        for (bad, why) in [
+            ("jwks_url = \"jwks.json\"", "auth.jwks_url"),
+            (
+                "jwks_url = \"file:///j.json\"\njwks_refresh_ms = 10",
+                "jwks_refresh_ms",
+            ),
+            (
+                "jwks_url = \"file:///j.json\"\nprincipal_claim = \" \"",
+                "principal_claim",
+            ),
+            (
+                "jwks_url = \"file:///j.json\"\naudience = [\"\"]",
+                "audience",
+            ),
+            ("jwks_url = \"file:///j.json\"\nissuer = \"\"", "issuer"),
+            (
+                "jwks_url = \"file:///j.json\"\nclock_skew_ms = 99999999",
+                "clock_skew_ms",
+            ),
+        ] {
+            let err = parse(&format!("{tls}{MINIMAL}\n[auth]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

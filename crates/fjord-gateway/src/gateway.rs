@@ -47,6 +47,8 @@ pub enum GatewayError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsSetupError),
+    #[error("loading the JWKS of [auth]: {0}")]
+    Jwks(#[from] fjord_jwks::JwksError),
 }
 
 /// Builds the producer of a cluster (librdkafka in production, in-memory in tests).
@@ -81,6 +83,8 @@ pub struct Gateway {
     snapshot: RwLock<Arc<Snapshot>>,
     /// The configuration in force; reloads are serialized on it.
     config: Mutex<GatewayConfig>,
+    /// Wall-clock time (the HLC's, and tokens' expiry).
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -100,7 +104,7 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         config.validate()?;
         let dispatcher = Arc::new(Dispatcher::new(
-            Hlc::new(clock),
+            Hlc::new(clock.clone()),
             config.resolved_gateway_id(),
             metrics.clone(),
         ));
@@ -115,7 +119,13 @@ impl Gateway {
             metrics,
             snapshot: RwLock::new(Arc::new(snapshot)),
             config: Mutex::new(config),
+            clock,
         })
+    }
+
+    /// The wall clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -164,6 +174,7 @@ impl Gateway {
             ),
             ("gateway_id", current.gateway_id != new.gateway_id),
             ("tls", current.tls != new.tls),
+            ("auth", current.auth != new.auth),
             (
                 "limits.max_inflight_bytes",
                 current.limits.max_inflight_bytes != new.limits.max_inflight_bytes,

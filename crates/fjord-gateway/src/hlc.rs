@@ -81,18 +81,31 @@ pub fn physical_millis(stamp: u64) -> u64 {
     stamp >> LOGICAL_BITS
 }
 
+/// A clock that moves only when told to (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(pub AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `millis`.
+    pub fn at(millis: u64) -> Self {
+        Self(AtomicU64::new(millis))
+    }
+
+    /// Moves the clock by `millis`.
+    pub fn advance(&self, millis: u64) {
+        self.0.fetch_add(millis, Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_millis(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
-
-    #[derive(Debug, Default)]
-    struct ManualClock(AtomicU64);
-    impl Clock for ManualClock {
-        fn now_millis(&self) -> u64 {
-            self.0.load(Ordering::Relaxed)
-        }
-    }
 
     #[test]
     fn follows_the_wall_clock() {

@@ -18,8 +18,10 @@
 //! - [`status`]: errors to gRPC codes and per-message error codes (the only place)
 //! - [`service`]: the gRPC service; [`server`]: the process (listeners, signals, shutdown)
 //! - [`tls`]: TLS on the gRPC listener (PEM files to rustls settings)
+//! - [`auth`]: who is calling (bearer tokens, client certificates) and whether it may
 //! - [`metrics`]: Prometheus metrics and their endpoint
 
+pub mod auth;
 pub mod backend;
 pub mod breaker;
 pub mod cluster;

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Refusals by a caller's byte-rate limit.
     pub byte_rate_limited: Counter,
+    /// Caller authentications with `[auth]`, by result (ok, refused).
+    pub authentications: Family<ResultLabels, Counter>,
 }
 
 /// The gauge's atomic (prometheus-client's default for `Gauge<i64>`).
@@ -101,6 +103,7 @@ impl Default for Metrics {
             config_reloads: Family::default(),
             rate_limited: Counter::<u64, AtomicU64>::default(),
             byte_rate_limited: Counter::<u64, AtomicU64>::default(),
+            authentications: Family::default(),
         }
     }
 }
@@ -173,6 +176,11 @@ impl Metrics {
             "byte_rate_limited",
             "Requests refused by a caller's byte-rate limit",
             self.byte_rate_limited.clone(),
+        );
+        r.register(
+            "authentications",
+            "Caller authentications with [auth] (bearer tokens), by result (ok, refused)",
+            self.authentications.clone(),
         );
         r
     }

@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use fjord_jwks::Reloader;
+
+use crate::auth::CallerAuth;
 use crate::backend::Producer;
 use crate::cluster::{probe_loop, Health};
 use crate::config::{ClusterConfig, DeliveryConfig, GatewayConfig};
@@ -76,6 +79,8 @@ pub async fn run(config_path: &Path) -> Result<(), GatewayError> {
         metrics.clone(),
         Arc::new(SystemClock),
     )?);
+    // So does a JWKS that cannot be loaded.
+    let auth = CallerAuth::load(&config, gateway.clock(), metrics.clone()).await?;
     let listener = bind(&config.listen, "the gRPC listener").await?;
     let metrics_task = match &config.metrics_listen {
         Some(addr) => {
@@ -97,12 +102,16 @@ pub async fn run(config_path: &Path) -> Result<(), GatewayError> {
     tracing::info!(address = %local(&listener), gateway_id = gateway.gateway_id(),
         clusters = gateway.clusters().len(), tls = tls.is_some(),
         client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
-        "gateway listening");
-    let served = serve_with_tls(gateway.clone(), listener, tls, shutdown.clone()).await;
+        bearer_tokens = config.auth.is_some(), "gateway listening");
+    let served = serve_with_tls(gateway.clone(), listener, tls, auth, shutdown.clone()).await;
     shutdown.cancel();
-    let _ = reloader.await;
+    joined("config-reload", reloader).await;
     if let Some(t) = metrics_task {
-        let _ = t.await;
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the metrics endpoint failed"),
+            Err(e) => tracing::error!(task = "metrics", error = %e, "background task failed"),
+        }
     }
     signals.abort();
     flush_all(&gateway).await;
@@ -117,22 +126,27 @@ fn listener_tls(config: &GatewayConfig) -> Result<Option<Arc<ReloadingTls>>, Gat
 }
 
 /// Serves the gRPC API on `listener` until `shutdown` is cancelled, with the prober running;
-/// over TLS if the gateway's configuration has a `[tls]` table (its files are read now).
+/// over TLS if the gateway's configuration has a `[tls]` table (its files are read now), with
+/// callers authenticated as its `[auth]` table says (the JWKS is loaded now).
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    let tls = listener_tls(&gateway.config())?;
-    serve_with_tls(gateway, listener, tls, shutdown).await
+    let config = gateway.config();
+    let tls = listener_tls(&config)?;
+    let auth = CallerAuth::load(&config, gateway.clock(), gateway.metrics().clone()).await?;
+    serve_with_tls(gateway, listener, tls, auth, shutdown).await
 }
 
 async fn serve_with_tls(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     tls: Option<Arc<ReloadingTls>>,
+    (auth, jwks): (CallerAuth, Option<Reloader>),
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    let jwks_task = jwks.map(|reloader| reloader.spawn("gateway-jwks-reload", shutdown.clone()));
     // Health and reflection share the listener, so they are behind the same TLS.
     let mut server = tonic::transport::Server::builder();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -147,6 +161,7 @@ async fn serve_with_tls(
     let max_request = snapshot.limits.max_request_bytes;
     let service = pb::gateway_server::GatewayServer::new(GatewayService::new(
         gateway.clone(),
+        Arc::new(auth),
         shutdown.clone(),
     ))
     // Room for protobuf framing around the payload bytes the gateway limits itself (and clear
@@ -174,7 +189,7 @@ async fn serve_with_tls(
         async move {
             shutdown.cancelled().await;
             // The watcher has stopped before health turns NOT_SERVING for good.
-            let _ = watcher.await;
+            joined("health", watcher).await;
             health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
@@ -226,8 +241,18 @@ async fn serve_with_tls(
         }
     };
     shutdown.cancel();
-    let _ = prober.await;
+    joined("prober", prober).await;
+    if let Some(task) = jwks_task {
+        joined("gateway-jwks-reload", task).await;
+    }
     result.map_err(GatewayError::from)
+}
+
+/// Waits for a background task that was told to stop; a task that panicked is logged.
+async fn joined(task: &str, handle: tokio::task::JoinHandle<()>) {
+    if let Err(e) = handle.await {
+        tracing::error!(task, error = %e, "background task failed");
+    }
 }
 
 /// Whether any backend cluster can take messages (its breaker is not open).

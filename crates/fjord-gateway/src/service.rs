@@ -10,10 +10,9 @@
 //! Every request (and every batch of a stream) is counted exactly once in
 //! `fjord_gateway_requests_total`, also when it is dropped unanswered ([`RequestCount`]).
 //!
-//! The caller of the rate limits is the client certificate's identity when the connection has
-//! one (mutual TLS), else the `x-fjord-caller` metadata value, else the peer's IP address.
+//! Every request (and every stream, once) is authenticated first ([`CallerAuth`]); a stream
+//! authenticated by a token ends when the token expires.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,24 +22,29 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Caller, CallerAuth};
 use crate::gateway::Gateway;
 use crate::metrics::{MethodLabels, Metrics, RequestLabels};
 use crate::pb;
 use crate::status::{code_label, to_result, RequestError};
 
-/// Metadata key naming the caller for rate limits.
-pub const CALLER_METADATA: &str = "x-fjord-caller";
+pub use crate::auth::CALLER_METADATA;
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
 pub struct GatewayService {
     gateway: Arc<Gateway>,
+    auth: Arc<CallerAuth>,
     shutdown: CancellationToken,
 }
 
 impl GatewayService {
-    pub fn new(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Self {
-        Self { gateway, shutdown }
+    pub fn new(gateway: Arc<Gateway>, auth: Arc<CallerAuth>, shutdown: CancellationToken) -> Self {
+        Self {
+            gateway,
+            auth,
+            shutdown,
+        }
     }
 
     fn count(&self, method: &'static str, deadline: Option<Instant>) -> RequestCount {
@@ -101,34 +105,6 @@ impl Drop for RequestCount {
     }
 }
 
-/// The identity of the connection's verified client certificate (mutual TLS), if any.
-fn certificate_identity<T>(request: &Request<T>) -> Option<String> {
-    request
-        .peer_certs()
-        .and_then(|certs| certs.first().and_then(|c| crate::tls::identity(c.as_ref())))
-}
-
-/// Who is calling, for the rate limits: the identity of the client certificate (mutual TLS),
-/// else the `x-fjord-caller` metadata value, else the peer's IP address. A certificate wins over
-/// the header: an authenticated caller cannot pick another name to get a fresh budget.
-fn caller_of<T>(request: &Request<T>) -> String {
-    if let Some(identity) = certificate_identity(request) {
-        return identity;
-    }
-    if let Some(caller) = request
-        .metadata()
-        .get(CALLER_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-    {
-        return caller.chars().take(128).collect();
-    }
-    request
-        .remote_addr()
-        .map(|a: SocketAddr| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
 /// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`, units H M S m u n).
 pub fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
@@ -160,11 +136,15 @@ impl pb::gateway_server::Gateway for GatewayService {
             if self.shutdown.is_cancelled() {
                 return Err(RequestError::ShuttingDown);
             }
-            let caller = caller_of(&request);
-            let verified = certificate_identity(&request);
+            let caller = self.auth.authenticate(&request).await?;
             let outcomes = self
                 .gateway
-                .start_as(&caller, verified.as_deref(), request.into_inner(), timeout)
+                .start_as(
+                    &caller.name,
+                    caller.verified.as_deref(),
+                    request.into_inner(),
+                    timeout,
+                )
                 .await?
                 .await;
             Ok(pb::ProduceBatchResponse {
@@ -196,8 +176,14 @@ impl pb::gateway_server::Gateway for GatewayService {
                 .finish(RequestError::ShuttingDown.code());
             return Err(RequestError::ShuttingDown.into());
         }
-        let caller = caller_of(&request);
-        let verified = certificate_identity(&request);
+        let peer = request.remote_addr();
+        let caller = match self.auth.authenticate(&request).await {
+            Ok(caller) => caller,
+            Err(e) => {
+                self.count("ProduceStream", None).finish(e.code());
+                return Err(e.into());
+            }
+        };
         // The caller's deadline is for the whole stream: each batch gets what is left of it.
         let deadline = grpc_timeout(&request).map(|t| Instant::now() + t);
         let inbound = request.into_inner();
@@ -206,7 +192,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         tokio::spawn(run_stream(
             self.clone(),
             caller,
-            verified,
+            peer,
             deadline,
             inbound,
             tx,
@@ -221,8 +207,8 @@ impl pb::gateway_server::Gateway for GatewayService {
 
 async fn run_stream(
     service: GatewayService,
-    caller: String,
-    verified: Option<String>,
+    caller: Caller,
+    peer: Option<std::net::SocketAddr>,
     deadline: Option<Instant>,
     mut inbound: Streaming<pb::ProduceStreamRequest>,
     tx: mpsc::Sender<Result<pb::ProduceStreamResponse, Status>>,
@@ -245,7 +231,7 @@ async fn run_stream(
                 }
             }
             _ = sleep_until(drain_until) => {
-                tracing::warn!(caller, batches = in_flight.len(),
+                tracing::warn!(caller = caller.name, batches = in_flight.len(),
                     "ProduceStream: not drained within drain_timeout_ms; dropping it");
                 return;
             }
@@ -255,10 +241,14 @@ async fn run_stream(
                     let batch = req.batch.unwrap_or_default();
                     let count = service.count("ProduceStream", deadline);
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    match service
-                        .gateway
-                        .start_as(&caller, verified.as_deref(), batch, left)
-                        .await {
+                    let started = match service.auth.check_fresh(&caller, peer) {
+                        Ok(()) => service
+                            .gateway
+                            .start_as(&caller.name, caller.verified.as_deref(), batch, left)
+                            .await,
+                        Err(e) => Err(e),
+                    };
+                    match started {
                         Ok(outcomes) => in_flight.push_back(async move {
                             (id, outcomes.await, count)
                         }),

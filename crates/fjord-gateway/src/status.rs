@@ -40,6 +40,9 @@ pub enum RequestError {
     /// `[[caller]]` does not allow this caller this topic.
     #[error("{0}")]
     PermissionDenied(String),
+    /// `[auth]`: no valid bearer token (and no verified client certificate).
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 /// What a rate-limited caller should do.
@@ -68,6 +71,7 @@ impl RequestError {
             Self::RateLimited { .. } | Self::Overloaded { .. } => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
             Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
         }
     }
 }

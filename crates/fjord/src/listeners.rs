@@ -19,7 +19,7 @@ use fjord_coordinator::ListenerEndpoint;
 use fjord_tls::{ClientAuth, PrincipalMapper, TlsFiles};
 
 use crate::config::{split_host_port, ServeConfig};
-use crate::jwks::{JwksSource, OAuthSettings};
+use fjord_jwks::{JwksSource, OAuthSettings};
 
 /// One listener to bind.
 #[derive(Debug, Clone, PartialEq, Eq)]

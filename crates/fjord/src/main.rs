@@ -3,7 +3,6 @@
 
 mod admin;
 mod config;
-mod jwks;
 mod listeners;
 mod metrics;
 mod serve;

@@ -132,25 +132,13 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
     let mut jwks_reload = None;
     let oauth = match &listeners.oauthbearer {
         Some(o) => {
-            let mut loader = crate::jwks::JwksLoader::new(o.source.clone())?;
-            let jwks = loader
-                .load(false)
+            let (verifier, reloader) = o
+                .load()
                 .await
-                .with_context(|| format!("loading the OAUTHBEARER JWKS from {}", o.source))?
-                .context("the JWKS did not load")?;
-            loader
-                .stats
-                .reloads
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(source = %o.source, keys = jwks.len(), "OAUTHBEARER: JWKS loaded");
-            let (keys_tx, keys_rx) = tokio::sync::watch::channel(Arc::new(jwks));
-            let refresh = Arc::new(tokio::sync::Notify::new());
-            jwks_reload = Some((loader, o.refresh, keys_tx, refresh.clone()));
-            Some(fjord_broker::sasl::OAuthBearer::new(
-                fjord_auth::oauth::JwtValidator::new(o.jwt.clone()),
-                keys_rx,
-                refresh,
-            ))
+                .with_context(|| format!("loading the OAUTHBEARER JWKS from {}", o.source))?;
+            tracing::info!(source = %o.source, keys = verifier.keys().len(), "OAUTHBEARER: JWKS loaded");
+            jwks_reload = Some(reloader);
+            Some(verifier)
         }
         None => None,
     };
@@ -453,16 +441,7 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         ))
     });
     let acl_refresh = tokio::spawn(authorizer.clone().run(shutdown.clone()));
-    let jwks_task = jwks_reload.map(|(loader, interval, keys, refresh)| {
-        tokio::spawn(crate::jwks::run(
-            "jwks-reload".to_string(),
-            loader,
-            interval,
-            keys,
-            refresh,
-            shutdown.clone(),
-        ))
-    });
+    let jwks_task = jwks_reload.map(|reloader| reloader.spawn("jwks-reload", shutdown.clone()));
     let quota_refresh = tokio::spawn(quotas.clone().run(shutdown.clone()));
     let server = tokio::spawn(fjord_server::serve(
         bound,

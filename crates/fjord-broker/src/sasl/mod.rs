@@ -25,12 +25,11 @@
 pub mod limiter;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use fjord_auth::oauth::{Jwks, JwtValidator};
 use fjord_auth::scram::{self, ServerExchange};
 use fjord_coordinator::clock::Clock;
 use fjord_coordinator::security::{ScramCredential, ScramMechanism};
@@ -136,67 +135,14 @@ pub struct SaslStats {
     pub throttled: AtomicU64,
 }
 
-/// Least time between two JWKS refreshes asked for by tokens with an unknown `kid`.
-pub const UNKNOWN_KID_REFRESH_INTERVAL_MS: i64 = 10_000;
-
 /// Shortest session given to a token accepted within the clock skew after its `exp` (never
 /// beyond `exp` + skew, when the token would be refused): a client that re-authenticates with
 /// such a token is not driven into a loop of 1 ms sessions.
 pub const MIN_EXPIRED_TOKEN_SESSION_MS: i64 = 1_000;
 
-/// How long an authentication waits for a JWKS refresh it asked for.
-pub const UNKNOWN_KID_REFRESH_WAIT: Duration = Duration::from_secs(5);
-
-/// OAUTHBEARER's validator and the current JWKS.
-///
-/// Whoever loads the JWKS (a file watcher, an HTTPS poller) owns the [`tokio::sync::watch`]
-/// sender of [`OAuthBearer::keys`], sends every new key set, and refreshes at once when
-/// [`OAuthBearer::refresh_requested`] is notified: a token with an unknown `kid` asks for that at
-/// most once per [`UNKNOWN_KID_REFRESH_INTERVAL_MS`] and waits up to
-/// [`UNKNOWN_KID_REFRESH_WAIT`] for the new set.
-pub struct OAuthBearer {
-    validator: JwtValidator,
-    keys: tokio::sync::watch::Receiver<Arc<Jwks>>,
-    refresh: Arc<tokio::sync::Notify>,
-    last_refresh_request_ms: AtomicI64,
-}
-
-impl OAuthBearer {
-    /// Validates tokens with `validator` against the key sets `keys` receives; asks for a
-    /// refresh through `refresh`.
-    pub fn new(
-        validator: JwtValidator,
-        keys: tokio::sync::watch::Receiver<Arc<Jwks>>,
-        refresh: Arc<tokio::sync::Notify>,
-    ) -> OAuthBearer {
-        OAuthBearer {
-            validator,
-            keys,
-            refresh,
-            last_refresh_request_ms: AtomicI64::new(i64::MIN),
-        }
-    }
-
-    /// The validator.
-    pub fn validator(&self) -> &JwtValidator {
-        &self.validator
-    }
-
-    /// The current key set.
-    pub fn keys(&self) -> Arc<Jwks> {
-        self.keys.borrow().clone()
-    }
-
-    /// Whether a refresh may be asked for now (and records that it is).
-    fn may_refresh(&self, now_ms: i64) -> bool {
-        let last = self.last_refresh_request_ms.load(Ordering::Relaxed);
-        now_ms.saturating_sub(last) >= UNKNOWN_KID_REFRESH_INTERVAL_MS
-            && self
-                .last_refresh_request_ms
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
+/// OAUTHBEARER's validator and the current JWKS, kept fresh by its owner (see
+/// [`fjord_jwks::Verifier`]: a token with an unknown `kid` asks for a reload).
+pub use fjord_jwks::Verifier as OAuthBearer;
 
 /// What every connection's authentication shares.
 pub struct Authenticator {
@@ -773,25 +719,8 @@ impl SaslConnection {
                 }
             }
         };
-        let mut keys = oauth.keys.clone();
-        let current = keys.borrow_and_update().clone();
-        let mut result =
-            oauth
-                .validator
-                .validate(&message.token, &current, self.auth.clock.now_ms());
-        if matches!(&result, Err(e) if e.is_unknown_kid())
-            && oauth.may_refresh(self.auth.clock.now_ms())
-        {
-            // The issuer may have rotated its keys: fetch the set again, once, and retry.
-            oauth.refresh.notify_one();
-            if let Ok(Ok(())) = tokio::time::timeout(UNKNOWN_KID_REFRESH_WAIT, keys.changed()).await
-            {
-                let fresh = keys.borrow_and_update().clone();
-                result = oauth
-                    .validator
-                    .validate(&message.token, &fresh, self.auth.clock.now_ms());
-            }
-        }
+        let clock = &self.auth.clock;
+        let result = oauth.verify(&message.token, || clock.now_ms()).await;
         let valid = match result {
             Ok(valid) => valid,
             Err(e) => {
@@ -816,7 +745,7 @@ impl SaslConnection {
         // The session may end at exp; a token accepted within the skew after exp gets a short
         // session that still ends before the token would be refused.
         let now = self.auth.clock.now_ms();
-        let skew = oauth.validator.config().clock_skew_ms.max(0);
+        let skew = oauth.validator().config().clock_skew_ms.max(0);
         let acceptable_until = valid.expires_at_ms.saturating_add(skew);
         let expires_at_ms = valid.expires_at_ms.max(
             now.saturating_add(MIN_EXPIRED_TOKEN_SESSION_MS)

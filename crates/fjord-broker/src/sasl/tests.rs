@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use fjord_auth::oauth::{Jwks, JwtValidator};
 use fjord_auth::scram::{ClientExchange, Credential, Hash};
 use fjord_coordinator::clock::ManualClock;
 use fjord_coordinator::security::ScramUser;
@@ -347,52 +348,7 @@ async fn handshake_v0_carries_bare_tokens() {
     assert!(reply.close && reply.frame.is_none());
 }
 
-/// An issuer for OAUTHBEARER tests: an EC P-256 key made here, its JWKS, and signed tokens.
-struct Issuer {
-    key: aws_lc_rs::signature::EcdsaKeyPair,
-}
-
-impl Issuer {
-    fn new() -> Issuer {
-        Issuer {
-            key: aws_lc_rs::signature::EcdsaKeyPair::generate(
-                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            )
-            .unwrap(),
-        }
-    }
-
-    fn jwks(&self, kid: &str) -> Jwks {
-        use aws_lc_rs::signature::KeyPair;
-        let point = self.key.public_key().as_ref();
-        let doc = serde_json::json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "kid": kid,
-            "x": b64(&point[1..33]), "y": b64(&point[33..]),
-        }]});
-        Jwks::parse(doc.to_string().as_bytes()).unwrap().0
-    }
-
-    /// A token for `sub` expiring at `exp_ms` (ms, the fixture clock's scale).
-    fn token(&self, kid: &str, sub: &str, exp_ms: i64) -> String {
-        let header = serde_json::json!({"alg": "ES256", "kid": kid});
-        let claims = serde_json::json!({"sub": sub, "exp": exp_ms / 1000, "aud": "kafka"});
-        let message = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let sig = self
-            .key
-            .sign(&aws_lc_rs::rand::SystemRandom::new(), message.as_bytes())
-            .unwrap();
-        format!("{message}.{}", b64(sig.as_ref()))
-    }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+use fjord_jwks::testing::Issuer;
 
 fn client_message(token: &str) -> Vec<u8> {
     format!("n,,\x01auth=Bearer {token}\x01\x01").into_bytes()
