@@ -129,7 +129,7 @@ def describe_quotas(bootstrap: str, components: list[tuple[str, int, str | None]
 class Run:
     """One producer pushing as fast as it can; acked bytes by time, throttles from stats."""
 
-    def __init__(self, conf: dict, topic: str) -> None:
+    def __init__(self, conf: dict, topic: str, client_id: str = "app") -> None:
         self.topic = topic
         self.acked: list[tuple[float, int]] = []
         self.errors: list = []
@@ -137,7 +137,7 @@ class Run:
         self.throttle_avg_max = 0
         self.producer = Producer({
             **conf,
-            "client.id": "app",  # the same for both users: the quota follows the user
+            "client.id": client_id,  # by default the same for both users
             "linger.ms": 5,
             "batch.size": 65536,
             "queue.buffering.max.kbytes": 4096,
@@ -192,17 +192,15 @@ def test_producer_byte_rate_quota_throttles_one_user(sasl_broker, pki, topic):
     add_user(b, pki, "limited", "limited-pw")
     add_user(b, pki, "free", "free-pw")
 
-    # Refused: an unknown key, a non-positive value, request_percentage (not enforced), an ip
-    # entity; each entity answers for itself and the valid one of the request is stored.
+    # Refused: an unknown key, a non-positive value, an ip entity; each entity answers for
+    # itself and the valid one of the request is stored.
     results = alter_quotas(b.bootstrap, [
         ({"user": "x"}, {"bogus_rate": 1.0}),
         ({"user": "x"}, {"producer_byte_rate": -5.0}),
-        ({"user": "x"}, {"request_percentage": 50.0}),
         ({"ip": "1.2.3.4"}, {"producer_byte_rate": 10.0}),
         ({"user": "other"}, {"consumer_byte_rate": 1e6}),
     ])
-    assert [c for c, _ in results] == [INVALID_REQUEST] * 4 + [0], results
-    assert "not enforced" in results[2][1]
+    assert [c for c, _ in results] == [INVALID_REQUEST] * 3 + [0], results
     # validate_only stores nothing.
     assert alter_quotas(b.bootstrap, [({"user": "limited"}, {"producer_byte_rate": 1.0})],
                         validate_only=True) == [(0, None)]
@@ -242,6 +240,36 @@ def test_producer_byte_rate_quota_throttles_one_user(sasl_broker, pki, topic):
     assert limited.throttle_max > 0
     assert free.throttle_max == 0
     assert free_rate >= 2 * limited_rate, (free_rate, limited_rate)
+
+
+def test_request_percentage_quota_throttles_one_client(broker_factory, topic):
+    """request_percentage (KIP-124): a client id whose produce requests take more than 0.01%
+    of a thread's time gets throttle_time_ms in its responses; another client id of the same
+    (ANONYMOUS) user, producing the same way, is not throttled."""
+    b = broker_factory()
+    create_topic(b.bootstrap, topic, 1)
+    assert alter_quotas(b.bootstrap, [({"client-id": "busy"},
+                                       {"request_percentage": 0.01})]) == [(0, None)]
+    assert describe_quotas(b.bootstrap, [("client-id", 0, "busy")]) == [
+        ({"client-id": "busy"}, {"request_percentage": 0.01})]
+    conf = {"bootstrap.servers": b.bootstrap, "linger.ms": 0}
+    busy = Run(conf, topic, client_id="busy")
+    idle = Run(conf, topic, client_id="idle")
+    start = time.monotonic() + 1.0
+    end = start + 4.0
+    threads = [threading.Thread(target=busy.run, args=(start, end, 4 * QUOTA)),
+               threading.Thread(target=idle.run, args=(start, end, 4 * QUOTA))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert busy.errors == [] and idle.errors == []
+    print(f"request_percentage 0.01: busy {busy.rate(start, end):.0f} B/s "
+          f"(throttle max {busy.throttle_max} ms), idle {idle.rate(start, end):.0f} B/s "
+          f"(throttle max {idle.throttle_max} ms)")
+    assert busy.throttle_max > 0
+    assert idle.throttle_max == 0
+    assert busy.rate(start, end) < idle.rate(start, end)
 
 
 CLUSTER_AUTHORIZATION_FAILED = 31

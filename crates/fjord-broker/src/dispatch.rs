@@ -4,8 +4,9 @@
 //! queueing the batches in the write buffer), and hands back a future for the rest. The
 //! connection answers those futures in the order the requests arrived, as Kafka requires.
 //!
-//! Produce and Fetch responses are metered against client quotas here, once their bytes are
-//! known, and held back for their throttle time (see [`crate::quotas`]).
+//! Produce and Fetch responses are metered against client byte-rate quotas here, once their
+//! bytes are known, every request's handler time against its request quota, and responses are
+//! held back for their throttle time (see [`crate::quotas`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use fjord_coordinator::quotas::QuotaKey;
 
 use crate::handlers;
 use crate::memory::Reservation;
+use crate::quotas::request_time::{self, PollTimed, RequestMeter, ThrottleTime};
 use crate::session::Session;
 use crate::versions;
 use crate::Broker;
@@ -144,6 +146,7 @@ pub async fn start_from(
         key,
         version,
         correlation_id,
+        meter: RequestMeter::for_client(broker, &client.session.principal.name, &client.client_id),
     };
     let b = broker.clone();
     match key {
@@ -155,21 +158,25 @@ pub async fn start_from(
         }),
         ApiKey::Produce => {
             let request_bytes = frame.len() as u64;
-            let request: ProduceRequest = decode(ctx, &mut frame)?;
-            let pending = handlers::produce::start(&b, request, version, &client).await;
+            let request: ProduceRequest = decode(&ctx, &mut frame)?;
+            let (pending, queued) =
+                PollTimed::new(handlers::produce::start(&b, request, version, &client)).await;
             let reply: Reply = Box::pin(async move {
+                let meter = ctx.meter.as_ref();
                 match pending {
                     None => {
                         // acks=0: nothing to answer, but the bytes count and the connection's
                         // next answers wait as Kafka mutes it.
-                        let ms = throttle(&b, QuotaKey::ProducerByteRate, &client, request_bytes);
+                        let ms = throttle(&b, QuotaKey::ProducerByteRate, &client, request_bytes)
+                            .max(request_time::throttle(meter, queued));
                         hold(ms).await;
                         Ok(None)
                     }
                     Some(pending) => {
-                        let mut response = pending.await;
-                        let ms = throttle(&b, QuotaKey::ProducerByteRate, &client, request_bytes);
-                        response.throttle_time_ms = response.throttle_time_ms.max(ms);
+                        let (mut response, spent) = PollTimed::new(pending).await;
+                        let ms = throttle(&b, QuotaKey::ProducerByteRate, &client, request_bytes)
+                            .max(request_time::throttle(meter, queued + spent));
+                        response.throttle_at_least(ms);
                         hold(ms).await;
                         encode(key, version, correlation_id, &response).map(Some)
                     }
@@ -178,22 +185,26 @@ pub async fn start_from(
             Ok(Started { key, reply })
         }
         ApiKey::Fetch => {
-            let request: FetchRequest = decode(ctx, &mut frame)?;
-            let reply: Reply = Box::pin(async move {
-                let (mut response, reservation) =
-                    handlers::fetch::handle(b.clone(), request, version, client.clone()).await;
-                let bytes: u64 = response
-                    .responses
-                    .iter()
-                    .flat_map(|t| t.partitions.iter())
-                    .map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64))
-                    .sum();
-                let ms = throttle(&b, QuotaKey::ConsumerByteRate, &client, bytes);
-                response.throttle_time_ms = response.throttle_time_ms.max(ms);
-                hold(ms).await;
-                encode(key, version, correlation_id, &response)
-                    .map(|frame| Some(held_until_sent(frame, reservation)))
-            });
+            let request: FetchRequest = decode(&ctx, &mut frame)?;
+            let reply: Reply =
+                Box::pin(async move {
+                    let ((mut response, reservation), spent) = PollTimed::new(
+                        handlers::fetch::handle(b.clone(), request, version, client.clone()),
+                    )
+                    .await;
+                    let bytes: u64 = response
+                        .responses
+                        .iter()
+                        .flat_map(|t| t.partitions.iter())
+                        .map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64))
+                        .sum();
+                    let ms = throttle(&b, QuotaKey::ConsumerByteRate, &client, bytes)
+                        .max(request_time::throttle(ctx.meter.as_ref(), spent));
+                    response.throttle_at_least(ms);
+                    hold(ms).await;
+                    encode(key, version, correlation_id, &response)
+                        .map(|frame| Some(held_until_sent(frame, reservation)))
+                });
             Ok(Started { key, reply })
         }
         ApiKey::ListOffsets => run(ctx, frame, move |r| {
@@ -305,7 +316,7 @@ fn throttle(broker: &Broker, key: QuotaKey, client: &Client, bytes: u64) -> i32 
         key,
         &client.session.principal.name,
         &client.client_id,
-        bytes,
+        bytes as f64,
     );
     i32::try_from(ms).unwrap_or(i32::MAX)
 }
@@ -317,14 +328,15 @@ async fn hold(ms: i32) {
     }
 }
 
-#[derive(Clone, Copy)]
 struct Ctx {
     key: ApiKey,
     version: i16,
     correlation_id: i32,
+    /// The client's request quota, if one applies.
+    meter: Option<RequestMeter>,
 }
 
-fn decode<T: Decodable>(ctx: Ctx, frame: &mut Bytes) -> Result<T, ProtocolError> {
+fn decode<T: Decodable>(ctx: &Ctx, frame: &mut Bytes) -> Result<T, ProtocolError> {
     T::decode(frame, ctx.version).map_err(|e| ProtocolError::Malformed {
         key: ctx.key,
         version: ctx.version,
@@ -335,20 +347,22 @@ fn decode<T: Decodable>(ctx: Ctx, frame: &mut Bytes) -> Result<T, ProtocolError>
 fn run<Req, Resp, F, Fut>(ctx: Ctx, mut frame: Bytes, handler: F) -> Result<Started, ProtocolError>
 where
     Req: Decodable,
-    Resp: Encodable + Send + 'static,
+    Resp: Encodable + ThrottleTime + Send + 'static,
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Resp> + Send + 'static,
 {
-    let request = decode(ctx, &mut frame)?;
+    let request = decode(&ctx, &mut frame)?;
     let pending = handler(request);
+    let key = ctx.key;
     let reply: Reply = Box::pin(async move {
-        let response = pending.await;
-        encode(ctx.key, ctx.version, ctx.correlation_id, &response).map(Some)
+        let (mut response, spent) = PollTimed::new(pending).await;
+        let ms = request_time::throttle(ctx.meter.as_ref(), spent);
+        response.throttle_at_least(ms);
+        let frame = encode(ctx.key, ctx.version, ctx.correlation_id, &response);
+        hold(ms).await;
+        frame.map(Some)
     });
-    Ok(Started {
-        key: ctx.key,
-        reply,
-    })
+    Ok(Started { key, reply })
 }
 
 /// A response frame that keeps `reservation` (its records' share of the fetch memory budget)

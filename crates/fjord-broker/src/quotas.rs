@@ -1,5 +1,6 @@
-//! Client quotas (Kafka's KIP-13/KIP-55): byte-rate limits on produce and fetch, per user and
-//! client id, enforced by delaying responses.
+//! Client quotas (Kafka's KIP-13/KIP-55/KIP-124): byte-rate limits on produce and fetch, and
+//! request-time limits on every request ([`request_time`]), per user and client id, enforced by
+//! delaying responses.
 //!
 //! The quotas live in the coordinator ([`fjord_coordinator::QuotaStore`]) so every broker of a
 //! cluster enforces the same ones. Each broker keeps them in memory and reloads them when the
@@ -235,9 +236,10 @@ impl QuotaManager {
         self.resolve(key, user, client_id).map(|(q, _)| q)
     }
 
-    /// Records `bytes` against the `key` quota of `(user, client_id)` and returns the throttle
-    /// time in ms (0 when no quota applies or the rate is within it).
-    pub fn record(&self, key: QuotaKey, user: &str, client_id: &str, bytes: u64) -> i64 {
+    /// Records `amount` (bytes; for `request_percentage`, percent-seconds of handler time)
+    /// against the `key` quota of `(user, client_id)` and returns the throttle time in ms (0
+    /// when no quota applies or the rate is within it).
+    pub fn record(&self, key: QuotaKey, user: &str, client_id: &str, amount: f64) -> i64 {
         let Some((quota, meter_key)) = self.resolve(key, user, client_id) else {
             return 0;
         };
@@ -251,7 +253,7 @@ impl QuotaManager {
                 });
             }
             let meter = meters.entry(meter_key).or_default();
-            meter.record(now, bytes as f64, &self.settings);
+            meter.record(now, amount, &self.settings);
             let (bytes, span) = meter.window(now);
             (bytes, span.max(self.settings.sample_ms))
         };
@@ -316,6 +318,8 @@ impl QuotaManager {
         .await;
     }
 }
+
+pub mod request_time;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! Client quotas through the dispatcher: AlterClientQuotas and DescribeClientQuotas, and
-//! Produce and Fetch responses that carry `throttle_time_ms` and are held back that long.
+//! Produce and Fetch responses that carry `throttle_time_ms` and are held back that long;
+//! request quotas (`request_percentage`) that throttle any request by its handler time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -10,10 +11,14 @@ use common::*;
 use kafka_protocol::messages::*;
 
 fn alteration(ops: &[(&str, f64)]) -> alter_client_quotas_request::EntryData {
+    alteration_of("test", ops)
+}
+
+fn alteration_of(client_id: &str, ops: &[(&str, f64)]) -> alter_client_quotas_request::EntryData {
     alter_client_quotas_request::EntryData::default()
         .with_entity(vec![alter_client_quotas_request::EntityData::default()
             .with_entity_type(sb("client-id"))
-            .with_entity_name(Some(sb("test")))])
+            .with_entity_name(Some(sb(client_id)))])
         .with_ops(
             ops.iter()
                 .map(|(key, value)| {
@@ -92,17 +97,69 @@ async fn byte_rate_quotas_throttle_produce_and_fetch() {
     assert!(records_bytes > 1000, "{records_bytes}");
     assert!(r.throttle_time_ms > 0, "{r:?}");
     assert!(started.elapsed().as_millis() >= r.throttle_time_ms as u128);
+}
 
-    // request_percentage is not enforced, so it is refused rather than stored.
+/// Metadata requests until one is throttled (at most `n`); its throttle time.
+async fn metadata_until_throttled(broker: &std::sync::Arc<fjord_broker::Broker>, n: usize) -> i32 {
+    for _ in 0..n {
+        let r = call(broker, MetadataRequest::default(), 12).await;
+        if r.throttle_time_ms > 0 {
+            return r.throttle_time_ms;
+        }
+    }
+    0
+}
+
+#[tokio::test]
+async fn request_quotas_throttle_by_handler_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _writer) =
+        fjord_broker::testkit::in_memory_broker(dir.path(), Default::default()).unwrap();
+    create(&broker, "q", 1).await;
+    let set = |client: &'static str, percent: f64| {
+        let broker = broker.clone();
+        async move {
+            let r = call(
+                &broker,
+                AlterClientQuotasRequest::default().with_entries(vec![alteration_of(
+                    client,
+                    &[("request_percentage", percent)],
+                )]),
+                1,
+            )
+            .await;
+            assert!(r.entries.iter().all(|e| e.error_code == 0), "{r:?}");
+        }
+    };
+
+    // Another client's quota does not throttle this one ("test").
+    set("other", 0.01).await;
+    assert_eq!(metadata_until_throttled(&broker, 2000).await, 0);
+
+    // 0.2% of a thread: 2 ms of handler time per second. Metadata requests as fast as they go
+    // spend more than that within the first window, and get throttle_time_ms > 0 (each held
+    // back that long); the throttle never exceeds the window (11 s).
+    set("test", 0.2).await;
     let r = call(
         &broker,
-        AlterClientQuotasRequest::default()
-            .with_entries(vec![alteration(&[("request_percentage", 50.0)])]),
+        DescribeClientQuotasRequest::default().with_components(vec![
+            describe_client_quotas_request::ComponentData::default()
+                .with_entity_type(sb("client-id"))
+                .with_match_type(0)
+                .with_match(Some(sb("test"))),
+        ]),
         1,
     )
     .await;
-    assert_eq!(
-        r.entries[0].error_code,
-        kafka_protocol::ResponseError::InvalidRequest.code()
-    );
+    let values = &r.entries.unwrap()[0].values;
+    assert_eq!(values[0].key.as_str(), "request_percentage");
+    assert_eq!(values[0].value, 0.2);
+    let started = Instant::now();
+    let throttle = metadata_until_throttled(&broker, 200_000).await;
+    assert!(throttle > 0 && throttle <= 11_000, "{throttle}");
+    assert!(started.elapsed().as_millis() >= throttle as u128);
+    // Produce is metered too.
+    let r = call(&broker, produce_request("q", 0, records(10, 0)), 9).await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert!(r.throttle_time_ms > 0, "{r:?}");
 }

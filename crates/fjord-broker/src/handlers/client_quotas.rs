@@ -5,9 +5,8 @@
 //! ALTER_CONFIGS on it, else CLUSTER_AUTHORIZATION_FAILED (top-level for Describe, on every
 //! entity for Alter). Entity types are `user` and `client-id`; `ip` quotas are not served (an
 //! alteration of one is INVALID_REQUEST; a filter for one matches nothing). Keys are
-//! `producer_byte_rate` and `consumer_byte_rate`; `request_percentage` is stored by the
-//! coordinator but not enforced by this broker, so altering it is refused with INVALID_REQUEST
-//! rather than accepted and ignored. Each entity of an alteration gets its own error; the valid
+//! `producer_byte_rate`, `consumer_byte_rate` and `request_percentage` (all enforced, see
+//! [`crate::quotas`]). Each entity of an alteration gets its own error; the valid
 //! ones are written together. After a change this broker reloads the quotas at once; other
 //! brokers follow within their refresh interval.
 
@@ -189,13 +188,6 @@ fn parse_entry(
     for op in &entry.ops {
         let name = op.key.as_str();
         let key = QuotaKey::from_name(name).ok_or_else(|| format!("unknown quota key {name:?}"))?;
-        if key == QuotaKey::RequestPercentage {
-            return Err(
-                "request_percentage quotas are not enforced by this broker; only \
-                 producer_byte_rate and consumer_byte_rate are"
-                    .into(),
-            );
-        }
         if !keys.insert(key) {
             return Err(format!("quota key {name:?} appears twice"));
         }

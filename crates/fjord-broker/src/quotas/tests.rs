@@ -127,25 +127,25 @@ async fn meters_slide_and_throttle_with_the_clock() {
     m.refresh().await.unwrap();
     let key = QuotaKey::ProducerByteRate;
     // Unquoted: never throttled.
-    assert_eq!(m.record(key, "bob", "app", 1 << 30), 0);
+    assert_eq!(m.record(key, "bob", "app", (1u64 << 30) as f64), 0);
     // 5000 bytes at once: 5000 B/s over the shortest (one-sample) window, so
     // (5000 - 1000) / 1000 × 1 s = 4 s.
-    assert_eq!(m.record(key, "alice", "app", 5000), 4000);
+    assert_eq!(m.record(key, "alice", "app", 5000.0), 4000);
     // 4 s later the window spans 4 s: still 250 B over the quota, 1 s more.
     clock.advance(4000);
-    assert_eq!(m.record(key, "alice", "app", 0), 1000);
+    assert_eq!(m.record(key, "alice", "app", 0.0), 1000);
     // After that the average is at the quota: 5000 bytes over 5 s.
     clock.advance(1000);
-    assert_eq!(m.record(key, "alice", "app", 0), 0);
+    assert_eq!(m.record(key, "alice", "app", 0.0), 0);
     // Another client of alice shares the user-level meter.
     clock.advance(1000);
-    assert_eq!(m.record(key, "alice", "other", 1000), 0);
-    let throttled = m.record(key, "alice", "other", 1000);
+    assert_eq!(m.record(key, "alice", "other", 1000.0), 0);
+    let throttled = m.record(key, "alice", "other", 1000.0);
     // 7000 bytes over 6 s: (7000/6 - 1000) / 1000 × 6 s = 1 s.
     assert_eq!(throttled, 1000);
     // Once the window has slid past everything, a fresh start.
     clock.advance(20_000);
-    assert_eq!(m.record(key, "alice", "app", 1000), 0);
+    assert_eq!(m.record(key, "alice", "app", 1000.0), 0);
     assert_eq!(m.stats.throttled.load(Ordering::Relaxed), 3);
 }
 
@@ -158,14 +158,14 @@ async fn a_default_quota_meters_each_user_apart() {
         .unwrap();
     m.refresh().await.unwrap();
     let key = QuotaKey::ProducerByteRate;
-    assert_eq!(m.record(key, "a", "c", 1000), 0);
-    assert_eq!(m.record(key, "b", "c", 1000), 0);
-    assert!(m.record(key, "a", "c", 1000) > 0);
+    assert_eq!(m.record(key, "a", "c", 1000.0), 0);
+    assert_eq!(m.record(key, "b", "c", 1000.0), 0);
+    assert!(m.record(key, "a", "c", 1000.0) > 0);
 }
 
 #[tokio::test]
 async fn a_disabled_manager_never_throttles() {
     let m = QuotaManager::disabled(ManualClock::new(0));
     m.refresh().await.unwrap();
-    assert_eq!(m.record(QuotaKey::ProducerByteRate, "a", "b", u64::MAX), 0);
+    assert_eq!(m.record(QuotaKey::ProducerByteRate, "a", "b", f64::MAX), 0);
 }
