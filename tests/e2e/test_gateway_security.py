@@ -423,6 +423,8 @@ def test_gateway_bearer_tokens(broker_factory, gateway_factory, tmp_path, topic)
                             + [b"stream, fresh token"]), values
     assert gw.metric("fjord_gateway_authentications_total", result="refused") >= 5
     assert gw.metric("fjord_gateway_authentications_total", result="ok") >= 4
+    assert gw.metric("fjord_gateway_jwks_reloads_total") == 1
+    assert gw.metric("fjord_gateway_jwks_reload_errors_total") == 0
     logs = gw.logs()
     assert "gateway caller refused" in logs and "fjord::audit" in logs, logs[-2000:]
     gw.stop()

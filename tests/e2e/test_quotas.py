@@ -24,7 +24,9 @@ import pytest
 
 from confluent_kafka import KafkaError, Producer
 
+from conftest import free_port
 from kafka_helpers import create_topic
+from test_metrics import scrape
 from test_sasl import add_user, pki, sasl_broker, sasl_conf  # noqa: F401  (fixtures)
 
 QUOTA = 200_000  # bytes/s
@@ -246,7 +248,8 @@ def test_request_percentage_quota_throttles_one_client(broker_factory, topic):
     """request_percentage (KIP-124): a client id whose produce requests take more than 0.01%
     of a thread's time gets throttle_time_ms in its responses; another client id of the same
     (ANONYMOUS) user, producing the same way, is not throttled."""
-    b = broker_factory()
+    port = free_port()
+    b = broker_factory("--metrics-listen", f"127.0.0.1:{port}")
     create_topic(b.bootstrap, topic, 1)
     assert alter_quotas(b.bootstrap, [({"client-id": "busy"},
                                        {"request_percentage": 0.01})]) == [(0, None)]
@@ -270,6 +273,10 @@ def test_request_percentage_quota_throttles_one_client(broker_factory, topic):
     assert busy.throttle_max > 0
     assert idle.throttle_max == 0
     assert busy.rate(start, end) < idle.rate(start, end)
+    metrics = scrape(port)
+    assert metrics["fjord_quota_throttled_total"] > 0, metrics
+    assert metrics["fjord_quota_reloads_total"] >= 1, metrics
+    assert metrics["fjord_quota_reload_errors_total"] == 0, metrics
 
 
 CLUSTER_AUTHORIZATION_FAILED = 31

@@ -42,7 +42,9 @@ from confluent_kafka import Producer
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from conftest import free_port
 from kafka_helpers import create_topic
+from test_metrics import scrape
 from test_sasl import (ADMIN, ADMIN_PW, authentication_failed, pki,  # noqa: F401 (fixtures)
                        refused, sasl_broker, sasl_conf)
 from test_tls import consume, high_watermark, produce
@@ -101,12 +103,16 @@ def idp(tmp_path: Path):
 @pytest.fixture
 def oauth_broker(sasl_broker, idp):  # noqa: F811 (fixture)
     _, jwks = idp
-    return sasl_broker(
+    port = free_port()
+    b = sasl_broker(
         "--sasl-enabled-mechanisms", "OAUTHBEARER,SCRAM-SHA-512",
         "--sasl-oauthbearer-jwks-endpoint-url", f"file://{jwks}",
         "--sasl-oauthbearer-expected-issuer", ISSUER,
         "--sasl-oauthbearer-expected-audience", AUDIENCE,
+        "--metrics-listen", f"127.0.0.1:{port}",
     )
+    b.metrics_port = port
+    return b
 
 
 def oauth_conf(b, pki, token_fn) -> dict:  # noqa: F811
@@ -168,6 +174,9 @@ def test_rotated_keys_are_picked_up(oauth_broker, idp, pki, topic):  # noqa: F81
     assert produce(conf, topic, [b"after rotation"]) == []
     assert high_watermark(b.bootstrap, topic) == 1
     assert "JWKS loaded" in b.stderr_path.read_text()
+    metrics = scrape(b.metrics_port)
+    assert metrics["fjord_jwks_reloads_total"] >= 2, metrics  # at start, and the rotation
+    assert metrics["fjord_jwks_reload_errors_total"] == 0, metrics
 
 
 class JwksEndpoint:

@@ -118,6 +118,9 @@ impl CallerAuth {
         };
         let settings = auth.settings()?;
         let (verifier, reloader) = settings.load().await?;
+        if metrics.jwks.set(reloader.stats()).is_err() {
+            tracing::debug!("JWKS counters already exported (the gateway served twice)");
+        }
         tracing::info!(source = %settings.source, keys = verifier.keys().len(),
             "caller bearer tokens: JWKS loaded");
         Ok((

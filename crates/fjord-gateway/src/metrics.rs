@@ -4,19 +4,21 @@
 //! update them where the event happens (one place per event, so nothing is counted twice).
 //! Metric names start with `fjord_gateway_`.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +84,8 @@ pub struct Metrics {
     pub byte_rate_limited: Counter,
     /// Caller authentications with `[auth]`, by result (ok, refused).
     pub authentications: Family<ResultLabels, Counter>,
+    /// `[auth]`'s JWKS reloads, once its keys are loaded.
+    pub jwks: OnceLock<Arc<fjord_jwks::JwksStats>>,
 }
 
 /// The gauge's atomic (prometheus-client's default for `Gauge<i64>`).
@@ -104,6 +108,7 @@ impl Default for Metrics {
             rate_limited: Counter::<u64, AtomicU64>::default(),
             byte_rate_limited: Counter::<u64, AtomicU64>::default(),
             authentications: Family::default(),
+            jwks: OnceLock::new(),
         }
     }
 }
@@ -182,7 +187,36 @@ impl Metrics {
             "Caller authentications with [auth] (bearer tokens), by result (ok, refused)",
             self.authentications.clone(),
         );
+        r.register_collector(Box::new(JwksCollector(self.clone())));
         r
+    }
+}
+
+/// `[auth]`'s JWKS reload counters, read at scrape time (nothing without `[auth]`).
+#[derive(Debug)]
+struct JwksCollector(Arc<Metrics>);
+
+impl Collector for JwksCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(jwks) = self.0.jwks.get() else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "jwks_reloads",
+                "Key sets (JWKS) of [auth] loaded, the first included",
+                &jwks.reloads,
+            ),
+            (
+                "jwks_reload_errors",
+                "JWKS reloads that failed or found no usable key (the previous keys stay in force)",
+                &jwks.errors,
+            ),
+        ] {
+            let counter = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value.load(Ordering::Relaxed)).encode(counter)?;
+        }
+        Ok(())
     }
 }
 

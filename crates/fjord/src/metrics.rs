@@ -51,6 +51,10 @@ pub struct SecurityStats {
     pub sasl: Option<Arc<fjord_broker::sasl::Authenticator>>,
     /// Authorization decisions and ACL reloads.
     pub authorizer: Arc<fjord_broker::authz::Authorizer>,
+    /// Client quotas: throttled responses and reloads.
+    pub quotas: Arc<fjord_broker::quotas::QuotaManager>,
+    /// OAUTHBEARER's JWKS reloads (absent without OAUTHBEARER).
+    pub jwks: Option<Arc<fjord_jwks::JwksStats>>,
 }
 
 impl std::fmt::Debug for SecurityStats {
@@ -320,7 +324,37 @@ impl Collector for BrokerCollector {
             }
         }
         let authz = &self.security.authorizer.stats;
-        for (name, help, n) in [
+        let quotas = &self.security.quotas.stats;
+        let mut security = vec![
+            (
+                "fjord_quota_throttled",
+                "Responses delayed by a client quota (byte rate or request time)",
+                load(&quotas.throttled),
+            ),
+            (
+                "fjord_quota_reloads",
+                "Times this broker loaded a new version of the client quotas",
+                load(&quotas.reloads),
+            ),
+            (
+                "fjord_quota_reload_errors",
+                "Client quota reloads that failed (the previous quotas stay in force; retried)",
+                load(&quotas.reload_errors),
+            ),
+        ];
+        if let Some(jwks) = &self.security.jwks {
+            security.push((
+                "fjord_jwks_reloads",
+                "OAUTHBEARER key sets (JWKS) loaded, the first included",
+                load(&jwks.reloads),
+            ));
+            security.push((
+                "fjord_jwks_reload_errors",
+                "JWKS reloads that failed or found no usable key (the previous keys stay in force)",
+                load(&jwks.errors),
+            ));
+        }
+        for (name, help, n) in security.into_iter().chain([
             (
                 "fjord_authorization_denied",
                 "Operations on resources refused by the ACLs",
@@ -336,7 +370,7 @@ impl Collector for BrokerCollector {
                 "ACL reloads that failed (the previous ACLs stay in force; retried)",
                 load(&authz.reload_errors),
             ),
-        ] {
+        ]) {
             let counter = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(n).encode(counter)?;
         }

@@ -416,6 +416,8 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
                     security: crate::metrics::SecurityStats {
                         sasl: authenticator.clone(),
                         authorizer: authorizer.clone(),
+                        quotas: broker.quotas.clone(),
+                        jwks: jwks_reload.as_ref().map(|r| r.stats()),
                     },
                     cluster: cluster.clone(),
                 },
