@@ -1262,7 +1262,11 @@ async fn inflight_room_is_held_until_the_clusters_answer() {
     }
     let batch = |n: usize| vec![Message::new(vec![b'x'; 500]); n];
     let mut quick = h.client.clone().with_timeout(Duration::from_millis(100));
-    assert!(quick.produce_batch("orders", batch(3)).await.is_err());
+    // The caller's deadline passes: either its call ends with DEADLINE_EXCEEDED, or the
+    // gateway's copy of the deadline fires first and answers every message TIMEOUT.
+    if let Ok(results) = quick.produce_batch("orders", batch(3)).await {
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+    }
     // The caller gave up, but the clusters still hold its 1500 bytes.
     let mut second = h.client.clone();
     match second.produce_batch("orders", batch(2)).await.unwrap_err() {
