@@ -507,21 +507,27 @@ pub async fn offset_delete(
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.as_str().to_string();
-        let busy = subscribed.contains(&name);
+        // As Kafka: READ on each topic, besides DELETE on the group.
+        let refused = if !broker
+            .authorizer
+            .topic(&client.session, AclOperation::Read, &name)
+        {
+            Some(ResponseError::TopicAuthorizationFailed.code())
+        } else if subscribed.contains(&name) {
+            Some(ResponseError::GroupSubscribedToTopic.code())
+        } else {
+            None
+        };
         let partitions = topic
             .partitions
             .iter()
             .map(|p| {
-                if !busy {
+                if refused.is_none() {
                     deletions.push((name.clone(), p.partition_index));
                 }
                 OffsetDeleteResponsePartition::default()
                     .with_partition_index(p.partition_index)
-                    .with_error_code(if busy {
-                        ResponseError::GroupSubscribedToTopic.code()
-                    } else {
-                        0
-                    })
+                    .with_error_code(refused.unwrap_or(0))
             })
             .collect();
         topics.push(

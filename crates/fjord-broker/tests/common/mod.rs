@@ -35,7 +35,18 @@ pub fn frame<R: Request>(request: &R, version: i16) -> Bytes {
 
 /// Sends `request` to `broker` and decodes its response, checking the framing on the way.
 pub async fn call<R: Request>(broker: &Arc<Broker>, request: R, version: i16) -> R::Response {
-    let started = dispatch::start(broker, frame(&request, version))
+    let session = Arc::new(fjord_broker::session::Session::plaintext(None));
+    call_as(broker, &session, request, version).await
+}
+
+/// [`call`] on a connection that authenticated as `session`.
+pub async fn call_as<R: Request>(
+    broker: &Arc<Broker>,
+    session: &Arc<fjord_broker::session::Session>,
+    request: R,
+    version: i16,
+) -> R::Response {
+    let started = dispatch::start_from(broker, frame(&request, version), session)
         .await
         .unwrap_or_else(|e| panic!("key {} v{version}: {e}", R::KEY));
     let mut bytes = started.reply.await.unwrap().unwrap();
