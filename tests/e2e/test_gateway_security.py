@@ -176,7 +176,6 @@ def forwarder_toml(metrics_port: int, b, pki: Pki, topic: str, group: str, endpo
         "security.protocol": "SASL_SSL",
         "sasl.mechanisms": "SCRAM-SHA-512",
         "sasl.username": "fw",
-        "sasl.password": "fw-secret",
         "ssl.ca.location": str(pki.ca),
     }
     lines = [
@@ -186,6 +185,9 @@ def forwarder_toml(metrics_port: int, b, pki: Pki, topic: str, group: str, endpo
         f"bootstrap = {toml_value(b.sasl_ssl_bootstrap)}",
         "[clusters.secure.properties]",
         *(f"{toml_value(k)} = {toml_value(v)}" for k, v in props.items()),
+        # The password from the environment, not the file.
+        "[clusters.secure.properties_env]",
+        '"sasl.password" = "FW_SASL_PASSWORD"',
         "[[subscription]]",
         'name = "secure"',
         'clusters = ["secure"]',
@@ -206,7 +208,8 @@ def forwarder_toml(metrics_port: int, b, pki: Pki, topic: str, group: str, endpo
 
 
 def test_forwarder_from_sasl_ssl_to_an_mtls_endpoint(sasl_broker, pki, fjord_bin, tmp_path,
-                                                     procs, topic):
+                                                     procs, topic, monkeypatch):
+    monkeypatch.setenv("FW_SASL_PASSWORD", "fw-secret")
     b = sasl_broker(*AUTHZ, "--group-initial-rebalance-delay-ms", "0")
     admin = admin_of(b, pki)
     add_user(b, pki, "fw", "fw-secret")
@@ -240,6 +243,7 @@ def test_forwarder_from_sasl_ssl_to_an_mtls_endpoint(sasl_broker, pki, fjord_bin
                    lambda: f"{len(set(sent) - receiver.delivered())} records not delivered\n"
                            f"{fw.logs()}")
         assert b"forwarder" in receiver.peers, receiver.peers
+        assert "a secret is written in the config file" not in fw.logs()
         wait_until(lambda: committed(b.bootstrap, group, topic, [0]) == {0: len(sent)}, 20,
                    "the group's final commit")
         fw.stop()

@@ -42,6 +42,42 @@ pub struct ClusterConfig {
     /// Extra librdkafka properties for every client of this cluster (security, timeouts, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values come from environment variables, property -> variable
+    /// name: secrets such as `sasl.password` stay out of the file.
+    #[serde(default)]
+    pub properties_env: BTreeMap<String, String>,
+}
+
+/// librdkafka properties that hold secrets: set in `properties`, they are logged as a warning.
+pub const SECRET_PROPERTIES: [&str; 4] = [
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "sasl.oauthbearer.client.secret",
+];
+
+impl ClusterConfig {
+    /// Every librdkafka property of the cluster's clients: `properties`, and those of
+    /// `properties_env` read from the environment now. An error names a variable that is not
+    /// set and a property given both ways.
+    pub fn client_properties(&self) -> Result<BTreeMap<String, String>, ConfigError> {
+        let mut all = self.properties.clone();
+        for (property, var) in &self.properties_env {
+            if all.contains_key(property) {
+                return Err(ConfigError::Invalid(format!(
+                    "property {property:?} is set in both properties and properties_env"
+                )));
+            }
+            let value = std::env::var(var).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "properties_env: {property:?} names the environment variable {var:?}, \
+                     which is not set (or not UTF-8)"
+                ))
+            })?;
+            all.insert(property.clone(), value);
+        }
+        Ok(all)
+    }
 }
 
 /// How records of one partition may overlap in delivery.
@@ -289,6 +325,12 @@ impl ForwarderConfig {
         if self.subscriptions.is_empty() {
             return invalid("no [[subscription]]".into());
         }
+        for (name, cluster) in &self.clusters {
+            cluster.client_properties().map_err(|e| match e {
+                ConfigError::Invalid(m) => ConfigError::Invalid(format!("cluster {name}: {m}")),
+                other => other,
+            })?;
+        }
         let mut names = BTreeSet::new();
         let mut retry_topics = BTreeSet::new();
         let all_topics: BTreeSet<&String> =
@@ -451,6 +493,7 @@ mod tests {
         assert_eq!(s.retry.retry_topic_rounds, 2);
         assert_eq!(s.retry.initial_backoff_ms, 100);
         assert_eq!(s.consumer_properties["session.timeout.ms"], "6000");
+        assert!(c.clusters["a"].properties_env.is_empty());
         assert_eq!(s.endpoint.urls(), ["http://127.0.0.1:50051"]);
         let many = text.replace(
             r#"endpoint = "http://127.0.0.1:50051""#,
@@ -495,5 +538,47 @@ mod tests {
         assert!(ForwarderConfig::parse(&text).is_err());
         let text = MINIMAL.to_string() + "[subscription.retry]\nmax_attempts = 0\n";
         assert!(ForwarderConfig::parse(&text).is_err());
+    }
+
+    #[test]
+    fn secret_properties_come_from_the_environment() {
+        let text = |env: &str| {
+            format!(
+                r#"
+                [clusters.a]
+                bootstrap = "127.0.0.1:9092"
+                properties = {{ "security.protocol" = "SASL_SSL" }}
+                properties_env = {{ {env} }}
+                [[subscription]]
+                name = "s"
+                clusters = ["a"]
+                topics = ["t"]
+                group_id = "g"
+                endpoint = "http://127.0.0.1:50051"
+                dead_letter_topic = "t.dlq"
+                "#
+            )
+        };
+        let var = "FJORD_FORWARDER_TEST_SASL_PASSWORD";
+        std::env::set_var(var, "s3cret");
+        let c = ForwarderConfig::parse(&text(&format!(r#""sasl.password" = "{var}""#))).unwrap();
+        let props = c.clusters["a"].client_properties().unwrap();
+        assert_eq!(props["sasl.password"], "s3cret");
+        assert_eq!(props["security.protocol"], "SASL_SSL");
+
+        let unset = ForwarderConfig::parse(&text(r#""sasl.password" = "FJORD_NO_SUCH_VARIABLE""#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unset.contains("cluster a") && unset.contains("FJORD_NO_SUCH_VARIABLE"),
+            "{unset}"
+        );
+        let twice = ForwarderConfig::parse(&text(&format!(r#""security.protocol" = "{var}""#)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            twice.contains("both properties and properties_env"),
+            "{twice}"
+        );
     }
 }

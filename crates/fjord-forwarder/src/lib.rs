@@ -93,6 +93,15 @@ pub async fn main(args: ForwardArgs) -> Result<(), ForwardError> {
 /// everything.
 pub async fn run(config: ForwarderConfig, cancel: CancellationToken) -> Result<(), ForwardError> {
     config.validate()?;
+    for (name, cluster) in &config.clusters {
+        for property in config::SECRET_PROPERTIES {
+            if cluster.properties.contains_key(property) {
+                tracing::warn!(cluster = %name, property,
+                    "a secret is written in the config file; name an environment variable in \
+                     properties_env instead");
+            }
+        }
+    }
     let metrics = Arc::new(Metrics::new());
     let metrics_task = match &config.metrics_listen {
         Some(addr) => {

@@ -182,7 +182,7 @@ impl Worker {
             cluster: cluster_name.to_string(),
             source,
         };
-        let base = sink::client_config(&cluster.bootstrap, &cluster.properties);
+        let base = sink::client_config(&cluster.bootstrap, &cluster.client_properties()?);
         let mut own_topics = vec![c.dead_letter_topic.clone()];
         own_topics.extend(c.retry_topic.clone());
         if c.create_topics {
