@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use fjord_auth::oauth::ValidToken;
+use fjord_auth::oauth::{Jwks, ValidToken};
 use fjord_jwks::{Reloader, Verifier};
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -92,7 +92,9 @@ struct Tokens {
 }
 
 struct TokenCache {
-    keys: usize,
+    /// The key set the tokens were checked against (held, so that a new set can never be
+    /// mistaken for it by its address).
+    keys: Option<Arc<Jwks>>,
     tokens: LruCache<Box<str>, ValidToken>,
 }
 
@@ -151,7 +153,7 @@ impl CallerAuth {
                 verifier,
                 skew_ms,
                 cache: Mutex::new(TokenCache {
-                    keys: 0,
+                    keys: None,
                     tokens: LruCache::new(size),
                 }),
             }),
@@ -236,12 +238,12 @@ impl CallerAuth {
     /// Checks `token`: from the cache, or with the verifier (then remembered).
     async fn check(&self, tokens: &Tokens, token: &str) -> Result<Caller, String> {
         let now = self.now_ms();
-        let keys = Arc::as_ptr(&tokens.verifier.keys()) as usize;
+        let keys = tokens.verifier.keys();
         let cached = {
             let mut cache = tokens.cache.lock();
-            if cache.keys != keys {
+            if !cache.keys.as_ref().is_some_and(|k| Arc::ptr_eq(k, &keys)) {
                 cache.tokens.clear();
-                cache.keys = keys;
+                cache.keys = Some(keys.clone());
             }
             cache.tokens.get(token).cloned()
         };
@@ -258,8 +260,16 @@ impl CallerAuth {
                     .await
                     .map_err(|e| format!("bearer token refused: {e}"))?;
                 let mut cache = tokens.cache.lock();
-                // Only against the key set it was checked with: a rotation clears the cache.
-                if cache.keys == Arc::as_ptr(&tokens.verifier.keys()) as usize {
+                // Remembered only if the keys did not change meanwhile (the verifier may have
+                // reloaded them): a rotation clears the cache, and this token was not checked
+                // against the new set.
+                let current = tokens.verifier.keys();
+                if Arc::ptr_eq(&keys, &current)
+                    && cache
+                        .keys
+                        .as_ref()
+                        .is_some_and(|k| Arc::ptr_eq(k, &current))
+                {
                     cache.tokens.put(token.into(), valid.clone());
                 }
                 valid
