@@ -77,3 +77,32 @@ def test_bench_soak_short_run(fjord_bin: Path):
     last = rows[-1]["values"]
     assert last["acked"] > 1000 and last["puts"] > 0 and last["rss_bytes"] > 0, last
     assert last["metadata_bytes"] > 0, last
+
+
+@pytest.mark.timeout(180)
+def test_bench_security_short_run(fjord_bin: Path):
+    """``fjord-bench security`` with small runs: a row per listener (PLAINTEXT, SSL, SASL_SSL
+    with SCRAM-SHA-512) with throughput, CPU and latency figures, and the broker counted SCRAM
+    authentications, so the SASL_SSL row was measured over SASL. The figures themselves are
+    bench/run's to report."""
+    import json
+
+    bench = Path(os.environ.get("FJORD_BENCH_BIN", REPO_ROOT / "target" / "release" / "fjord-bench"))
+    assert bench.exists(), f"{bench} missing: cargo build --release -p fjord-bench"
+    out = subprocess.run(
+        [str(bench), "--fjord", str(fjord_bin), "--json", "security", "--mb", "8",
+         "--partitions", "3", "--rate-mb", "1", "--seconds", "2"],
+        capture_output=True, text=True, timeout=170,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["scenario"] for r in rows] == [
+        "security: PLAINTEXT", "security: SSL", "security: SASL_SSL", "security: authentications",
+    ], out.stdout
+    for r in rows[:3]:
+        v = r["values"]
+        assert v["mb_per_s"] > 0 and v["broker_cpu_s_per_gb"] > 0, r
+        assert 0 < v["ack_p50_ms"] <= v["ack_p99_ms"], r
+    assert rows[0]["values"]["share_of_plaintext_pct"] == 100, rows[0]
+    assert rows[3]["values"]["sasl_successes"] >= 1, rows[3]
+    assert "NaN" not in out.stdout, out.stdout

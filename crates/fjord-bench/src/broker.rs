@@ -20,6 +20,7 @@ pub struct BrokerProcess {
     metrics_port: u16,
     binary: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -45,16 +46,27 @@ pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
 impl BrokerProcess {
     /// Starts `binary serve` with `extra` arguments and waits until it accepts connections.
     pub fn start(binary: &Path, extra: &[String]) -> anyhow::Result<BrokerProcess> {
+        Self::start_with_env(binary, extra, &[])
+    }
+
+    /// [`BrokerProcess::start`] with environment variables for the broker (secrets such as
+    /// `FJORD_SASL_BOOTSTRAP_PASSWORD`). `extra` may hold `--listener`s: the broker then gets
+    /// them beside a PLAINTEXT listener at [`BrokerProcess::bootstrap`] (instead of `--listen`).
+    pub fn start_with_env(
+        binary: &Path,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> anyhow::Result<BrokerProcess> {
         let dir = tempfile::tempdir().context("creating a data dir")?;
         let [port, metrics_port] = free_ports()?;
         let bootstrap = format!("127.0.0.1:{port}");
-        let child = spawn(binary, extra, dir.path(), &bootstrap, metrics_port)?;
         let mut broker = BrokerProcess {
-            child,
+            child: spawn(binary, extra, env, dir.path(), &bootstrap, metrics_port)?,
             bootstrap,
             metrics_port,
             binary: binary.to_path_buf(),
             extra: extra.to_vec(),
+            env: env.to_vec(),
             _dir: dir,
         };
         broker.wait_ready()?;
@@ -67,6 +79,7 @@ impl BrokerProcess {
         self.child = spawn(
             &self.binary,
             &self.extra,
+            &self.env,
             self._dir.path(),
             &self.bootstrap,
             self.metrics_port,
@@ -230,6 +243,7 @@ pub fn process_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
 fn spawn(
     binary: &Path,
     extra: &[String],
+    env: &[(String, String)],
     dir: &Path,
     bootstrap: &str,
     metrics_port: u16,
@@ -238,13 +252,23 @@ fn spawn(
         .create(true)
         .append(true)
         .open(dir.join("broker.log"))?;
+    // `--listener`s replace `--listen`: the bootstrap address becomes one of them.
+    let has_listeners = extra
+        .iter()
+        .any(|a| a == "--listener" || a.starts_with("--listener="));
+    let listen = if has_listeners {
+        ["--listener".to_string(), format!("PLAINTEXT://{bootstrap}")]
+    } else {
+        ["--listen".to_string(), bootstrap.to_string()]
+    };
     Command::new(binary)
         .arg("serve")
-        .args(["--listen", bootstrap])
+        .args(listen)
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

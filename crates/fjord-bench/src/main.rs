@@ -7,7 +7,8 @@
 //! Scenarios: `produce` (throughput), `latency` (acknowledgement and end-to-end latency at a
 //! fixed offered rate), `fanout` (several consumer groups reading one topic from cold caches),
 //! `connections` (many idle clients), `forward` (`fjord forward` pushing a topic to a gRPC handler
-//! in this process), `gateway` (through `fjord gateway` vs. direct), `all` (the standard matrix),
+//! in this process), `gateway` (through `fjord gateway` vs. direct), `security` (PLAINTEXT vs.
+//! SSL vs. SASL_SSL listeners of one broker), `all` (the standard matrix),
 //! `smoke` (seconds, for CI).
 //! `--store sim-s3` runs the broker on the local store behind a simulated S3 latency
 //! (`--simulated-store-latency s3`). `--json` also prints every row as a JSON line with its
@@ -22,6 +23,7 @@ mod produce;
 mod report;
 mod s3server;
 mod samples;
+mod security;
 mod soak;
 
 use std::path::PathBuf;
@@ -171,6 +173,9 @@ enum Scenario {
     },
     /// Produce through `fjord gateway` (gRPC) vs. directly with librdkafka, one broker.
     Gateway(gateway::GatewaySpec),
+    /// Produce over a PLAINTEXT, an SSL and a SASL_SSL (SCRAM-SHA-512) listener of one broker:
+    /// what TLS and SASL cost in throughput, latency and CPU.
+    Security(security::SecuritySpec),
     /// Produce at a fixed rate for a while into topics with a short retention (and a compacted
     /// topic) and print, over time, RSS, coordinator metadata, objects and object-store requests.
     Soak {
@@ -372,6 +377,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             forward_row(b, &mut table, &spec).await?
         }
         Scenario::Gateway(spec) => gateway::rows(b, &mut table, &spec).await?,
+        Scenario::Security(spec) => security::rows(b, &mut table, &spec).await?,
         Scenario::All => {
             for (size, partitions, compression) in [
                 (100, 1, "none"),
@@ -414,6 +420,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             connections_row(b, &mut table, 50_000).await?;
             forward_row(b, &mut table, &forward::ForwardSpec::default()).await?;
             gateway::rows(b, &mut table, &gateway::GatewaySpec::defaults()?).await?;
+            let spec = security::SecuritySpec {
+                record_size: 1024,
+                partitions: 12,
+                mb: 512,
+                rate_mb: 20.0,
+                seconds: 10,
+            };
+            security::rows(b, &mut table, &spec).await?;
         }
         Scenario::Smoke => {
             produce_row(b, &mut table, 1024, 3, "lz4", 20_000, Store::Local).await?;

@@ -75,10 +75,25 @@ pub async fn create_topic_with(
     partitions: i32,
     configs: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .context("creating an admin client")?;
+    create_topic_as(bootstrap, &[], topic, partitions, configs).await
+}
+
+/// [`create_topic_with`] by an admin client with the librdkafka properties `client` (how it
+/// reaches the broker: `security.protocol`, `sasl.*`, `ssl.*`).
+async fn create_topic_as(
+    bootstrap: &str,
+    client: &[(String, String)],
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (k, v) in client {
+        config.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().context("creating an admin client")?;
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     for (k, v) in configs {
         new = new.set(k, v);
@@ -147,7 +162,19 @@ pub async fn run(
     topic: &str,
     spec: &ProduceSpec,
 ) -> anyhow::Result<ProduceResult> {
-    create_topic(bootstrap, topic, spec.partitions).await?;
+    run_as(bootstrap, &[], topic, spec).await
+}
+
+/// [`run`] with the librdkafka properties `client` on every client of the run (the admin
+/// client, the producer and the consumer): how they reach the broker, e.g.
+/// `security.protocol=SASL_SSL` and its `sasl.*`/`ssl.*` properties.
+pub async fn run_as(
+    bootstrap: &str,
+    client: &[(String, String)],
+    topic: &str,
+    spec: &ProduceSpec,
+) -> anyhow::Result<ProduceResult> {
+    create_topic_as(bootstrap, client, topic, spec.partitions, &[]).await?;
     let deliveries = Arc::new(Deliveries {
         acked: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -164,7 +191,7 @@ pub async fn run(
         .set("compression.type", &spec.compression)
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000");
-    for (k, v) in &spec.producer {
+    for (k, v) in client.iter().chain(&spec.producer) {
         config.set(k, v);
     }
     for (k, v) in PRODUCER_OVERRIDES
@@ -180,7 +207,13 @@ pub async fn run(
 
     let stop_consumer = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let consumer = if spec.end_to_end {
-        let c = spawn_consumer(bootstrap, topic, spec.partitions, stop_consumer.clone())?;
+        let c = spawn_consumer(
+            bootstrap,
+            client,
+            topic,
+            spec.partitions,
+            stop_consumer.clone(),
+        )?;
         // Let it find the end of the (empty) partitions before producing.
         tokio::time::sleep(Duration::from_secs(1)).await;
         Some(c)
@@ -278,17 +311,21 @@ type ConsumerHandle = (std::thread::JoinHandle<()>, Samples);
 
 fn spawn_consumer(
     bootstrap: &str,
+    client: &[(String, String)],
     topic: &str,
     partitions: i32,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<ConsumerHandle> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("bench-{topic}"))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "500")
-        .create()
-        .context("creating the consumer")?;
+        .set("fetch.wait.max.ms", "500");
+    for (k, v) in client {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().context("creating the consumer")?;
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
         assignment.add_partition_offset(topic, p, Offset::End)?;
