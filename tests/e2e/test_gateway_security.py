@@ -360,6 +360,7 @@ def test_gateway_bearer_tokens(broker_factory, gateway_factory, tmp_path, topic)
         f"issuer = {toml_value(ISSUER)}",
         f'audience = ["{audience}"]',
         "clock_skew_ms = 0",
+        "failed_tokens_per_minute = 5",
         '[[caller]]\nname = "svc-billing"',
         f"topic_prefixes = [{toml_value(topic[:-4])}]",
         '[[caller]]\nname = "svc-ops"',
@@ -425,6 +426,28 @@ def test_gateway_bearer_tokens(broker_factory, gateway_factory, tmp_path, topic)
     values = sorted(r.value for r in read_cluster(a.bootstrap, topic, timeout=15))
     assert values == sorted([b"with a token"] + [b"burst"] * 5 + [b"ops"] * 5
                             + [b"stream, fresh token"]), values
+
+    # Failed tokens are limited per address (5 a minute here): after a few more forged ones,
+    # even a valid token not seen before is refused unchecked, with RESOURCE_EXHAUSTED; a token
+    # accepted before still works.
+    forged = Issuer("gw-key-1").token("svc-billing", aud=audience)[0]
+    for _ in range(10):
+        try:
+            publish(b"forged", forged)
+        except fjord.Unauthenticated:
+            continue
+        except fjord.GatewayError as e:
+            assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+            break
+    else:
+        pytest.fail("ten forged tokens in a row were all checked")
+    with pytest.raises(fjord.GatewayError) as e:
+        publish(b"fresh but throttled", token("svc-billing"))
+    assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+    assert "too many failed bearer tokens" in e.value.details, e.value
+    time.sleep(1.2)  # svc-billing's rate bucket has room again
+    assert isinstance(publish(b"known token", billing), fjord.Delivered)
+    assert gw.metric("fjord_gateway_authentications_total", result="throttled") >= 2
     assert gw.metric("fjord_gateway_authentications_total", result="refused") >= 5
     assert gw.metric("fjord_gateway_authentications_total", result="ok") >= 4
     assert gw.metric("fjord_gateway_jwks_reloads_total") == 1

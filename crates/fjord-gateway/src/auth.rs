@@ -20,16 +20,23 @@
 //! - a token accepted once is remembered (bounded, [`TOKEN_CACHE_SIZE`]) until it expires or
 //!   the key set changes, so a caller sending one token per request pays for one signature
 //!   check; a cached token is checked against the clock on every use;
+//! - tokens that fail their check are limited per source address
+//!   (`[auth] failed_tokens_per_minute`, the broker's [`FailureLimiter`]): past the limit, an
+//!   address's tokens that are not remembered are refused with RESOURCE_EXHAUSTED without a
+//!   signature check, so forged tokens cannot make the gateway spend its CPU on them; a token
+//!   already accepted still works from there;
 //! - a stream authenticated by a token ends with UNAUTHENTICATED at the first batch read after
 //!   the token expired ([`Caller::check_fresh`]);
-//! - every refusal is counted (`fjord_gateway_authentications{result}`) and logged on the
+//! - every refusal is counted (`fjord_gateway_authentications{result}`, `refused` or
+//!   `throttled`) and logged on the
 //!   `fjord::audit` target with the source address and the reason; the lock on the cache is
 //!   never held across an `.await`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+use fjord_auth::limiter::FailureLimiter;
 use fjord_auth::oauth::{Jwks, ValidToken};
 use fjord_jwks::{Reloader, Verifier};
 use lru::LruCache;
@@ -87,6 +94,8 @@ pub struct CallerAuth {
 struct Tokens {
     verifier: Verifier,
     skew_ms: i64,
+    /// Failed token checks per source address.
+    failures: FailureLimiter,
     /// Accepted tokens, with the key set they were checked against.
     cache: Mutex<TokenCache>,
 }
@@ -126,7 +135,7 @@ impl CallerAuth {
         tracing::info!(source = %settings.source, keys = verifier.keys().len(),
             "caller bearer tokens: JWKS loaded");
         Ok((
-            CallerAuth::with_verifier(verifier, clock, metrics),
+            CallerAuth::with_verifier(verifier, auth.failed_tokens_per_minute, clock, metrics),
             Some(reloader),
         ))
     }
@@ -140,9 +149,11 @@ impl CallerAuth {
         }
     }
 
-    /// Every caller must present a token `verifier` accepts, or a verified client certificate.
+    /// Every caller must present a token `verifier` accepts, or a verified client certificate;
+    /// an address may fail `failed_tokens_per_minute` token checks a minute (0: no limit).
     pub fn with_verifier(
         verifier: Verifier,
+        failed_tokens_per_minute: u32,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> CallerAuth {
@@ -152,6 +163,7 @@ impl CallerAuth {
             tokens: Some(Tokens {
                 verifier,
                 skew_ms,
+                failures: FailureLimiter::new(failed_tokens_per_minute),
                 cache: Mutex::new(TokenCache {
                     keys: None,
                     tokens: LruCache::new(size),
@@ -194,6 +206,22 @@ impl CallerAuth {
         RequestError::Unauthenticated(reason)
     }
 
+    fn throttled(&self, source: Option<SocketAddr>) -> RequestError {
+        self.metrics
+            .authentications
+            .get_or_create(&ResultLabels {
+                result: "throttled",
+            })
+            .inc();
+        tracing::warn!(
+            target: "fjord::audit",
+            event = "authentication_throttled",
+            source = %source.map(|a| a.ip().to_string()).unwrap_or_default(),
+            "gateway caller refused: too many failed tokens from its address"
+        );
+        RequestError::AuthenticationThrottled
+    }
+
     /// Who sent `request`; refused with UNAUTHENTICATED if `[auth]` requires a token and the
     /// request has no valid one (nor a verified client certificate).
     pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, RequestError> {
@@ -207,8 +235,13 @@ impl CallerAuth {
                 expires_at_ms: None,
             });
         };
+        let source = request.remote_addr();
         let result = match bearer_token(request) {
-            Some(Ok(token)) => self.check(tokens, token).await,
+            Some(Ok(token)) => match self.check(tokens, token, source.map(|a| a.ip())).await {
+                Ok(caller) => Ok(caller),
+                Err(Refusal::Invalid(why)) => Err(why),
+                Err(Refusal::Throttled) => return Err(self.throttled(source)),
+            },
             Some(Err(why)) => Err(why),
             None => match certificate {
                 Some(identity) => Ok(Caller {
@@ -231,12 +264,18 @@ impl CallerAuth {
                     .inc();
                 Ok(caller)
             }
-            Err(reason) => Err(self.refused(request.remote_addr(), reason)),
+            Err(reason) => Err(self.refused(source, reason)),
         }
     }
 
-    /// Checks `token`: from the cache, or with the verifier (then remembered).
-    async fn check(&self, tokens: &Tokens, token: &str) -> Result<Caller, String> {
+    /// Checks `token` sent from `ip`: from the cache, or with the verifier (then remembered)
+    /// if `ip` has not failed too often lately.
+    async fn check(
+        &self,
+        tokens: &Tokens,
+        token: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Caller, Refusal> {
         let now = self.now_ms();
         let keys = tokens.verifier.keys();
         let cached = {
@@ -251,14 +290,23 @@ impl CallerAuth {
             Some(valid) if now <= valid.expires_at_ms.saturating_add(tokens.skew_ms) => valid,
             Some(_) => {
                 tokens.cache.lock().tokens.pop(token);
-                return Err("bearer token refused: the token expired".to_owned());
+                return Err(Refusal::Invalid(
+                    "bearer token refused: the token expired".to_owned(),
+                ));
             }
             None => {
-                let valid = tokens
-                    .verifier
-                    .verify(token, || self.now_ms())
-                    .await
-                    .map_err(|e| format!("bearer token refused: {e}"))?;
+                if ip.is_some_and(|ip| !tokens.failures.allows(ip, now)) {
+                    return Err(Refusal::Throttled);
+                }
+                let valid = match tokens.verifier.verify(token, || self.now_ms()).await {
+                    Ok(valid) => valid,
+                    Err(e) => {
+                        if let Some(ip) = ip {
+                            tokens.failures.failed(ip, self.now_ms());
+                        }
+                        return Err(Refusal::Invalid(format!("bearer token refused: {e}")));
+                    }
+                };
                 let mut cache = tokens.cache.lock();
                 // Remembered only if the keys did not change meanwhile (the verifier may have
                 // reloaded them): a rotation clears the cache, and this token was not checked
@@ -281,6 +329,14 @@ impl CallerAuth {
             expires_at_ms: Some(valid.expires_at_ms.saturating_add(tokens.skew_ms)),
         })
     }
+}
+
+/// Why a token was not accepted.
+enum Refusal {
+    /// It failed its check (the reason).
+    Invalid(String),
+    /// Its address failed too often lately; it was not checked.
+    Throttled,
 }
 
 /// The identity of the connection's verified client certificate (mutual TLS), if any.

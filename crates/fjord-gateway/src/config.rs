@@ -322,6 +322,15 @@ pub struct AuthConfig {
     /// Skew (ms) allowed on `exp`, `nbf` and `iat`.
     #[serde(default = "default_clock_skew_ms")]
     pub clock_skew_ms: u64,
+    /// Tokens failing their check allowed per source address per minute (a burst of this many,
+    /// earned back at this rate); then the address's unknown tokens are refused unchecked.
+    /// 0: no limit.
+    #[serde(default = "default_failed_tokens_per_minute")]
+    pub failed_tokens_per_minute: u32,
+}
+
+fn default_failed_tokens_per_minute() -> u32 {
+    30
 }
 
 fn default_jwks_refresh_ms() -> u64 {

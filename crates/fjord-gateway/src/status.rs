@@ -43,6 +43,12 @@ pub enum RequestError {
     /// `[auth]`: no valid bearer token (and no verified client certificate).
     #[error("{0}")]
     Unauthenticated(String),
+    /// `[auth]`: the caller's address sent too many tokens that failed their check lately.
+    #[error(
+        "too many failed bearer tokens from this address; the token was not checked (retry in \
+         a few seconds with a valid token)"
+    )]
+    AuthenticationThrottled,
 }
 
 /// What a rate-limited caller should do.
@@ -68,7 +74,9 @@ impl RequestError {
             | Self::RequestTooLarge { .. }
             | Self::BadPartition { .. } => Code::InvalidArgument,
             Self::NoRoute { .. } => Code::NotFound,
-            Self::RateLimited { .. } | Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::RateLimited { .. } | Self::Overloaded { .. } | Self::AuthenticationThrottled => {
+                Code::ResourceExhausted
+            }
             Self::ShuttingDown => Code::Unavailable,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unauthenticated(_) => Code::Unauthenticated,

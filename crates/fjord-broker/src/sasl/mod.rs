@@ -22,14 +22,13 @@
 //!
 //! Every failure is logged on the `fjord::audit` target with the user, source and reason.
 
-pub mod limiter;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use fjord_auth::limiter::FailureLimiter;
 use fjord_auth::scram::{self, ServerExchange};
 use fjord_coordinator::clock::Clock;
 use fjord_coordinator::security::{ScramCredential, ScramMechanism};
@@ -43,7 +42,6 @@ use kafka_protocol::ResponseError;
 
 use crate::dispatch;
 use crate::session::Principal;
-use limiter::FailureLimiter;
 
 /// A SASL mechanism Fjord serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -21,6 +21,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_limited(30)
+}
+
+/// A fixture whose addresses may fail `failed_tokens_per_minute` token checks a minute.
+fn fixture_limited(failed_tokens_per_minute: u32) -> Fixture {
     let issuer = Issuer::new();
     let (keys, rx) = watch::channel(Arc::new(issuer.jwks("k1")));
     let validator = JwtValidator::new(JwtConfig {
@@ -31,6 +36,7 @@ fn fixture() -> Fixture {
     let metrics = Arc::new(Metrics::default());
     let auth = CallerAuth::with_verifier(
         Verifier::new(validator, rx, Arc::new(Notify::new())),
+        failed_tokens_per_minute,
         clock.clone(),
         metrics.clone(),
     );
@@ -64,6 +70,17 @@ fn request(metadata: &[(&'static str, &str)]) -> Request<()> {
     for (k, v) in metadata {
         r.metadata_mut().insert(*k, v.parse().unwrap());
     }
+    r
+}
+
+/// [`request`] from `ip` (as the gRPC server records a TCP connection's peer).
+fn request_from(ip: [u8; 4], metadata: &[(&'static str, &str)]) -> Request<()> {
+    let mut r = request(metadata);
+    r.extensions_mut()
+        .insert(tonic::transport::server::TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(SocketAddr::from((ip, 40_000))),
+        });
     r
 }
 
@@ -202,6 +219,68 @@ async fn a_remembered_token_still_expires_and_a_key_rotation_forgets_it() {
             .await,
     );
     assert!(why.contains("signature"), "{why}");
+}
+
+#[tokio::test]
+async fn an_address_sending_bad_tokens_is_held_back_without_checking_them() {
+    let f = fixture_limited(3);
+    let attacker = [10, 0, 0, 66];
+    let good = format!("Bearer {}", f.token("svc", NOW_MS + 600_000));
+    let remembered = format!("Bearer {}", f.token("svc-early", NOW_MS + 600_000));
+    f.auth
+        .authenticate(&request_from(attacker, &[("authorization", &remembered)]))
+        .await
+        .unwrap();
+    let forged = Issuer::new().sign(
+        "k1",
+        &json!({"sub": "admin", "exp": (NOW_MS + 60_000) / 1000, "aud": "fjord-gateway"}),
+    );
+    let forged = format!("Bearer {forged}");
+    for _ in 0..3 {
+        let why = refused(
+            f.auth
+                .authenticate(&request_from(attacker, &[("authorization", &forged)]))
+                .await,
+        );
+        assert!(why.contains("signature"), "{why}");
+    }
+    // The burst is spent: even a valid token from there is not checked now...
+    let throttled = f
+        .auth
+        .authenticate(&request_from(attacker, &[("authorization", &good)]))
+        .await;
+    assert!(
+        matches!(throttled, Err(RequestError::AuthenticationThrottled)),
+        "{throttled:?}"
+    );
+    assert_eq!(
+        RequestError::AuthenticationThrottled.code(),
+        tonic::Code::ResourceExhausted
+    );
+    assert_eq!(f.count("throttled"), 1);
+    // ...while a token accepted before still works from it, and other addresses are served.
+    let c = f
+        .auth
+        .authenticate(&request_from(attacker, &[("authorization", &remembered)]))
+        .await
+        .unwrap();
+    assert_eq!(c.name, "svc-early");
+    let c = f
+        .auth
+        .authenticate(&request_from([10, 0, 0, 7], &[("authorization", &good)]))
+        .await
+        .unwrap();
+    assert_eq!(c.name, "svc");
+    // A third of a minute earns one check back (a token not seen before, so it is checked).
+    f.clock.advance(20_000);
+    let late = format!("Bearer {}", f.token("svc-late", NOW_MS + 600_000));
+    let c = f
+        .auth
+        .authenticate(&request_from(attacker, &[("authorization", &late)]))
+        .await
+        .unwrap();
+    assert_eq!(c.name, "svc-late");
+    assert_eq!(f.count("refused"), 3);
 }
 
 #[test]
