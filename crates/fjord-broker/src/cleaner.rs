@@ -68,6 +68,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::duty::{self, Duty};
 use crate::topic_config::{has_cleanup_policy, long_config};
 use crate::Broker;
 
@@ -543,7 +544,7 @@ pub async fn pass(cx: &CleanerContext<'_>) -> PassReport {
 }
 
 /// Runs a pass every `settings.check_interval` while `broker` runs the cluster's background
-/// duties, until `shutdown`.
+/// duties, until `shutdown` (not at all when the cleaner is disabled).
 pub async fn run(
     broker: Arc<Broker>,
     store: Arc<dyn ObjectStore>,
@@ -554,40 +555,57 @@ pub async fn run(
     if !settings.enabled {
         return;
     }
-    let state = CleanerState::default();
-    let mut ticker = tokio::time::interval(settings.check_interval.max(Duration::from_millis(1)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if !broker.view().runs_background_duties() {
-            continue;
-        }
-        let started = tokio::time::Instant::now();
+    let interval = settings.check_interval;
+    let view = broker.clone();
+    let duty = CleanerDuty {
+        broker,
+        store,
+        settings,
+        stats,
+        state: CleanerState::default(),
+    };
+    duty::run(
+        duty,
+        interval,
+        move || view.view().runs_background_duties(),
+        shutdown,
+    )
+    .await;
+}
+
+/// The log cleaner as a [`Duty`].
+struct CleanerDuty {
+    broker: Arc<Broker>,
+    store: Arc<dyn ObjectStore>,
+    settings: CleanerSettings,
+    stats: Arc<CleanerStats>,
+    state: CleanerState,
+}
+
+impl Duty for CleanerDuty {
+    type Report = PassReport;
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "log-cleaner"
+    }
+
+    async fn pass(&mut self) -> Result<PassReport, Self::Error> {
         let cx = CleanerContext {
-            coordinator: &broker.coordinator,
-            reader: &broker.reader,
-            store: &store,
-            node_id: broker.settings.node_id,
-            clock: &*broker.clock,
-            settings: &settings,
-            stats: &stats,
-            state: &state,
+            coordinator: &self.broker.coordinator,
+            reader: &self.broker.reader,
+            store: &self.store,
+            node_id: self.broker.settings.node_id,
+            clock: &*self.broker.clock,
+            settings: &self.settings,
+            stats: &self.stats,
+            state: &self.state,
         };
-        let report = tokio::select! {
-            () = shutdown.cancelled() => return,
-            done = pass(&cx) => done,
-        };
-        if report.cleaned > 0 || report.errors > 0 || report.lost > 0 || report.incomplete {
-            tracing::info!(
-                ?report,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "log cleaner pass"
-            );
-        }
+        Ok(pass(&cx).await)
+    }
+
+    fn noteworthy(&self, report: &PassReport) -> bool {
+        report.cleaned > 0 || report.errors > 0 || report.lost > 0 || report.incomplete
     }
 }
 

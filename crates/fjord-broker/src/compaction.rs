@@ -37,6 +37,7 @@ use fjord_coordinator::{CoordinatorError, TopicMeta, TopicPartition};
 use fjord_storage::compactor::Compactor;
 use tokio_util::sync::CancellationToken;
 
+use crate::duty::{self, Duty};
 use crate::Broker;
 
 /// How often and how much the duty compacts.
@@ -248,44 +249,64 @@ pub async fn run(
     stats: Arc<CompactionStats>,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(settings.interval.max(Duration::from_millis(1)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    let mut progress = Progress::default();
-    let mut behind = false;
-    loop {
-        if behind {
-            // The last pass stopped at its budget: go on at once (a backlog is worked off in
-            // bounded passes back to back, so the compactor keeps up with produce).
-            tokio::task::yield_now().await;
-            if shutdown.is_cancelled() {
-                return;
-            }
-        } else {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-        }
-        behind = false;
-        if !broker.view().runs_background_duties() {
-            // Another broker may compact meanwhile: start afresh when this one takes over.
-            progress = Progress::default();
-            continue;
-        }
-        let started = tokio::time::Instant::now();
-        let one = pass(&broker, &compactor, &settings, &stats, &mut progress);
-        let report = tokio::select! {
-            () = shutdown.cancelled() => return,
-            done = one => done,
-        };
-        behind = report.incomplete && report.errors == 0;
-        if report.swaps + report.lost + report.errors > 0 || report.incomplete {
-            tracing::info!(
-                ?report,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "compaction pass"
-            );
-        }
+    let interval = settings.interval;
+    let view = broker.clone();
+    let duty = CompactionDuty {
+        broker,
+        compactor,
+        settings,
+        stats,
+        progress: Progress::default(),
+    };
+    duty::run(
+        duty,
+        interval,
+        move || view.view().runs_background_duties(),
+        shutdown,
+    )
+    .await;
+}
+
+/// Object compaction as a [`Duty`]: a pass that stops at its budget is followed at once by the
+/// next (a backlog is worked off in bounded passes back to back, so the compactor keeps up with
+/// produce).
+struct CompactionDuty {
+    broker: Arc<Broker>,
+    compactor: Compactor,
+    settings: CompactionDutySettings,
+    stats: Arc<CompactionStats>,
+    progress: Progress,
+}
+
+impl Duty for CompactionDuty {
+    type Report = PassReport;
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "object-compaction"
+    }
+
+    async fn pass(&mut self) -> Result<PassReport, Self::Error> {
+        Ok(pass(
+            &self.broker,
+            &self.compactor,
+            &self.settings,
+            &self.stats,
+            &mut self.progress,
+        )
+        .await)
+    }
+
+    fn noteworthy(&self, report: &PassReport) -> bool {
+        report.swaps + report.lost + report.errors > 0 || report.incomplete
+    }
+
+    fn again_at_once(&self, report: &PassReport) -> bool {
+        report.incomplete && report.errors == 0
+    }
+
+    fn stand_by(&mut self) {
+        // Another broker may compact meanwhile: start afresh when this one takes over.
+        self.progress = Progress::default();
     }
 }

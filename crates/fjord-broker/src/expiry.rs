@@ -46,6 +46,7 @@ use fjord_coordinator::clock::Clock;
 use fjord_coordinator::{CommittedOffset, Coordinator, CoordinatorError, StoredGroup};
 use tokio_util::sync::CancellationToken;
 
+use crate::duty::{self, Duty};
 use crate::groups::{GroupCoordinator, Stored};
 use crate::Broker;
 
@@ -336,61 +337,109 @@ pub async fn run(
     stats: Arc<ExpiryStats>,
     shutdown: CancellationToken,
 ) {
-    let ticker = |every: Duration| {
-        let mut t = tokio::time::interval(every.max(Duration::from_millis(1)));
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
+    let settings = Arc::new(settings);
+    let producers = ProducerExpiry {
+        broker: broker.clone(),
+        settings: settings.clone(),
+        stats: stats.clone(),
     };
-    let mut producers = ticker(settings.producer_check_interval);
-    let mut groups = ticker(settings.offsets_check_interval);
-    producers.tick().await;
-    groups.tick().await;
-    let mut cursor: GroupCursor = None;
-    loop {
-        let producer_turn = tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = producers.tick() => true,
-            _ = groups.tick() => false,
-        };
-        if !broker.view().runs_background_duties() {
-            continue;
-        }
-        let started = tokio::time::Instant::now();
-        let report = if producer_turn {
-            let one = producer_pass(&broker.coordinator, &*broker.clock, &settings, &stats);
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                report = one => report,
-            }
-        } else {
-            let one = group_pass(
-                &broker.coordinator,
-                &*broker.clock,
-                &settings,
-                &stats,
-                Some(&broker.groups),
-                cursor.take(),
-            );
-            let (report, next) = tokio::select! {
-                () = shutdown.cancelled() => return,
-                done = one => done,
-            };
-            cursor = next;
-            report
-        };
-        let changed = report.producer_states_expired
-            + report.producers_expired
-            + report.offsets_expired
-            + report.groups_deleted
-            + report.fenced
-            + report.errors;
-        if changed > 0 || report.incomplete {
-            tracing::info!(
-                ?report,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "metadata expiry pass"
-            );
-        }
+    let groups = GroupExpiryDuty {
+        broker: broker.clone(),
+        settings: settings.clone(),
+        stats,
+        cursor: None,
+    };
+    let here = |broker: Arc<Broker>| move || broker.view().runs_background_duties();
+    tokio::join!(
+        duty::run(
+            producers,
+            settings.producer_check_interval,
+            here(broker.clone()),
+            shutdown.clone(),
+        ),
+        duty::run(
+            groups,
+            settings.offsets_check_interval,
+            here(broker),
+            shutdown,
+        ),
+    );
+}
+
+/// Whether a pass changed, refused or left anything (worth a log line).
+fn noteworthy(report: &PassReport) -> bool {
+    report.producer_states_expired
+        + report.producers_expired
+        + report.offsets_expired
+        + report.groups_deleted
+        + report.fenced
+        + report.errors
+        > 0
+        || report.incomplete
+}
+
+/// Producer-id expiry as a [`Duty`].
+struct ProducerExpiry {
+    broker: Arc<Broker>,
+    settings: Arc<ExpirySettings>,
+    stats: Arc<ExpiryStats>,
+}
+
+impl Duty for ProducerExpiry {
+    type Report = PassReport;
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "producer-expiry"
+    }
+
+    async fn pass(&mut self) -> Result<PassReport, Self::Error> {
+        Ok(producer_pass(
+            &self.broker.coordinator,
+            &*self.broker.clock,
+            &self.settings,
+            &self.stats,
+        )
+        .await)
+    }
+
+    fn noteworthy(&self, report: &PassReport) -> bool {
+        noteworthy(report)
+    }
+}
+
+/// Offset expiry of empty groups as a [`Duty`]: passes resume where the last one stopped.
+struct GroupExpiryDuty {
+    broker: Arc<Broker>,
+    settings: Arc<ExpirySettings>,
+    stats: Arc<ExpiryStats>,
+    cursor: GroupCursor,
+}
+
+impl Duty for GroupExpiryDuty {
+    type Report = PassReport;
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "offset-expiry"
+    }
+
+    async fn pass(&mut self) -> Result<PassReport, Self::Error> {
+        let (report, next) = group_pass(
+            &self.broker.coordinator,
+            &*self.broker.clock,
+            &self.settings,
+            &self.stats,
+            Some(&self.broker.groups),
+            self.cursor.take(),
+        )
+        .await;
+        self.cursor = next;
+        Ok(report)
+    }
+
+    fn noteworthy(&self, report: &PassReport) -> bool {
+        noteworthy(report)
     }
 }
 

@@ -31,6 +31,7 @@ use fjord_coordinator::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::duty::{self, Duty};
 use crate::offsets_cache::OffsetsCache;
 use crate::topic_config::{has_cleanup_policy, long_config};
 use crate::Broker;
@@ -217,41 +218,61 @@ pub async fn run(
     stats: Arc<RetentionStats>,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(settings.check_interval.max(Duration::from_millis(1)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    let mut cursor: Cursor = None;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if !broker.view().runs_background_duties() {
-            continue;
-        }
+    let interval = settings.check_interval;
+    let view = broker.clone();
+    let duty = RetentionDuty {
+        broker,
+        settings,
+        stats,
+        cursor: None,
+    };
+    duty::run(
+        duty,
+        interval,
+        move || view.view().runs_background_duties(),
+        shutdown,
+    )
+    .await;
+}
+
+/// Retention as a [`Duty`]: passes resume where the last one stopped.
+struct RetentionDuty {
+    broker: Arc<Broker>,
+    settings: RetentionSettings,
+    stats: Arc<RetentionStats>,
+    cursor: Cursor,
+}
+
+impl Duty for RetentionDuty {
+    type Report = PassReport;
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "retention"
+    }
+
+    async fn pass(&mut self) -> Result<PassReport, Self::Error> {
         let started = tokio::time::Instant::now();
-        let one = pass(
+        let broker = &self.broker;
+        let (report, next) = pass(
             &broker.coordinator,
             &*broker.clock,
-            &settings,
+            &self.settings,
             Some(&broker.offsets_cache),
-            &stats,
-            cursor.take(),
-        );
-        let (report, next) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            done = one => done,
-        };
-        cursor = next;
+            &self.stats,
+            self.cursor.take(),
+        )
+        .await;
+        self.cursor = next;
         let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        stats.pass_micros.fetch_add(elapsed_us, Ordering::Relaxed);
-        if report.rows_expired > 0 || report.errors > 0 || report.incomplete {
-            tracing::info!(
-                ?report,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "retention pass"
-            );
-        }
+        self.stats
+            .pass_micros
+            .fetch_add(elapsed_us, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    fn noteworthy(&self, report: &PassReport) -> bool {
+        report.rows_expired > 0 || report.errors > 0 || report.incomplete
     }
 }
 

@@ -555,45 +555,53 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Deletes garbage objects every `interval` until `shutdown`, while this broker is the one that
-/// runs the cluster's background duties (the live broker with the lowest node id).
+/// Runs garbage collection every `interval` while this broker runs the cluster's background
+/// duties, until `shutdown`.
 async fn gc_loop(
-    mut collector: fjord_storage::gc::Collector,
+    collector: fjord_storage::gc::Collector,
     stats: Arc<fjord_storage::gc::GcStats>,
     clock: Arc<dyn fjord_coordinator::clock::Clock>,
     cluster: watch::Receiver<Arc<ClusterView>>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if !cluster.borrow().runs_background_duties() {
-            continue;
-        }
-        let now = clock.now_ms();
-        let started = tokio::time::Instant::now();
-        let result = tokio::select! {
-            () = shutdown.cancelled() => return,
-            result = collector.pass(now) => result,
-        };
-        stats.record(&result);
-        match result {
-            Ok(report) if report.deleted_dead + report.deleted_orphans > 0 || report.swept => {
-                tracing::info!(
-                    ?report,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "garbage collection"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "garbage collection failed; will retry"),
-        }
+    let duty = GcDuty {
+        collector,
+        stats,
+        clock,
+    };
+    fjord_broker::duty::run(
+        duty,
+        interval,
+        move || cluster.borrow().runs_background_duties(),
+        shutdown,
+    )
+    .await;
+}
+
+/// Garbage collection as a [`fjord_broker::duty::Duty`]; every pass is counted in its stats.
+struct GcDuty {
+    collector: fjord_storage::gc::Collector,
+    stats: Arc<fjord_storage::gc::GcStats>,
+    clock: Arc<dyn fjord_coordinator::clock::Clock>,
+}
+
+impl fjord_broker::duty::Duty for GcDuty {
+    type Report = fjord_storage::gc::GcReport;
+    type Error = fjord_storage::gc::GcError;
+
+    fn name(&self) -> &'static str {
+        "garbage-collection"
+    }
+
+    async fn pass(&mut self) -> Result<Self::Report, Self::Error> {
+        let result = self.collector.pass(self.clock.now_ms()).await;
+        self.stats.record(&result);
+        result
+    }
+
+    fn noteworthy(&self, report: &Self::Report) -> bool {
+        report.deleted_dead + report.deleted_orphans > 0 || report.swept
     }
 }
 
