@@ -137,6 +137,25 @@ def refused(conf: dict, topic: str, value: bytes) -> list:
     return client_errors
 
 
+def refused_all(confs: dict, topic: str) -> dict:
+    """``refused`` for several clients at once (each waits out the same message timeout, so
+    together they take one): ``{what: conf}`` -> ``{what: client-level errors}``."""
+    errors: dict = {what: [] for what in confs}
+    delivery: dict = {what: [] for what in confs}
+    producers = {}
+    for what, conf in confs.items():
+        p = Producer({**conf, "message.timeout.ms": 4000, "acks": "all",
+                      "error_cb": errors[what].append})
+        p.produce(topic, f"refused: {what}".encode(),
+                  on_delivery=lambda err, msg, what=what: delivery[what].append(err))
+        producers[what] = p
+    for what, p in producers.items():
+        assert p.flush(15) == 0, what
+        assert delivery[what] and delivery[what][0] is not None, \
+            f"a refused client's message was acked ({what})"
+    return errors
+
+
 def authentication_failed(errors: list) -> bool:
     return any(e.code() == KafkaError._AUTHENTICATION for e in errors)
 
@@ -196,8 +215,7 @@ def test_scram_users_managed_by_admin_client_and_used_by_librdkafka(sasl_broker,
         "unknown user": sasl_conf(b, pki, "SCRAM-SHA-256", "mallory", "writer-pw"),
         "no SHA-512 credential": sasl_conf(b, pki, "SCRAM-SHA-512", "only256", "pw-256"),
     }
-    for what, conf in refusals.items():
-        errors = refused(conf, topic, f"refused: {what}".encode())
+    for what, errors in refused_all(refusals, topic).items():
         assert authentication_failed(errors), (what, errors)
     assert high_watermark(b.bootstrap, topic) == len(everything), "nothing refused is stored"
     assert produce(sasl_conf(b, pki, "SCRAM-SHA-256", "only256", "pw-256"), topic,
