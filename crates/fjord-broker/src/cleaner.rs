@@ -556,21 +556,14 @@ pub async fn run(
         return;
     }
     let interval = settings.check_interval;
-    let view = broker.clone();
     let duty = CleanerDuty {
-        broker,
+        broker: broker.clone(),
         store,
         settings,
         stats,
         state: CleanerState::default(),
     };
-    duty::run(
-        duty,
-        interval,
-        move || view.view().runs_background_duties(),
-        shutdown,
-    )
-    .await;
+    duty::run_on(broker, duty, interval, shutdown).await;
 }
 
 /// The log cleaner as a [`Duty`].

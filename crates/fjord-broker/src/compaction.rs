@@ -250,21 +250,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let interval = settings.interval;
-    let view = broker.clone();
     let duty = CompactionDuty {
-        broker,
+        broker: broker.clone(),
         compactor,
         settings,
         stats,
         progress: Progress::default(),
     };
-    duty::run(
-        duty,
-        interval,
-        move || view.view().runs_background_duties(),
-        shutdown,
-    )
-    .await;
+    duty::run_on(broker, duty, interval, shutdown).await;
 }
 
 /// Object compaction as a [`Duty`]: a pass that stops at its budget is followed at once by the

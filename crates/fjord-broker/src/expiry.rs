@@ -349,20 +349,14 @@ pub async fn run(
         stats,
         cursor: None,
     };
-    let here = |broker: Arc<Broker>| move || broker.view().runs_background_duties();
     tokio::join!(
-        duty::run(
+        duty::run_on(
+            broker.clone(),
             producers,
             settings.producer_check_interval,
-            here(broker.clone()),
             shutdown.clone(),
         ),
-        duty::run(
-            groups,
-            settings.offsets_check_interval,
-            here(broker),
-            shutdown,
-        ),
+        duty::run_on(broker, groups, settings.offsets_check_interval, shutdown),
     );
 }
 

@@ -219,20 +219,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let interval = settings.check_interval;
-    let view = broker.clone();
     let duty = RetentionDuty {
-        broker,
+        broker: broker.clone(),
         settings,
         stats,
         cursor: None,
     };
-    duty::run(
-        duty,
-        interval,
-        move || view.view().runs_background_duties(),
-        shutdown,
-    )
-    .await;
+    duty::run_on(broker, duty, interval, shutdown).await;
 }
 
 /// Retention as a [`Duty`]: passes resume where the last one stopped.

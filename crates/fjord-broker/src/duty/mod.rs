@@ -16,9 +16,12 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::Broker;
 
 /// Periodic background work with state of its own, run by [`run`].
 pub trait Duty: Send {
@@ -103,6 +106,23 @@ pub async fn run<D: Duty>(
             ),
         }
     }
+}
+
+/// [`run`] for a duty of `broker`: passes run while it is the broker that runs the cluster's
+/// background duties.
+pub async fn run_on<D: Duty>(
+    broker: Arc<Broker>,
+    duty: D,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    run(
+        duty,
+        interval,
+        move || broker.view().runs_background_duties(),
+        cancel,
+    )
+    .await;
 }
 
 /// Runs `step` every `interval` (the first run at once) until `cancel`. A failed step is logged
