@@ -278,6 +278,24 @@ def test_request_percentage_quota_throttles_one_client(broker_factory, topic):
     assert metrics["fjord_quota_reloads_total"] >= 1, metrics
     assert metrics["fjord_quota_reload_errors_total"] == 0, metrics
 
+    # Shutting down does not wait out throttles: with a quota so small that responses are held
+    # for the whole window (11 s), the broker still exits within seconds of SIGTERM, answering
+    # what it read at once.
+    assert alter_quotas(b.bootstrap, [({"client-id": "busy"},
+                                       {"request_percentage": 0.0001})]) == [(0, None)]
+    time.sleep(1.5)  # every broker reloads quotas within a second
+    held = Run(conf, topic, client_id="busy")
+    start = time.monotonic()
+    producing = threading.Thread(target=held.run, args=(start, start + 3.0))
+    producing.start()
+    time.sleep(2.0)
+    throttled = scrape(port)["fjord_quota_throttled_total"]
+    assert throttled > metrics["fjord_quota_throttled_total"], "responses are being held"
+    stopping = time.monotonic()
+    b.stop(timeout=6)
+    assert time.monotonic() - stopping < 6
+    producing.join(timeout=30)
+
 
 CLUSTER_AUTHORIZATION_FAILED = 31
 

@@ -147,6 +147,7 @@ pub async fn start_from(
         version,
         correlation_id,
         meter: RequestMeter::for_client(broker, &client.session.principal.name, &client.client_id),
+        quotas: broker.quotas.clone(),
     };
     let b = broker.clone();
     match key {
@@ -169,7 +170,7 @@ pub async fn start_from(
                         // next answers wait as Kafka mutes it.
                         let ms = throttle(&b, QuotaKey::ProducerByteRate, &client, request_bytes)
                             .max(request_time::throttle(meter, queued));
-                        hold(ms).await;
+                        ctx.quotas.hold(ms).await;
                         Ok(None)
                     }
                     Some(pending) => {
@@ -177,7 +178,7 @@ pub async fn start_from(
                         let ms = throttle(&b, QuotaKey::ProducerByteRate, &client, request_bytes)
                             .max(request_time::throttle(meter, queued + spent));
                         response.throttle_at_least(ms);
-                        hold(ms).await;
+                        ctx.quotas.hold(ms).await;
                         encode(key, version, correlation_id, &response).map(Some)
                     }
                 }
@@ -201,7 +202,7 @@ pub async fn start_from(
                     let ms = throttle(&b, QuotaKey::ConsumerByteRate, &client, bytes)
                         .max(request_time::throttle(ctx.meter.as_ref(), spent));
                     response.throttle_at_least(ms);
-                    hold(ms).await;
+                    ctx.quotas.hold(ms).await;
                     encode(key, version, correlation_id, &response)
                         .map(|frame| Some(held_until_sent(frame, reservation)))
                 });
@@ -321,19 +322,14 @@ fn throttle(broker: &Broker, key: QuotaKey, client: &Client, bytes: u64) -> i32 
     i32::try_from(ms).unwrap_or(i32::MAX)
 }
 
-/// Holds a throttled response back for its throttle time.
-async fn hold(ms: i32) {
-    if ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(ms.unsigned_abs().into())).await;
-    }
-}
-
 struct Ctx {
     key: ApiKey,
     version: i16,
     correlation_id: i32,
     /// The client's request quota, if one applies.
     meter: Option<RequestMeter>,
+    /// Where throttled responses are held back ([`crate::quotas::QuotaManager::hold`]).
+    quotas: Arc<crate::quotas::QuotaManager>,
 }
 
 fn decode<T: Decodable>(ctx: &Ctx, frame: &mut Bytes) -> Result<T, ProtocolError> {
@@ -359,7 +355,7 @@ where
         let ms = request_time::throttle(ctx.meter.as_ref(), spent);
         response.throttle_at_least(ms);
         let frame = encode(ctx.key, ctx.version, ctx.correlation_id, &response);
-        hold(ms).await;
+        ctx.quotas.hold(ms).await;
         frame.map(Some)
     });
     Ok(Started { key, reply })

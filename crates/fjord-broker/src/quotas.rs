@@ -28,7 +28,9 @@
 //! - The throttled response carries `throttle_time_ms` and is sent only once that time has
 //!   passed since the bytes were recorded. Kafka ≥ 2.0 sends the response at once and mutes the
 //!   connection instead; since a connection answers in order, delaying the response holds back
-//!   the client the same way.
+//!   the client the same way. A broker shutting down releases every hold
+//!   ([`QuotaManager::release_holds`]): its connections answer what they read at once (the
+//!   responses still carry their throttle time), so draining never waits out throttles.
 //!
 //! Invariants: without a matching quota nothing is metered and nothing is delayed; a failed
 //! reload keeps the previous quotas in force (logged and counted); meters idle for a whole
@@ -165,6 +167,8 @@ pub struct QuotaManager {
     clock: Arc<dyn Clock>,
     quotas: RwLock<Arc<Loaded>>,
     meters: Mutex<HashMap<MeterKey, Meter>>,
+    /// Cancelled when the broker shuts down: held responses go out at once.
+    holds_released: CancellationToken,
     /// Counters.
     pub stats: QuotaStats,
 }
@@ -191,6 +195,7 @@ impl QuotaManager {
             clock,
             quotas: RwLock::new(Arc::new(Loaded::default())),
             meters: Mutex::new(HashMap::new()),
+            holds_released: CancellationToken::new(),
             stats: QuotaStats::default(),
         }
     }
@@ -203,8 +208,28 @@ impl QuotaManager {
             clock,
             quotas: RwLock::new(Arc::new(Loaded::default())),
             meters: Mutex::new(HashMap::new()),
+            holds_released: CancellationToken::new(),
             stats: QuotaStats::default(),
         }
+    }
+
+    /// Holds a throttled response back for `ms` (see the module docs), or until
+    /// [`QuotaManager::release_holds`].
+    pub async fn hold(&self, ms: i32) {
+        if ms <= 0 {
+            return;
+        }
+        let wait = Duration::from_millis(u64::from(ms.unsigned_abs()));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.holds_released.cancelled() => {}
+        }
+    }
+
+    /// Ends every hold, now and from now on: the broker is shutting down and answers what its
+    /// connections read without delay.
+    pub fn release_holds(&self) {
+        self.holds_released.cancel();
     }
 
     /// The longest throttle: the whole window (Kafka's bound).

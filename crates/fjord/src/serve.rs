@@ -482,6 +482,8 @@ pub async fn run(config: ServeConfig, open_files: Option<u64>) -> anyhow::Result
         }
     }
     shutdown.cancel();
+    // Throttled responses go out at once: draining must not wait out client quotas.
+    quotas.release_holds();
     // Flush and commit what is buffered now, while connections answer what they already read:
     // their produce replies wait for exactly that.
     let (served, ()) = tokio::join!(server, writer_task.close());

@@ -169,3 +169,33 @@ async fn a_disabled_manager_never_throttles() {
     m.refresh().await.unwrap();
     assert_eq!(m.record(QuotaKey::ProducerByteRate, "a", "b", f64::MAX), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn holds_last_their_time_until_released_at_shutdown() {
+    let quotas = Arc::new(QuotaManager::disabled(ManualClock::new(0)));
+    let start = tokio::time::Instant::now();
+    quotas.hold(0).await;
+    quotas.hold(-5).await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    quotas.hold(300).await;
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+
+    let held = tokio::spawn({
+        let quotas = quotas.clone();
+        async move { quotas.hold(11_000).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    quotas.release_holds();
+    held.await.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(400),
+        "released at once"
+    );
+    quotas.hold(11_000).await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(400),
+        "no new hold after release"
+    );
+}
